@@ -1,0 +1,162 @@
+"""Training and evaluation loops shared by baselines and by every method's fine-tuning.
+
+Lightning runs the loops (`Classifier` + `lightning.Trainer`); the recipe (optimizer,
+schedule, epochs) is one validated dataclass from `conf/config.yaml`'s ``recipe`` node.
+Methods receive :func:`finetune` and :func:`evaluate` through their context, so they
+never build trainers of their own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmarks.schema import RecipeConfig, TrainerConfig
+
+log = logging.getLogger(__name__)
+
+#: A penalty added to the loss during training (group lasso of SSL, say): model -> scalar.
+Regularizer = Callable[[nn.Module], torch.Tensor]
+
+_OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "sgd": lambda params, r: torch.optim.SGD(
+        params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay, nesterov=r.nesterov and r.momentum > 0
+    ),
+    "adam": lambda params, r: torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay),
+    "adamw": lambda params, r: torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay),
+}
+
+_SCHEDULERS: dict[str, Callable[[torch.optim.Optimizer, RecipeConfig, int], Any]] = {
+    "none": lambda opt, r, steps: None,
+    "cosine": lambda opt, r, steps: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1)),
+    "multistep": lambda opt, r, steps: torch.optim.lr_scheduler.MultiStepLR(
+        opt, milestones=[int(m * steps) for m in r.milestones], gamma=r.gamma
+    ),
+}
+
+
+def top_k_correct(logits: torch.Tensor, target: torch.Tensor, k: int) -> int:
+    k = min(k, logits.shape[1])
+    return int((logits.topk(k, dim=1).indices == target[:, None]).any(dim=1).sum())
+
+
+class Classifier(L.LightningModule):
+    """Cross-entropy classification of any ``nn.Module`` under a recipe."""
+
+    def __init__(self, model: nn.Module, recipe: RecipeConfig, regularizer: Regularizer | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.recipe = recipe
+        self.regularizer = regularizer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
+        x, y = batch
+        logits = self.model(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.recipe.label_smoothing)
+        if self.regularizer is not None:
+            loss = loss + self.regularizer(self.model)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/top1", 100.0 * (logits.argmax(1) == y).float().mean(), prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> None:
+        x, y = batch
+        logits = self.model(x)
+        self.log("val/loss", F.cross_entropy(logits, y), prog_bar=True)
+        self.log("val/top1", 100.0 * (logits.argmax(1) == y).float().mean(), prog_bar=True)
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = _OPTIMIZERS[self.recipe.optimizer](params, self.recipe)
+        steps = int(self.trainer.estimated_stepping_batches)
+        scheduler = _SCHEDULERS[self.recipe.scheduler](optimizer, self.recipe, steps)
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def fit(
+    model: nn.Module,
+    datamodule: L.LightningDataModule,
+    recipe: RecipeConfig,
+    trainer_cfg: TrainerConfig,
+    *,
+    seed: int,
+    callbacks: list[L.Callback] | None = None,
+    regularizer: Regularizer | None = None,
+    logger: Any = False,
+) -> nn.Module:
+    """Train ``model`` in place for ``recipe.epochs`` (fractions of an epoch allowed)."""
+    if recipe.epochs <= 0:
+        return model
+    L.seed_everything(seed, workers=True, verbose=False)
+    whole_epochs = max(1, math.ceil(recipe.epochs))
+    limit_train = trainer_cfg.limit_train_batches
+    if recipe.epochs < 1:  # a fraction of one epoch: stop early in the only epoch
+        limit_train = recipe.epochs * (limit_train if isinstance(limit_train, float) else 1.0)
+    trainer = L.Trainer(
+        accelerator=trainer_cfg.accelerator,
+        devices=trainer_cfg.devices,
+        max_epochs=whole_epochs,
+        limit_train_batches=limit_train,
+        limit_val_batches=trainer_cfg.limit_val_batches,
+        fast_dev_run=trainer_cfg.fast_dev_run,
+        deterministic=trainer_cfg.deterministic,
+        enable_progress_bar=trainer_cfg.progress_bar,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=trainer_cfg.check_val_every_n_epoch,
+        gradient_clip_val=trainer_cfg.gradient_clip_val,
+        logger=logger,
+        callbacks=callbacks or [],
+    )
+    trainer.fit(Classifier(model, recipe, regularizer), datamodule=datamodule)
+    return model
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    datamodule: L.LightningDataModule,
+    split: str = "test",
+    max_batches: int | None = None,
+) -> dict[str, float]:
+    """Top-1, top-5 (percent) and mean cross-entropy of ``model`` on ``split``."""
+    loaders = {"train": datamodule.train_dataloader, "val": datamodule.val_dataloader, "test": datamodule.test_dataloader}
+    if split not in loaders:
+        raise ValueError(f"split must be one of {sorted(loaders)}, got {split!r}")
+    was_training = model.training
+    model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    seen = correct1 = correct5 = 0
+    loss_sum = 0.0
+    for i, (x, y) in enumerate(loaders[split]()):
+        if max_batches is not None and i >= max_batches:
+            break
+        x, y = x.to(device), y.to(device)
+        logits = model(x).float()
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct1 += top_k_correct(logits, y, 1)
+        correct5 += top_k_correct(logits, y, 5)
+        seen += len(y)
+    model.train(was_training)
+    if seen == 0:
+        raise ValueError(f"the {split} split is empty: check the dataset's subset sizes")
+    return {"top1": 100.0 * correct1 / seen, "top5": 100.0 * correct5 / seen, "loss": loss_sum / seen, "samples": seen}
+
+
+def with_epochs(recipe: RecipeConfig, epochs: float, lr: float | None = None) -> RecipeConfig:
+    """The same recipe, shortened (fine-tuning) and optionally at another learning rate."""
+    return dataclasses.replace(recipe, epochs=epochs, lr=recipe.lr if lr is None else lr)

@@ -1,0 +1,114 @@
+"""The one interface every hardware target implements, and the report it returns.
+
+A target answers "how long does this model take on you?" and says where the answer
+comes from. It never knows which method produced the model (DESIGN.md, "seams").
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from hardware.layers import LayerSpec, describe_layers
+
+#: Where a latency figure comes from.
+SOURCES = ("measured", "table", "analytical")
+#: How far an emulated figure is calibrated (ISSUE 3): by us here, on published data, or not at all.
+CALIBRATIONS = ("measured", "published", "spec-sheet")
+
+
+class HardwareError(RuntimeError):
+    """A target cannot answer: unknown device, missing table, absent GPU."""
+
+
+@dataclass
+class LatencyReport:
+    """Latency of one model on one target, with its provenance."""
+
+    hw: str
+    latency_ms: float
+    source: str
+    calibration: str
+    spread_ms: float = 0.0  # inter-quartile range for measured, known error for emulated
+    energy_mj: float | None = None
+    memory: dict[str, int] | None = None  # peak_activation_bytes, weight_bytes
+    per_layer_ms: dict[str, float] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"latency source {self.source!r} is not one of {SOURCES}")
+        if self.calibration not in CALIBRATIONS:
+            raise ValueError(f"calibration {self.calibration!r} is not one of {CALIBRATIONS}")
+
+    @property
+    def label(self) -> str:
+        """Short provenance string for tables: 'measured', 'table/published', ..."""
+        if self.source == "measured":
+            return "measured"
+        return f"{self.source}/{self.calibration}"
+
+
+@dataclass
+class ValidationCase:
+    """One architecture's emulated latency against its measured latency."""
+
+    name: str
+    predicted_ms: float
+    measured_ms: float
+
+    @property
+    def relative_error(self) -> float:
+        return (self.predicted_ms - self.measured_ms) / self.measured_ms
+
+
+class HardwareTarget(ABC):
+    """A device a model is evaluated on. Subclasses are configured by conf/hw/<name>.yaml."""
+
+    #: the source kind of this target's figures (one of SOURCES)
+    source: str = "measured"
+
+    def __init__(self, name: str, calibration: str = "measured", batch_size: int = 1, **_: Any) -> None:
+        if batch_size < 1:
+            raise ValueError(f"hw.batch_size must be >= 1, got {batch_size}")
+        if calibration not in CALIBRATIONS:
+            raise ValueError(f"hw.calibration must be one of {CALIBRATIONS}, got {calibration!r}")
+        self.name = name
+        self.calibration = calibration
+        self.batch_size = batch_size
+
+    @abstractmethod
+    def latency(
+        self,
+        model: nn.Module,
+        input_shape: tuple[int, ...],
+        layers: list[LayerSpec] | None = None,
+        onnx_file: Path | None = None,
+    ) -> LatencyReport:
+        """Latency of ``model`` for one batch of ``input_shape`` (batch dim included).
+
+        ``layers`` lets the caller pass a description it already has (with per-layer
+        bit-widths, for example); targets that need one build it otherwise.
+        ``onnx_file`` is the deployed model when a method wrote one (an int8 QDQ model):
+        targets that execute ONNX run it instead of exporting ``model``.
+        """
+
+    def layers_of(self, model: nn.Module, input_shape: tuple[int, ...], layers: list[LayerSpec] | None) -> list[LayerSpec]:
+        return layers if layers is not None else describe_layers(model, input_shape)
+
+    def validation_cases(self, **options: Any) -> list["ValidationCase"]:
+        """Predicted against measured latency on this target's reference data.
+
+        Emulated targets override this (the lookup table of a measured device samples
+        random architectures; pixel1 replays its published profiles); ``python -m
+        hardware validate`` turns the cases into results/hardware_validation.md.
+        """
+        raise HardwareError(f"hw {self.name!r} has no validation data: it is measured, not emulated")
+
+    def describe(self) -> dict[str, Any]:
+        return {"hw": self.name, "source": self.source, "calibration": self.calibration, "batch_size": self.batch_size}

@@ -1,0 +1,78 @@
+"""What every compression method implements, and what it is given to work with.
+
+A method receives the trained baseline and a context (data, the run's hardware
+target, a fine-tuning loop, an evaluator, a work folder) and returns the compressed
+model *decoded from the file it wrote*, so that the stored size and the accuracy of a
+run both come from that one file (DESIGN.md). A method never measures latency
+itself: it asks ``ctx.target``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from torch import nn
+
+from hardware.target import HardwareTarget
+
+
+class MethodConfigError(ValueError):
+    """A method was asked for something impossible (sparsity >= 1, 0 bits, ...)."""
+
+
+class FineTune(Protocol):
+    def __call__(self, model: nn.Module, epochs: float, *, lr: float | None = None, callbacks: list[Any] | None = None,
+                 regularizer: Any = None) -> nn.Module:
+        """Train ``model`` in place on the training split with the run's recipe; return it."""
+
+
+class Evaluate(Protocol):
+    def __call__(self, model: nn.Module, split: str = "val", max_batches: int | None = None) -> dict[str, float]:
+        """Return at least {"top1": percent, "loss": mean cross-entropy} on ``split``."""
+
+
+@dataclass
+class CompressionContext:
+    """Everything a method may use; built by the run pipeline (benchmarks.pipeline)."""
+
+    datamodule: Any  # a LightningDataModule, already set up
+    target: HardwareTarget
+    input_shape: tuple[int, ...]  # one batch for latency queries, batch dim included
+    workdir: Path
+    seed: int
+    finetune: FineTune
+    evaluate: Evaluate
+
+
+@dataclass
+class CompressionResult:
+    """A compressed model, decoded from ``stored_file``, with what the method wants recorded."""
+
+    model: nn.Module
+    stored_file: Path
+    #: per-layer (weight_bits, activation_bits), for emulated targets and the report
+    layer_bits: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: method-specific numbers: accuracy before fine-tuning, achieved sparsity, ...
+    metrics: dict[str, float] = field(default_factory=dict)
+    #: extra files worth keeping with the run (policy.json, schedules, plots)
+    artifacts: list[Path] = field(default_factory=list)
+    #: an ONNX file of the deployed model (int8 QDQ, say) for targets that execute ONNX
+    onnx_file: Path | None = None
+
+    @property
+    def stored_bytes(self) -> int:
+        return self.stored_file.stat().st_size
+
+
+class CompressionMethod(ABC):
+    """A compression method configured by conf/method/<name>.yaml (Hydra ``_target_``)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @abstractmethod
+    def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
+        """Compress a copy of ``model`` (the trained baseline must stay untouched)."""
