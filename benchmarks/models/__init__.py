@@ -1,0 +1,20 @@
+"""CompressBench's model zoo, registered into timm (``timm.create_model`` is the one door).
+
+Importing this package registers: ``lenet_300_100``, ``lenet5`` (``lenet``);
+``resnet{20,32,44,56,110}_cifar`` (``resnet_cifar``); ``mobilenetv1``, ``mobilenetv1_075``,
+``mobilenetv1_amc_0_5flops``, ``mobilenetv1_amc_0_5time`` (``mobilenetv1``);
+``mobilenetv2_cifar`` (``mobilenetv2_cifar``).
+"""
+from benchmarks.models import lenet, mobilenetv1, mobilenetv2_cifar, resnet_cifar  # noqa: F401  (registration)
+from benchmarks.models._entrypoint import PretrainedDownloadError
+from benchmarks.models.checkpoint import CheckpointMismatchError, load_pretrained
+from benchmarks.models.zoo import build_model, model_code_version, zoo_model_names
+
+__all__ = [
+    "CheckpointMismatchError",
+    "PretrainedDownloadError",
+    "build_model",
+    "load_pretrained",
+    "model_code_version",
+    "zoo_model_names",
+]
