@@ -28,10 +28,8 @@ IDX_LABELS_MAGIC = 0x00000801
 def read_idx_images(path: Path) -> np.ndarray:
     """uint8 images ``(N, rows, cols)`` from an idx3 ``.gz`` file."""
     data = _read_gz(path)
-    header = np.frombuffer(data, dtype=">u4", count=4, offset=0) if len(data) >= 16 else None
-    if header is None or header[0] != IDX_IMAGES_MAGIC:
-        found = hex(int(header[0])) if header is not None else "a file shorter than its header"
-        raise DataFormatError(f"{path}: not an idx image file (magic {found}, expected 0x803)")
+    _check_magic(path, data, IDX_IMAGES_MAGIC, "image", header_bytes=16)
+    header = np.frombuffer(data, dtype=">u4", count=4)
     count, rows, cols = (int(v) for v in header[1:])
     if len(data) != 16 + count * rows * cols:
         raise DataFormatError(
@@ -43,14 +41,21 @@ def read_idx_images(path: Path) -> np.ndarray:
 def read_idx_labels(path: Path) -> np.ndarray:
     """uint8 labels ``(N,)`` from an idx1 ``.gz`` file."""
     data = _read_gz(path)
-    header = np.frombuffer(data, dtype=">u4", count=2, offset=0) if len(data) >= 8 else None
-    if header is None or header[0] != IDX_LABELS_MAGIC:
-        found = hex(int(header[0])) if header is not None else "a file shorter than its header"
-        raise DataFormatError(f"{path}: not an idx label file (magic {found}, expected 0x801)")
+    _check_magic(path, data, IDX_LABELS_MAGIC, "label", header_bytes=8)
+    header = np.frombuffer(data, dtype=">u4", count=2)
     count = int(header[1])
     if len(data) != 8 + count:
         raise DataFormatError(f"{path}: header says {count} labels but the file holds {len(data) - 8}")
     return np.frombuffer(data, dtype=np.uint8, offset=8).copy()
+
+
+def _check_magic(path: Path, data: bytes, magic: int, kind: str, header_bytes: int) -> None:
+    found = int(np.frombuffer(data, dtype=">u4", count=1)[0]) if len(data) >= 4 else None
+    if found != magic:
+        shown = hex(found) if found is not None else "missing"
+        raise DataFormatError(f"{path}: not an idx {kind} file (magic {shown}, expected {hex(magic)})")
+    if len(data) < header_bytes:
+        raise DataFormatError(f"{path}: idx {kind} file shorter than its {header_bytes}-byte header")
 
 
 def _read_gz(path: Path) -> bytes:
