@@ -342,3 +342,56 @@ def test_configs_instantiate(tmp_path, name, cls):
     assert isinstance(dm, cls)
     assert dm.name == name and dm.seed == 5 and dm.folder == tmp_path / "data" / name
     assert dm.source_dir == SHARED and dm.download is False
+
+
+# ---------------------------------------------------------------- upstream download (loopback)
+@pytest.fixture
+def loopback_server(tmp_path):
+    """An HTTP server on 127.0.0.1 serving ``<tmp>/upstream`` (no network needed)."""
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path / "upstream"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def _downloadable(monkeypatch, tiny, server, md5_of=None) -> None:
+    root, url = server
+    files = []
+    for filename in IDX_FILES:
+        shutil.copyfile(tiny["folder"] / filename, root / filename)
+        md5 = hashlib.md5((md5_of or root / filename).read_bytes()).hexdigest()
+        files.append(SourceFile(filename, "0" * 64, urls=(url + "missing/" + filename, url + filename), md5=md5))
+    monkeypatch.setitem(SOURCES, "tiny_idx", DataSource("tiny_idx", "tiny-idx", tuple(files)))
+
+
+def test_download_is_the_last_resort_and_is_md5_checked(tiny_idx, monkeypatch, loopback_server):
+    _downloadable(monkeypatch, tiny_idx, loopback_server)
+    shutil.rmtree(tiny_idx["source_dir"])
+    with pytest.raises(DataNotFoundError, match="download: false"):
+        _tiny_mnist(tiny_idx).prepare_data()
+    dm = _ready(_tiny_mnist(tiny_idx, download=True))  # first mirror 404s, second serves
+    assert dm.prepared.origin == "download" and len(dm.data_test) == 10
+    marker = json.loads((tiny_idx["data_dir"] / "tiny_idx" / MARKER_NAME).read_text())
+    assert marker["origin"] == "download"
+    assert marker["files"]["t10k-labels-idx1-ubyte.gz"] == _sha256(loopback_server[0] / "t10k-labels-idx1-ubyte.gz")
+    assert _ready(_tiny_mnist(tiny_idx, download=True)).prepared.origin == "prepared"
+
+
+def test_download_with_wrong_md5_is_refused(tiny_idx, monkeypatch, loopback_server, tmp_path):
+    other = tmp_path / "other.bin"
+    other.write_bytes(b"not the file")
+    _downloadable(monkeypatch, tiny_idx, loopback_server, md5_of=other)
+    shutil.rmtree(tiny_idx["source_dir"])
+    with pytest.raises(DataNotFoundError, match="3. upstream download: failed"):
+        _tiny_mnist(tiny_idx, download=True).prepare_data()
+    assert not (tiny_idx["data_dir"] / "tiny_idx" / MARKER_NAME).exists()

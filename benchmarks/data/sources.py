@@ -163,8 +163,8 @@ def resolve(
     else:
         try:
             digests = _download_verified(source, folder)
-        except (OSError, RuntimeError) as error:  # network errors, md5 mismatch
-            attempts.append(f"3. upstream download: failed ({error})")
+        except Exception as error:  # noqa: BLE001  (any failure is reported in the message below)
+            attempts.append(f"3. upstream download: failed ({type(error).__name__}: {error})")
         else:
             return _finish(folder, "download", digests, build)
 
@@ -244,8 +244,8 @@ def _download_verified(source: DataSource, folder: Path) -> dict[str, str]:
             try:
                 download_url(url, str(raw_dir), filename=spec.filename, md5=spec.md5)
                 break
-            except (OSError, RuntimeError) as error:
-                errors.append(f"{url}: {error}")
+            except Exception as error:  # noqa: BLE001  (try the next mirror; all errors are reported)
+                errors.append(f"{url}: {type(error).__name__}: {error}")
         else:
             raise RuntimeError("; ".join(errors))
         path = raw_dir / spec.filename
