@@ -198,6 +198,22 @@ def test_resnet_cifar_copies_pickles_and_traces():
         assert torch.allclose(traced(x), expected, atol=1e-6)
 
 
+def test_resnet_cifar_prunes_structurally_when_residual_stream_is_kept():
+    tp = pytest.importorskip("torch_pruning")
+    model = timm.create_model("resnet20_cifar").eval()
+    x = torch.randn(1, 3, 32, 32)
+    kept = model.residual_stream_convs()
+    assert len(kept) == 1 + 9
+    pruner = tp.pruner.MagnitudePruner(
+        model, x, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=0.5,
+        ignored_layers=[*kept, model.linear],
+    )
+    pruner.step()
+    assert model.layer2[0].conv1.out_channels == 16 and model.layer2[0].conv2.out_channels == 32
+    with torch.no_grad():
+        assert model(x).shape == (1, 10)
+
+
 @pytest.mark.parametrize(
     "name, kwargs, input_size",
     [("resnet20_cifar", {}, 32), ("mobilenetv1", {"width_mult": 0.25, "num_classes": 10}, 64)],

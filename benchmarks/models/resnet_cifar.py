@@ -115,6 +115,18 @@ class CifarResNet(nn.Module):
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(module.weight)
 
+    def residual_stream_convs(self) -> list[nn.Conv2d]:
+        """Convs whose outputs form the residual stream: the stem conv and every block's ``conv2``.
+
+        Option-A shortcuts add zero-padded, subsampled copies of the stream, so its channels
+        are tied across a whole stage and across the padding; dependency-graph pruners
+        (e.g. Torch-Pruning) do not see through the padding. Structured pruning should keep
+        these convs' output channels and prune the blocks' inner ``conv1`` channels, as Li et
+        al., "Pruning Filters for Efficient ConvNets" (ICLR 2017, Sec. 4.2) do for these nets.
+        """
+        blocks = [block for stage in (self.layer1, self.layer2, self.layer3) for block in stage]
+        return [self.conv1, *(block.conv2 for block in blocks)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
