@@ -20,8 +20,12 @@ def make_context(
     trainer_cfg: TrainerConfig,
     seed: int,
     workdir: Path,
+    logger: Any = False,
 ) -> CompressionContext:
-    """A context whose fine-tuning uses the run's recipe, shortened to what the method asks."""
+    """A context whose fine-tuning uses the run's recipe, shortened to what the method asks.
+
+    ``logger`` (a Lightning logger, or False) records the fine-tuning curves.
+    """
 
     def finetune(
         model: nn.Module,
@@ -32,7 +36,7 @@ def make_context(
         regularizer: Regularizer | None = None,
     ) -> nn.Module:
         return fit(model, datamodule, with_epochs(recipe, epochs, lr), trainer_cfg, seed=seed,
-                   callbacks=callbacks, regularizer=regularizer)
+                   callbacks=callbacks, regularizer=regularizer, logger=logger)
 
     def evaluate_on(model: nn.Module, split: str = "val", max_batches: int | None = None) -> dict[str, float]:
         return evaluate(model, datamodule, split, max_batches)

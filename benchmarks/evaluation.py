@@ -1,0 +1,112 @@
+"""The one evaluation every run gets, for the compressed model and for its baseline.
+
+Accuracy on the test split, parameters and nonzero parameters, MACs (PyTorch's flop
+counter via hardware.layers), the stored size of the file the method wrote, and the
+latency on the run's target with its provenance. Ratios against the baseline are
+computed from two reports made the same way in the same run, so they are exact.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from benchmarks.training import evaluate
+from hardware.layers import LayerSpec, count_macs, describe_layers
+from hardware.target import HardwareTarget, LatencyReport
+
+
+@dataclass
+class ModelReport:
+    """Everything measured about one model in one run."""
+
+    accuracy: dict[str, float]
+    params: int
+    nonzero_params: int
+    macs: int
+    stored_bytes: int
+    latency: LatencyReport
+    layers: list[LayerSpec] = field(default_factory=list)
+    local_latency: LatencyReport | None = None
+
+    def metrics(self, prefix: str = "") -> dict[str, float | None]:
+        values: dict[str, float | None] = {
+            "top1": self.accuracy["top1"],
+            "top5": self.accuracy["top5"],
+            "loss": self.accuracy["loss"],
+            "params": self.params,
+            "nonzero_params": self.nonzero_params,
+            "macs": self.macs,
+            "stored_bytes": self.stored_bytes,
+            "latency_ms": self.latency.latency_ms,
+            "latency_spread_ms": self.latency.spread_ms,
+            "energy_mj": self.latency.energy_mj,
+        }
+        if self.local_latency is not None:
+            values["local_cpu_latency_ms"] = self.local_latency.latency_ms
+        return {f"{prefix}{k}": v for k, v in values.items()}
+
+
+def evaluate_model(
+    model: nn.Module,
+    datamodule: Any,
+    target: HardwareTarget,
+    input_shape: tuple[int, ...],
+    stored_bytes: int,
+    *,
+    split: str = "test",
+    layer_bits: dict[str, tuple[int, int]] | None = None,
+    onnx_file: Path | None = None,
+    local_target: HardwareTarget | None = None,
+) -> ModelReport:
+    """Measure ``model`` as every run does; ``local_target`` adds a measured CPU latency."""
+    model.eval()
+    layers = describe_layers(model, input_shape, layer_bits)
+    params = sum(p.numel() for p in model.parameters())
+    nonzero = sum(int(p.count_nonzero()) for p in model.parameters())
+    return ModelReport(
+        accuracy=evaluate(model, datamodule, split),
+        params=params,
+        nonzero_params=nonzero,
+        macs=count_macs(model, (1, *input_shape[1:])),
+        stored_bytes=stored_bytes,
+        latency=target.latency(model, input_shape, layers=layers, onnx_file=onnx_file),
+        layers=layers,
+        local_latency=None if local_target is None else local_target.latency(model, input_shape, onnx_file=onnx_file),
+    )
+
+
+def comparison(compressed: ModelReport, baseline: ModelReport) -> dict[str, float]:
+    """Speedup, compression and accuracy change against the run's own baseline."""
+    ratios = {
+        "speedup": baseline.latency.latency_ms / compressed.latency.latency_ms,
+        "compression": baseline.stored_bytes / compressed.stored_bytes,
+        "macs_reduction": baseline.macs / max(compressed.macs, 1),
+        "top1_delta": compressed.accuracy["top1"] - baseline.accuracy["top1"],
+    }
+    if compressed.local_latency is not None and baseline.local_latency is not None:
+        ratios["local_cpu_speedup"] = baseline.local_latency.latency_ms / compressed.local_latency.latency_ms
+    return ratios
+
+
+def write_layer_table(report: ModelReport, path: Path) -> Path:
+    """Per-layer CSV: name, op, shapes, params, MACs, latency and its share of the total."""
+    per_layer = report.latency.per_layer_ms
+    total = sum(per_layer.values())
+    rows = []
+    for spec in report.layers:
+        row = spec.as_row()
+        layer_ms = per_layer.get(spec.name)
+        row["latency_ms"] = "" if layer_ms is None else f"{layer_ms:.6f}"
+        row["latency_share"] = "" if layer_ms is None or total <= 0 else f"{layer_ms / total:.4f}"
+        rows.append(row)
+    with path.open("w", newline="") as handle:
+        if rows:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    return path

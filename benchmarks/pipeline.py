@@ -1,0 +1,208 @@
+"""The flow of one run (DESIGN.md): data -> model -> target -> baseline -> method -> report -> MLflow.
+
+``run(cfg)`` is what ``python -m benchmarks`` calls for every point of a composition. It
+returns the compressed model's top-1, the objective of sweeps.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from benchmarks.baseline_cache import BaselineModel, baseline_key, obtain_baseline
+from benchmarks.context import make_context
+from benchmarks.evaluation import ModelReport, comparison, evaluate_model, write_layer_table
+from benchmarks.models import build_model
+from benchmarks.schema import RecipeConfig, TrainerConfig, validated
+from benchmarks.tracking import RunRecorder, git_state, mlflow_run
+from benchmarks.training import fit
+from hardware.target import HardwareTarget, LatencyReport
+from methods.base import CompressionResult
+
+log = logging.getLogger(__name__)
+
+#: Where the groups a user adds with ``+group=`` come from when they are absent.
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+DEFAULT_OPTIONS = {"method": "baseline", "hw": "local_cpu"}
+
+
+def with_defaults(cfg: DictConfig) -> DictConfig:
+    """Fill ``method`` and ``hw`` from their default options when the user chose none.
+
+    They cannot sit in config.yaml's defaults list: ``+method=amc`` must append to it.
+    Keys set without choosing an option (``hw.threads=1``) override the default option.
+    """
+    OmegaConf.set_struct(cfg, False)
+    for group, option in DEFAULT_OPTIONS.items():
+        node = cfg.get(group)
+        if node is None or "_target_" not in node:
+            cfg[group] = OmegaConf.merge(OmegaConf.load(CONF_DIR / group / f"{option}.yaml"), node or {})
+    return cfg
+
+
+@contextmanager
+def stage(name: str) -> Iterator[None]:
+    """One short log line per pipeline stage, with its duration."""
+    start = time.perf_counter()
+    log.info("[%s] ...", name)
+    yield
+    log.info("[%s] done in %.1f s", name, time.perf_counter() - start)
+
+
+def _group_tags(cfg: DictConfig) -> dict[str, str]:
+    """Runs of one Hydra multirun share the sweep folder as their group tag."""
+    try:
+        hydra_cfg = HydraConfig.get()
+    except ValueError:  # composed without @hydra.main (tests, the API)
+        return {}
+    if str(hydra_cfg.mode) == "RunMode.MULTIRUN":
+        return {"multirun": hydra_cfg.sweep.dir, "multirun_job": str(hydra_cfg.job.num)}
+    return {}
+
+
+def _provenance_tags(report: LatencyReport, prefix: str = "latency") -> dict[str, str]:
+    return {f"{prefix}_source": report.label, f"{prefix}_calibration": report.calibration}
+
+
+def run(cfg: DictConfig) -> float:
+    """Run one composition end to end and record it; return the compressed top-1."""
+    cfg = with_defaults(cfg)
+    recipe = validated(RecipeConfig, cfg.recipe, "recipe")
+    trainer_cfg = validated(TrainerConfig, cfg.trainer, "trainer")
+    seed = int(cfg.seed)
+    root = Path(cfg.paths.root_dir)
+    tags = {
+        "dataset": cfg.dataset.name,
+        "model": cfg.model.name,
+        "method": cfg.method.name,
+        "hw": cfg.hw.name,
+        "seed": seed,
+        **git_state(root),
+        **_group_tags(cfg),
+        **{k: v for k, v in (cfg.get("tags") or {}).items()},
+    }
+    logger_cfg = cfg.logger
+    with mlflow_run(logger_cfg.tracking_uri, logger_cfg.experiment_name, logger_cfg.artifact_location,
+                    logger_cfg.run_name, tags) as recorder:
+        recorder.params(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+        recorder.text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        return _run_recorded(cfg, recipe, trainer_cfg, seed, recorder)
+
+
+def _run_recorded(cfg: DictConfig, recipe: RecipeConfig, trainer_cfg: TrainerConfig, seed: int,
+                  recorder: RunRecorder) -> float:
+    L.seed_everything(seed, workers=True, verbose=False)
+    with stage("data"):
+        datamodule = instantiate(cfg.dataset)
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        recorder.tags({"data_checksum": datamodule.checksum})
+
+    with stage("hardware"):
+        target: HardwareTarget = instantiate(cfg.hw)
+        local_target = _local_target(cfg, target)
+        input_shape = (target.batch_size, *datamodule.input_shape)
+
+    with stage("baseline"):
+        baseline = _baseline(cfg, datamodule, recipe, trainer_cfg, seed, recorder)
+        recorder.tags({"baseline_origin": baseline.origin, "baseline_key": baseline.key})
+
+    workdir = Path(cfg.paths.output_root) / "work" / recorder.run_id
+    with stage(f"method {cfg.method.name}"):
+        method = instantiate(cfg.method, _convert_="all")
+        ctx = make_context(datamodule, target, recipe, trainer_cfg, seed, workdir,
+                           logger=_training_logger(cfg, recorder, "finetune"))
+        result: CompressionResult = method.compress(copy.deepcopy(baseline.model), ctx)
+
+    split = cfg.evaluation.split
+    with stage("evaluate"):
+        base_report = evaluate_model(baseline.model, datamodule, target, input_shape, baseline.file.stat().st_size,
+                                     split=split, local_target=local_target)
+        report = evaluate_model(result.model, datamodule, target, input_shape, result.stored_bytes, split=split,
+                                layer_bits=result.layer_bits, onnx_file=result.onnx_file, local_target=local_target)
+
+    with stage("record"):
+        _record(cfg, recorder, report, base_report, result, workdir)
+    log.info(
+        "[result] %s/%s/%s on %s: top-1 %.2f%% (baseline %.2f%%), %.3f ms %s (x%.2f), %d bytes (x%.1f smaller)",
+        cfg.dataset.name, cfg.model.name, cfg.method.name, cfg.hw.name, report.accuracy["top1"],
+        base_report.accuracy["top1"], report.latency.latency_ms, report.latency.label,
+        base_report.latency.latency_ms / report.latency.latency_ms, report.stored_bytes,
+        base_report.stored_bytes / report.stored_bytes,
+    )
+    return float(report.accuracy["top1"])
+
+
+def _local_target(cfg: DictConfig, target: HardwareTarget) -> HardwareTarget | None:
+    """The measured CPU target, when the run's own target is emulated and asked for it."""
+    if target.source == "measured" or not cfg.evaluation.measure_local_cpu:
+        return None
+    node = OmegaConf.load(CONF_DIR / "hw" / f"{DEFAULT_OPTIONS['hw']}.yaml")
+    node.batch_size = target.batch_size
+    return instantiate(node)
+
+
+def _training_logger(cfg: DictConfig, recorder: RunRecorder, prefix: str) -> Any:
+    """Lightning's MLflow logger writing training curves into the run's own MLflow run."""
+    if not cfg.logger.log_training:
+        return False
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    return MLFlowLogger(tracking_uri=cfg.logger.tracking_uri, run_id=recorder.run_id, prefix=prefix)
+
+
+def _baseline(cfg: DictConfig, datamodule: Any, recipe: RecipeConfig, trainer_cfg: TrainerConfig, seed: int,
+              recorder: RunRecorder) -> BaselineModel:
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    assert isinstance(model_cfg, dict)
+    torch.manual_seed(seed)  # the same initial weights for the same seed
+    model = build_model(model_cfg["name"], datamodule.num_classes, datamodule.input_shape[0],
+                        model_cfg.get("pretrained"), **(model_cfg.get("kwargs") or {}))
+    dataset_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
+    assert isinstance(dataset_cfg, dict)
+    key = baseline_key(model_cfg, dataset_cfg, datamodule.checksum, recipe, trainer_cfg, seed)
+    fresh_origin = "trained" if recipe.epochs > 0 else ("weights" if model_cfg.get("pretrained") else "untrained")
+
+    def train(m: torch.nn.Module) -> torch.nn.Module:
+        return fit(m, datamodule, recipe, trainer_cfg, seed=seed, logger=_training_logger(cfg, recorder, "baseline"))
+
+    return obtain_baseline(model, key, Path(cfg.paths.cache_dir) / "baselines", use_cache=cfg.baseline.cache,
+                           fresh_origin=fresh_origin, train=train)
+
+
+def _record(cfg: DictConfig, recorder: RunRecorder, report: ModelReport, base_report: ModelReport,
+            result: CompressionResult, workdir: Path) -> None:
+    recorder.metrics({**report.metrics(), **base_report.metrics("baseline_"), **comparison(report, base_report),
+                      **{f"method_{k}": v for k, v in result.metrics.items()}})
+    recorder.tags({**_provenance_tags(report.latency),
+                   "latency_provenance": json.dumps(report.latency.provenance, default=str)[:5000],
+                   "latency_notes": " | ".join(report.latency.notes)[:5000]})
+    recorder.text(json.dumps({"compressed": _latency_dict(report.latency), "baseline": _latency_dict(base_report.latency),
+                              "local_cpu": _latency_dict(report.local_latency)}, indent=2, default=str), "latency.json")
+    if cfg.evaluation.per_layer_table:
+        recorder.artifact(write_layer_table(report, workdir / "layers.csv"))
+    recorder.artifact(result.stored_file, "model")
+    if result.onnx_file is not None:
+        recorder.artifact(result.onnx_file, "model")
+    for path in result.artifacts:
+        recorder.artifact(path, "method")
+
+
+def _latency_dict(report: LatencyReport | None) -> dict[str, Any] | None:
+    if report is None:
+        return None
+    return {"hw": report.hw, "latency_ms": report.latency_ms, "spread_ms": report.spread_ms, "source": report.source,
+            "calibration": report.calibration, "energy_mj": report.energy_mj, "memory": report.memory,
+            "provenance": report.provenance, "notes": report.notes, "per_layer_ms": report.per_layer_ms}

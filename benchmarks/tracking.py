@@ -1,0 +1,163 @@
+"""MLflow tracking of runs: tags, the resolved config as params, metrics, artifacts.
+
+One MLflow run per pipeline run. The run ends FINISHED, FAILED (the traceback is
+logged as an artifact) or KILLED (Ctrl-C, SIGTERM); whatever was logged before the
+end stays. Writes to the embedded sqlite store are retried when another process
+holds its lock, so concurrent runs do not lose records.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import time
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import mlflow
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: MLflow's limit on the length of one param value.
+_MAX_PARAM_LENGTH = 6000
+
+
+def retry_locked(fn: Callable[[], T], attempts: int = 30, wait_s: float = 0.2) -> T:
+    """Call ``fn``, retrying while the sqlite store reports that it is locked."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception as err:  # sqlite3 and SQLAlchemy wrap the lock error differently
+            if "locked" not in str(err).lower() or attempt == attempts - 1:
+                raise
+            time.sleep(wait_s * (1 + attempt))
+    raise AssertionError("unreachable")
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> {"a.b.c": value}, the form MLflow params take."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def git_state(root: Path) -> dict[str, str]:
+    """The code version a run used: commit and whether the tree had uncommitted changes."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return {"git_commit": "unknown", "git_dirty": "unknown"}
+    return {"git_commit": commit, "git_dirty": str(bool(dirty)).lower()}
+
+
+def experiment_id(tracking_uri: str, experiment_name: str, artifact_location: str | None) -> str:
+    """Point MLflow at the store and return the experiment's id, creating it if needed."""
+    mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri)
+
+    def get_or_create() -> str:
+        existing = client.get_experiment_by_name(experiment_name)
+        if existing is not None:
+            return existing.experiment_id
+        location = Path(artifact_location).resolve().as_uri() if artifact_location else None
+        try:
+            return client.create_experiment(experiment_name, artifact_location=location)
+        except Exception:  # another process created it between our two calls
+            found = client.get_experiment_by_name(experiment_name)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    return retry_locked(get_or_create)
+
+
+class RunRecorder:
+    """What the pipeline logs into its active MLflow run, each write retried on lock."""
+
+    def __init__(self, run_id: str, client: MlflowClient) -> None:
+        self.run_id = run_id
+        self.client = client
+
+    def tags(self, tags: Mapping[str, Any]) -> None:
+        for key, value in tags.items():
+            retry_locked(lambda k=key, v=value: self.client.set_tag(self.run_id, k, str(v)))
+
+    def params(self, params: Mapping[str, Any]) -> None:
+        items = [(k, str(v)[:_MAX_PARAM_LENGTH]) for k, v in flatten(params).items()]
+        for start in range(0, len(items), 100):
+            chunk = [mlflow.entities.Param(k, v) for k, v in items[start : start + 100]]
+            retry_locked(lambda c=chunk: self.client.log_batch(self.run_id, params=c))
+
+    def metrics(self, metrics: Mapping[str, float | int | None], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        values = [mlflow.entities.Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+        for start in range(0, len(values), 200):
+            chunk = values[start : start + 200]
+            retry_locked(lambda c=chunk: self.client.log_batch(self.run_id, metrics=c))
+
+    def artifact(self, path: Path, folder: str | None = None) -> None:
+        retry_locked(lambda: self.client.log_artifact(self.run_id, str(path), folder))
+
+    def text(self, text: str, name: str) -> None:
+        retry_locked(lambda: self.client.log_text(self.run_id, text, name))
+
+
+class _Terminated(Exception):
+    """SIGTERM turned into an exception, so the run can be marked KILLED."""
+
+
+@contextmanager
+def mlflow_run(
+    tracking_uri: str,
+    experiment_name: str,
+    artifact_location: str | None,
+    run_name: str | None,
+    tags: Mapping[str, Any],
+) -> Iterator[RunRecorder]:
+    """Open a run; end it FINISHED, FAILED (with the traceback) or KILLED."""
+    exp_id = experiment_id(tracking_uri, experiment_name, artifact_location)
+    client = MlflowClient(tracking_uri)
+    run = retry_locked(lambda: client.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()}))
+    recorder = RunRecorder(run.info.run_id, client)
+    log.info("[mlflow] run %s in experiment %r at %s", run.info.run_id, experiment_name, tracking_uri)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        raise _Terminated(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if _in_main_thread() else None
+    status = RunStatus.to_string(RunStatus.FINISHED)
+    try:
+        yield recorder
+    except (KeyboardInterrupt, _Terminated):
+        status = RunStatus.to_string(RunStatus.KILLED)
+        recorder.tags({"end_reason": "interrupted"})
+        raise
+    except BaseException as err:
+        status = RunStatus.to_string(RunStatus.FAILED)
+        recorder.text("".join(traceback.format_exception(err)), "error.txt")
+        recorder.tags({"error": f"{type(err).__name__}: {err}"[:5000]})
+        raise
+    finally:
+        retry_locked(lambda: client.set_terminated(run.info.run_id, status=status))
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
