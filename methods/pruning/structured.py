@@ -1,0 +1,355 @@
+"""Physical channel removal through Torch-Pruning's dependency graph, and its stored file.
+
+Structured pruning (filters/channels) only makes a network faster on dense hardware if
+the channels are really removed, consistently across everything coupled to them: the
+batch norm after a conv, the next layer's input channels, every branch of a residual
+addition, a depthwise conv (whose input and output channels are one and the same), the
+slices of a concatenation, the classifier's input features. Berthelier et al. 2020,
+Sec. 2.3 ("automatically removing the filter's corresponding feature map and related
+kernels in the next layer") and Aswani's survey, Sec. II.J, describe the operation; the
+bookkeeping is Torch-Pruning's ``DependencyGraph`` (Fang et al., "DepGraph", CVPR 2023),
+built once from a traced example input and reused for every removal (STYLE.md).
+
+A *prunable layer* here is one Torch-Pruning group named after its root: the conv or
+linear layer whose output channels are removed, with everything coupled to them.
+
+Departures and guards:
+
+* The model's output layer (the classifier) is never a root: its outputs are the classes.
+* Channel padding (``F.pad`` on the channel dimension, as in the option-A shortcut of the
+  CIFAR ResNets) is traced by Torch-Pruning as an element-wise op, which couples the 16-,
+  32- and 64-channel residual streams as if they had one width. Groups that pass through
+  channel padding are therefore refused; on the CIFAR ResNets this leaves the first conv
+  of every residual block prunable and the residual streams intact, which is exactly the
+  protocol of Li et al. 2017 (Sec. 4.2) and of AMC for ResNets.
+* The stored file is the unpruned architecture's name-free recipe: the *pruning history*
+  (root layer, out/in, removed indices, in order) plus the pruned state dict, loaded with
+  ``torch.load(weights_only=True)``. :func:`load_pruned` replays the history on a fresh
+  copy of the unpruned model (the same dependency graph, so the same surgery) and loads
+  the weights strictly; no pickled modules, no code path of the method.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from hardware.layers import count_macs
+from methods.base import MethodConfigError
+
+#: The ``format`` key of a file written by :func:`save_pruned`.
+PRUNED_FORMAT = "compressbench/pruned-channels"
+PRUNED_VERSION = 1
+
+#: Modules that may be the root of a pruning group (their output channels are removed).
+ROOT_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
+
+#: One removal: (root layer name, True for output channels, removed indices).
+PruningStep = list  # [str, bool, list[int]] — a list, so it survives weights_only loading
+
+
+@dataclass
+class PrunableLayer:
+    """One group of coupled channels, named after the layer whose outputs it removes."""
+
+    name: str
+    module: nn.Module
+    channels: int  # current output channels of the root
+    coupled: tuple[str, ...]  # other layers whose channels go with the root's outputs
+    depthwise: bool = False
+
+    @property
+    def kind(self) -> str:
+        return "linear" if isinstance(self.module, nn.Linear) else ("dwconv" if self.depthwise else "conv")
+
+
+def out_channels(module: nn.Module) -> int:
+    if isinstance(module, nn.Conv2d):
+        return module.out_channels
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    raise TypeError(f"{type(module).__name__} is not a prunable root (Conv2d or Linear)")
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def channels_to_remove(channels: int, ratio: float, layer: str = "", round_to: int = 1) -> int:
+    """How many of ``channels`` a pruning ratio removes; refuses to remove them all.
+
+    ``round_to`` keeps the remaining count a multiple of it (hardware-friendly widths);
+    the count is rounded to the nearest integer otherwise.
+    """
+    if not 0.0 <= ratio < 1.0:
+        raise MethodConfigError(f"pruning ratio of layer {layer!r} must be in [0, 1), got {ratio}")
+    remove = int(round(channels * ratio))
+    if round_to > 1:
+        keep = max(round_to, int(round((channels - remove) / round_to)) * round_to)
+        remove = max(0, channels - keep)
+    if remove >= channels:
+        raise MethodConfigError(
+            f"pruning ratio {ratio} removes every one of the {channels} channels of layer {layer!r}; "
+            f"use a ratio below {(channels - 1) / channels:.3f} for it (or exclude it)"
+        )
+    return remove
+
+
+def _example_input(model: nn.Module, input_shape: Sequence[int]) -> torch.Tensor:
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(tuple(input_shape), generator=generator).to(device)
+
+
+def _pads_channels(node: Any) -> bool:
+    """True when a traced node pads the channel dimension (tp sees it as element-wise)."""
+    grad_fn = getattr(node, "grad_fn", None)
+    if grad_fn is None or "Pad" not in type(grad_fn).__name__:
+        return False
+    pad = getattr(grad_fn, "_saved_pad", None)
+    if pad is None:
+        return True  # unknown padding: refuse rather than risk a wrong coupling
+    pad = list(pad)
+    # F.pad lists (last dim before, after, second-to-last before, after, ...); channels are dim 1 of NCHW.
+    return len(pad) >= 6 and any(int(p) != 0 for p in pad[4:6])
+
+
+class ChannelPruner:
+    """The dependency graph of one model, built once; removes channels physically.
+
+    Args:
+        model: the model to prune, in place (deep-copy it first to keep the original).
+        input_shape: one example batch shape (batch dim included) to trace.
+        ignored_layers: names of conv/linear layers whose output channels must stay.
+
+    ``history`` is the ordered list of removals; :func:`save_pruned` stores it with the
+    weights and :func:`load_pruned` replays it.
+    """
+
+    def __init__(self, model: nn.Module, input_shape: Sequence[int], ignored_layers: Sequence[str] = ()) -> None:
+        self.model = model
+        self.input_shape = tuple(int(s) for s in input_shape)
+        names = dict(model.named_modules())
+        unknown = [n for n in ignored_layers if n not in names]
+        if unknown:
+            raise MethodConfigError(f"ignored layer(s) {unknown} are not modules of the model; known layers: "
+                                    f"{[n for n, m in names.items() if isinstance(m, ROOT_TYPES)][:20]} ...")
+        self.ignored_layers = tuple(ignored_layers)
+        self.graph = build_dependency_graph(model, self.input_shape)
+        self._order = _forward_order(model, self.input_shape)
+
+    # -- what can be pruned -------------------------------------------------------------
+    def name_of(self, module: nn.Module) -> str:
+        return self.graph._module2name[module]
+
+    def _group_is_supported(self, group: tp.Group) -> bool:
+        for dep, _ in group:
+            if _pads_channels(dep.target) or _pads_channels(dep.source):
+                return False
+            if self.graph.is_out_channel_pruning_fn(dep.handler) and len(dep.target.outputs) == 0:
+                return False  # feeds the model's output directly: the classes
+        return True
+
+    def groups(self) -> dict[str, tp.Group]:
+        """Full-index groups of every prunable layer, in forward order, keyed by root name."""
+        modules = dict(self.model.named_modules())
+        ignored = [modules[n] for n in self.ignored_layers]
+        found: dict[str, tp.Group] = {}
+        for group in self.graph.get_all_groups(ignored_layers=ignored, root_module_types=ROOT_TYPES):
+            if not self._group_is_supported(group):
+                continue
+            group = self._dense_rooted(group)
+            found[self.name_of(group[0].dep.target.module)] = group
+        rank = {name: i for i, name in enumerate(self._order)}
+        return dict(sorted(found.items(), key=lambda item: rank.get(item[0], len(rank))))
+
+    def _dense_rooted(self, group: tp.Group) -> tp.Group:
+        """The same group rooted at the first dense conv/linear that produces its channels.
+
+        Torch-Pruning roots a group at whichever coupled layer it met first, a depthwise conv
+        say; the filter criteria score the *producing* layer's filters (Li et al. 2017), so
+        the root is moved to the first dense producer in forward order when there is one.
+        """
+        rank = {name: i for i, name in enumerate(self._order)}
+        producers = [
+            dep.target.module for dep, _ in group
+            if self.graph.is_out_channel_pruning_fn(dep.handler) and isinstance(dep.target.module, ROOT_TYPES)
+            and not (isinstance(dep.target.module, nn.Conv2d) and dep.target.module.groups > 1)
+        ]
+        if not producers:
+            return group
+        first = min(producers, key=lambda m: rank.get(self.name_of(m), len(rank)))
+        if first is group[0].dep.target.module:
+            return group
+        pruner = self.graph.get_pruner_of_module(first)
+        return self.graph.get_pruning_group(first, pruner.prune_out_channels, list(range(out_channels(first))))
+
+    def layers(self) -> list[PrunableLayer]:
+        """The prunable layers (current channel counts), in forward order."""
+        result = []
+        for name, group in self.groups().items():
+            root = group[0].dep.target.module
+            coupled = tuple(dict.fromkeys(
+                self.name_of(dep.target.module) for dep, _ in group[1:]
+                if isinstance(dep.target.module, nn.Module) and dep.target.module in self.graph._module2name
+            ))
+            depthwise = isinstance(root, nn.Conv2d) and root.groups > 1 and root.groups == root.out_channels
+            result.append(PrunableLayer(name, root, out_channels(root), coupled, depthwise))
+        return result
+
+    def group(self, name: str) -> tp.Group:
+        groups = self.groups()
+        if name not in groups:
+            raise MethodConfigError(f"layer {name!r} is not prunable; prunable layers: {list(groups)}")
+        return groups[name]
+
+    # -- removal ----------------------------------------------------------------------
+    def prune(self, name: str, indices: Sequence[int]) -> None:
+        """Remove output channels ``indices`` of layer ``name`` and everything coupled to them."""
+        indices = sorted({int(i) for i in indices})
+        if not indices:
+            return
+        module = dict(self.model.named_modules()).get(name)
+        if module is None or not isinstance(module, ROOT_TYPES):
+            raise MethodConfigError(f"{name!r} is not a Conv2d/Linear layer of the model")
+        channels = out_channels(module)
+        if indices[0] < 0 or indices[-1] >= channels:
+            raise MethodConfigError(f"channel indices of layer {name!r} must be in [0, {channels}), got {indices}")
+        if len(indices) >= channels:
+            raise MethodConfigError(f"removing {len(indices)} of the {channels} channels of layer {name!r} leaves none")
+        pruner = self.graph.get_pruner_of_module(module)
+        group = self.graph.get_pruning_group(module, pruner.prune_out_channels, indices)
+        if not self._group_is_supported(group):
+            raise MethodConfigError(f"layer {name!r} cannot be pruned: its channels pass through channel padding "
+                                    "or feed the model's output")
+        if not self.graph.check_pruning_group(group):
+            raise MethodConfigError(f"removing channels {indices} of layer {name!r} would empty a coupled layer")
+        group.prune()
+
+    def remove_lowest(self, name: str, scores: torch.Tensor, count: int) -> list[int]:
+        """Remove the ``count`` channels of ``name`` with the lowest ``scores``; return their indices."""
+        if count <= 0:
+            return []
+        channels = out_channels(dict(self.model.named_modules())[name])
+        if scores.numel() != channels:
+            raise ValueError(f"{name}: {scores.numel()} scores for {channels} channels")
+        # stable order: ties broken by channel index, so runs are reproducible
+        order = sorted(range(channels), key=lambda i: (float(scores[i]), i))
+        removed = sorted(order[:count])
+        self.prune(name, removed)
+        return removed
+
+    @property
+    def history(self) -> list[PruningStep]:
+        return [[str(n), bool(out), [int(i) for i in idxs]] for n, out, idxs in self.graph.pruning_history()]
+
+    def macs(self) -> int:
+        return count_macs(self.model, self.input_shape)
+
+
+def build_dependency_graph(model: nn.Module, input_shape: Sequence[int]) -> tp.DependencyGraph:
+    """Trace ``model`` (in eval mode, so batch-norm statistics stay untouched)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            return tp.DependencyGraph().build_dependency(model, _example_input(model, input_shape), verbose=False)
+    finally:
+        model.train(was_training)
+
+
+def _forward_order(model: nn.Module, input_shape: Sequence[int]) -> list[str]:
+    order: list[str] = []
+    handles = [
+        module.register_forward_hook(lambda *_, name=name: order.append(name))
+        for name, module in model.named_modules() if isinstance(module, ROOT_TYPES)
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(_example_input(model, input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return list(dict.fromkeys(order))
+
+
+Importance = Callable[[tp.Group], torch.Tensor]
+
+
+def prune_layers(pruner: ChannelPruner, importance: Importance, ratios: Mapping[str, float],
+                 round_to: int = 1) -> dict[str, list[int]]:
+    """Remove ``ratios[name]`` of each layer's channels, lowest ``importance`` first.
+
+    All scores are computed before any removal (Li et al. 2017, Sec. 3.3, "independent"
+    strategy), so the order of layers does not change which channels go. Returns the
+    removed indices per layer (indices of that layer at the time of the call).
+    """
+    groups = pruner.groups()
+    unknown = sorted(set(ratios) - set(groups))
+    if unknown:
+        raise MethodConfigError(f"layer_ratios names unprunable layer(s) {unknown}; prunable: {list(groups)}")
+    plan: dict[str, tuple[torch.Tensor, int]] = {}
+    for name, ratio in ratios.items():
+        channels = out_channels(groups[name][0].dep.target.module)
+        count = channels_to_remove(channels, ratio, name, round_to)
+        if count:
+            plan[name] = (importance(groups[name]).detach().float().cpu(), count)
+    return {name: pruner.remove_lowest(name, scores, count) for name, (scores, count) in plan.items()}
+
+
+# -- the stored file -------------------------------------------------------------------
+def save_pruned(model: nn.Module, history: Sequence[PruningStep], input_shape: Sequence[int], path: Path,
+                extra: Mapping[str, Any] | None = None) -> Path:
+    """Write the pruned model as (pruning history, state dict) in one weights-only file."""
+    payload = {
+        "format": PRUNED_FORMAT,
+        "version": PRUNED_VERSION,
+        "input_shape": [int(s) for s in input_shape],
+        "history": [[str(n), bool(o), [int(i) for i in idxs]] for n, o, idxs in history],
+        "channels": {name: out_channels(m) for name, m in model.named_modules() if isinstance(m, ROOT_TYPES)},
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "extra": dict(extra or {}),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(payload, path)
+    return path
+
+
+def read_pruned(path: Path) -> dict[str, Any]:
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != PRUNED_FORMAT:
+        raise ValueError(f"{path} is not a pruned-model file ({PRUNED_FORMAT}); was it written by save_pruned?")
+    if payload.get("version") != PRUNED_VERSION:
+        raise ValueError(f"{path}: unsupported pruned-model file version {payload.get('version')}")
+    return payload
+
+
+def apply_history(model: nn.Module, history: Sequence[PruningStep], input_shape: Sequence[int]) -> nn.Module:
+    """Replay a pruning history on ``model`` (in place): the same removals, in the same order."""
+    graph = build_dependency_graph(model, input_shape)
+    graph.load_pruning_history([[n, bool(o), list(idxs)] for n, o, idxs in history])
+    return model
+
+
+def load_pruned(path: Path, template: nn.Module) -> nn.Module:
+    """Decode a file of :func:`save_pruned` onto a copy of the *unpruned* ``template``."""
+    payload = read_pruned(Path(path))
+    model = apply_history(copy.deepcopy(template), payload["history"], payload["input_shape"])
+    channels = {name: out_channels(m) for name, m in model.named_modules() if isinstance(m, ROOT_TYPES)}
+    if channels != payload["channels"]:
+        diff = {k: (channels.get(k), v) for k, v in payload["channels"].items() if channels.get(k) != v}
+        raise ValueError(f"{path}: replaying the pruning history on the template gives other widths {diff}; "
+                         "is the template the same unpruned architecture?")
+    model.load_state_dict(payload["state_dict"], strict=True)
+    return model
