@@ -21,7 +21,8 @@ average pooling); ``pretrained_cfg['input_size']`` records the intended one.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from timm.models import register_model
@@ -100,7 +101,7 @@ class MobileNetV1(nn.Module):
         stem_stride = 1 if cifar_stem else 2
         self.stem = ConvBnReLU(in_chans, self.channel_plan[0], 3, stride=stem_stride)
         blocks = []
-        for in_channels, out_channels, stride in zip(self.channel_plan[:-1], self.channel_plan[1:], BLOCK_STRIDES):
+        for in_channels, out_channels, stride in zip(self.channel_plan[:-1], self.channel_plan[1:], BLOCK_STRIDES, strict=True):
             blocks.append(DepthwiseSeparableBlock(in_channels, out_channels, stride))
         self.blocks = nn.Sequential(*blocks)
         self.global_pool = nn.AdaptiveAvgPool2d(1)
@@ -125,7 +126,7 @@ class MobileNetV1(nn.Module):
 
 
 def _create_mobilenetv1(model_name: str, plan_name: str, pretrained: bool, kwargs: dict[str, Any]) -> MobileNetV1:
-    model_args = dict(channel_plan=CHANNEL_PLANS[plan_name])
+    model_args: dict[str, Any] = {"channel_plan": CHANNEL_PLANS[plan_name]}
     model_args.update(architecture_args(model_name, pretrained, kwargs))
     return MobileNetV1(**model_args)
 

@@ -124,7 +124,7 @@ class CifarResNet(nn.Module):
         these convs' output channels and prune the blocks' inner ``conv1`` channels, as Li et
         al., "Pruning Filters for Efficient ConvNets" (ICLR 2017, Sec. 4.2) do for these nets.
         """
-        blocks = [block for stage in (self.layer1, self.layer2, self.layer3) for block in stage]
+        blocks = [module for module in self.modules() if isinstance(module, BasicBlock)]
         return [self.conv1, *(block.conv2 for block in blocks)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
