@@ -33,12 +33,17 @@ from benchmarks.data import (
     MNISTDataModule,
     SourceFile,
 )
-from benchmarks.data.sources import MARKER_NAME, manifest_digest
 from benchmarks.data.mnist import read_idx_images, read_idx_labels
+from benchmarks.data.sources import MARKER_NAME, manifest_digest
 
 SHARED = Path("/work/shared/data")
 CONF = Path(__file__).resolve().parents[1] / "conf" / "dataset"
-IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+IDX_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:
@@ -171,7 +176,14 @@ def test_idx_reader_checks_magic_and_counts(tmp_path):
 # ---------------------------------------------------------------- config and splits
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("batch_size", 0), ("eval_batch_size", 0), ("train_subset", 0), ("test_subset", -1), ("val_size", -1), ("num_workers", -1)],
+    [
+        ("batch_size", 0),
+        ("eval_batch_size", 0),
+        ("train_subset", 0),
+        ("test_subset", -1),
+        ("val_size", -1),
+        ("num_workers", -1),
+    ],
 )
 def test_bad_config_names_the_key(tiny_idx, key, value):
     with pytest.raises(ValueError, match=f"dataset.{key}"):
@@ -297,7 +309,9 @@ def _image_folder(root: Path, splits=("train", "val")) -> None:
 def test_imagefolder_uses_val_as_test_when_absent(tmp_path):
     _image_folder(tmp_path / "images")
     dm = _ready(
-        ImageFolderDataModule(data_dir=tmp_path / "prepared", root=tmp_path / "images", resize_size=24, crop_size=16, batch_size=2)
+        ImageFolderDataModule(
+            data_dir=tmp_path / "prepared", root=tmp_path / "images", resize_size=24, crop_size=16, batch_size=2
+        )
     )
     assert dm.classes == ("ants", "bees") and dm.input_shape == (3, 16, 16)
     assert (len(dm.data_train), len(dm.data_val), len(dm.data_test)) == (6, 6, 6)

@@ -9,10 +9,10 @@ dataloaders. A dataset subclass says how to build a cache from its verified raw 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import lightning as L
 import torch
@@ -94,7 +94,7 @@ class ImageDataModule(L.LightningDataModule):
                 _require_int(key, value, minimum=1)
         if data_dir is None or str(data_dir) == "":
             raise ValueError("dataset.data_dir is not set: set paths.data_dir to a writable folder for prepared data")
-        self.name = name or self.default_name
+        self.name: str = name or self.default_name
         if not self.name:
             raise ValueError("dataset.name is not set: name the dataset in its yaml (name: ...)")
         self.mean = tuple(float(v) for v in (mean if mean is not None else self.default_mean))
@@ -157,14 +157,14 @@ class ImageDataModule(L.LightningDataModule):
         self.input_shape = tuple(splits.input_shape)  # type: ignore[assignment]
 
         if splits.val is None:
-            n_train = len(splits.train)
+            n_train = _size(splits.train)
             if self.val_size >= n_train:
                 raise ValueError(
                     f"dataset.val_size={self.val_size} must be smaller than the training set "
                     f"({n_train} samples): lower val_size"
                 )
             order = torch.randperm(n_train, generator=self._generator("val_split")).tolist()
-            train = Subset(splits.train, order[self.val_size :])
+            train: Dataset = Subset(splits.train, order[self.val_size :])
             val: Dataset = Subset(splits.train_eval, order[: self.val_size])
         else:
             train, val = splits.train, splits.val
@@ -176,9 +176,9 @@ class ImageDataModule(L.LightningDataModule):
         return torch.Generator().manual_seed(int(self.seed) * 16 + _SPLIT_SALT[purpose])
 
     def _subset(self, dataset: Dataset, size: int | None, split: str) -> Dataset:
-        if size is None or size >= len(dataset):
+        if size is None or size >= _size(dataset):
             return dataset
-        order = torch.randperm(len(dataset), generator=self._generator(split))[:size].tolist()
+        order = torch.randperm(_size(dataset), generator=self._generator(split))[:size].tolist()
         return Subset(dataset, order)
 
     # ------------------------------------------------------------------ loaders
@@ -212,6 +212,10 @@ def check_sample_count(name: str, split: str, count: int, where: Path) -> None:
             f"{where}: {name} {split} split has {count} samples, expected {expected}; "
             f"delete {where} so that it is prepared again from a good copy"
         )
+
+
+def _size(dataset: Dataset) -> int:
+    return len(cast(Sized, dataset))
 
 
 def _require_int(key: str, value: object, minimum: int | None) -> None:

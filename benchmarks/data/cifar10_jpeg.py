@@ -92,7 +92,7 @@ class CIFAR10JPEGDataModule(ImageDataModule):
             check_sample_count(self.name, split, len(arrays[f"{split}_labels"]), source)
         target = folder / ARRAYS_NAME
         partial = folder / (ARRAYS_NAME + ".partial.npz")
-        np.savez(partial, **arrays)
+        np.savez(partial, **arrays)  # type: ignore[arg-type]
         partial.replace(target)
         return [target]
 

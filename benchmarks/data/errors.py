@@ -20,9 +20,7 @@ class DataChecksumError(RuntimeError):
         self.path = Path(path)
         self.expected = expected
         self.actual = actual
-        super().__init__(
-            f"checksum mismatch for {self.path}: expected sha256 {expected}, got {actual}. {fix}"
-        )
+        super().__init__(f"checksum mismatch for {self.path}: expected sha256 {expected}, got {actual}. {fix}")
 
 
 class DataFormatError(ValueError):

@@ -101,8 +101,7 @@ def get_source(name: str) -> DataSource:
     except KeyError:
         known = ", ".join(sorted(SOURCES)) or "none"
         raise KeyError(
-            f"no data source named {name!r} (known: {known}); register one with "
-            "benchmarks.data.sources.register_source"
+            f"no data source named {name!r} (known: {known}); register one with benchmarks.data.sources.register_source"
         ) from None
 
 
