@@ -190,3 +190,21 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     finally:
         model.train(was_training)
     return int(counter.get_total_flops() // 2)
+
+
+def leaf_op(module: nn.Module) -> str | None:
+    """The op name of a module that ``describe_layers`` describes as one layer, else None."""
+    return _op_of(module)
+
+
+def memory_footprint(layers: list[LayerSpec]) -> dict[str, int]:
+    """Weight bytes and peak activation bytes of a described model.
+
+    ``weight_bytes`` sums every layer's parameters at its weight bit-width.
+    ``peak_activation_bytes`` is the largest input + output of any one layer (both are
+    resident while it runs): a lower bound that ignores tensors kept alive by
+    shortcuts, as the layer description has no liveness information.
+    """
+    weight_bytes = sum(layer.weight_bytes for layer in layers)
+    peak = max((layer.input_bytes + layer.output_bytes for layer in layers), default=0)
+    return {"peak_activation_bytes": int(peak), "weight_bytes": int(weight_bytes)}

@@ -61,6 +61,8 @@ class ValidationCase:
     name: str
     predicted_ms: float
     measured_ms: float
+    group: str = ""  # a subset to report separately (search space, network family, ...)
+    info: dict[str, Any] = field(default_factory=dict)  # per-case details for the report
 
     @property
     def relative_error(self) -> float:

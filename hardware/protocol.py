@@ -1,0 +1,190 @@
+"""The timing protocol shared by every measured target and by the lookup-table profiler.
+
+A latency figure measured on a shared machine is a distribution, not a number. The
+protocol follows common benchmarking practice (and the measurement sections of the
+ProxylessNAS and CompactNet papers, which time each candidate layer many times on the
+device): run ``warmup`` untimed calls (caches, oneDNN primitive creation, lazy
+allocation), then time calls one by one until both ``repeats`` samples and ``min_time_s``
+seconds of timed work are reached (or ``max_time_s`` runs out), and summarise by the
+median (robust to the preemptions of a shared machine), the inter-quartile range and
+the coefficient of variation (standard deviation / mean). When the coefficient of
+variation exceeds ``noise_threshold`` (5 %, the goal of ISSUE 3) the summary carries
+a note saying the machine was too noisy for a trustworthy figure.
+
+The clock is a parameter: CPU targets time wall-clock with ``time.perf_counter_ns`` by
+default, or, for single-threaded runs on a shared machine, the CPU time of the calling
+thread (``time.thread_time_ns``), which other processes' preemptions do not inflate;
+the CUDA target passes a function that times one call with CUDA events.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+#: clocks a protocol can time with
+CLOCKS = ("wall", "thread_cpu")
+#: coefficient of variation above which a measurement is flagged as noisy (ISSUE 3 goal)
+NOISE_THRESHOLD = 0.05
+
+
+@dataclass(frozen=True)
+class TimingProtocol:
+    """How many times, and for how long, a callable is timed."""
+
+    warmup: int = 10
+    repeats: int = 50
+    min_time_s: float = 0.5
+    max_time_s: float = 30.0
+    noise_threshold: float = NOISE_THRESHOLD
+    #: "wall" (perf_counter) or "thread_cpu" (CPU time of the calling thread: immune to
+    #: preemption by other processes on a shared machine; valid only for single-threaded runs)
+    clock: str = "wall"
+
+    def __post_init__(self) -> None:
+        if self.clock not in CLOCKS:
+            raise ValueError(f"hw.clock must be one of {CLOCKS}, got {self.clock!r}")
+        if self.warmup < 0:
+            raise ValueError(f"hw.warmup must be >= 0, got {self.warmup}")
+        if self.repeats < 3:
+            raise ValueError(f"hw.repeats must be >= 3 (quartiles need samples), got {self.repeats}")
+        if self.min_time_s < 0 or self.max_time_s <= 0:
+            raise ValueError(f"hw.min_time_s must be >= 0 and hw.max_time_s > 0, got {self.min_time_s}, {self.max_time_s}")
+
+
+@dataclass
+class TimingResult:
+    """Summary of the timed samples of one callable, in milliseconds."""
+
+    samples_ms: list[float] = field(repr=False)
+    warmup: int
+    median_ms: float
+    q1_ms: float
+    q3_ms: float
+    mean_ms: float
+    min_ms: float
+    cv: float
+    noise_threshold: float = NOISE_THRESHOLD
+
+    @property
+    def iqr_ms(self) -> float:
+        return self.q3_ms - self.q1_ms
+
+    @property
+    def repeats(self) -> int:
+        return len(self.samples_ms)
+
+    @property
+    def noisy(self) -> bool:
+        return self.cv > self.noise_threshold
+
+    def notes(self) -> list[str]:
+        if not self.noisy:
+            return []
+        return [
+            f"machine too noisy: coefficient of variation {self.cv:.1%} > {self.noise_threshold:.0%} "
+            f"over {self.repeats} repeats; treat the median {self.median_ms:.3f} ms with care"
+        ]
+
+    def provenance(self) -> dict[str, Any]:
+        return {
+            "repeats": self.repeats,
+            "warmup": self.warmup,
+            "median_ms": self.median_ms,
+            "iqr_ms": self.iqr_ms,
+            "mean_ms": self.mean_ms,
+            "min_ms": self.min_ms,
+            "cv": self.cv,
+        }
+
+
+def summarise(samples_ms: list[float], warmup: int = 0, noise_threshold: float = NOISE_THRESHOLD) -> TimingResult:
+    """Median, quartiles, mean and coefficient of variation of timed samples."""
+    if len(samples_ms) < 2:
+        raise ValueError(f"need at least 2 timed samples to summarise, got {len(samples_ms)}")
+    ordered = sorted(samples_ms)
+    q1, median, q3 = statistics.quantiles(ordered, n=4, method="inclusive")
+    mean = statistics.fmean(ordered)
+    cv = statistics.stdev(ordered) / mean if mean > 0 else 0.0
+    return TimingResult(
+        samples_ms=list(samples_ms),
+        warmup=warmup,
+        median_ms=median,
+        q1_ms=q1,
+        q3_ms=q3,
+        mean_ms=mean,
+        min_ms=ordered[0],
+        cv=cv,
+        noise_threshold=noise_threshold,
+    )
+
+
+def _perf_counter_ms(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter_ns()
+    fn()
+    return (time.perf_counter_ns() - start) / 1e6
+
+
+def _thread_time_ms(fn: Callable[[], Any]) -> float:
+    start = time.thread_time_ns()
+    fn()
+    return (time.thread_time_ns() - start) / 1e6
+
+
+def time_callable(
+    fn: Callable[[], Any],
+    protocol: TimingProtocol,
+    time_one_ms: Callable[[Callable[[], Any]], float] | None = None,
+) -> TimingResult:
+    """Warm ``fn`` up, then time it until the protocol's repeats and minimum time are met.
+
+    ``time_one_ms`` times one call (CUDA events for the GPU); by default the protocol's clock.
+    """
+    if time_one_ms is None:
+        time_one_ms = _thread_time_ms if protocol.clock == "thread_cpu" else _perf_counter_ms
+    for _ in range(protocol.warmup):
+        fn()
+    samples: list[float] = []
+    started = time.perf_counter()
+    timed_s = 0.0
+    while True:
+        sample = time_one_ms(fn)
+        samples.append(sample)
+        timed_s += sample / 1e3
+        elapsed = time.perf_counter() - started
+        enough = len(samples) >= protocol.repeats and timed_s >= protocol.min_time_s
+        if enough or (elapsed >= protocol.max_time_s and len(samples) >= 3):
+            break
+    return summarise(samples, protocol.warmup, protocol.noise_threshold)
+
+
+def cpu_model() -> str:
+    """The CPU's model name as the kernel reports it (falls back to platform.processor())."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_provenance() -> dict[str, Any]:
+    """What a reader needs to know about the machine a figure was measured on."""
+    return {
+        "cpu": cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "hostname": platform.node(),
+        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+
+
+def protocol_dict(protocol: TimingProtocol) -> dict[str, Any]:
+    return asdict(protocol)
