@@ -28,6 +28,7 @@ from PIL import Image
 
 from benchmarks.data.base import IMAGENET_MEAN, IMAGENET_STD, ImageDataModule, Splits, check_sample_count
 from benchmarks.data.errors import DataFormatError
+from benchmarks.data.sources import get_source
 from benchmarks.data.tensors import InMemoryImageDataset, PadCropFlip, black_fill, normalise_uint8
 
 ARRAYS_NAME = "arrays.npz"
@@ -86,7 +87,8 @@ class CIFAR10JPEGDataModule(ImageDataModule):
         self.augment = bool(augment)
 
     def _build_cache(self, raw_dir: Path, folder: Path) -> list[Path]:
-        (source,) = [p for p in raw_dir.iterdir() if p.name.endswith(".tar.gz")]
+        (tarball,) = get_source(self.name).files
+        source = raw_dir / tarball.filename
         arrays = decode_jpeg_tarball(source)
         for split in SPLITS:
             check_sample_count(self.name, split, len(arrays[f"{split}_labels"]), source)
