@@ -142,7 +142,7 @@ def mlflow_run(
     status = RunStatus.to_string(RunStatus.FINISHED)
     try:
         yield recorder
-    except (KeyboardInterrupt, _Terminated):
+    except (KeyboardInterrupt, _Terminated, SystemExit):  # Lightning turns Ctrl-C into sys.exit(1)
         status = RunStatus.to_string(RunStatus.KILLED)
         recorder.tags({"end_reason": "interrupted"})
         raise
