@@ -141,9 +141,16 @@ class ChannelPruner:
         if unknown:
             raise MethodConfigError(f"ignored layer(s) {unknown} are not modules of the model; known layers: "
                                     f"{[n for n, m in names.items() if isinstance(m, ROOT_TYPES)][:20]} ...")
-        self.ignored_layers = tuple(ignored_layers)
+        # models that know which of their convs are tied by parameter-free channel padding say so
+        tied = getattr(model, "residual_stream_convs", None)
+        hinted = [self._module_name(model, m) for m in tied()] if callable(tied) else []
+        self.ignored_layers = tuple(dict.fromkeys([*ignored_layers, *hinted]))
         self.graph = build_dependency_graph(model, self.input_shape)
         self._order = _forward_order(model, self.input_shape)
+
+    @staticmethod
+    def _module_name(model: nn.Module, module: nn.Module) -> str:
+        return next(n for n, m in model.named_modules() if m is module)
 
     # -- what can be pruned -------------------------------------------------------------
     def name_of(self, module: nn.Module) -> str:
@@ -286,25 +293,41 @@ def _forward_order(model: nn.Module, input_shape: Sequence[int]) -> list[str]:
 Importance = Callable[[tp.Group], torch.Tensor]
 
 
-def prune_layers(pruner: ChannelPruner, importance: Importance, ratios: Mapping[str, float],
-                 round_to: int = 1) -> dict[str, list[int]]:
-    """Remove ``ratios[name]`` of each layer's channels, lowest ``importance`` first.
+def prune_counts(pruner: ChannelPruner, importance: Importance, counts: Mapping[str, int]) -> dict[str, list[int]]:
+    """Remove ``counts[name]`` channels of each layer, lowest ``importance`` first.
 
     All scores are computed before any removal (Li et al. 2017, Sec. 3.3, "independent"
     strategy), so the order of layers does not change which channels go. Returns the
     removed indices per layer (indices of that layer at the time of the call).
     """
     groups = pruner.groups()
-    unknown = sorted(set(ratios) - set(groups))
+    unknown = sorted(set(counts) - set(groups))
     if unknown:
-        raise MethodConfigError(f"layer_ratios names unprunable layer(s) {unknown}; prunable: {list(groups)}")
+        raise MethodConfigError(f"layer(s) {unknown} are not prunable; prunable layers: {list(groups)}")
     plan: dict[str, tuple[torch.Tensor, int]] = {}
-    for name, ratio in ratios.items():
+    for name, count in counts.items():
         channels = out_channels(groups[name][0].dep.target.module)
-        count = channels_to_remove(channels, ratio, name, round_to)
-        if count:
+        if count >= channels:
+            raise MethodConfigError(f"removing {count} of the {channels} channels of layer {name!r} leaves none")
+        if count > 0:
             plan[name] = (importance(groups[name]).detach().float().cpu(), count)
     return {name: pruner.remove_lowest(name, scores, count) for name, (scores, count) in plan.items()}
+
+
+def prune_layers(pruner: ChannelPruner, importance: Importance, ratios: Mapping[str, float],
+                 round_to: int = 1) -> dict[str, list[int]]:
+    """Remove ``ratios[name]`` of each layer's current channels, lowest ``importance`` first."""
+    layers = {layer.name: layer for layer in pruner.layers()}
+    unknown = sorted(set(ratios) - set(layers))
+    if unknown:
+        raise MethodConfigError(f"layer_ratios names unprunable layer(s) {unknown}; prunable: {list(layers)}")
+    counts = {name: channels_to_remove(layers[name].channels, r, name, round_to) for name, r in ratios.items()}
+    return prune_counts(pruner, importance, counts)
+
+
+def channel_plan(model: nn.Module) -> dict[str, int]:
+    """Output channels of every conv/linear layer: the architecture a pruning left."""
+    return {name: out_channels(m) for name, m in model.named_modules() if isinstance(m, ROOT_TYPES)}
 
 
 # -- the stored file -------------------------------------------------------------------
@@ -316,7 +339,7 @@ def save_pruned(model: nn.Module, history: Sequence[PruningStep], input_shape: S
         "version": PRUNED_VERSION,
         "input_shape": [int(s) for s in input_shape],
         "history": [[str(n), bool(o), [int(i) for i in idxs]] for n, o, idxs in history],
-        "channels": {name: out_channels(m) for name, m in model.named_modules() if isinstance(m, ROOT_TYPES)},
+        "channels": channel_plan(model),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "extra": dict(extra or {}),
     }
@@ -346,7 +369,7 @@ def load_pruned(path: Path, template: nn.Module) -> nn.Module:
     """Decode a file of :func:`save_pruned` onto a copy of the *unpruned* ``template``."""
     payload = read_pruned(Path(path))
     model = apply_history(copy.deepcopy(template), payload["history"], payload["input_shape"])
-    channels = {name: out_channels(m) for name, m in model.named_modules() if isinstance(m, ROOT_TYPES)}
+    channels = channel_plan(model)
     if channels != payload["channels"]:
         diff = {k: (channels.get(k), v) for k, v in payload["channels"].items() if channels.get(k) != v}
         raise ValueError(f"{path}: replaying the pruning history on the template gives other widths {diff}; "

@@ -1,0 +1,174 @@
+"""Magnitude pruning: Han, Pool, Tran, Dally, "Learning both Weights and Connections for
+Efficient Neural Networks", NIPS 2015.
+
+Train (the baseline), remove the connections whose weights fall below a threshold, retrain
+the remaining ones with the removed ones held at zero; iterate (Aswani survey, Sec. II.F:
+"iterative pruning gave the best result"; Berthelier et al. 2020, Sec. 2.3, Fig. 3).
+
+* The threshold of each layer (``scope: layer``) or one threshold for all (``scope: global``)
+  is the one that reaches ``sparsity``; per-layer targets go in ``layer_sparsity``.
+  Departure: Han et al. set the threshold as a quality factor times the layer's weight
+  standard deviation; a sparsity target is what benchmarks compare at.
+* ``iterations: k`` prunes to s*i/k at step i and retrains after each step (one-shot: k=1).
+* Pruned weights stay zero during retraining (:class:`methods.pruning.masks.MaskCallback`).
+* The stored file is the sparse state dict (:mod:`methods.pruning.sparse_storage`: per
+  tensor CSR or relative-index, whichever is smaller); the returned model is decoded from it.
+  Unstructured zeros save storage, not time on dense hardware: MACs are reported dense
+  (``macs_after`` equals ``macs_before``), the sparse count only as ``macs_nonzero_after``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hardware.layers import count_macs, describe_layers
+from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
+from methods.pruning.masks import (
+    SCOPES,
+    MaskCallback,
+    WeightMasks,
+    check_sparsity,
+    prunable_layers,
+)
+from methods.pruning.sparse_storage import FORMATS, load_sparse_state_dict, save_sparse_state_dict
+
+log = logging.getLogger(__name__)
+
+
+def check_formats(formats: Sequence[str]) -> list[str]:
+    formats = list(formats)
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise MethodConfigError(f"method.storage_formats: unknown {unknown}; choose among {list(FORMATS)}")
+    return formats
+
+
+def store_sparse(model: nn.Module, template: nn.Module, path: Path, formats: Sequence[str]) -> tuple[nn.Module, dict]:
+    """Write ``model``'s weights sparsely to ``path`` and decode them into a copy of ``template``."""
+    report = save_sparse_state_dict(model.state_dict(), path, formats)
+    decoded = copy.deepcopy(template)
+    decoded.load_state_dict(load_sparse_state_dict(path), strict=True)
+    return decoded, report
+
+
+def unstructured_metrics(decoded: nn.Module, baseline: nn.Module, layer_names: Sequence[str],
+                         input_shape: tuple[int, ...], stored: Path, report: Mapping[str, Any]) -> dict[str, float]:
+    """Sparsity (overall, per layer), MACs and parameters before/after, stored bytes."""
+    modules = dict(decoded.named_modules())
+    metrics: dict[str, float] = {}
+    total = nonzero = 0
+    for name in layer_names:
+        w = modules[name].weight
+        total += w.numel()
+        nonzero += int(w.count_nonzero())
+        metrics[f"sparsity/{name}"] = 1.0 - int(w.count_nonzero()) / w.numel()
+    metrics["sparsity"] = 1.0 - nonzero / total
+    params = sum(p.numel() for p in decoded.parameters())
+    params_nonzero = sum(int(p.count_nonzero()) for p in decoded.parameters())
+    metrics["sparsity_all_params"] = 1.0 - params_nonzero / params
+    metrics["params_before"] = float(sum(p.numel() for p in baseline.parameters()))
+    metrics["params_after"] = float(params)
+    metrics["params_nonzero_after"] = float(params_nonzero)
+    metrics["macs_before"] = float(count_macs(baseline, input_shape))
+    metrics["macs_after"] = float(count_macs(decoded, input_shape))  # dense hardware: no saving
+    metrics["macs_nonzero_after"] = float(sum(
+        spec.macs * (1.0 - spec.sparsity) for spec in describe_layers(decoded, input_shape) if spec.op in ("conv", "dwconv", "linear")
+    ))
+    metrics["stored_bytes"] = float(stored.stat().st_size)
+    metrics["dense_bytes"] = float(sum(r["dense_bytes"] for r in report.values()))
+    metrics["compression_ratio"] = metrics["dense_bytes"] / metrics["stored_bytes"]
+    return metrics
+
+
+def write_json(path: Path, payload: Any) -> Path:
+    path.write_text(json.dumps(payload, indent=2, sort_keys=False))
+    return path
+
+
+class MagnitudePruning(CompressionMethod):
+    """Han et al. 2015: prune below a magnitude threshold, retrain with masks; one-shot or iterative."""
+
+    def __init__(
+        self,
+        name: str = "magnitude",
+        sparsity: float = 0.5,
+        scope: str = "layer",
+        layer_sparsity: Mapping[str, float] | None = None,
+        iterations: int = 1,
+        finetune_epochs: float = 1.0,
+        lr: float | None = None,
+        include_first: bool = True,
+        include_last: bool = True,
+        exclude: Sequence[str] = (),
+        storage_formats: Sequence[str] = FORMATS,
+    ) -> None:
+        super().__init__(name)
+        self.sparsity = check_sparsity(sparsity, "method.sparsity")
+        if scope not in SCOPES:
+            raise MethodConfigError(f"method.scope must be one of {SCOPES}, got {scope!r}")
+        self.scope = scope
+        self.layer_sparsity = {str(k): check_sparsity(v, f"method.layer_sparsity.{k}") for k, v in (layer_sparsity or {}).items()}
+        if self.layer_sparsity and scope == "global":
+            raise MethodConfigError("method.layer_sparsity needs method.scope=layer (global pruning has one threshold)")
+        if int(iterations) != iterations or iterations < 1:
+            raise MethodConfigError(f"method.iterations must be an integer >= 1, got {iterations}")
+        self.iterations = int(iterations)
+        if finetune_epochs < 0:
+            raise MethodConfigError(f"method.finetune_epochs must be >= 0, got {finetune_epochs}")
+        self.finetune_epochs = float(finetune_epochs)
+        if lr is not None and lr <= 0:
+            raise MethodConfigError(f"method.lr must be > 0 (or null for the recipe's), got {lr}")
+        self.lr = lr
+        self.include_first, self.include_last, self.exclude = include_first, include_last, list(exclude)
+        self.storage_formats = check_formats(storage_formats)
+
+    def _targets(self, names: Sequence[str], fraction: float) -> float | dict[str, float]:
+        if self.scope == "global":
+            return self.sparsity * fraction
+        return {n: self.layer_sparsity.get(n, self.sparsity) * fraction for n in names}
+
+    def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
+        baseline = model
+        model = copy.deepcopy(baseline)
+        input_shape = tuple(ctx.input_shape)
+        layers = prunable_layers(model, input_shape, self.include_first, self.include_last, self.exclude)
+        unknown = sorted(set(self.layer_sparsity) - set(layers))
+        if unknown:
+            raise MethodConfigError(f"method.layer_sparsity names layer(s) {unknown} that are not pruned; "
+                                    f"pruned layers: {list(layers)}")
+        masks = WeightMasks(layers)
+        metrics: dict[str, float] = {"top1_baseline": ctx.evaluate(model, "val")["top1"]}
+        steps = []
+        for step in range(1, self.iterations + 1):
+            masks.update(self._targets(list(layers), step / self.iterations), self.scope)
+            pruned_top1 = ctx.evaluate(model, "val")["top1"]
+            epochs = self.finetune_epochs / self.iterations
+            if epochs > 0:
+                ctx.finetune(model, epochs, lr=self.lr, callbacks=[MaskCallback(masks)])
+            masks.apply()
+            steps.append({"step": step, "sparsity": masks.sparsity(), "top1_pruned": pruned_top1,
+                          "top1_finetuned": ctx.evaluate(model, "val")["top1"]})
+            log.info("magnitude step %d/%d: sparsity %.3f, top1 %.2f -> %.2f", step, self.iterations,
+                     steps[-1]["sparsity"], pruned_top1, steps[-1]["top1_finetuned"])
+        metrics["top1_before_finetune"] = steps[-1]["top1_pruned"]
+
+        stored = ctx.workdir / "model.sparse"
+        decoded, report = store_sparse(model, baseline, stored, self.storage_formats)
+        metrics["top1_after_finetune"] = ctx.evaluate(decoded, "val")["top1"]
+        metrics.update(unstructured_metrics(decoded, baseline, list(layers), input_shape, stored, report))
+        policy = {
+            "method": self.name, "scope": self.scope, "iterations": self.iterations,
+            "requested": self._targets(list(layers), 1.0),
+            "achieved": {n: metrics[f"sparsity/{n}"] for n in layers},
+            "steps": steps,
+        }
+        artifacts = [write_json(ctx.workdir / "policy.json", policy), write_json(ctx.workdir / "storage.json", report)]
+        return CompressionResult(model=decoded, stored_file=stored, metrics=metrics, artifacts=artifacts)

@@ -1,0 +1,177 @@
+"""Unstructured weight masks: magnitude thresholds by sparsity, and masks kept during training.
+
+Han, Pool, Tran, Dally, "Learning both Weights and Connections for Efficient Neural
+Networks", NIPS 2015 (Aswani survey, Sec. II.F; Berthelier et al. 2020, Sec. 2.3 and
+Fig. 3): connections whose weight magnitude falls below a threshold are removed and the
+network is retrained with them held at zero. Here the threshold is the one that reaches a
+requested *sparsity*, per layer or one threshold for all layers together ("global").
+
+Zhu & Gupta's gradual pruning (AGP) uses the same masks, recomputed every few steps
+(Aswani survey, Sec. II.K: "for every layer, a binary mask variable is added ... of the same
+size and shape as the weights"). :class:`MaskCallback` keeps pruned weights at zero while
+Lightning trains: their gradients are zeroed before each optimizer step and the mask is
+re-applied after it (momentum or weight decay would otherwise revive them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from methods.base import MethodConfigError
+
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
+SCOPES = ("layer", "global")
+
+
+def check_sparsity(sparsity: float, key: str = "method.sparsity") -> float:
+    if not isinstance(sparsity, (int, float)) or not 0.0 <= float(sparsity) < 1.0:
+        raise MethodConfigError(f"{key} must be in [0, 1) (the fraction of weights set to zero), got {sparsity!r}")
+    return float(sparsity)
+
+
+def forward_order(model: nn.Module, input_shape: Sequence[int]) -> list[str]:
+    """Names of conv/linear layers in the order a forward pass calls them."""
+    order: list[str] = []
+    handles = [m.register_forward_hook(lambda *_, name=n: order.append(name))
+               for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(tuple(input_shape), device=device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return list(dict.fromkeys(order))
+
+
+def prunable_layers(model: nn.Module, input_shape: Sequence[int], include_first: bool = True,
+                    include_last: bool = True, exclude: Sequence[str] = ()) -> dict[str, nn.Module]:
+    """Conv and linear layers whose weights are pruned, in forward order.
+
+    ``include_first``/``include_last``: whether the first layer (it sees the raw image) and the
+    last (the classifier) are pruned; ``exclude``: further layer names to leave dense.
+    """
+    modules = dict(model.named_modules())
+    unknown = [n for n in exclude if n not in modules]
+    if unknown:
+        raise MethodConfigError(f"method.exclude names unknown layer(s) {unknown}")
+    order = forward_order(model, input_shape)
+    if not order:
+        raise MethodConfigError("the model has no Conv2d/Linear layer to prune")
+    skip = set(exclude)
+    if not include_first:
+        skip.add(order[0])
+    if not include_last:
+        skip.add(order[-1])
+    layers = {n: modules[n] for n in order if n not in skip}
+    if not layers:
+        raise MethodConfigError("include_first/include_last/exclude leave no layer to prune")
+    return layers
+
+
+def magnitude_masks(weights: Mapping[str, torch.Tensor], sparsity: float | Mapping[str, float],
+                    scope: str = "layer") -> dict[str, torch.Tensor]:
+    """Boolean keep-masks that zero the smallest-magnitude weights.
+
+    ``scope="layer"``: each layer loses ``sparsity`` (or ``sparsity[name]``) of its own weights;
+    ``scope="global"``: one threshold over all layers together removes ``sparsity`` of all of
+    them (layers then end up with different sparsities). Exactly round(s x n) weights are
+    removed (ties broken by position), so the requested sparsity is met, not approximated.
+    """
+    if scope not in SCOPES:
+        raise MethodConfigError(f"method.scope must be one of {SCOPES}, got {scope!r}")
+    if scope == "global":
+        if isinstance(sparsity, Mapping):
+            raise MethodConfigError("method.scope=global takes one sparsity, not per-layer sparsities")
+        s = check_sparsity(sparsity)
+        flat = torch.cat([w.detach().abs().flatten().float().cpu() for w in weights.values()])
+        keep = _keep_largest(flat, flat.numel() - int(round(s * flat.numel())))
+        masks, start = {}, 0
+        for name, w in weights.items():
+            masks[name] = keep[start:start + w.numel()].reshape(w.shape).to(w.device)
+            start += w.numel()
+        return masks
+    masks = {}
+    for name, w in weights.items():
+        s = check_sparsity(sparsity[name] if isinstance(sparsity, Mapping) else sparsity,
+                           f"method.layer_sparsity.{name}" if isinstance(sparsity, Mapping) else "method.sparsity")
+        flat = w.detach().abs().flatten().float().cpu()
+        masks[name] = _keep_largest(flat, flat.numel() - int(round(s * flat.numel()))).reshape(w.shape).to(w.device)
+    return masks
+
+
+def _keep_largest(values: torch.Tensor, count: int) -> torch.Tensor:
+    keep = torch.zeros(values.numel(), dtype=torch.bool)
+    if count > 0:
+        # stable sort: among equal magnitudes the earlier position is removed first
+        order = torch.sort(values, stable=True).indices
+        keep[order[values.numel() - count:]] = True
+    return keep
+
+
+class WeightMasks:
+    """Keep-masks of the weights of some conv/linear layers, applied in place."""
+
+    def __init__(self, layers: Mapping[str, nn.Module]) -> None:
+        self.layers = dict(layers)
+        self.masks: dict[str, torch.Tensor] = {n: torch.ones_like(m.weight, dtype=torch.bool) for n, m in self.layers.items()}
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {n: m.weight for n, m in self.layers.items()}
+
+    def update(self, sparsity: float | Mapping[str, float], scope: str = "layer") -> None:
+        """Recompute the masks from the current weight magnitudes, then apply them."""
+        self.masks = magnitude_masks(self.weights(), sparsity, scope)
+        self.apply()
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        for name, module in self.layers.items():
+            mask = self.masks[name]
+            if mask.device != module.weight.device:
+                mask = self.masks[name] = mask.to(module.weight.device)
+            module.weight.mul_(mask)
+
+    @torch.no_grad()
+    def mask_gradients(self) -> None:
+        for name, module in self.layers.items():
+            if module.weight.grad is not None:
+                module.weight.grad.mul_(self.masks[name].to(module.weight.grad.device))
+
+    def layer_sparsity(self) -> dict[str, float]:
+        """Measured fraction of zero weights per layer (from the weights, not the masks)."""
+        return {n: 1.0 - int(m.weight.count_nonzero()) / m.weight.numel() for n, m in self.layers.items()}
+
+    def sparsity(self) -> float:
+        """Measured fraction of zero weights over all masked layers together."""
+        total = sum(m.weight.numel() for m in self.layers.values())
+        nonzero = sum(int(m.weight.count_nonzero()) for m in self.layers.values())
+        return 1.0 - nonzero / total if total else 0.0
+
+
+class MaskCallback(L.Callback):
+    """Holds pruned weights at zero during Lightning training (Han et al. 2015's retraining)."""
+
+    def __init__(self, masks: WeightMasks) -> None:
+        self.masks = masks
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.masks.apply()
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        self.masks.mask_gradients()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self.masks.apply()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.masks.apply()
