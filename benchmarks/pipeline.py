@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -165,13 +165,11 @@ def _training_logger(cfg: DictConfig, recorder: RunRecorder, prefix: str) -> Any
 
 def _baseline(cfg: DictConfig, datamodule: Any, recipe: RecipeConfig, trainer_cfg: TrainerConfig, seed: int,
               recorder: RunRecorder) -> BaselineModel:
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    assert isinstance(model_cfg, dict)
+    model_cfg = cast(dict[str, Any], OmegaConf.to_container(cfg.model, resolve=True))
     torch.manual_seed(seed)  # the same initial weights for the same seed
     model = build_model(model_cfg["name"], datamodule.num_classes, datamodule.input_shape[0],
                         model_cfg.get("pretrained"), **(model_cfg.get("kwargs") or {}))
-    dataset_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
-    assert isinstance(dataset_cfg, dict)
+    dataset_cfg = cast(dict[str, Any], OmegaConf.to_container(cfg.dataset, resolve=True))
     key = baseline_key(model_cfg, dataset_cfg, datamodule.checksum, recipe, trainer_cfg, seed)
     fresh_origin = "trained" if recipe.epochs > 0 else ("weights" if model_cfg.get("pretrained") else "untrained")
 

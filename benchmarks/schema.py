@@ -9,7 +9,7 @@ Method and hardware nodes are validated by their own classes' constructors.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -81,7 +81,9 @@ S = TypeVar("S")
 def validated(schema: type[S], node: DictConfig | dict[str, Any] | None, key: str) -> S:
     """Merge ``node`` onto ``schema``'s defaults and build it; errors name ``key.<field>``."""
     known = {f.name for f in fields(schema)}  # type: ignore[arg-type]
-    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+    values: dict[str, Any] = (
+        cast(dict[str, Any], OmegaConf.to_container(node, resolve=True)) if isinstance(node, DictConfig) else dict(node or {})
+    )
     unknown = sorted(set(values) - known)
     _require(not unknown, key, f"unknown key(s) {unknown}; allowed: {sorted(known)}")
     try:

@@ -15,6 +15,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -94,20 +95,19 @@ class RunRecorder:
 
     def tags(self, tags: Mapping[str, Any]) -> None:
         for key, value in tags.items():
-            retry_locked(lambda k=key, v=value: self.client.set_tag(self.run_id, k, str(v)))
+            retry_locked(partial(self.client.set_tag, self.run_id, key, str(value)))
 
     def params(self, params: Mapping[str, Any]) -> None:
         items = [(k, str(v)[:_MAX_PARAM_LENGTH]) for k, v in flatten(params).items()]
         for start in range(0, len(items), 100):
             chunk = [mlflow.entities.Param(k, v) for k, v in items[start : start + 100]]
-            retry_locked(lambda c=chunk: self.client.log_batch(self.run_id, params=c))
+            retry_locked(partial(self.client.log_batch, self.run_id, params=chunk))
 
     def metrics(self, metrics: Mapping[str, float | int | None], step: int = 0) -> None:
         now = int(time.time() * 1000)
         values = [mlflow.entities.Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
         for start in range(0, len(values), 200):
-            chunk = values[start : start + 200]
-            retry_locked(lambda c=chunk: self.client.log_batch(self.run_id, metrics=c))
+            retry_locked(partial(self.client.log_batch, self.run_id, metrics=values[start : start + 200]))
 
     def artifact(self, path: Path, folder: str | None = None) -> None:
         retry_locked(lambda: self.client.log_artifact(self.run_id, str(path), folder))

@@ -97,7 +97,7 @@ def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
 def _op_of(module: nn.Module) -> str | None:
     for cls, op in _LEAF_TYPES.items():
         if isinstance(module, cls):
-            if op == "conv" and module.groups > 1 and module.groups == module.in_channels:
+            if isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels:
                 return "dwconv"
             return op
     return None
