@@ -209,3 +209,144 @@ def test_container_round_trips_and_accounts_for_every_byte(tmp_path) -> None:
     sizes = part_sizes(tmp_path / "m.bin")
     assert sizes["codes"] == 54 and sizes["scales"] == 16 and sizes["weights16"] == 10
     assert sizes["total"] == size == sum(v for k, v in sizes.items() if k != "total")
+
+
+# --------------------------------------------------------------------------------------------
+# fake-quant models, the stored file, PTQ and the int8 ONNX deployment
+# --------------------------------------------------------------------------------------------
+
+import copy  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from torch import nn  # noqa: E402
+
+from methods.base import MethodConfigError  # noqa: E402
+from methods.quantization.fakequant import (  # noqa: E402
+    calibrate,
+    fold_batchnorm,
+    freeze,
+    layer_bits,
+    layer_plan,
+    load_quantized,
+    prepare,
+    quant_layers,
+    save_quantized,
+)
+from methods.quantization.ptq import PostTrainingQuantization  # noqa: E402
+
+
+def tiny_conv_net(in_chans: int = 3, classes: int = 4) -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(in_chans, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, classes),
+    )
+    with torch.no_grad():  # BN statistics and a classifier of a trained-looking network
+        net[-1].weight.mul_(20.0)
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return net.eval()
+
+
+def quantized_tiny(bits: int = 8, per_channel: bool = True, observer: str = "minmax", weight_bits: int | None = None):
+    net = tiny_conv_net()
+    batches = [torch.randn(8, 3, 12, 12) for _ in range(3)]
+    model = copy.deepcopy(net)
+    folded = fold_batchnorm(model)
+    plan = layer_plan(model, QuantScheme(weight_bits or bits, per_channel=per_channel),
+                      QuantScheme(bits, symmetric=False, signed=False), act_observer=observer)
+    prepare(model, plan)
+    calibrate(model, batches, 3)
+    freeze(model)
+    return net, model, plan, folded, batches
+
+
+def test_batchnorm_folding_keeps_the_function() -> None:
+    net = tiny_conv_net()
+    folded_net = copy.deepcopy(net)
+    pairs = fold_batchnorm(folded_net)
+    assert pairs == [("0", "1"), ("3", "4")]
+    x = torch.randn(4, 3, 12, 12)
+    assert torch.allclose(folded_net(x), net(x), atol=1e-5)
+    assert isinstance(folded_net[1], nn.Identity)
+
+
+@pytest.mark.parametrize("bits,per_channel", [(8, True), (4, False), (3, True)])
+def test_stored_model_decodes_to_the_evaluated_one(tmp_path: Path, bits: int, per_channel: bool) -> None:
+    net, model, plan, folded, batches = quantized_tiny(bits, per_channel)
+    x = torch.randn(5, 3, 12, 12)
+    size = save_quantized(model, tmp_path / "m.cbq", plan, folded)
+    decoded = load_quantized(net, tmp_path / "m.cbq")
+    assert torch.equal(decoded(x), model(x))  # identical, not merely close
+    sizes = part_sizes(tmp_path / "m.cbq")
+    n_weights = sum(layer.weight.numel() for layer in quant_layers(decoded).values())
+    assert sizes["weight_codes"] == sum(-(-layer.weight.numel() * bits // 8) for layer in quant_layers(decoded).values())
+    assert sizes["weight_codes"] < n_weights * 4 * bits / 32 + 8
+    assert size == sizes["total"]
+    for layer in quant_layers(decoded).values():  # at most 2^bits distinct values per scale group
+        rows = layer.weight.detach().reshape(layer.weight.shape[0], -1) if per_channel else layer.weight.reshape(1, -1)
+        assert max(len(torch.unique(r)) for r in rows) <= 2**bits
+    assert layer_bits(decoded) == {"0": (bits, bits), "3": (bits, bits), "8": (bits, bits)}
+
+
+def test_quantization_error_of_the_decoded_model_shrinks_with_bits(tmp_path: Path) -> None:
+    x = torch.randn(16, 3, 12, 12)
+    errs = []
+    for bits in (3, 5, 8):
+        net, model, *_ = quantized_tiny(bits)
+        errs.append(float((model(x) - net(x)).detach().abs().mean()))
+    assert errs[0] > errs[1] > errs[2]
+
+
+@pytest.mark.parametrize("options,key", [
+    ({"bits": 0}, "method.bits"), ({"bits": 33}, "method.bits"), ({"bits": 1}, "method.bits"), ({"bits": 9}, "method.bits"),
+    ({"act_bits": 33}, "method.act_bits"), ({"act_bits": 0}, "method.act_bits"), ({"observer": "median"}, "method.observer"),
+    ({"calibration_batches": 0}, "method.calibration_batches"), ({"percentile": 30}, "method.percentile"),
+    ({"bitz": 8}, "unknown key"),
+])
+def test_ptq_refuses_impossible_requests_naming_the_key(options: dict, key: str) -> None:
+    with pytest.raises(MethodConfigError, match=key):
+        PostTrainingQuantization(**options)
+
+
+def test_int8_onnx_runs_in_onnx_runtime_and_agrees_with_fake_quant(tmp_path: Path) -> None:
+    import onnx
+
+    from methods.quantization.onnx_int8 import export_int8, int8_saturates, onnx_ops, ort_session
+
+    # 7-bit weights where this CPU's u8 x s8 kernels saturate on 8-bit ones (reduce_range)
+    net, model, plan, folded, batches = quantized_tiny(8, weight_bits=7 if int8_saturates(127, 255) else 8)
+    save_quantized(model, tmp_path / "m.cbq", plan, folded)
+    decoded = load_quantized(net, tmp_path / "m.cbq")
+    path = export_int8(decoded, batches, tmp_path / "m_int8.onnx")
+    ops = onnx_ops(path)
+    assert ops.get("QLinearConv") == 2, ops  # executed with integer kernels, not float
+    x = torch.cat(batches)  # inside the calibrated ranges of every tensor ONNX Runtime quantizes
+    simulated = decoded(x).detach()
+    deployed = torch.from_numpy(ort_session(path).run(None, {"input": x.numpy()})[0])
+    # the deployed model also quantizes tensors the simulation keeps in float (pooled features,
+    # logits): a few 8-bit steps of the output range apart (int16 saturation would be ~30%)
+    out_range = float(simulated.max() - simulated.min())
+    assert (deployed - simulated).abs().max() < 0.02 * out_range
+    assert (deployed.argmax(1) == simulated.argmax(1)).float().mean() >= 0.9
+    # our integers are the ones stored in the ONNX model
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+    conv = quant_layers(decoded)["0"]
+    ours = conv.weight_quantizer.integer_weight(conv.weight).numpy()
+    theirs = [v for k, v in inits.items() if v.dtype == np.int8 and v.shape == ours.shape]
+    assert any(np.array_equal(v, ours) for v in theirs)
+
+
+def test_int8_export_refuses_other_bit_widths(tmp_path: Path) -> None:
+    from methods.quantization.onnx_int8 import export_int8
+
+    net, model, plan, folded, batches = quantized_tiny(8)
+    for layer in quant_layers(model).values():
+        layer.input_quantizer = nn.Identity()  # float activations: no integer kernel takes them
+    with pytest.raises(QuantizationError, match="8 bits only"):
+        export_int8(model, batches, tmp_path / "m.onnx")

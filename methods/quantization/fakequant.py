@@ -1,0 +1,474 @@
+"""Fake-quantized conv and linear layers, batch-norm folding, and the quantized model file.
+
+Simulated quantization as Jacob et al. (CVPR 2018, Sec. 3) describe it: every convolution and
+fully connected layer quantizes its weights and its input activations with the uniform affine
+scheme of :mod:`.uniform` and computes in float on the dequantized values, so that the result
+equals integer arithmetic up to the rounding of the accumulator. Batch normalisation is folded
+into the preceding convolution first (``w * gamma / sigma``, ``(b - mu) * gamma / sigma + beta``;
+Jacob et al., Sec. 3.2), so that the folded weights are what is quantized, as on an integer
+device.
+
+* :class:`QuantConv2d`, :class:`QuantLinear` — subclasses of ``nn.Conv2d`` / ``nn.Linear``
+  (module names, parameter counts and the layer description stay those of the float model) with
+  a :class:`WeightQuantizer` and an input :class:`ActQuantizer`.
+* :func:`prepare` wraps a model's layers; :func:`calibrate` runs batches through the activation
+  observers; :func:`freeze` fixes the weight parameters.
+* :func:`save_quantized` writes the real storage format (bit-packed integer weights, their scales
+  and zero-points, fp32 biases, activation scales, everything else fp32) with
+  :mod:`.packing`; :func:`load_quantized` decodes it into a fake-quant model whose weights are the
+  dequantized stored integers and whose activation quantizers carry the stored scales.
+
+Departure: Jacob et al. keep batch normalisation unfolded during training and correct the folded
+weights with batch statistics; here BN is folded once, from the baseline's running statistics,
+before quantization-aware fine-tuning (the "frozen BN" variant their Sec. 3.2 reaches after a few
+epochs anyway).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import nn
+
+from methods.quantization.packing import Part, array_part, load_parts, packed_part, part_array, save_parts
+from methods.quantization.uniform import (
+    MinMaxObserver,
+    QuantizationError,
+    QuantScheme,
+    dequantize,
+    fake_quantize,
+    make_observer,
+    quantize,
+)
+
+FORMAT = "compressbench-uniform/1"
+
+
+# --------------------------------------------------------------------------------------------
+# Quantizers
+# --------------------------------------------------------------------------------------------
+
+
+class ActQuantizer(nn.Module):
+    """Fake-quantizes activations with calibrated ``scale`` / ``zero_point`` buffers.
+
+    ``mode``: ``"float"`` passes values through, ``"observe"`` feeds the observer (calibration)
+    and passes values through, ``"quantize"`` fake-quantizes. With ``ema`` set, training-mode
+    forwards also update the range as an exponential moving average (Jacob et al., Sec. 3).
+    """
+
+    def __init__(self, scheme: QuantScheme, observer: str = "minmax", observer_kwargs: dict[str, Any] | None = None,
+                 ema: float | None = None) -> None:
+        super().__init__()
+        self.scheme = scheme
+        self.observer_name = observer
+        self.observer_kwargs = dict(observer_kwargs or {})
+        self.observer = make_observer(observer, scheme, **self.observer_kwargs)
+        self.ema = ema
+        self.mode = "float"
+        self.register_buffer("scale", torch.tensor(1.0))
+        self.register_buffer("zero_point", torch.tensor(0, dtype=torch.int32))
+
+    def set_qparams(self, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
+        self.scale.copy_(scale.reshape(()))
+        self.zero_point.copy_(zero_point.reshape(()))
+
+    def finish_calibration(self) -> None:
+        """Turn what the observer saw into the quantization parameters, and start quantizing."""
+        self.set_qparams(*self.observer.qparams())
+        if self.ema is not None:  # training continues from the calibrated range, as a moving average
+            lo, hi = self.observer.range()
+            self.observer = MinMaxObserver(self.scheme, averaging_constant=self.ema)
+            self.observer.min_val, self.observer.max_val = lo.reshape(1).clone(), hi.reshape(1).clone()
+        self.mode = "quantize"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "float":
+            return x
+        if self.mode == "observe":
+            self.observer.observe(x)
+            return x
+        if self.training and self.ema is not None:
+            self.observer.observe(x)
+            self.set_qparams(*self.observer.qparams())
+        qmin, qmax = self.scheme.qrange()
+        return fake_quantize(x, self.scale, self.zero_point, qmin, qmax)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.scheme.bits}, symmetric={self.scheme.symmetric}, observer={self.observer_name}, mode={self.mode}"
+
+
+class WeightQuantizer(nn.Module):
+    """Fake-quantizes a weight: parameters recomputed from the weight at every forward (training),
+    or fixed once :meth:`freeze` has been called (inference, decoded models)."""
+
+    def __init__(self, scheme: QuantScheme, observer: str = "minmax", observer_kwargs: dict[str, Any] | None = None,
+                 channels: int = 1) -> None:
+        super().__init__()
+        self.scheme = scheme
+        self.observer_name = observer
+        self.observer_kwargs = dict(observer_kwargs or {})
+        self.frozen = False
+        self.enabled = True
+        n = channels if scheme.per_channel else 1
+        self.register_buffer("scale", torch.ones(n))
+        self.register_buffer("zero_point", torch.zeros(n, dtype=torch.int32))
+
+    @property
+    def axis(self) -> int | None:
+        return self.scheme.ch_axis if self.scheme.per_channel else None
+
+    def observe(self, weight: torch.Tensor) -> None:
+        obs = make_observer(self.observer_name, self.scheme, **self.observer_kwargs)
+        obs.observe(weight)
+        scale, zero_point = obs.qparams()
+        self.scale.copy_(scale.reshape(-1))
+        self.zero_point.copy_(zero_point.reshape(-1))
+
+    def freeze(self, weight: torch.Tensor) -> None:
+        self.observe(weight)
+        self.frozen = True
+
+    def _qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.scheme.per_channel:
+            return self.scale, self.zero_point
+        return self.scale[0], self.zero_point[0]
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return weight
+        if not self.frozen:
+            self.observe(weight)
+        qmin, qmax = self.scheme.qrange()
+        return fake_quantize(weight, *self._qparams(), qmin, qmax, self.axis)
+
+    def integer_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """The stored integers of ``weight`` under the current parameters (int32)."""
+        qmin, qmax = self.scheme.qrange()
+        return quantize(weight.detach().float(), *self._qparams(), qmin, qmax, self.axis)
+
+    def extra_repr(self) -> str:
+        return (f"bits={self.scheme.bits}, symmetric={self.scheme.symmetric}, per_channel={self.scheme.per_channel}, "
+                f"observer={self.observer_name}, frozen={self.frozen}")
+
+
+class _QuantLayerMixin:
+    weight_quantizer: WeightQuantizer
+    input_quantizer: nn.Module
+
+    @property
+    def weight_bits(self) -> int:
+        return self.weight_quantizer.scheme.bits
+
+    @property
+    def act_bits(self) -> int:
+        q = self.input_quantizer
+        return q.scheme.bits if isinstance(q, ActQuantizer) or hasattr(q, "scheme") else 32
+
+
+class QuantConv2d(_QuantLayerMixin, nn.Conv2d):
+    """``nn.Conv2d`` computing on fake-quantized input and weights."""
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, weight_quantizer: WeightQuantizer, input_quantizer: nn.Module) -> "QuantConv2d":
+        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                  dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode)
+        new.weight = conv.weight
+        new.bias = conv.bias
+        new.weight_quantizer = weight_quantizer
+        new.input_quantizer = input_quantizer
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias)
+
+
+class QuantLinear(_QuantLayerMixin, nn.Linear):
+    """``nn.Linear`` computing on fake-quantized input and weights."""
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, weight_quantizer: WeightQuantizer, input_quantizer: nn.Module) -> "QuantLinear":
+        new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None)
+        new.weight = linear.weight
+        new.bias = linear.bias
+        new.weight_quantizer = weight_quantizer
+        new.input_quantizer = input_quantizer
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias)
+
+
+QUANT_LAYERS = (QuantConv2d, QuantLinear)
+
+
+def quant_layers(model: nn.Module) -> dict[str, _QuantLayerMixin]:
+    """The fake-quantized layers of ``model`` by module name."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, QUANT_LAYERS)}
+
+
+# --------------------------------------------------------------------------------------------
+# Batch-norm folding
+# --------------------------------------------------------------------------------------------
+
+
+def find_conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """(conv, bn) module names where a BatchNorm2d consumes a Conv2d's output and nothing else does.
+
+    Traces the model with torch.fx once; a model that cannot be traced has no pairs (nothing is
+    folded, which is correct, only less faithful to integer inference).
+    """
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception:  # noqa: BLE001 - untraceable models simply keep their BN layers
+        return []
+    modules = dict(model.named_modules())
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), nn.BatchNorm2d):
+            continue
+        src = node.args[0] if node.args else None
+        if (isinstance(src, torch.fx.Node) and src.op == "call_module" and isinstance(modules.get(src.target), nn.Conv2d)
+                and len(src.users) == 1):
+            pairs.append((str(src.target), str(node.target)))
+    return pairs
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module, pairs: Iterable[tuple[str, str]] | None = None) -> list[tuple[str, str]]:
+    """Fold each BN into its conv in place (the BN becomes ``nn.Identity``); return the pairs."""
+    pairs = find_conv_bn_pairs(model) if pairs is None else [tuple(p) for p in pairs]
+    for conv_name, bn_name in pairs:
+        conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
+        if not isinstance(conv, nn.Conv2d) or not isinstance(bn, nn.BatchNorm2d):
+            raise QuantizationError(f"cannot fold {bn_name!r} into {conv_name!r}: not a Conv2d followed by BatchNorm2d")
+        std = torch.sqrt(bn.running_var + bn.eps)
+        gamma = bn.weight if bn.affine else torch.ones_like(std)
+        beta = bn.bias if bn.affine else torch.zeros_like(std)
+        factor = gamma / std
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(std)
+        conv.weight.copy_(conv.weight * factor.reshape(-1, 1, 1, 1))
+        conv.bias = nn.Parameter((bias - bn.running_mean) * factor + beta)
+        model.set_submodule(bn_name, nn.Identity())
+    return list(pairs)
+
+
+# --------------------------------------------------------------------------------------------
+# Preparing and calibrating a model
+# --------------------------------------------------------------------------------------------
+
+
+def scheme_to_dict(scheme: QuantScheme) -> dict[str, Any]:
+    return asdict(scheme)
+
+
+def _act_quantizer_from(spec: dict[str, Any]) -> ActQuantizer:
+    return ActQuantizer(QuantScheme(**spec["scheme"]), spec.get("observer", "minmax"), spec.get("observer_kwargs"),
+                        spec.get("ema"))
+
+
+def layer_plan(
+    model: nn.Module,
+    weight_scheme: QuantScheme,
+    act_scheme: QuantScheme | None,
+    weight_observer: str = "minmax",
+    act_observer: str = "minmax",
+    observer_kwargs: dict[str, Any] | None = None,
+    skip: Iterable[str] = (),
+    ema: float | None = None,
+) -> dict[str, dict[str, Any]]:
+    """What :func:`prepare` does to each conv/linear layer, as JSON-able data (kept in the file)."""
+    skip = set(skip)
+    names = {n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    unknown = skip - names
+    if unknown:
+        raise QuantizationError(f"skip_layers names layers that are not conv/linear layers of the model: {sorted(unknown)}")
+    plan = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.Conv2d, nn.Linear)) or name in skip:
+            continue
+        plan[name] = {
+            "op": "conv" if isinstance(module, nn.Conv2d) else "linear",
+            "weight": {"scheme": scheme_to_dict(weight_scheme), "observer": weight_observer,
+                       "observer_kwargs": dict(observer_kwargs or {})},
+            "act": None if act_scheme is None else {"scheme": scheme_to_dict(act_scheme), "observer": act_observer,
+                                                    "observer_kwargs": dict(observer_kwargs or {}), "ema": ema},
+        }
+    return plan
+
+
+def prepare(model: nn.Module, plan: dict[str, dict[str, Any]]) -> nn.Module:
+    """Replace the planned conv/linear layers of ``model`` (in place) by fake-quant layers."""
+    for name, spec in plan.items():
+        module = model.get_submodule(name)
+        w = spec["weight"]
+        channels = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+        wq = WeightQuantizer(QuantScheme(**w["scheme"]), w["observer"], w.get("observer_kwargs"), channels)
+        aq: nn.Module = nn.Identity() if spec["act"] is None else _act_quantizer_from(spec["act"])
+        cls = QuantConv2d if isinstance(module, nn.Conv2d) else QuantLinear
+        model.set_submodule(name, cls.from_float(module, wq, aq))
+    return model
+
+
+def act_quantizers(model: nn.Module) -> list[ActQuantizer]:
+    return [m for m in model.modules() if isinstance(m, ActQuantizer)]
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches: Iterable[Any], max_batches: int) -> int:
+    """Run up to ``max_batches`` input batches through the activation observers; return how many ran."""
+    if max_batches < 1:
+        raise QuantizationError(f"calibration_batches must be >= 1, got {max_batches}")
+    quantizers = act_quantizers(model)
+    was_training = model.training
+    model.eval()
+    # observe layer by layer in one pass: earlier layers run in float, as the calibrated model
+    # will see them only once quantized; standard post-training calibration (Jacob et al. Sec. 3)
+    for q in quantizers:
+        q.mode = "observe"
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    seen = 0
+    for batch in batches:
+        if seen >= max_batches:
+            break
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        model(x.to(device))
+        seen += 1
+    if seen == 0:
+        raise QuantizationError("calibration got no batches: the train split is empty")
+    for q in quantizers:
+        q.finish_calibration()
+    model.train(was_training)
+    return seen
+
+
+@torch.no_grad()
+def freeze(model: nn.Module) -> None:
+    """Fix every weight quantizer's parameters from the current weights (end of PTQ or QAT)."""
+    for layer in quant_layers(model).values():
+        layer.weight_quantizer.freeze(layer.weight)
+
+
+def set_quantization(model: nn.Module, enabled: bool) -> None:
+    """Switch all fake quantization on or off (off: the float model with the current weights)."""
+    for layer in quant_layers(model).values():
+        layer.weight_quantizer.enabled = enabled
+    for q in act_quantizers(model):
+        q.mode = "quantize" if enabled else "float"
+
+
+def layer_bits(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """Per-layer (weight_bits, act_bits) of every conv/linear layer; float layers are (32, 32)."""
+    bits = {}
+    for name, m in model.named_modules():
+        if isinstance(m, QUANT_LAYERS):
+            bits[name] = (m.weight_bits, m.act_bits)
+        elif isinstance(m, (nn.Conv2d, nn.Linear)):
+            bits[name] = (32, 32)
+    return bits
+
+
+# --------------------------------------------------------------------------------------------
+# The stored file
+# --------------------------------------------------------------------------------------------
+
+
+def _compact_plan(plan: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The plan with each distinct weight/activation spec written once (a smaller header)."""
+    specs: list[Any] = []
+    layers = {}
+    for name, spec in plan.items():
+        refs = []
+        for key in ("weight", "act"):
+            if spec[key] not in specs:
+                specs.append(spec[key])
+            refs.append(specs.index(spec[key]))
+        layers[name] = [spec["op"], *refs]
+    return {"specs": specs, "layers": layers}
+
+
+def _expand_plan(compact: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    specs = compact["specs"]
+    return {name: {"op": op, "weight": specs[w], "act": specs[a]} for name, (op, w, a) in compact["layers"].items()}
+
+
+def save_quantized(model: nn.Module, path: str | Path, plan: dict[str, dict[str, Any]],
+                   folded: list[tuple[str, str]], meta: dict[str, Any] | None = None) -> int:
+    """Write ``model`` (prepared by :func:`prepare`, weights frozen) in its real storage format.
+
+    Per quantized layer: the weight's integers bit-packed to ``bits`` bits (``weight_codes``),
+    their float32 scales (``scales``) and, for asymmetric schemes, their zero-points packed to the
+    same width (``zero_points``), the float32 bias (``biases``), the input activation's float32
+    scale and int32 zero-point (``act_qparams``). Every other tensor of the state dict is stored
+    as it is (``float_rest``: unfolded BN, embeddings, ...). Returns the file size in bytes.
+    """
+    layers = quant_layers(model)
+    covered: set[str] = set()
+    parts: list[Part] = []
+    for name, layer in layers.items():
+        wq = layer.weight_quantizer
+        if not wq.frozen:
+            raise QuantizationError(f"layer {name!r}: freeze() the weights before saving")
+        scheme = wq.scheme
+        codes = wq.integer_weight(layer.weight)
+        parts.append(packed_part(f"{name}.weight", codes, scheme.bits, scheme.signed, kind="weight_codes"))
+        parts.append(array_part(f"{name}.weight_quantizer.scale", wq.scale.float(), kind="scales"))
+        if not scheme.symmetric:
+            parts.append(packed_part(f"{name}.weight_quantizer.zero_point", wq.zero_point, scheme.bits, scheme.signed,
+                                     kind="zero_points"))
+        covered |= {f"{name}.weight", f"{name}.weight_quantizer.scale", f"{name}.weight_quantizer.zero_point"}
+        if layer.bias is not None:
+            parts.append(array_part(f"{name}.bias", layer.bias.float(), kind="biases"))
+            covered.add(f"{name}.bias")
+        # only the activation's scale and zero-point are stored: a learned clipping level (PACT)
+        # is training state, its effect is entirely in the scale
+        for buf_name, buf in layer.input_quantizer.named_buffers():
+            parts.append(array_part(f"{name}.input_quantizer.{buf_name}", buf, kind="act_qparams"))
+        covered |= {f"{name}.input_quantizer.{k}" for k in layer.input_quantizer.state_dict()}
+    for key, tensor in model.state_dict().items():
+        if key not in covered:
+            parts.append(array_part(key, tensor, kind="float_rest"))
+    header = {"format": FORMAT, "plan": _compact_plan(plan), "folded": [list(p) for p in folded], **(meta or {})}
+    return save_parts(path, parts, header)
+
+
+@torch.no_grad()
+def load_quantized(template: nn.Module, path: str | Path) -> nn.Module:
+    """Decode a file of :func:`save_quantized` into a fake-quant copy of the float ``template``."""
+    header, parts = load_parts(path)
+    if header.get("format") != FORMAT:
+        raise QuantizationError(f"{path} is not a uniform-quantization file (format {header.get('format')!r})")
+    model = copy.deepcopy(template).eval()
+    fold_batchnorm(model, header["folded"])
+    prepare(model, _expand_plan(header["plan"]))
+    state = {}
+    for name, layer in quant_layers(model).items():
+        wq = layer.weight_quantizer
+        scale = part_array(parts[f"{name}.weight_quantizer.scale"])
+        zp_key = f"{name}.weight_quantizer.zero_point"
+        zero_point = part_array(parts[zp_key]).to(torch.int32) if zp_key in parts else torch.zeros_like(scale, dtype=torch.int32)
+        codes = part_array(parts[f"{name}.weight"])
+        if wq.scheme.per_channel:
+            weight = dequantize(codes, scale, zero_point, wq.axis)
+        else:
+            weight = dequantize(codes, scale[0], zero_point[0])
+        state[f"{name}.weight"] = weight
+        state[f"{name}.weight_quantizer.scale"] = scale
+        state[f"{name}.weight_quantizer.zero_point"] = zero_point
+    for key, part in parts.items():
+        if part.info.get("kind") in ("biases", "act_qparams", "float_rest"):
+            state[key] = part_array(part)
+    model.load_state_dict(state, strict=True)
+    for layer in quant_layers(model).values():
+        layer.weight_quantizer.frozen = True
+    for q in act_quantizers(model):
+        q.mode = "quantize"
+    return model
+

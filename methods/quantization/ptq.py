@@ -1,0 +1,250 @@
+"""Post-training uniform affine quantization (PTQ) to N bits, with calibration observers.
+
+The trained network is quantized without retraining (Berthelier et al. 2020, Sec. 2.5: reducing
+precision "to 16, 8 or even less" bits; Aswani et al., Sec. C for quantizing both conv filters
+and fully connected matrices): batch normalisation is folded into the convolutions, every
+conv/linear weight is mapped to ``bits``-bit integers (per tensor or per output channel,
+symmetric or asymmetric; Jacob et al. 2018, Sec. 2), and the input activation of every such
+layer gets a scale and zero-point from ``calibration_batches`` batches of the training split,
+observed by min-max, percentile or MSE (:mod:`.uniform`).
+
+The model is written in its real storage format (:func:`.fakequant.save_quantized`: packed
+integer weights, scales, zero-points, fp32 biases) and the returned model is decoded from that
+file. For 8-bit weights and activations the method also writes an int8 QDQ ONNX model that ONNX
+Runtime executes with integer kernels (:mod:`.onnx_int8`); both the simulated (fake-quant, torch)
+and the deployed (ONNX Runtime) top-1 on the test split are recorded, with their difference.
+
+:func:`store_and_decode` is the common end of PTQ, QAT and PACT.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import itertools
+import json
+import logging
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
+from methods.quantization.fakequant import (
+    calibrate,
+    fold_batchnorm,
+    freeze,
+    layer_bits,
+    layer_plan,
+    load_quantized,
+    prepare,
+    save_quantized,
+)
+from methods.quantization.packing import part_sizes
+from methods.quantization.uniform import OBSERVERS, QuantScheme
+
+log = logging.getLogger(__name__)
+
+#: Bit-widths the uniform methods accept for weights and activations.
+BITS_RANGE = (2, 8)
+
+
+def check_bits(value: Any, key: str, allow_float: bool = False) -> int:
+    """``value`` as a bit-width in 2..8 (or 32 = stay float when ``allow_float``), else a clear error."""
+    lo, hi = BITS_RANGE
+    ok = isinstance(value, int) and not isinstance(value, bool) and (lo <= value <= hi or (allow_float and value == 32))
+    if not ok:
+        extra = " or 32 (keep activations in float)" if allow_float else ""
+        raise MethodConfigError(f"method.{key}: must be an integer in {lo}..{hi}{extra}, got {value!r}")
+    return value
+
+
+def check_choice(value: Any, key: str, choices: Any) -> Any:
+    if value not in choices:
+        raise MethodConfigError(f"method.{key}: must be one of {sorted(choices)}, got {value!r}")
+    return value
+
+
+class UniformQuantizationConfig:
+    """The knobs PTQ, QAT and PACT share, validated once (errors name ``method.<key>``)."""
+
+    def __init__(
+        self,
+        bits: int = 8,
+        act_bits: int | None = None,
+        per_channel: bool = True,
+        symmetric: bool = True,
+        act_symmetric: bool = False,
+        observer: str = "minmax",
+        weight_observer: str = "minmax",
+        percentile: float = 99.99,
+        calibration_batches: int = 32,
+        skip_layers: list[str] | None = None,
+        fold_bn: bool = True,
+        onnx: bool = True,
+        reduce_range: bool | str = "auto",
+    ) -> None:
+        self.bits = check_bits(bits, "bits")
+        self.act_bits = check_bits(bits if act_bits is None else act_bits, "act_bits", allow_float=True)
+        self.per_channel = bool(per_channel)
+        self.symmetric = bool(symmetric)
+        self.act_symmetric = bool(act_symmetric)
+        self.observer = check_choice(observer, "observer", OBSERVERS)
+        self.weight_observer = check_choice(weight_observer, "weight_observer", OBSERVERS)
+        if not 50 < float(percentile) <= 100:
+            raise MethodConfigError(f"method.percentile: must be in (50, 100], got {percentile!r}")
+        self.percentile = float(percentile)
+        if not isinstance(calibration_batches, int) or calibration_batches < 1:
+            raise MethodConfigError(f"method.calibration_batches: must be an integer >= 1, got {calibration_batches!r}")
+        self.calibration_batches = calibration_batches
+        self.skip_layers = list(skip_layers or [])
+        self.fold_bn = bool(fold_bn)
+        self.onnx = bool(onnx)
+        if reduce_range not in (True, False, "auto"):
+            raise MethodConfigError(f"method.reduce_range: must be true, false or auto, got {reduce_range!r}")
+        self.reduce_range = reduce_range
+
+    @property
+    def deploys_int8(self) -> bool:
+        return self.onnx and self.bits == 8 and self.act_bits == 8
+
+    @property
+    def reduces_range(self) -> bool:
+        """7-bit weights for 8-bit deployment where this CPU's int8 kernels would saturate on
+        8-bit weights (x86 without VNNI; ONNX Runtime's ``reduce_range`` remedy), so that the
+        stored, simulated and deployed models are the same model."""
+        if self.reduce_range == "auto":
+            from methods.quantization.onnx_int8 import int8_saturates
+
+            return self.deploys_int8 and int8_saturates(2 ** (self.bits - 1) - 1, 2**self.act_bits - 1)
+        return bool(self.reduce_range) and self.bits == 8
+
+    @property
+    def weight_bits(self) -> int:
+        return self.bits - 1 if self.reduces_range else self.bits
+
+    def weight_scheme(self) -> QuantScheme:
+        return QuantScheme(bits=self.weight_bits, symmetric=self.symmetric, per_channel=self.per_channel, ch_axis=0, signed=True)
+
+    def act_scheme(self) -> QuantScheme | None:
+        """Activations: unsigned (uint8-style) when asymmetric, as ReLU outputs are non-negative."""
+        if self.act_bits == 32:
+            return None
+        return QuantScheme(bits=self.act_bits, symmetric=self.act_symmetric, signed=self.act_symmetric)
+
+    def observer_kwargs(self, observer: str) -> dict[str, Any]:
+        return {"percentile": self.percentile} if observer == "percentile" else {}
+
+    def plan(self, model: nn.Module, ema: float | None = None) -> dict[str, dict[str, Any]]:
+        try:
+            plan = layer_plan(model, self.weight_scheme(), self.act_scheme(), self.weight_observer, self.observer,
+                              skip=self.skip_layers, ema=ema)
+        except ValueError as err:
+            raise MethodConfigError(f"method.skip_layers: {err}") from None
+        # weight and activation observers may differ: give each its own options
+        for spec in plan.values():
+            spec["weight"]["observer_kwargs"] = self.observer_kwargs(self.weight_observer)
+            if spec["act"] is not None:
+                spec["act"]["observer_kwargs"] = self.observer_kwargs(self.observer)
+        return plan
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+def uniform_config(options: dict[str, Any], extra: tuple[str, ...] = ()) -> UniformQuantizationConfig:
+    """Build the shared config from a method's options; unknown keys are refused by name."""
+    known = set(inspect.signature(UniformQuantizationConfig).parameters)
+    unknown = sorted(set(options) - known - set(extra))
+    if unknown:
+        raise MethodConfigError(f"method: unknown key(s) {unknown}; allowed: {sorted(known | set(extra))}")
+    return UniformQuantizationConfig(**{k: v for k, v in options.items() if k in known})
+
+
+def calibration_inputs(datamodule: Any, batches: int) -> list[torch.Tensor]:
+    """The first ``batches`` input batches of the training split."""
+    out = [b[0] if isinstance(b, (tuple, list)) else b for b in itertools.islice(datamodule.train_dataloader(), batches)]
+    if not out:
+        raise MethodConfigError("method.calibration_batches: the training split gave no batches to calibrate on")
+    return out
+
+
+def quantize_for_inference(model: nn.Module, config: UniformQuantizationConfig, calibration: list[torch.Tensor],
+                           ema: float | None = None) -> tuple[nn.Module, dict[str, dict[str, Any]], list[tuple[str, str]]]:
+    """A fake-quant copy of ``model``: BN folded, layers wrapped, activations calibrated.
+
+    Weights are not frozen yet (QAT trains them first); returns (model, plan, folded pairs).
+    """
+    quantized = copy.deepcopy(model).cpu().eval()
+    folded = fold_batchnorm(quantized) if config.fold_bn else []
+    plan = config.plan(quantized, ema=ema)
+    prepare(quantized, plan)
+    calibrate(quantized, calibration, len(calibration))
+    return quantized, plan, folded
+
+
+def store_and_decode(
+    name: str,
+    quantized: nn.Module,
+    template: nn.Module,
+    plan: dict[str, dict[str, Any]],
+    folded: list[tuple[str, str]],
+    config: UniformQuantizationConfig,
+    ctx: CompressionContext,
+    calibration: list[torch.Tensor],
+    metrics: dict[str, float] | None = None,
+) -> CompressionResult:
+    """Freeze, write the real file, decode it, and (8-bit) deploy it to int8 ONNX and evaluate both."""
+    freeze(quantized)
+    path = ctx.workdir / f"{name}.cbq"
+    save_quantized(quantized, path, plan, folded, {"method": name, "config": config.as_dict()})
+    decoded = load_quantized(template, path)
+    metrics = dict(metrics or {})
+    for kind, size in part_sizes(path).items():
+        metrics[f"bytes_{kind}"] = float(size)
+    bits = layer_bits(decoded)
+    policy = ctx.workdir / f"{name}_layer_bits.json"
+    policy.write_text(json.dumps({k: list(v) for k, v in bits.items()}, indent=1))
+    result = CompressionResult(model=decoded, stored_file=path, layer_bits=bits, metrics=metrics, artifacts=[policy])
+    metrics["weight_bits"] = float(config.weight_bits)
+    metrics["reduce_range"] = float(config.reduces_range)
+    if config.deploys_int8:
+        _deploy_int8(name, decoded, config, ctx, calibration, result)
+    return result
+
+
+def _deploy_int8(name: str, decoded: nn.Module, config: UniformQuantizationConfig, ctx: CompressionContext,
+                 calibration: list[torch.Tensor], result: CompressionResult) -> None:
+    from methods.quantization.onnx_int8 import export_int8, onnx_accuracy
+
+    onnx_path = ctx.workdir / f"{name}_int8.onnx"
+    start = time.perf_counter()
+    export_int8(decoded, calibration, onnx_path, calibrate_method=config.observer)
+    result.metrics["int8_export_s"] = time.perf_counter() - start
+    simulated = ctx.evaluate(decoded, "test")
+    deployed = onnx_accuracy(onnx_path, ctx.datamodule.test_dataloader())
+    result.metrics.update({
+        "simulated_top1": simulated["top1"],
+        "deployed_top1": deployed["top1"],
+        "deployed_minus_simulated_top1": deployed["top1"] - simulated["top1"],
+        "deployed_loss": deployed["loss"],
+        "bytes_onnx_int8": float(onnx_path.stat().st_size),
+    })
+    result.onnx_file = onnx_path
+    log.info("%s: simulated top-1 %.2f%%, deployed (ONNX Runtime int8) %.2f%%", name, simulated["top1"], deployed["top1"])
+
+
+class PostTrainingQuantization(CompressionMethod):
+    """``ptq``: uniform affine quantization of a trained model, calibrated, no retraining."""
+
+    def __init__(self, name: str = "ptq", **options: Any) -> None:
+        super().__init__(name)
+        self.config = uniform_config(options)
+
+    def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
+        calibration = calibration_inputs(ctx.datamodule, self.config.calibration_batches)
+        quantized, plan, folded = quantize_for_inference(model, self.config, calibration)
+        return store_and_decode(self.name, quantized, model, plan, folded, self.config, ctx, calibration,
+                                {"calibration_batches": float(len(calibration)), "folded_bn": float(len(folded))})
+
