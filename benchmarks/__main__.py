@@ -24,7 +24,6 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*Checkpoint directory.*")
     warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
-    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

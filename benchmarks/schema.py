@@ -65,6 +65,7 @@ class TrainerConfig:
     limit_val_batches: float = 1.0
     check_val_every_n_epoch: int = 1
     gradient_clip_val: float | None = None
+    log_every_n_steps: int = 20
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
@@ -73,6 +74,7 @@ class TrainerConfig:
         _require(self.limit_train_batches > 0, "trainer.limit_train_batches", "must be > 0 (a fraction or a batch count)")
         _require(self.limit_val_batches >= 0, "trainer.limit_val_batches", "must be >= 0")
         _require(self.check_val_every_n_epoch >= 1, "trainer.check_val_every_n_epoch", "must be >= 1")
+        _require(self.log_every_n_steps >= 1, "trainer.log_every_n_steps", "must be >= 1")
 
 
 S = TypeVar("S")

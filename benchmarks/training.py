@@ -119,6 +119,7 @@ def fit(
         num_sanity_val_steps=0,
         check_val_every_n_epoch=trainer_cfg.check_val_every_n_epoch,
         gradient_clip_val=trainer_cfg.gradient_clip_val,
+        log_every_n_steps=trainer_cfg.log_every_n_steps,
         logger=logger,
         callbacks=callbacks or [],
     )
