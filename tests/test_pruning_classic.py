@@ -307,10 +307,10 @@ def test_each_criterion_gives_a_smaller_resnet_that_runs_and_exports(criterion, 
     np.testing.assert_allclose(run_onnx(model, x, tmp_path / "m.onnx"), expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("criterion", ["fpgm", "thinet"])
-def test_timm_mobilenetv2_prunes_and_exports(criterion, tmp_path) -> None:
+@pytest.mark.parametrize("arch, criterion", [("mobilenetv2_050", "thinet"), ("mobilenetv3_small_050", "taylor")])
+def test_timm_mobilenets_prune_and_export(arch, criterion, tmp_path) -> None:
     torch.manual_seed(0)
-    base = timm.create_model("mobilenetv2_050", num_classes=10).eval()
+    base = timm.create_model(arch, num_classes=10).eval()
     model = copy.deepcopy(base)
     pruner = ChannelPruner(model, (1, 3, 32, 32))
     importance = make_criterion(criterion, max_batches=1)
@@ -336,6 +336,42 @@ def test_thinet_greedy_removes_the_channels_that_cancel_or_vanish() -> None:
     scores = greedy_removal_scores(terms, [0, 1, 2, 3], 4)
     assert int(scores.argmin()) == 2
     assert sorted(scores.argsort()[:3].tolist()) == [0, 2, 3]  # then the cancelling pair, never channel 1 alone
+
+
+def test_taylor_is_the_mean_abs_activation_times_gradient_per_feature_map() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 4, 1), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(4, 5))
+    x, y = torch.randn(6, 2, 5, 5), torch.randint(0, 5, (6,))
+    pruner = ChannelPruner(model, (1, 2, 5, 5))
+    taylor = make_criterion("taylor", max_batches=1)
+    taylor.calibrate(model, pruner.groups(), [(x, y)])
+    z = model[0](x)
+    z.retain_grad()
+    torch.nn.functional.cross_entropy(model[1:](z), y).backward()
+    expected = (z * z.grad).mean(dim=(2, 3)).abs().mean(dim=0).detach()  # Molchanov et al., Eq. (8)
+    assert torch.allclose(taylor(pruner.group("0")), expected, rtol=1e-5, atol=1e-9)
+
+
+def test_thinet_contributions_sum_to_the_next_layers_output() -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(5, 1, 3, bias=True)  # a 3x3 input gives one output position
+    x = torch.randn(4, 5, 3, 3)
+    terms = make_criterion("thinet", samples_per_image=2)._contributions(conv, x, torch.Generator().manual_seed(0))
+    assert terms.shape == (8, 5)
+    with torch.no_grad():
+        y = (conv(x) - conv.bias).flatten()
+    assert torch.allclose(terms.sum(dim=1), y.repeat_interleave(2), atol=1e-5)
+
+
+def test_global_scope_ranks_all_channels_together(tmp_path) -> None:
+    ctx = context(tmp_path, shape=(3, 8, 8))
+    model = SmallConvNet()
+    with torch.no_grad():
+        model.conv2.weight[:12] *= 1e-3  # conv2 holds the 12 least important filters, after normalisation too
+    result = FilterPruning(criterion="l1", scope="global", pruning_ratio=0.5, finetune_epochs=0).compress(model, ctx)
+    assert result.model.conv1.out_channels + result.model.conv2.out_channels == 12  # half of 24 channels
+    assert result.model.conv2.out_channels == 4 and result.model.conv1.out_channels == 8
 
 
 def test_fpgm_scores_the_filter_nearest_the_others_lowest() -> None:
@@ -446,6 +482,7 @@ def test_ssl_method_shrinks_group_norms_and_returns_a_consistent_model(tmp_path)
     (lambda: FilterPruning(layer_ratios={"conv1": 1.0}), r"layer_ratios.conv1"),
     (lambda: FilterPruning(criterion="hrank"), r"unknown criterion 'hrank'"),
     (lambda: FilterPruning(target_macs_ratio=0.0), r"target_macs_ratio must be in \(0, 1\]"),
+    (lambda: FilterPruning(scope="global", target_macs_ratio=0.5), r"scope=global"),
     (lambda: StructuredSparsityLearning(min_channels=0), r"min_channels"),
 ])
 def test_impossible_configurations_are_refused_with_the_key(build, match) -> None:

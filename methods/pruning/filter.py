@@ -11,6 +11,9 @@ What is pruned and how much:
 
 * ``pruning_ratio``: one fraction of output channels removed from every prunable layer,
   overridden per layer by ``layer_ratios`` ({layer name: ratio}); or
+* ``scope: global``: one ranking over all layers (each layer's scores divided by their L2
+  norm, as Molchanov et al. 2017 do) removes ``pruning_ratio`` of all channels; layers then
+  lose different fractions (each keeps at least one channel); or
 * ``target_macs_ratio``: prune until MACs <= ratio x baseline MACs, by bisection on one
   uniform ratio (the MACs of a width assignment do not depend on which channels go, so the
   search prunes scratch copies by index and the criterion then picks the channels once).
@@ -37,7 +40,7 @@ from torch import nn
 
 from hardware.layers import count_macs
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
-from methods.pruning.criteria import CRITERIA, ChannelImportance, make_criterion
+from methods.pruning.criteria import CRITERIA, ChannelImportance, layer_normalised, make_criterion
 from methods.pruning.magnitude import write_json
 from methods.pruning.structured import (
     ChannelPruner,
@@ -93,8 +96,16 @@ class FilterPruning(CompressionMethod):
         ignored_layers: Sequence[str] = (),
         round_to: int = 1,
         criterion_options: Mapping[str, Any] | None = None,
+        scope: str = "layer",
     ) -> None:
         super().__init__(name)
+        if scope not in ("layer", "global"):
+            raise MethodConfigError(f"method.scope must be 'layer' (each layer loses its ratio) or 'global' "
+                                    f"(one ranking over all layers), got {scope!r}")
+        if scope == "global" and (layer_ratios or target_macs_ratio is not None):
+            raise MethodConfigError("method.scope=global ranks all channels against one method.pruning_ratio; "
+                                    "it excludes method.layer_ratios and method.target_macs_ratio")
+        self.scope = scope
         if criterion not in CRITERIA:
             raise MethodConfigError(f"method.criterion: unknown criterion {criterion!r}; choose one of {sorted(CRITERIA)}")
         self.criterion = criterion
@@ -175,6 +186,26 @@ class FilterPruning(CompressionMethod):
             f"({max_ratio:.3f}, leaving the narrowest prunable layer one channel) gives {macs / self._macs_before:.3f} "
             "of the baseline MACs (the layers that are not prunable cost the rest); use layer_ratios or a higher target")
 
+    def _global_counts(self, pruner: ChannelPruner, criterion: ChannelImportance, original: Mapping[str, int],
+                       current: Mapping[str, int], fraction: float) -> dict[str, int]:
+        """One ranking of all channels (scores L2-normalised per layer, Molchanov et al. 2017,
+        Sec. 2.2): the lowest ``pruning_ratio`` of all original channels go, every layer keeping one."""
+        total_removed = sum(original.values()) - sum(current.values())
+        to_remove = int(round(sum(original.values()) * (self.pruning_ratio or 0.0) * fraction)) - total_removed
+        pool = sorted(
+            (float(score), name, index)
+            for name, group in pruner.groups().items()
+            for index, score in enumerate(layer_normalised(criterion(group).detach().float().cpu()).tolist())
+        )
+        counts = {name: 0 for name in current}
+        for _score, name, _index in pool:
+            if to_remove <= 0:
+                break
+            if current[name] - counts[name] > 1:
+                counts[name] += 1
+                to_remove -= 1
+        return counts
+
     # -- the method --------------------------------------------------------------------------
     def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
         baseline = model
@@ -202,10 +233,12 @@ class FilterPruning(CompressionMethod):
                 step_target = self._macs_before * (1.0 - (1.0 - self.target_macs_ratio) * fraction)
                 uniform = self._uniform_ratio_for_macs(model, pruner, original, current, step_target)
                 counts = self._removal_counts(original, current, 1.0, uniform)
-            else:
-                counts = self._removal_counts(original, current, fraction)
             if criterion.requires_data:
                 criterion.calibrate(model, pruner.groups(), calibration_batches(ctx, self.calibration_batches))
+            if self.scope == "global":
+                counts = self._global_counts(pruner, criterion, original, current, fraction)
+            elif self.target_macs_ratio is None:
+                counts = self._removal_counts(original, current, fraction)
             prune_counts(pruner, criterion, counts)
             pruned_top1 = ctx.evaluate(model, "val")["top1"]
             epochs = self.finetune_epochs / self.iterations
@@ -228,7 +261,7 @@ class FilterPruning(CompressionMethod):
         for name, row in prunable_policy.items():
             metrics[f"pruned_ratio/{name}"] = row["pruned_ratio"]
         artifacts = [write_json(ctx.workdir / "policy.json", {
-            "method": self.name, "criterion": self.criterion, "iterations": self.iterations,
+            "method": self.name, "criterion": self.criterion, "scope": self.scope, "iterations": self.iterations,
             "pruning_ratio": self.pruning_ratio, "layer_ratios": self.layer_ratios,
             "target_macs_ratio": self.target_macs_ratio, "layers": prunable_policy, "steps": steps,
         })]
