@@ -529,6 +529,7 @@ class AMC(CompressionMethod):
         best = outcome.best
         assert best.kept == best_kept
         if self.finetune_epochs > 0:
+            pruned.train()  # Lightning keeps the modes it is given; batch norm must train
             ctx.finetune(pruned, self.finetune_epochs, lr=self.finetune_lr)
         path = ctx.workdir / "model.pt"
         save_pruned(pruned, env.space.history(env.selected_channels(best.kept)), ctx.input_shape, path,

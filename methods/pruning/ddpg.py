@@ -196,4 +196,4 @@ class DDPGAgent:
         for net, target in ((self.actor, self.actor_target), (self.critic, self.critic_target)):
             for p, tp_ in zip(net.parameters(), target.parameters()):
                 tp_.data.mul_(1 - cfg.tau).add_(cfg.tau * p.data)
-        return float(critic_loss), float(actor_loss)
+        return critic_loss.item(), actor_loss.item()
