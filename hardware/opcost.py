@@ -37,9 +37,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,7 +48,7 @@ from scipy.optimize import nnls
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from hardware.layers import LayerSpec, describe_layers
+from hardware.layers import LayerSpec
 from hardware.target import HardwareError, HardwareTarget, LatencyReport, ValidationCase
 
 #: Activations the TF-Lite converter fuses into the preceding convolution / add.
@@ -65,8 +66,22 @@ DEPTHWISE_FEATURES = ("macs", "input", "output", "spill_bytes")
 class _ElementwiseRecorder(TorchFunctionMode):
     """Records tensor-tensor add/mul and spatial means (ops that are not nn.Modules)."""
 
-    _ADD = {torch.add, torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__, torch.Tensor.__iadd__, torch.Tensor.__radd__}
-    _MUL = {torch.mul, torch.Tensor.mul, torch.Tensor.mul_, torch.Tensor.__mul__, torch.Tensor.__imul__, torch.Tensor.__rmul__}
+    _ADD = {
+        torch.add,
+        torch.Tensor.add,
+        torch.Tensor.add_,
+        torch.Tensor.__add__,
+        torch.Tensor.__iadd__,
+        torch.Tensor.__radd__,
+    }
+    _MUL = {
+        torch.mul,
+        torch.Tensor.mul,
+        torch.Tensor.mul_,
+        torch.Tensor.__mul__,
+        torch.Tensor.__imul__,
+        torch.Tensor.__rmul__,
+    }
     _MEAN = {torch.mean, torch.Tensor.mean}
 
     def __init__(self, scope: list[str]) -> None:
@@ -291,7 +306,7 @@ class OpCostModel:
 
     # ----- fitting
     @classmethod
-    def fit(cls, samples: list[tuple[LayerSpec, float]], **settings: Any) -> "OpCostModel":
+    def fit(cls, samples: list[tuple[LayerSpec, float]], **settings: Any) -> OpCostModel:
         """Fit every family by NNLS on relative error from (layer, measured ms) pairs."""
         model = cls(**settings)
         by_family: dict[str, list[tuple[LayerSpec, float]]] = {"gemm": [], "depthwise": [], "elementwise": []}
@@ -309,17 +324,17 @@ class OpCostModel:
             x = np.array([[features(layer)[n] for n in names] + [1.0] for layer, _ in rows])
             y = np.array([ms for _, ms in rows])
             coef = _nnls_relative(x, y)
-            setattr(model, family, dict(zip(list(names) + ["overhead"], map(float, coef))))
+            setattr(model, family, dict(zip(list(names) + ["overhead"], map(float, coef), strict=True)))
         rows = by_family["elementwise"]
         kinds = sorted({model.elementwise_features(layer)[0] for layer, _ in rows})
         if rows:
-            x = []
+            design = []
             for layer, _ in rows:
                 kind, touched = model.elementwise_features(layer)
-                x.append([touched] + [1.0 if kind == k else 0.0 for k in kinds])
-            coef = _nnls_relative(np.array(x), np.array([ms for _, ms in rows]))
+                design.append([touched] + [1.0 if kind == k else 0.0 for k in kinds])
+            coef = _nnls_relative(np.array(design), np.array([ms for _, ms in rows]))
             model.elementwise = {"per_element": float(coef[0])}
-            model.elementwise.update({f"overhead_{k}": float(c) for k, c in zip(kinds, coef[1:])})
+            model.elementwise.update({f"overhead_{k}": float(c) for k, c in zip(kinds, coef[1:], strict=True)})
         return model
 
     def as_dict(self) -> dict[str, Any]:
@@ -393,13 +408,15 @@ class Pixel1(HardwareTarget):
         except FileNotFoundError as err:
             raise HardwareError(f"hw.reference_dir: {err}") from err
         self.settings = {"cache_bytes": cache_bytes, "simd_channels": simd_channels, "small_m_rows": small_m_rows}
-        self.holdout_file = Path(holdout_file) if holdout_file else Path(__file__).parent / "devices" / "pixel1_published.yaml"
+        self.holdout_file = (
+            Path(holdout_file) if holdout_file else Path(__file__).parent / "devices" / "pixel1_published.yaml"
+        )
         self.cost_model = OpCostModel.fit(self._samples(self.references), **self.settings)
         self.fit_report = self._fit_report()
 
     @staticmethod
     def _samples(references) -> list[tuple[LayerSpec, float]]:
-        return [pair for ref in references for pair in zip(ref.layers(), ref.per_layer_ms())]
+        return [pair for ref in references for pair in zip(ref.layers(), ref.per_layer_ms(), strict=True)]
 
     def _fit_report(self) -> FitReport:
         whole: dict[str, dict[str, float]] = {}
@@ -418,7 +435,7 @@ class Pixel1(HardwareTarget):
                 "lomo_predicted_ms": float(lomo.sum()),
                 "lomo_error": float(lomo.sum() / ref.measured_ms - 1),
             }
-            for layer, p, m, lo in zip(layers, pred, measured, lomo):
+            for layer, p, m, lo in zip(layers, pred, measured, lomo, strict=True):
                 rows.append(
                     {
                         "model": ref.prefix,
@@ -430,7 +447,7 @@ class Pixel1(HardwareTarget):
                         "lomo_error": float(lo / m - 1),
                     }
                 )
-            lomo_errors.extend(lo / m - 1 for lo, m in zip(lomo, measured))
+            lomo_errors.extend(lo / m - 1 for lo, m in zip(lomo, measured, strict=True))
         # Per-layer statistics over the compute layers (convolutions, pool); the tail
         # reshape/softmax of a few microseconds carries timer resolution, not cost.
         compute = [r for r in rows if r["op"] in ("conv", "dwconv", "pool")]
@@ -464,7 +481,9 @@ class Pixel1(HardwareTarget):
             notes.append("bit-widths < 32 shrink the byte terms only: integer TF-Lite kernels were not profiled")
         if any(layer.sparsity > 0.05 for layer in layers if layer.op in ("conv", "dwconv", "linear")):
             notes.append("unstructured sparsity ignored: TF-Lite's CPU kernels are dense")
-        unfused = sorted({layer.module_type for layer in layers if layer.op == "act" and layer.module_type not in FUSED_ACTIVATIONS})
+        unfused = sorted(
+            {layer.module_type for layer in layers if layer.op == "act" and layer.module_type not in FUSED_ACTIVATIONS}
+        )
         if unfused:
             notes.append(f"{', '.join(unfused)} costed as streaming elementwise ops (not in the profiles)")
         if input_shape_batch(layers) > 1:
@@ -503,7 +522,9 @@ class Pixel1(HardwareTarget):
         return {**super().describe(), "reference_dir": str(self.reference_dir)}
 
     # ----- validation
-    def validation_cases(self, lomo: bool = False, per_layer: bool = False, holdout: bool = False, **_: Any) -> list[ValidationCase]:
+    def validation_cases(
+        self, lomo: bool = False, per_layer: bool = False, holdout: bool = False, **_: Any
+    ) -> list[ValidationCase]:
         """Whole-model predicted against measured latency of each AMC profile.
 
         ``lomo``: predictions of a model fitted without that profile's model.
@@ -517,7 +538,13 @@ class Pixel1(HardwareTarget):
         if per_layer:
             for row in self.fit_report.per_layer:
                 cases.append(
-                    _case(f"{row['model']}/{row['layer']}", row["predicted_ms"], row["measured_ms"], "per-layer", {"op": row["op"]})
+                    _case(
+                        f"{row['model']}/{row['layer']}",
+                        row["predicted_ms"],
+                        row["measured_ms"],
+                        "per-layer",
+                        {"op": row["op"]},
+                    )
                 )
         if holdout:
             cases.extend(self.holdout_cases())

@@ -223,17 +223,23 @@ class Roofline(HardwareTarget):
         notes = []
         if self.calibration == "spec-sheet":
             notes.append("spec-sheet: uncalibrated (datasheet peak/bandwidth, assumed efficiencies)")
-        sparse = any(layer.sparsity > SPARSITY_NOTE_THRESHOLD for layer in layers if layer.op in ("conv", "dwconv", "linear"))
+        sparse = any(
+            layer.sparsity > SPARSITY_NOTE_THRESHOLD for layer in layers if layer.op in ("conv", "dwconv", "linear")
+        )
         if sparse and not self.exploits_sparsity:
             notes.append("unstructured sparsity ignored: dense device (a sparse model costs the dense cost)")
         if sparse and self.exploits_sparsity:
-            notes.append(f"unstructured sparsity exploited: nonzero MACs, {self.sparse_index_bits}-bit index per nonzero weight")
+            notes.append(
+                f"unstructured sparsity exploited: nonzero MACs, {self.sparse_index_bits}-bit index per nonzero weight"
+            )
         if self.compute == "fixed":
-            requested = {max(l.weight_bits, l.act_bits) for l in layers if self.kind_of(l)}
+            requested = {max(layer.weight_bits, layer.act_bits) for layer in layers if self.kind_of(layer)}
             rounded = sorted(b for b in requested if self.executed_bits(b) != b)
             if rounded:
                 notes.append(f"bit-widths {rounded} run at the device's supported precisions {sorted(self.peak)}")
-        if self.compute == "bit_serial" and any(max(l.weight_bits, l.act_bits) > 8 for l in layers if self.kind_of(l)):
+        if self.compute == "bit_serial" and any(
+            max(layer.weight_bits, layer.act_bits) > 8 for layer in layers if self.kind_of(layer)
+        ):
             notes.append("layers above 8 bits on a bit-serial device: quantize the model (its anchors are 4-8-bit)")
         notes.append(f"{bounds['compute']} ops compute-bound, {bounds['memory']} memory-bound")
         notes.append("energy: per-op energies (Horowitz ISSCC 2014 class) + static power x time; uncalibrated")
@@ -281,7 +287,13 @@ class Roofline(HardwareTarget):
         for anchor in self.anchors:
             predicted = self.report(self.anchor_layers(anchor)).latency_ms
             cases.append(
-                _case(anchor["name"], predicted, float(anchor["latency_ms"]), f"{self.name}-anchors", {"source": anchor.get("source", "")})
+                _case(
+                    anchor["name"],
+                    predicted,
+                    float(anchor["latency_ms"]),
+                    f"{self.name}-anchors",
+                    {"source": anchor.get("source", "")},
+                )
             )
         return cases
 
@@ -313,8 +325,8 @@ def _bits_table(value: dict[int, float] | float, key: str, compute: str) -> dict
 def anchor_layers(anchor: dict[str, Any]) -> list[LayerSpec]:
     """Layers of a published measurement: a timm model or a MobileNetV1 channel plan,
     at the anchor's batch size, input size and uniform bit-widths."""
-    from hardware.opcost import describe_elementwise
     from hardware.layers import describe_layers
+    from hardware.opcost import describe_elementwise
 
     batch = int(anchor.get("batch_size", 1))
     size = int(anchor.get("input_size", 224))
@@ -366,10 +378,12 @@ def calibrate(config: dict[str, Any], parameters: list[str]) -> dict[str, Any]:
     def build(x: np.ndarray) -> Roofline:
         cfg = dict(config)
         cfg["efficiency"] = dict(config.get("efficiency") or {})
-        for name, value in zip(parameters, np.exp(x)):
+        for name, value in zip(parameters, np.exp(x), strict=True):
             if name == "compute_scale":
                 peak = cfg["peak_macs_per_s"]
-                cfg["peak_macs_per_s"] = {k: v * value for k, v in peak.items()} if isinstance(peak, dict) else peak * value
+                cfg["peak_macs_per_s"] = (
+                    {k: v * value for k, v in peak.items()} if isinstance(peak, dict) else peak * value
+                )
             elif name == "bandwidth":
                 cfg["memory_bandwidth_gb_s"] = config["memory_bandwidth_gb_s"] * value
             elif name == "overhead_us":
@@ -402,7 +416,7 @@ def calibrate(config: dict[str, Any], parameters: list[str]) -> dict[str, Any]:
     fit = least_squares(residuals, np.array(x0), bounds=([-np.inf] * len(x0), upper))
     target = build(fit.x)
     return {
-        "parameters": dict(zip(parameters, np.exp(fit.x).tolist())),
+        "parameters": dict(zip(parameters, np.exp(fit.x).tolist(), strict=True)),
         "peak_macs_per_s": {k: v for k, v in target.peak.items()},
         "memory_bandwidth_gb_s": target.bandwidth / 1e9,
         "overhead_us": target.overhead_s * 1e6,

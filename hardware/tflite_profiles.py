@@ -164,7 +164,7 @@ def parse_channel_plans(readme: str | Path) -> tuple[dict[str, tuple[int, list[t
     if pub:
         figures = [float(v) for v in re.findall(r"([0-9.]+)\s*ms", pub.group(1))]
         # The README lists them in table order.
-        for prefix, ms in zip(plans, figures):
+        for prefix, ms in zip(plans, figures, strict=False):
             published[prefix] = ms
     return plans, published
 
@@ -185,10 +185,8 @@ def load_reference(folder: str | Path) -> list[ReferenceModel]:
         raise ValueError(f"{readme}: no channel-plan table found")
     models = []
     for prefix, (first_conv, blocks) in plans.items():
-        runs = sorted(
-            (p for p in folder.iterdir() if (m := _RUN_FILE.match(p.name)) and m.group("prefix") == prefix),
-            key=lambda p: int(_RUN_FILE.match(p.name).group("run")),
-        )
+        numbered = [(m, p) for p in folder.iterdir() if (m := _RUN_FILE.match(p.name)) and m.group("prefix") == prefix]
+        runs = [p for m, p in sorted(numbered, key=lambda mp: int(mp[0].group("run")))]
         if not runs:
             raise FileNotFoundError(f"{folder}: no profile files '{prefix}_run<N>.txt' for plan {prefix!r}")
         model = ReferenceModel(prefix, first_conv, blocks, [parse_profile(p) for p in runs], published.get(prefix))
@@ -205,7 +203,7 @@ def _check_alignment(model: ReferenceModel) -> None:
                 f"{profile.path}: {len(profile.ops)} operators, but the channel plan of {model.prefix!r} "
                 f"gives {len(layers)} layers"
             )
-        for op, layer in zip(profile.ops, layers):
+        for op, layer in zip(profile.ops, layers, strict=True):
             expected = TFLITE_OP_TO_LAYER_OP.get(op.node_type)
             if expected != layer.op or (layer.op in _TAIL_OPS and op.node_type != layer.module_type):
                 raise ValueError(

@@ -95,7 +95,10 @@ def test_roofline_is_monotone_in_macs_bytes_and_bits(name):
         times.append(target.report([layer]).latency_ms)
     assert times == sorted(times) and times[-1] > times[0]
     # Bytes: a depthwise layer (little compute) on larger and larger feature maps.
-    times = [target.report([_conv(256, 256, size, 3, groups=256, w_bits=8, a_bits=8)]).latency_ms for size in (7, 14, 28, 56, 112)]
+    times = [
+        target.report([_conv(256, 256, size, 3, groups=256, w_bits=8, a_bits=8)]).latency_ms
+        for size in (7, 14, 28, 56, 112)
+    ]
     assert times == sorted(times) and times[-1] > times[0]
     # Bit-widths: never faster with more bits.
     times = [target.report([_conv(256, 256, 28, 3, w_bits=b, a_bits=b)]).latency_ms for b in (2, 4, 8, 16, 32)]
@@ -215,7 +218,9 @@ def test_a_profile_that_does_not_match_its_plan_is_refused(tmp_path):
 @needs_reference
 def test_pixel1_whole_model_error_on_the_amc_profiles_is_within_5_percent(pixel1):
     cases = pixel1.validation_cases()
-    assert {c.name for c in cases} == {f"mobilenetv1-{p}" for p in ("mobilenet", "0.75mobilenet", "0.5flops", "0.5time")}
+    assert {c.name for c in cases} == {
+        f"mobilenetv1-{p}" for p in ("mobilenet", "0.75mobilenet", "0.5flops", "0.5time")
+    }
     for case in cases:
         assert abs(case.relative_error) <= 0.05, case
     # Leave-one-model-out: each model predicted by a fit that never saw it.
@@ -245,11 +250,28 @@ def test_pixel1_cost_model_is_physical(pixel1):
 
 def test_cost_model_fit_recovers_known_coefficients():
     # Synthetic layers timed by a known law: NNLS finds it back exactly.
-    truth = {"macs": 0.2, "output": 1.5, "weights": 0.3, "im2col": 0.0, "input": 0.0, "small_m_macs": 0.1, "overhead": 0.01}
+    truth = {
+        "macs": 0.2,
+        "output": 1.5,
+        "weights": 0.3,
+        "im2col": 0.0,
+        "input": 0.0,
+        "small_m_macs": 0.1,
+        "overhead": 0.01,
+    }
     dw_truth = {"macs": 0.5, "input": 0.0, "output": 0.0, "spill_bytes": 0.0, "overhead": 0.02}
     probe = OpCostModel(gemm=truth, depthwise=dw_truth)
     samples = []
-    for cin, cout, size, kernel in [(32, 64, 56, 1), (64, 128, 28, 1), (128, 256, 14, 1), (256, 512, 7, 1), (512, 1024, 7, 1), (3, 32, 112, 3), (96, 24, 56, 1), (24, 144, 56, 1)]:
+    for cin, cout, size, kernel in [
+        (32, 64, 56, 1),
+        (64, 128, 28, 1),
+        (128, 256, 14, 1),
+        (256, 512, 7, 1),
+        (512, 1024, 7, 1),
+        (3, 32, 112, 3),
+        (96, 24, 56, 1),
+        (24, 144, 56, 1),
+    ]:
         layer = _conv(cin, cout, size, kernel)
         samples.append((layer, probe.predict_layer(layer)))
         dw = _conv(cout, cout, size, 3, groups=cout)
