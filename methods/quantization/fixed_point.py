@@ -1,0 +1,446 @@
+"""Fixed-point (Gupta et al. 2015) and dynamic fixed-point (Courbariaux et al. 2014) networks.
+
+Gupta, Agrawal, Gopalakrishnan & Narayanan, "Deep Learning with Limited Numerical
+Precision" (ICML 2015), as summarised by Berthelier et al. (2020, Sec. 2.5):
+
+* a number is a signed fixed-point word ``<IL, FL>`` of ``WL = IL + FL`` bits: ``IL``
+  integer bits (sign included) and ``FL`` fractional bits, resolution ``eps = 2**-FL``,
+  range ``[-2**(IL-1), 2**(IL-1) - eps]``; values outside saturate to the range ends;
+* round-to-nearest (the survey's Eq. 1): ``floor(x)`` (the largest multiple of ``eps``
+  <= x) when ``x - floor(x) < eps/2``, else ``floor(x) + eps``;
+* stochastic rounding (Eq. 2): ``floor(x) + eps`` with probability ``(x - floor(x))/eps``,
+  else ``floor(x)`` -- unbiased, so that weight updates smaller than ``eps`` survive in
+  expectation, which is why Gupta et al. train at 16 bits with FL=12..14 where
+  round-to-nearest fails;
+* weights, biases and activations (the input of every quantized layer, i.e. the previous
+  layer's output) are fixed-point. For fine-tuning the parameters themselves live on the
+  fixed-point grid: after every optimizer step they are rounded back with the configured
+  rounding (:class:`ParameterRounding`), as a fixed-point weight update would; the
+  activation rounding passes gradients straight through inside the range.
+
+Courbariaux, Bengio & David, "Training deep neural networks with low precision
+multiplications" (ICLR 2015 workshop), dynamic fixed point: the word length is fixed but
+the scaling factor ``2**-FL`` is shared by a *group* of variables (each layer's weights,
+its biases, its input activations; or, with ``group: channel``, each output channel's
+weights) and updated during training from the overflow rate: the group takes the largest
+FL for which at most ``max_overflow_rate`` of its values overflow the range.
+
+Storage: the integers are written at exactly their word length (16-bit words take 2 bytes,
+12-bit words 1.5 bytes; :func:`methods.quantization.compressed_file.pack_wide`), with the
+group FLs (int8) for dynamic fixed point; the activation formats are in the file's header.
+The returned model is decoded from that file (:func:`load_fixed_point`), its activation
+quantizers included.
+
+Departures: evaluation (``model.eval()``) rounds activations to nearest, so that a
+stored model's accuracy is deterministic; stochastic rounding of activations is used
+while training. Gupta et al. also round inside the GEMM accumulations of their FPGA; we
+quantize operands (weights, biases, layer inputs) and accumulate in float32. Courbariaux
+et al. move FL by one step per update; we jump to the FL that their rule converges to.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
+from methods.quantization.compressed_file import (
+    TensorEntry,
+    load_into,
+    pack_wide,
+    read_model,
+    register_codec,
+    state_entries,
+    unpack_wide,
+    write_model,
+)
+from methods.quantization.packing import Part
+
+ROUNDINGS = ("nearest", "stochastic")
+GROUPS = ("tensor", "channel")
+_LAYER_TYPES = {"linear": nn.Linear, "conv": nn.Conv2d}
+
+
+# ------------------------------------------------------------------------------ arithmetic
+def code_range(word_length: int) -> tuple[int, int]:
+    """Integer range of a signed ``word_length``-bit word (two's complement)."""
+    return -(1 << (word_length - 1)), (1 << (word_length - 1)) - 1
+
+
+def _along(t: torch.Tensor | int, x: torch.Tensor, axis: int | None) -> torch.Tensor:
+    t = torch.as_tensor(t, dtype=torch.float32)
+    if axis is None or t.dim() == 0:
+        return t
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    return t.reshape(shape)
+
+
+def fixed_point_codes(x: torch.Tensor, word_length: int, fraction_bits: torch.Tensor | int, rounding: str,
+                      axis: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The integers ``q`` (int64) of ``x`` in ``<WL - FL, FL>``: ``x ~ q * 2**-FL``, saturated.
+
+    ``fraction_bits`` is one int or one per slice along ``axis`` (dynamic fixed point).
+    """
+    scaled = x.detach().float() * torch.pow(2.0, _along(fraction_bits, x, axis))
+    low = torch.floor(scaled)
+    if rounding == "nearest":  # Eq. 1: up when x - floor(x) >= eps/2
+        q = low + (scaled - low >= 0.5).float()
+    elif rounding == "stochastic":  # Eq. 2: up with probability (x - floor(x)) / eps
+        draws = torch.rand(scaled.shape, generator=generator, dtype=scaled.dtype)
+        q = low + (draws < scaled - low).float()
+    else:
+        raise MethodConfigError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
+    qmin, qmax = code_range(word_length)
+    return q.clamp(qmin, qmax).to(torch.int64)
+
+
+def to_fixed_point(x: torch.Tensor, word_length: int, fraction_bits: torch.Tensor | int, rounding: str,
+                   axis: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``x`` rounded onto the ``<WL - FL, FL>`` grid (float32 values)."""
+    q = fixed_point_codes(x, word_length, fraction_bits, rounding, axis, generator)
+    return q.float() * torch.pow(2.0, -_along(fraction_bits, x, axis))
+
+
+class _FixedPointSTE(torch.autograd.Function):
+    """Fixed-point rounding forward; the gradient passes unchanged where nothing saturated."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, word_length: int, fraction_bits: int, rounding: str) -> torch.Tensor:
+        y = to_fixed_point(x, word_length, fraction_bits, rounding).to(x.dtype)
+        limit = 2.0 ** (word_length - 1 - fraction_bits)
+        ctx.save_for_backward((x >= -limit) & (x < limit))
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None, None
+
+
+def overflow_fraction_bits(x: torch.Tensor, word_length: int, max_overflow_rate: float,
+                           axis: int | None = None) -> torch.Tensor:
+    """Courbariaux et al.'s scaling: the largest FL (per slice along ``axis``) such that at
+    most ``max_overflow_rate`` of the values fall outside ``[-2**(IL-1), 2**(IL-1))``, IL = WL - FL."""
+    magnitudes = x.detach().float().abs()
+    if axis is None:
+        magnitudes = magnitudes.reshape(1, -1)
+    else:
+        magnitudes = magnitudes.movedim(axis, 0).reshape(magnitudes.shape[axis], -1)
+    # the value the range must hold: the (1 - rate) quantile of |x| (the max when rate = 0)
+    quantile = torch.quantile(magnitudes, 1.0 - max_overflow_rate, dim=1) if max_overflow_rate > 0 \
+        else magnitudes.max(dim=1).values
+    quantile = quantile.clamp(min=2.0 ** -(2 * word_length))
+    # need 2**(IL-1) > quantile  <=>  IL - 1 >= floor(log2(quantile)) + 1
+    integer_bits = torch.floor(torch.log2(quantile)) + 2
+    fraction = (word_length - integer_bits).clamp(-127, 127).to(torch.int64)
+    return fraction if axis is not None else fraction[0]
+
+
+# ------------------------------------------------------------------------------ activations
+class ActivationQuantizer:
+    """Forward pre-hook rounding a layer's input to ``<WL - FL, FL>`` (straight-through gradient).
+
+    ``dynamic``: the FL follows the overflow rate of the inputs seen while training
+    (Courbariaux et al.); it is frozen in eval mode and in the stored model.
+    """
+
+    def __init__(self, word_length: int, fraction_bits: int, rounding: str, dynamic: bool = False,
+                 max_overflow_rate: float = 0.0) -> None:
+        self.word_length = word_length
+        self.fraction_bits = int(fraction_bits)
+        self.rounding = rounding
+        self.dynamic = dynamic
+        self.max_overflow_rate = max_overflow_rate
+
+    def observe(self, x: torch.Tensor) -> None:
+        self.fraction_bits = int(overflow_fraction_bits(x, self.word_length, self.max_overflow_rate))
+
+    def __call__(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        x = inputs[0]
+        if module.training and self.dynamic:
+            self.observe(x)
+        rounding = self.rounding if module.training else "nearest"
+        return (_FixedPointSTE.apply(x, self.word_length, self.fraction_bits, rounding), *inputs[1:])
+
+
+def attach_activation_quantizers(model: nn.Module, formats: dict[str, dict[str, Any]], rounding: str,
+                                 dynamic: bool = False, max_overflow_rate: float = 0.0) -> dict[str, ActivationQuantizer]:
+    """Hook an :class:`ActivationQuantizer` on the input of each named module."""
+    modules = dict(model.named_modules())
+    quantizers = {}
+    for name, fmt in formats.items():
+        quantizer = ActivationQuantizer(int(fmt["word_length"]), int(fmt["fraction_bits"]), rounding, dynamic,
+                                        max_overflow_rate)
+        modules[name].register_forward_pre_hook(quantizer)
+        quantizers[name] = quantizer
+    return quantizers
+
+
+# ------------------------------------------------------------------------------ parameters
+class ParameterRounding(L.Callback):
+    """Keeps the quantized parameters on their fixed-point grid during fine-tuning: each
+    optimizer step's result is rounded back (Gupta et al.'s fixed-point weight update).
+    With ``dynamic``, every ``update_interval`` steps each group's FL is re-chosen from
+    its overflow rate first (Courbariaux et al.)."""
+
+    def __init__(self, params: dict[str, nn.Parameter], formats: dict[str, dict[str, Any]], rounding: str,
+                 dynamic: bool = False, max_overflow_rate: float = 0.0, update_interval: int = 100) -> None:
+        self.params = params
+        self.formats = formats
+        self.rounding = rounding
+        self.dynamic = dynamic
+        self.max_overflow_rate = max_overflow_rate
+        self.update_interval = update_interval
+        self.steps = 0
+
+    @torch.no_grad()
+    def round_all(self) -> None:
+        for name, param in self.params.items():
+            fmt = self.formats[name]
+            if self.dynamic and self.steps % self.update_interval == 0:
+                fmt["fraction_bits"] = overflow_fraction_bits(param, fmt["word_length"], self.max_overflow_rate,
+                                                              fmt["axis"])
+            param.copy_(to_fixed_point(param, fmt["word_length"], fmt["fraction_bits"], self.rounding, fmt["axis"]))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.round_all()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self.steps += 1
+        self.round_all()
+
+
+# ------------------------------------------------------------------------------ storage
+@register_codec("fixed_point")
+def _decode_fixed_point(fields: dict[str, Any], parts: dict[str, Part]) -> torch.Tensor:
+    count = int(np.prod(fields["shape"])) if fields["shape"] else 1
+    q = torch.from_numpy(unpack_wide(parts["values"].data, fields["word_length"], count)).float()
+    q = q.reshape(fields["shape"])
+    if "fraction_bits" in parts:  # one FL per channel
+        fraction = torch.from_numpy(np.frombuffer(parts["fraction_bits"].data, dtype=np.int8).astype(np.float32))
+        return q * torch.pow(2.0, -_along(fraction, q, fields["axis"]))
+    return q * 2.0 ** -fields["fraction_bits"]
+
+
+def fixed_point_entry(name: str, tensor: torch.Tensor, word_length: int, fraction_bits: torch.Tensor | int,
+                      axis: int | None) -> TensorEntry:
+    """A tensor already on its grid, stored as ``word_length``-bit integers (+ per-channel FLs)."""
+    q = fixed_point_codes(tensor, word_length, fraction_bits, "nearest", axis)  # exact: already on the grid
+    fields: dict[str, Any] = {"word_length": word_length, "axis": axis}
+    entry = TensorEntry(name, "fixed_point", tuple(tensor.shape), fields)
+    entry.add_bytes("values", pack_wide(q, word_length), "weights")
+    fraction = torch.as_tensor(fraction_bits)
+    if fraction.dim() == 0:
+        fields["fraction_bits"] = int(fraction)
+    else:
+        entry.add_bytes("fraction_bits", fraction.numpy().astype(np.int8).tobytes(), "scale")
+    return entry
+
+
+def load_fixed_point(template: nn.Module, path: Path) -> nn.Module:
+    """Decode a fixed-point model: parameters from their integers, activation quantizers from the header."""
+    meta, _ = read_model(path)
+    model = load_into(template, path)
+    attach_activation_quantizers(model, meta.get("activations", {}), "nearest")
+    return model
+
+
+# ------------------------------------------------------------------------------ the methods
+def _check_word(value: Any, key: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not minimum <= int(value) <= 32:
+        raise MethodConfigError(f"{key}: must be an integer number of bits in {minimum}..32, got {value!r}")
+    return int(value)
+
+
+def _layers(model: nn.Module, layer_types: tuple[str, ...]) -> dict[str, nn.Module]:
+    classes = tuple(_LAYER_TYPES[t] for t in layer_types)
+    return {name: m for name, m in model.named_modules() if isinstance(m, classes)}
+
+
+class _FixedPointMethod(CompressionMethod):
+    """What the static and the dynamic format share: validation, fine-tuning, storage."""
+
+    dynamic = False
+
+    def __init__(self, name: str, word_length: int, rounding: str, quantize_activations: bool,
+                 activation_word_length: int | None, finetune_epochs: float, finetune_lr: float | None,
+                 layer_types: tuple[str, ...] | list[str]) -> None:
+        super().__init__(name)
+        self.word_length = _check_word(word_length, f"{name}.word_length", minimum=2)
+        if rounding not in ROUNDINGS:
+            raise MethodConfigError(f"{name}.rounding must be one of {ROUNDINGS}, got {rounding!r}")
+        self.rounding = rounding
+        self.quantize_activations = bool(quantize_activations)
+        self.activation_word_length = _check_word(
+            self.word_length if activation_word_length is None else activation_word_length,
+            f"{name}.activation_word_length", minimum=2)
+        if finetune_epochs < 0:
+            raise MethodConfigError(f"{name}.finetune_epochs must be >= 0, got {finetune_epochs}")
+        if finetune_lr is not None and finetune_lr <= 0:
+            raise MethodConfigError(f"{name}.finetune_lr must be > 0 or null, got {finetune_lr}")
+        self.finetune_epochs = float(finetune_epochs)
+        self.finetune_lr = finetune_lr
+        self.layer_types = tuple(layer_types)
+        unknown = [t for t in self.layer_types if t not in _LAYER_TYPES]
+        if unknown:
+            raise MethodConfigError(f"{name}.layer_types: unknown {unknown}; choose from {sorted(_LAYER_TYPES)}")
+
+    # subclasses say how each parameter and each layer input is formatted
+    def parameter_format(self, name: str, param: torch.Tensor) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def activation_formats(self, model: nn.Module, layers: dict[str, nn.Module], ctx: CompressionContext) -> dict[str, dict[str, Any]]:
+        raise NotImplementedError
+
+    def callback_options(self) -> dict[str, Any]:
+        return {}
+
+    def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
+        work = copy.deepcopy(model)
+        layers = _layers(work, self.layer_types)
+        if not layers:
+            raise MethodConfigError(f"{self.name}.layer_types {list(self.layer_types)}: the model has no such layers")
+        params = {f"{m_name}.{p_name}": p for m_name, m in layers.items() for p_name, p in m.named_parameters(recurse=False)}
+        formats = {name: self.parameter_format(name, p) for name, p in params.items()}
+        act_formats = self.activation_formats(work, layers, ctx) if self.quantize_activations else {}
+        quantizers = attach_activation_quantizers(work, act_formats, self.rounding, self.dynamic,
+                                                  getattr(self, "max_overflow_rate", 0.0))
+        rounding = ParameterRounding(params, formats, self.rounding, self.dynamic, **self.callback_options())
+        rounding.round_all()
+        if self.finetune_epochs > 0:
+            ctx.finetune(work, self.finetune_epochs, lr=self.finetune_lr, callbacks=[rounding])
+        act_formats = {name: {"word_length": q.word_length, "fraction_bits": q.fraction_bits}
+                       for name, q in quantizers.items()}
+        encoded = {name: fixed_point_entry(name, p.detach(), formats[name]["word_length"],
+                                           formats[name]["fraction_bits"], formats[name]["axis"])
+                   for name, p in params.items()}
+        path = Path(ctx.workdir) / f"{self.name}.cbq"
+        sizes = write_model(path, state_entries(work, encoded), {"method": self.name, "activations": act_formats})
+        decoded = load_fixed_point(model, path)
+        act_bits = self.activation_word_length if self.quantize_activations else 32
+        metrics = {k: float(v) for k, v in sizes.items()}
+        metrics["compression_ratio"] = sum(t.numel() * 4 for t in model.state_dict().values()) / sizes["size_total_bytes"]
+        return CompressionResult(model=decoded, stored_file=path,
+                                 layer_bits={name: (self.word_length, act_bits) for name in layers},
+                                 metrics=metrics)
+
+
+class FixedPoint(_FixedPointMethod):
+    """Gupta et al. (2015) ``<IL, FL>`` fixed point for weights, biases and activations."""
+
+    def __init__(
+        self,
+        name: str = "fixed_point",
+        word_length: int = 16,
+        integer_bits: int = 4,
+        fraction_bits: int = 12,
+        rounding: str = "stochastic",
+        quantize_activations: bool = True,
+        activation_integer_bits: int | None = None,
+        activation_fraction_bits: int | None = None,
+        finetune_epochs: float = 1.0,
+        finetune_lr: float | None = None,
+        layer_types: tuple[str, ...] | list[str] = ("linear", "conv"),
+    ) -> None:
+        activation_integer_bits = integer_bits if activation_integer_bits is None else activation_integer_bits
+        activation_fraction_bits = fraction_bits if activation_fraction_bits is None else activation_fraction_bits
+        super().__init__(name, word_length, rounding, quantize_activations,
+                         activation_integer_bits + activation_fraction_bits, finetune_epochs, finetune_lr, layer_types)
+        for key, il, fl in ((f"{name}.integer_bits + {name}.fraction_bits", integer_bits, fraction_bits),
+                            (f"{name}.activation_integer_bits + {name}.activation_fraction_bits",
+                             activation_integer_bits, activation_fraction_bits)):
+            if isinstance(il, bool) or not isinstance(il, int) or il < 1:
+                raise MethodConfigError(f"{key}: integer bits must be an integer >= 1 (the sign bit), got {il!r}")
+            if isinstance(fl, bool) or not isinstance(fl, int) or fl < 0:
+                raise MethodConfigError(f"{key}: fraction bits must be an integer >= 0, got {fl!r}")
+        if integer_bits + fraction_bits != self.word_length:
+            raise MethodConfigError(
+                f"{name}.integer_bits + {name}.fraction_bits = {integer_bits} + {fraction_bits} = "
+                f"{integer_bits + fraction_bits} does not match {name}.word_length = {self.word_length}; "
+                f"set integer_bits to {self.word_length - fraction_bits}"
+            )
+        self.integer_bits = integer_bits
+        self.fraction_bits = fraction_bits
+        self.activation_fraction_bits = activation_fraction_bits
+
+    def parameter_format(self, name: str, param: torch.Tensor) -> dict[str, Any]:
+        return {"word_length": self.word_length, "fraction_bits": self.fraction_bits, "axis": None}
+
+    def activation_formats(self, model, layers, ctx) -> dict[str, dict[str, Any]]:
+        return {name: {"word_length": self.activation_word_length, "fraction_bits": self.activation_fraction_bits}
+                for name in layers}
+
+
+class DynamicFixedPoint(_FixedPointMethod):
+    """Courbariaux et al. dynamic fixed point: ``word_length``-bit words whose scaling
+    factor ``2**-FL`` is shared by a group and set from the group's overflow rate."""
+
+    dynamic = True
+
+    def __init__(
+        self,
+        name: str = "dynamic_fixed_point",
+        word_length: int = 8,
+        group: str = "tensor",
+        max_overflow_rate: float = 1e-4,
+        update_interval: int = 100,
+        calibration_batches: int = 4,
+        rounding: str = "stochastic",
+        quantize_activations: bool = True,
+        activation_word_length: int | None = None,
+        finetune_epochs: float = 1.0,
+        finetune_lr: float | None = None,
+        layer_types: tuple[str, ...] | list[str] = ("linear", "conv"),
+    ) -> None:
+        super().__init__(name, word_length, rounding, quantize_activations, activation_word_length,
+                         finetune_epochs, finetune_lr, layer_types)
+        if group not in GROUPS:
+            raise MethodConfigError(f"{name}.group must be one of {GROUPS}, got {group!r}")
+        if not 0.0 <= max_overflow_rate < 1.0:
+            raise MethodConfigError(f"{name}.max_overflow_rate must be in [0, 1), got {max_overflow_rate}")
+        if update_interval < 1:
+            raise MethodConfigError(f"{name}.update_interval must be >= 1 step, got {update_interval}")
+        if calibration_batches < 1:
+            raise MethodConfigError(f"{name}.calibration_batches must be >= 1, got {calibration_batches}")
+        self.group = group
+        self.max_overflow_rate = float(max_overflow_rate)
+        self.update_interval = int(update_interval)
+        self.calibration_batches = int(calibration_batches)
+
+    def parameter_format(self, name: str, param: torch.Tensor) -> dict[str, Any]:
+        axis = 0 if self.group == "channel" and param.dim() > 1 else None
+        return {"word_length": self.word_length, "axis": axis,
+                "fraction_bits": overflow_fraction_bits(param, self.word_length, self.max_overflow_rate, axis)}
+
+    def callback_options(self) -> dict[str, Any]:
+        return {"max_overflow_rate": self.max_overflow_rate, "update_interval": self.update_interval}
+
+    @torch.no_grad()
+    def activation_formats(self, model, layers, ctx) -> dict[str, dict[str, Any]]:
+        """Each layer's input FL from the overflow rate over ``calibration_batches`` training batches."""
+        seen: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+        handles = [m.register_forward_pre_hook(lambda _m, inp, n=name: seen[n].append(inp[0].detach().flatten()))
+                   for name, m in layers.items()]
+        was_training = model.training
+        model.eval()
+        try:
+            for i, (x, _y) in enumerate(ctx.datamodule.train_dataloader()):
+                if i >= self.calibration_batches:
+                    break
+                model(x)
+        finally:
+            for h in handles:
+                h.remove()
+            model.train(was_training)
+        return {name: {"word_length": self.activation_word_length,
+                       "fraction_bits": int(overflow_fraction_bits(torch.cat(values), self.activation_word_length,
+                                                                   self.max_overflow_rate))}
+                for name, values in seen.items()}

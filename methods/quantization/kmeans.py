@@ -1,0 +1,390 @@
+"""Weight sharing by k-means clustering of each layer's weights, with centroid fine-tuning.
+
+Gong et al., "Compressing Deep Convolutional Networks using Vector Quantization" (2014),
+Sec. 3.1 (scalar quantization with k-means), and Han, Mao & Dally, "Deep Compression"
+(ICLR 2016), Sec. 3 (weight sharing), as summarised by Berthelier et al. (2020, Sec. 2.4)
+and Aswani et al. (Sec. B):
+
+* the weights of each layer are clustered into ``k = 2**b`` clusters (``b`` = ``bits``,
+  per layer through ``bits_per_layer``) by 1-D k-means (Lloyd iterations to convergence);
+  each weight is replaced by its centroid, so a layer stores ``b``-bit cluster indices
+  (bit-packed, :mod:`methods.quantization.packing`) plus a ``k``-entry float32 codebook:
+  compression ``n*32 / (n*b + k*32)`` (Deep Compression, Eq. 1);
+* centroid initialization (Deep Compression Sec. 3.1, Fig. 4): ``linear`` (evenly spaced
+  between the layer's min and max weight, their best), ``density`` (evenly spaced on the
+  cumulative distribution of the weights) or ``random`` (Forgy: k weights drawn at random);
+* fine-tuning (Deep Compression Sec. 3.3, Fig. 3): the weights of a cluster share one
+  value, so the gradient of a centroid is the *sum* of the gradients of the weights of its
+  cluster; the centroids, not the weights, are trained. Here the weight is a
+  ``torch.nn.utils.parametrize`` function of the centroids (``weight = codebook[codes]``),
+  so autograd produces exactly that summed gradient and the run's recipe (its optimizer)
+  updates the centroids.
+
+Pruned layers: when a layer has zero weights (a pruned model, as in Deep Compression), code
+0 is reserved for the exact value 0 and the nonzero weights are clustered into
+``2**b - 1`` centroids, so pruned connections stay pruned through fine-tuning. With
+``layout: sparse`` (what ``deep_compression`` uses) only the nonzero weights get codes and
+their positions are stored by :mod:`methods.pruning.sparse_storage`.
+
+Departures: the paper clusters with Caffe's own k-means; we run Lloyd iterations on the
+sorted 1-D values (assignments by nearest-centroid midpoints, empty clusters keep their
+previous centroid). A layer with fewer distinct (nonzero) values than clusters gets one
+cluster per distinct value. Biases are kept in float32 as in the paper's code.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
+from methods.pruning.sparse_storage import absolute_positions, relative_index
+from methods.quantization.compressed_file import (
+    TensorEntry,
+    load_into,
+    register_codec,
+    state_entries,
+    write_model,
+)
+from methods.quantization.packing import Part, pack_bits, unpack_bits
+
+INITS = ("linear", "density", "random")
+LAYOUTS = ("dense", "sparse")
+CODINGS = ("packed", "huffman")
+_LAYER_TYPES = {"linear": nn.Linear, "conv": nn.Conv2d}
+
+
+# ------------------------------------------------------------------------------ clustering
+def init_centroids(values: torch.Tensor, k: int, init: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``k`` initial centroids for the 1-D ``values`` (Deep Compression, Sec. 3.1)."""
+    values = values.detach().float().flatten()
+    if init == "linear":
+        return torch.linspace(float(values.min()), float(values.max()), k)
+    if init == "density":  # evenly spaced on the y axis of the CDF, read back on the x axis
+        quantiles = torch.linspace(0.0, 1.0, k + 2)[1:-1] if k > 1 else torch.tensor([0.5])
+        ordered = values.sort().values
+        return ordered[(quantiles * (len(ordered) - 1)).round().long()]
+    if init == "random":  # Forgy: k distinct weights drawn at random
+        return values[torch.randperm(len(values), generator=generator)[:k]].sort().values
+    raise MethodConfigError(f"kmeans.init must be one of {INITS}, got {init!r}")
+
+
+def assign(values: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest centroid of each value (``centroids`` sorted ascending)."""
+    midpoints = (centroids[1:] + centroids[:-1]) / 2
+    return torch.bucketize(values, midpoints)
+
+
+def kmeans_1d(values: torch.Tensor, k: int, init: str = "linear", max_iterations: int = 300,
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's k-means on scalars: (sorted centroids (k,), assignment of each value).
+
+    In one dimension a cluster is a contiguous run of the sorted values, so each Lloyd
+    iteration is a search of the k-1 midpoints in the sorted values and a difference of
+    prefix sums (float64). ``k`` is capped at the number of distinct values.
+    """
+    values = values.detach().float().flatten()
+    ordered = values.double().sort().values
+    if int((ordered[1:] != ordered[:-1]).sum()) + 1 <= k:
+        distinct = torch.unique(values)
+        return distinct, torch.bucketize(values, distinct)
+    prefix = torch.cat([torch.zeros(1, dtype=torch.float64), ordered.cumsum(0)])
+    centroids = init_centroids(values, k, init, generator).double().sort().values
+    edges = None
+    for _ in range(max_iterations):
+        midpoints = (centroids[1:] + centroids[:-1]) / 2
+        inner = torch.searchsorted(ordered, midpoints, right=True)  # values <= midpoint go below
+        new_edges = torch.cat([inner.new_zeros(1), inner, inner.new_full((1,), len(ordered))])
+        if edges is not None and torch.equal(new_edges, edges):
+            break
+        edges = new_edges
+        counts = (edges[1:] - edges[:-1]).double()
+        sums = prefix[edges[1:]] - prefix[edges[:-1]]
+        centroids = torch.where(counts > 0, sums / counts.clamp(min=1), centroids).sort().values
+    centroids = centroids.float()
+    return centroids, assign(values, centroids)
+
+
+# ------------------------------------------------------------------------------ one shared layer
+@dataclass
+class SharedLayer:
+    """A layer's weight after weight sharing: codebook and one code per stored weight.
+
+    ``zero_code``: code 0 means the exact value 0 (pruned weights) and is not stored in
+    ``centroids``; the codebook is then ``[0, *centroids]``.
+    """
+
+    name: str  # state-dict key of the weight (``fc1.weight``)
+    shape: tuple[int, ...]
+    bits: int
+    centroids: torch.Tensor  # float32 (k,), trainable values
+    codes: torch.Tensor  # int64, one per weight, into the full codebook
+    zero_code: bool
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        if self.zero_code:
+            return torch.cat([torch.zeros(1, dtype=self.centroids.dtype), self.centroids])
+        return self.centroids
+
+    def weight(self) -> torch.Tensor:
+        return self.codebook.detach()[self.codes].reshape(self.shape)
+
+
+def share_layer(name: str, weight: torch.Tensor, bits: int, init: str, max_iterations: int,
+                generator: torch.Generator | None, key: str = "kmeans.bits") -> SharedLayer:
+    """Cluster one weight tensor into ``2**bits`` shared values."""
+    flat = weight.detach().float().flatten()
+    k = 2**bits
+    if k > flat.numel():
+        raise MethodConfigError(
+            f"{key}: {bits} bits ask for {k} clusters but layer {name!r} has only {flat.numel()} weights; "
+            f"use at most {int(np.floor(np.log2(flat.numel())))} bits for it (bits_per_layer)"
+        )
+    nonzero = flat != 0
+    zero_code = bool((~nonzero).any())
+    if zero_code:  # pruned layer: code 0 is exact zero, the nonzero weights get 2**b - 1 centroids
+        codes = torch.zeros(flat.numel(), dtype=torch.long)
+        if nonzero.any():
+            centroids, nz_codes = kmeans_1d(flat[nonzero], k - 1, init, max_iterations, generator)
+            codes[nonzero] = nz_codes + 1
+        else:
+            centroids = torch.zeros(0)
+    else:
+        centroids, codes = kmeans_1d(flat, k, init, max_iterations, generator)
+    return SharedLayer(name, tuple(weight.shape), bits, centroids.float(), codes.long(), zero_code)
+
+
+class SharedWeights(nn.Module):
+    """Parametrization ``weight = codebook[codes]`` whose trainable tensor is the centroids.
+
+    Autograd then gives each centroid the sum of the gradients of its cluster's weights
+    (Deep Compression, Sec. 3.3).
+    """
+
+    def __init__(self, layer: SharedLayer) -> None:
+        super().__init__()
+        self.register_buffer("codes", layer.codes.reshape(layer.shape).clone())
+        self.zero_code = layer.zero_code
+        self._initial = layer.centroids.clone()
+
+    def forward(self, centroids: torch.Tensor) -> torch.Tensor:
+        if self.zero_code:
+            centroids = torch.cat([centroids.new_zeros(1), centroids])
+        return centroids[self.codes]
+
+    def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
+        return self._initial.clone().to(weight.dtype)
+
+
+def attach_shared(module: nn.Module, layer: SharedLayer) -> None:
+    """Make ``module.weight`` a function of ``layer``'s centroids (trainable)."""
+    parametrize.register_parametrization(module, "weight", SharedWeights(layer))
+
+
+def detach_shared(module: nn.Module, layer: SharedLayer) -> None:
+    """Read the trained centroids back into ``layer`` and make the weight a plain tensor again."""
+    layer.centroids = module.parametrizations.weight.original.detach().clone().float()
+    parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+
+
+def shareable_layers(model: nn.Module, layer_types: tuple[str, ...]) -> dict[str, nn.Module]:
+    """Modules whose weight is shared: ``linear`` and/or ``conv`` layers, by module name."""
+    unknown = [t for t in layer_types if t not in _LAYER_TYPES]
+    if unknown:
+        raise MethodConfigError(f"layer_types: unknown {unknown}; choose from {sorted(_LAYER_TYPES)}")
+    classes = tuple(_LAYER_TYPES[t] for t in layer_types)
+    return {name: m for name, m in model.named_modules() if isinstance(m, classes)}
+
+
+# ------------------------------------------------------------------------------ storage
+@register_codec("codebook")
+def _decode_codebook(fields: dict[str, Any], parts: dict[str, Part]) -> torch.Tensor:
+    centroids = torch.from_numpy(np.frombuffer(parts["codebook"].data, dtype="<f4").copy())
+    if fields["zero_code"]:
+        centroids = torch.cat([torch.zeros(1), centroids])
+    values = centroids[torch.as_tensor(_read_stream(fields, parts, "codes"), dtype=torch.long)]
+    if fields["layout"] == "dense":
+        return values.reshape(fields["shape"])
+    gaps = _read_stream(fields, parts, "index")
+    dense = torch.zeros(int(np.prod(fields["shape"])))
+    if len(gaps):
+        dense[torch.from_numpy(absolute_positions(gaps))] = values
+    return dense.reshape(fields["shape"])
+
+
+def _read_stream(fields: dict[str, Any], parts: dict[str, Part], role: str) -> np.ndarray:
+    """A stored integer stream (codes or relative indices), bit-packed or Huffman-coded."""
+    if fields["coding"] == "packed":
+        bits = fields["bits"] if role == "codes" else fields["index_bits"]
+        return unpack_bits(parts[role].data, bits, fields[f"n_{role}"])
+    from methods.quantization.huffman import read_huffman
+
+    return read_huffman(parts[role], parts[f"{role}_table"])
+
+
+def _write_stream(entry: TensorEntry, role: str, values: np.ndarray, bits: int, coding: str, kind: str) -> None:
+    values = np.asarray(values, dtype=np.int64)
+    entry.fields[f"n_{role}"] = int(values.size)
+    if coding == "packed":
+        entry.add_bytes(role, pack_bits(values, bits), kind)
+    elif coding == "huffman":
+        from methods.quantization.huffman import add_huffman
+
+        add_huffman(entry, role, values, kind)
+    else:
+        raise MethodConfigError(f"coding must be one of {CODINGS}, got {coding!r}")
+
+
+def shared_entry(layer: SharedLayer, layout: str = "dense", coding: str = "packed",
+                 index_bits: int | None = None) -> TensorEntry:
+    """A shared layer as stored: its codebook, and its codes, bit-packed at ``layer.bits``
+    or Huffman-coded.
+
+    ``layout: dense``: one code per weight. ``layout: sparse`` (Deep Compression, Sec. 2,
+    Fig. 2): only nonzero weights get a code; their positions are relative indices of
+    ``index_bits`` bits with filler zeros (a layer without zeros is stored densely) (:func:`methods.pruning.sparse_storage.relative_index`),
+    stored next to the codes, bit-packed or Huffman-coded like them.
+    """
+    if layout not in LAYOUTS:
+        raise MethodConfigError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if not layer.zero_code:  # no zeros, nothing to skip: a dense layer is stored densely
+        layout = "dense"
+    fields: dict[str, Any] = {"bits": layer.bits, "zero_code": layer.zero_code, "layout": layout, "coding": coding}
+    entry = TensorEntry(layer.name, "codebook", layer.shape, fields)
+    entry.add_bytes("codebook", layer.centroids.numpy().astype("<f4").tobytes(), "codebook")
+    codes = layer.codes.numpy()
+    if layout == "sparse":
+        if index_bits is None or not 1 <= index_bits <= 8:
+            raise MethodConfigError(f"index_bits must be in 1..8 for the sparse layout of {layer.name}, got {index_bits!r}")
+        gaps, entries = relative_index(np.flatnonzero(codes), index_bits)
+        fields["index_bits"] = index_bits
+        _write_stream(entry, "index", gaps, index_bits, coding, "index")
+        codes = codes[entries]  # fillers sit on zeros: code 0
+    _write_stream(entry, "codes", codes, layer.bits, coding, "weights")
+    return entry
+
+
+def dense_entry(layer: SharedLayer, coding: str = "packed") -> TensorEntry:
+    """A shared layer stored densely: one code per weight, plus the codebook."""
+    return shared_entry(layer, "dense", coding)
+
+
+def codebook_bits(model: nn.Module, layers: Mapping[str, SharedLayer]) -> dict[str, tuple[int, int]]:
+    """``layer_bits`` for the report: (weight bits, 32) for each shared layer's module."""
+    return {layer.name.rsplit(".", 1)[0]: (layer.bits, 32) for layer in layers.values()}
+
+
+def dense_bytes(model: nn.Module) -> int:
+    """Bytes of the model as an fp32 state dict's tensors (the reference of every ratio)."""
+    return sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point())
+
+
+# ------------------------------------------------------------------------------ the method
+def check_bits(bits: Any, key: str) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= int(bits) <= 8:
+        raise MethodConfigError(
+            f"{key}: must be an integer number of bits in 1..8 (2**bits clusters, indices packed at that "
+            f"width), got {bits!r}"
+        )
+    return int(bits)
+
+
+@dataclass
+class SharingConfig:
+    """The knobs of weight sharing, validated once (shared with ``huffman`` and ``deep_compression``)."""
+
+    bits: int = 5
+    bits_per_layer: dict[str, int] = field(default_factory=dict)
+    init: str = "linear"
+    max_iterations: int = 300
+    finetune_epochs: float = 1.0
+    finetune_lr: float | None = None
+    layer_types: tuple[str, ...] = ("linear", "conv")
+    prefix: str = "kmeans"
+
+    def __post_init__(self) -> None:
+        self.bits = check_bits(self.bits, f"{self.prefix}.bits")
+        self.bits_per_layer = {str(k): check_bits(v, f"{self.prefix}.bits_per_layer.{k}")
+                               for k, v in dict(self.bits_per_layer or {}).items()}
+        if self.init not in INITS:
+            raise MethodConfigError(f"{self.prefix}.init must be one of {INITS}, got {self.init!r}")
+        if self.max_iterations < 1:
+            raise MethodConfigError(f"{self.prefix}.max_iterations must be >= 1, got {self.max_iterations}")
+        if self.finetune_epochs < 0:
+            raise MethodConfigError(f"{self.prefix}.finetune_epochs must be >= 0, got {self.finetune_epochs}")
+        if self.finetune_lr is not None and self.finetune_lr <= 0:
+            raise MethodConfigError(f"{self.prefix}.finetune_lr must be > 0 or null, got {self.finetune_lr}")
+        self.layer_types = tuple(self.layer_types)
+        unknown = [t for t in self.layer_types if t not in _LAYER_TYPES]
+        if unknown:
+            raise MethodConfigError(f"{self.prefix}.layer_types: unknown {unknown}; choose from {sorted(_LAYER_TYPES)}")
+
+    def bits_for(self, module_name: str) -> int:
+        return self.bits_per_layer.get(module_name, self.bits)
+
+
+def share_weights(model: nn.Module, config: SharingConfig, ctx: CompressionContext | None) -> dict[str, SharedLayer]:
+    """Cluster every shareable layer of ``model`` in place, fine-tune the centroids with
+    ``ctx.finetune`` when ``config.finetune_epochs`` > 0, and return the shared layers by module name."""
+    modules = shareable_layers(model, config.layer_types)
+    unknown = sorted(set(config.bits_per_layer) - set(modules))
+    if unknown:
+        raise MethodConfigError(f"{config.prefix}.bits_per_layer names {unknown}, not layers of the model; "
+                                f"its layers are {sorted(modules)}")
+    generator = torch.Generator().manual_seed(ctx.seed if ctx is not None else 0)
+    layers = {}
+    for module_name, module in modules.items():
+        layers[module_name] = share_layer(f"{module_name}.weight", module.weight, config.bits_for(module_name),
+                                          config.init, config.max_iterations, generator,
+                                          key=f"{config.prefix}.bits_per_layer.{module_name}"
+                                          if module_name in config.bits_per_layer else f"{config.prefix}.bits")
+    for module_name, module in modules.items():
+        attach_shared(module, layers[module_name])
+    try:
+        if ctx is not None and config.finetune_epochs > 0:
+            ctx.finetune(model, config.finetune_epochs, lr=config.finetune_lr)
+    finally:
+        for module_name, module in modules.items():
+            detach_shared(module, layers[module_name])
+    return layers
+
+
+class KMeansQuantization(CompressionMethod):
+    """Per-layer k-means weight sharing (2**bits centroids), centroids fine-tuned, codes bit-packed."""
+
+    def __init__(
+        self,
+        name: str = "kmeans",
+        bits: int = 5,
+        bits_per_layer: dict[str, int] | None = None,
+        init: str = "linear",
+        max_iterations: int = 300,
+        finetune_epochs: float = 1.0,
+        finetune_lr: float | None = None,
+        layer_types: tuple[str, ...] | list[str] = ("linear", "conv"),
+    ) -> None:
+        super().__init__(name)
+        self.config = SharingConfig(bits, dict(bits_per_layer or {}), init, max_iterations, finetune_epochs,
+                                    finetune_lr, tuple(layer_types), prefix="kmeans")
+
+    def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
+        shared_model = copy.deepcopy(model)
+        layers = share_weights(shared_model, self.config, ctx)
+        encoded = {layer.name: dense_entry(layer) for layer in layers.values()}
+        path = Path(ctx.workdir) / "kmeans.cbq"
+        sizes = write_model(path, state_entries(shared_model, encoded),
+                            {"method": self.name, "bits": {k: v.bits for k, v in layers.items()}})
+        decoded = load_into(model, path)
+        metrics = {k: float(v) for k, v in sizes.items()}
+        metrics["compression_ratio"] = dense_bytes(model) / sizes["size_total_bytes"]
+        return CompressionResult(model=decoded, stored_file=path, layer_bits=codebook_bits(model, layers),
+                                 metrics=metrics)

@@ -1,0 +1,216 @@
+"""Product quantization of fully connected and convolution weights (Gong et al. 2014).
+
+Gong, Liu, Yang & Bourdev, "Compressing Deep Convolutional Networks using Vector
+Quantization" (2014), Sec. 3.3 (Jegou et al.'s product quantization applied to weights),
+as summarised by Aswani et al. (Sec. B) and Berthelier et al. (2020, Sec. 2.4):
+
+* a layer's weight, viewed as a matrix ``W`` of ``m`` rows (output units; for a
+  convolution the flattened ``in x kh x kw`` filter of each output channel) and ``n``
+  columns, is split column-wise into ``s = n / d`` sub-spaces ``W = [W^1 ... W^s]``;
+* in each sub-space the ``m`` sub-vectors (rows of ``W^i``, ``d`` values each) are
+  clustered by k-means into ``k = 2**bits`` codewords: a codebook per sub-space;
+* each row stores one ``bits``-bit code per sub-space (bit-packed); the layer stores
+  ``m * s * bits`` bits of codes plus ``s * k * d`` float32 codebook entries, i.e.
+  ``k * n`` floats (Gong et al.'s storage count ``32 k n + m s log2 k`` bits).
+
+Gong et al. did not fine-tune; ``finetune_epochs > 0`` optionally trains the codewords
+like Deep Compression trains centroids (a codeword's gradient is the sum of the gradients
+of the sub-vectors that use it; a ``torch.nn.utils.parametrize`` function of the
+codebooks). Departures: k-means++ seeding (seeded) then Lloyd iterations; a layer's
+sub-vector length ``d`` must divide its row length (a clear error otherwise), and a
+sub-space never gets more codewords than it has sub-vectors (``bits`` too large for a
+layer with few rows is an error naming ``bits_per_layer``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
+from methods.quantization.compressed_file import TensorEntry, load_into, register_codec, state_entries, write_model
+from methods.quantization.kmeans import check_bits, dense_bytes, shareable_layers
+from methods.quantization.packing import Part, pack_bits, unpack_bits
+
+
+def kmeans_vectors(vectors: torch.Tensor, k: int, iterations: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """k-means (k-means++ seeding, Lloyd iterations) of ``vectors`` (N, d): (codewords (k, d), codes (N,))."""
+    n = vectors.shape[0]
+    first = int(torch.randint(n, (1,), generator=generator))
+    centers = [vectors[first]]
+    dist = ((vectors - centers[0]) ** 2).sum(1)
+    for _ in range(1, k):  # k-means++: the next seed with probability proportional to D(x)^2
+        probs = dist / dist.sum() if float(dist.sum()) > 0 else torch.full((n,), 1.0 / n)
+        nxt = int(torch.multinomial(probs, 1, generator=generator))
+        centers.append(vectors[nxt])
+        dist = torch.minimum(dist, ((vectors - vectors[nxt]) ** 2).sum(1))
+    codewords = torch.stack(centers).clone()
+    codes = torch.cdist(vectors, codewords).argmin(1)
+    for _ in range(iterations):
+        sums = torch.zeros_like(codewords).index_add_(0, codes, vectors)
+        counts = torch.zeros(k).index_add_(0, codes, torch.ones(n))
+        codewords = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], codewords)
+        new_codes = torch.cdist(vectors, codewords).argmin(1)
+        if torch.equal(new_codes, codes):
+            break
+        codes = new_codes
+    return codewords, codes
+
+
+@dataclass
+class ProductQuantizedLayer:
+    """One layer's weight as ``s`` codebooks (s, k, d) and codes (m, s)."""
+
+    name: str
+    shape: tuple[int, ...]
+    bits: int
+    codebooks: torch.Tensor  # float32 (s, k, d)
+    codes: torch.Tensor  # int64 (m, s)
+
+    def weight(self) -> torch.Tensor:
+        return reconstruct(self.codebooks, self.codes).reshape(self.shape)
+
+
+def reconstruct(codebooks: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """The (m, s * d) matrix whose sub-vector (row r, sub-space i) is ``codebooks[i, codes[r, i]]``."""
+    s = codebooks.shape[0]
+    parts = codebooks[torch.arange(s)[None, :], codes]  # (m, s, d)
+    return parts.reshape(codes.shape[0], -1)
+
+
+def product_quantize(name: str, weight: torch.Tensor, bits: int, subvector_length: int, iterations: int,
+                     generator: torch.Generator, key: str) -> ProductQuantizedLayer:
+    matrix = weight.detach().float().reshape(weight.shape[0], -1)
+    m, n = matrix.shape
+    if n % subvector_length:
+        raise MethodConfigError(
+            f"pq.subvector_length: {subvector_length} does not divide the {n} columns of layer {name!r}; "
+            f"use a divisor of {n} (subvector_length_per_layer)"
+        )
+    k = 2**bits
+    if k > m:
+        raise MethodConfigError(
+            f"{key}: {bits} bits ask for {k} codewords per sub-space but layer {name!r} has only {m} sub-vectors "
+            f"per sub-space; use at most {int(math.floor(math.log2(m)))} bits for it"
+        )
+    s = n // subvector_length
+    codebooks, codes = [], []
+    for i in range(s):
+        words, c = kmeans_vectors(matrix[:, i * subvector_length:(i + 1) * subvector_length], k, iterations, generator)
+        codebooks.append(words)
+        codes.append(c)
+    return ProductQuantizedLayer(name, tuple(weight.shape), bits, torch.stack(codebooks), torch.stack(codes, dim=1))
+
+
+class _ProductWeights(nn.Module):
+    """Parametrization ``weight = reconstruct(codebooks, codes)``: the codebooks are trained."""
+
+    def __init__(self, layer: ProductQuantizedLayer) -> None:
+        super().__init__()
+        self.register_buffer("codes", layer.codes.clone())
+        self.shape = layer.shape
+        self._initial = layer.codebooks.clone()
+
+    def forward(self, codebooks: torch.Tensor) -> torch.Tensor:
+        return reconstruct(codebooks, self.codes).reshape(self.shape)
+
+    def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
+        return self._initial.clone().to(weight.dtype)
+
+
+@register_codec("pq")
+def _decode_pq(fields: dict[str, Any], parts: dict[str, Part]) -> torch.Tensor:
+    s, k, d, m = fields["subspaces"], 2 ** fields["bits"], fields["subvector_length"], fields["rows"]
+    codebooks = torch.from_numpy(np.frombuffer(parts["codebook"].data, dtype="<f4").copy()).reshape(s, k, d)
+    codes = torch.from_numpy(unpack_bits(parts["codes"].data, fields["bits"], m * s)).reshape(m, s)
+    return reconstruct(codebooks, codes).reshape(fields["shape"])
+
+
+def pq_entry(layer: ProductQuantizedLayer) -> TensorEntry:
+    s, k, d = layer.codebooks.shape
+    entry = TensorEntry(layer.name, "pq", layer.shape,
+                        {"bits": layer.bits, "subspaces": s, "subvector_length": d, "rows": layer.codes.shape[0]})
+    entry.add_bytes("codebook", layer.codebooks.numpy().astype("<f4").tobytes(), "codebook")
+    entry.add_bytes("codes", pack_bits(layer.codes.numpy().ravel(), layer.bits), "weights")
+    return entry
+
+
+class ProductQuantization(CompressionMethod):
+    """Gong et al. PQ: per layer, ``s`` sub-spaces of ``subvector_length`` columns, ``2**bits`` codewords each."""
+
+    def __init__(
+        self,
+        name: str = "pq",
+        bits: int = 8,
+        bits_per_layer: dict[str, int] | None = None,
+        subvector_length: int = 4,
+        subvector_length_per_layer: dict[str, int] | None = None,
+        max_iterations: int = 50,
+        finetune_epochs: float = 0.0,
+        finetune_lr: float | None = None,
+        layer_types: tuple[str, ...] | list[str] = ("linear", "conv"),
+    ) -> None:
+        super().__init__(name)
+        self.bits = check_bits(bits, f"{name}.bits")
+        self.bits_per_layer = {str(k): check_bits(v, f"{name}.bits_per_layer.{k}") for k, v in dict(bits_per_layer or {}).items()}
+        for key, value in [(f"{name}.subvector_length", subvector_length)] + [
+                (f"{name}.subvector_length_per_layer.{k}", v) for k, v in dict(subvector_length_per_layer or {}).items()]:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise MethodConfigError(f"{key}: must be an integer >= 1 (values per sub-vector), got {value!r}")
+        self.subvector_length = subvector_length
+        self.subvector_length_per_layer = {str(k): int(v) for k, v in dict(subvector_length_per_layer or {}).items()}
+        if max_iterations < 1:
+            raise MethodConfigError(f"{name}.max_iterations must be >= 1, got {max_iterations}")
+        self.max_iterations = int(max_iterations)
+        if finetune_epochs < 0:
+            raise MethodConfigError(f"{name}.finetune_epochs must be >= 0, got {finetune_epochs}")
+        if finetune_lr is not None and finetune_lr <= 0:
+            raise MethodConfigError(f"{name}.finetune_lr must be > 0 or null, got {finetune_lr}")
+        self.finetune_epochs, self.finetune_lr = float(finetune_epochs), finetune_lr
+        self.layer_types = tuple(layer_types)
+
+    def quantize_layers(self, model: nn.Module, seed: int) -> dict[str, ProductQuantizedLayer]:
+        modules = shareable_layers(model, self.layer_types)
+        for key, table in (("bits_per_layer", self.bits_per_layer), ("subvector_length_per_layer", self.subvector_length_per_layer)):
+            unknown = sorted(set(table) - set(modules))
+            if unknown:
+                raise MethodConfigError(f"{self.name}.{key} names {unknown}, not layers of the model {sorted(modules)}")
+        generator = torch.Generator().manual_seed(seed)
+        return {
+            name: product_quantize(
+                f"{name}.weight", module.weight, self.bits_per_layer.get(name, self.bits),
+                self.subvector_length_per_layer.get(name, self.subvector_length), self.max_iterations, generator,
+                f"{self.name}.bits_per_layer.{name}" if name in self.bits_per_layer else f"{self.name}.bits")
+            for name, module in modules.items()
+        }
+
+    def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
+        work = copy.deepcopy(model)
+        layers = self.quantize_layers(work, ctx.seed)
+        modules = dict(work.named_modules())
+        for name, layer in layers.items():
+            parametrize.register_parametrization(modules[name], "weight", _ProductWeights(layer))
+        try:
+            if self.finetune_epochs > 0:
+                ctx.finetune(work, self.finetune_epochs, lr=self.finetune_lr)
+        finally:
+            for name, layer in layers.items():
+                layer.codebooks = modules[name].parametrizations.weight.original.detach().clone().float()
+                parametrize.remove_parametrizations(modules[name], "weight", leave_parametrized=True)
+        path = Path(ctx.workdir) / "pq.cbq"
+        encoded = {layer.name: pq_entry(layer) for layer in layers.values()}
+        sizes = write_model(path, state_entries(work, encoded), {"method": self.name})
+        metrics = {k: float(v) for k, v in sizes.items()}
+        metrics["compression_ratio"] = dense_bytes(model) / sizes["size_total_bytes"]
+        return CompressionResult(model=load_into(model, path), stored_file=path,
+                                 layer_bits={name: (math.ceil(layer.bits / layer.codebooks.shape[2]), 32)
+                                             for name, layer in layers.items()},
+                                 metrics=metrics)
