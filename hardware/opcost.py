@@ -397,12 +397,7 @@ class Pixel1(HardwareTarget):
         super().__init__(name=name, calibration=calibration, batch_size=batch_size, **kwargs)
         from hardware.tflite_profiles import load_reference
 
-        if reference_dir is None or "${" in str(reference_dir) or str(reference_dir).startswith("None"):
-            raise HardwareError(
-                f"hw.reference_dir is unset ({reference_dir!r}): point it at the folder of Pixel-1 TF-Lite "
-                "profiles (../shared/reference/pixel1-amc-tflite), e.g. +hw.reference_dir=/path/to/pixel1-amc-tflite"
-            )
-        self.reference_dir = Path(reference_dir)
+        self.reference_dir = _resolve_reference_dir(reference_dir)
         try:
             self.references = load_reference(self.reference_dir)
         except FileNotFoundError as err:
@@ -579,6 +574,21 @@ class Pixel1(HardwareTarget):
                 )
             )
         return cases
+
+
+def _resolve_reference_dir(reference_dir: str | Path | None) -> Path:
+    """The profile folder: absolute as given; relative from the working directory, else the project root."""
+    if reference_dir is None or not str(reference_dir).strip() or str(reference_dir).startswith("None"):
+        raise HardwareError(
+            f"hw.reference_dir is unset ({reference_dir!r}): point it at the folder of Pixel-1 TF-Lite profiles "
+            "(../shared/reference/pixel1-amc-tflite), e.g. +hw.reference_dir=/path/to/pixel1-amc-tflite "
+            "or COMPRESSBENCH_PIXEL1_PROFILES=/path/to/pixel1-amc-tflite"
+        )
+    path = Path(reference_dir).expanduser()
+    if path.is_absolute() or path.is_dir():
+        return path
+    from_root = Path(__file__).resolve().parents[1] / path
+    return from_root if from_root.is_dir() else path
 
 
 def input_shape_batch(layers: list[LayerSpec]) -> int:

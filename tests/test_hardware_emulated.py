@@ -34,9 +34,11 @@ needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason="../shared/r
 
 
 def _config(name: str):
-    """conf/hw/<name>.yaml composed with an explicit paths.source_data_dir, resolved."""
+    """conf/hw/<name>.yaml as the pipeline composes it (pixel1 pointed at the reference explicitly)."""
     cfg = OmegaConf.create({"paths": {"source_data_dir": str(ROOT.parent / "shared" / "data")}})
     cfg.hw = OmegaConf.load(ROOT / "conf" / "hw" / f"{name}.yaml")
+    if name == "pixel1":
+        cfg.hw.reference_dir = str(REFERENCE)
     return cfg
 
 
@@ -281,13 +283,22 @@ def test_cost_model_fit_recovers_known_coefficients():
         assert fitted.predict_layer(layer) == pytest.approx(ms, rel=1e-6)
 
 
+@needs_reference
+def test_pixel1_yaml_finds_the_reference_without_the_run_config(monkeypatch, tmp_path):
+    # `python -m hardware predict --hw pixel1` instantiates the yaml alone, from any directory.
+    monkeypatch.delenv("COMPRESSBENCH_PIXEL1_PROFILES", raising=False)
+    monkeypatch.chdir(tmp_path)
+    target = instantiate(OmegaConf.load(ROOT / "conf" / "hw" / "pixel1.yaml"))
+    assert target.reference_dir.resolve() == REFERENCE.resolve()
+
+
 def test_pixel1_without_its_reference_folder_is_a_clear_error(tmp_path):
     with pytest.raises(HardwareError, match="reference_dir"):
         Pixel1(reference_dir=tmp_path / "missing")
     with pytest.raises(HardwareError, match="reference_dir"):
         Pixel1(reference_dir=None)
-    cfg = OmegaConf.create({"paths": {"source_data_dir": str(tmp_path)}})
-    cfg.hw = OmegaConf.load(ROOT / "conf" / "hw" / "pixel1.yaml")
+    cfg = _config("pixel1")
+    cfg.hw.reference_dir = str(tmp_path / "missing")
     with pytest.raises(Exception, match="reference_dir"):  # Hydra wraps the HardwareError
         instantiate(cfg.hw)
 
