@@ -35,7 +35,7 @@ import lightning as L
 from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
-from methods.pruning.magnitude import check_formats, store_sparse, unstructured_metrics, write_json
+from methods.pruning.magnitude import check_formats, plot_policy, store_sparse, unstructured_metrics, write_json
 from methods.pruning.masks import SCOPES, MaskCallback, WeightMasks, check_sparsity, prunable_layers
 from methods.pruning.sparse_storage import FORMATS
 
@@ -229,5 +229,6 @@ class AutomatedGradualPruning(CompressionMethod):
             "achieved": {n: metrics[f"sparsity/{n}"] for n in layers},
         }
         artifacts = [write_json(ctx.workdir / "policy.json", policy), write_json(ctx.workdir / "storage.json", report),
-                     *write_schedule(callback.history, schedule, ctx.workdir)]
+                     *write_schedule(callback.history, schedule, ctx.workdir),
+                     *plot_policy(policy["achieved"], "sparsity", ctx.workdir / "policy.png")]
         return CompressionResult(model=decoded, stored_file=stored, metrics=metrics, artifacts=artifacts)

@@ -41,13 +41,14 @@ from torch import nn
 from hardware.layers import count_macs
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
 from methods.pruning.criteria import CRITERIA, ChannelImportance, layer_normalised, make_criterion
-from methods.pruning.magnitude import write_json
+from methods.pruning.magnitude import plot_policy, write_json
 from methods.pruning.structured import (
     ChannelPruner,
     channel_plan,
     channels_to_remove,
     count_params,
     load_pruned,
+    out_channels,
     prune_counts,
     save_pruned,
 )
@@ -163,28 +164,41 @@ class FilterPruning(CompressionMethod):
 
     def _uniform_ratio_for_macs(self, model: nn.Module, pruner: ChannelPruner, original: Mapping[str, int],
                                 current: Mapping[str, int], target_macs: float, resolution: float = 0.01) -> float:
-        """Smallest uniform ratio (of the original widths, in ``resolution`` steps) meeting ``target_macs``.
+        """Smallest uniform ratio (of the original widths, on a ``resolution`` grid) meeting ``target_macs``.
 
-        MACs depend on the widths, not on which channels go, so a scratch copy is pruned by
-        index, a little more at each step, until its MACs fall to the target.
+        MACs depend on the widths, not on which channels go, so candidates are scratch copies
+        pruned by index; MACs fall as the ratio grows, so the grid is bisected.
         """
-        scratch = copy.deepcopy(model)
-        scratch_pruner = ChannelPruner(scratch, pruner.input_shape, self.ignored_layers)
         max_ratio = min((c - 1) / c for c in original.values())
-        ratios = [min(max_ratio, i * resolution) for i in range(int(max_ratio / resolution) + 2)]
-        macs = count_macs(scratch, pruner.input_shape)
-        for ratio in ratios:
-            widths = {layer.name: layer.channels for layer in scratch_pruner.layers()}
-            for name, count in self._removal_counts(original, widths, 1.0, ratio).items():
+        grid = [i * resolution for i in range(int(max_ratio / resolution) + 1)]
+        if grid[-1] < max_ratio:
+            grid.append(max_ratio)
+
+        def macs_at(ratio: float) -> int:
+            scratch = copy.deepcopy(model)
+            scratch_pruner = ChannelPruner(scratch, pruner.input_shape, self.ignored_layers)
+            for name, count in self._removal_counts(original, current, 1.0, ratio).items():
                 if count:
                     scratch_pruner.prune(name, list(range(count)))
-            macs = count_macs(scratch, pruner.input_shape)
-            if macs <= target_macs:
-                return ratio
-        raise MethodConfigError(
-            f"method.target_macs_ratio={self.target_macs_ratio} cannot be reached: the largest uniform ratio "
-            f"({max_ratio:.3f}, leaving the narrowest prunable layer one channel) gives {macs / self._macs_before:.3f} "
-            "of the baseline MACs (the layers that are not prunable cost the rest); use layer_ratios or a higher target")
+            return count_macs(scratch, pruner.input_shape)
+
+        if count_macs(model, pruner.input_shape) <= target_macs:
+            return 0.0
+        smallest = macs_at(grid[-1])
+        if smallest > target_macs:
+            raise MethodConfigError(
+                f"method.target_macs_ratio={self.target_macs_ratio} cannot be reached: the largest uniform ratio "
+                f"({max_ratio:.3f}, leaving the narrowest prunable layer one channel) gives "
+                f"{smallest / self._macs_before:.3f} of the baseline MACs (the layers that are not prunable cost "
+                "the rest); use layer_ratios or a higher target")
+        low, high = 0, len(grid) - 1  # macs(grid[low]) > target >= macs(grid[high])
+        while high - low > 1:
+            mid = (low + high) // 2
+            if macs_at(grid[mid]) <= target_macs:
+                high = mid
+            else:
+                low = mid
+        return grid[high]
 
     def _global_counts(self, pruner: ChannelPruner, criterion: ChannelImportance, original: Mapping[str, int],
                        current: Mapping[str, int], fraction: float) -> dict[str, int]:
@@ -227,7 +241,8 @@ class FilterPruning(CompressionMethod):
         steps = []
         for step in range(1, self.iterations + 1):
             fraction = step / self.iterations
-            current = {layer.name: layer.channels for layer in pruner.layers()}
+            modules = dict(model.named_modules())
+            current = {name: out_channels(modules[name]) for name in original}
             uniform = None
             if self.target_macs_ratio is not None:
                 step_target = self._macs_before * (1.0 - (1.0 - self.target_macs_ratio) * fraction)
@@ -264,5 +279,6 @@ class FilterPruning(CompressionMethod):
             "method": self.name, "criterion": self.criterion, "scope": self.scope, "iterations": self.iterations,
             "pruning_ratio": self.pruning_ratio, "layer_ratios": self.layer_ratios,
             "target_macs_ratio": self.target_macs_ratio, "layers": prunable_policy, "steps": steps,
-        })]
+        }), *plot_policy({n: r["pruned_ratio"] for n, r in prunable_policy.items()}, "pruned channel ratio",
+                         ctx.workdir / "policy.png")]
         return CompressionResult(model=decoded, stored_file=stored, metrics=metrics, artifacts=artifacts)

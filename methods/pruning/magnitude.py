@@ -93,6 +93,28 @@ def write_json(path: Path, payload: Any) -> Path:
     return path
 
 
+def plot_policy(values: Mapping[str, float], ylabel: str, path: Path) -> list[Path]:
+    """A bar per layer (the per-layer policy as a picture); [] when matplotlib cannot draw."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.28 * len(values) + 1.5), 3.2))
+        ax.bar(range(len(values)), list(values.values()))
+        ax.set_xticks(range(len(values)), list(values), rotation=90, fontsize=6)
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(0, 1)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return [path]
+    except Exception as err:  # noqa: BLE001 - the JSON policy is the record; the plot is a convenience
+        log.warning("policy plot skipped (%s)", err)
+        return []
+
+
 class MagnitudePruning(CompressionMethod):
     """Han et al. 2015: prune below a magnitude threshold, retrain with masks; one-shot or iterative."""
 
@@ -170,5 +192,6 @@ class MagnitudePruning(CompressionMethod):
             "achieved": {n: metrics[f"sparsity/{n}"] for n in layers},
             "steps": steps,
         }
-        artifacts = [write_json(ctx.workdir / "policy.json", policy), write_json(ctx.workdir / "storage.json", report)]
+        artifacts = [write_json(ctx.workdir / "policy.json", policy), write_json(ctx.workdir / "storage.json", report),
+                     *plot_policy(policy["achieved"], "sparsity", ctx.workdir / "policy.png")]
         return CompressionResult(model=decoded, stored_file=stored, metrics=metrics, artifacts=artifacts)

@@ -32,7 +32,7 @@ from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
 from methods.pruning.filter import layer_policy, structured_metrics
-from methods.pruning.magnitude import write_json
+from methods.pruning.magnitude import plot_policy, write_json
 from methods.pruning.structured import ChannelPruner, channel_plan, load_pruned, save_pruned
 
 log = logging.getLogger(__name__)
@@ -185,5 +185,6 @@ class StructuredSparsityLearning(CompressionMethod):
         artifacts = [write_json(ctx.workdir / "policy.json", {
             "method": self.name, "filter_decay": self.filter_decay, "channel_decay": self.channel_decay,
             "threshold": self.threshold, "layers": layers,
-        })]
+        }), *plot_policy({n: r["pruned_ratio"] for n, r in layers.items()}, "pruned channel ratio",
+                         ctx.workdir / "policy.png")]
         return CompressionResult(model=decoded, stored_file=stored, metrics=metrics, artifacts=artifacts)
