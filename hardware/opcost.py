@@ -392,6 +392,7 @@ class Pixel1(HardwareTarget):
         simd_channels: int = 16,
         small_m_rows: int = 100,
         holdout_file: str | Path | None = None,
+        validation: dict[str, bool] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(name=name, calibration=calibration, batch_size=batch_size, **kwargs)
@@ -406,6 +407,11 @@ class Pixel1(HardwareTarget):
         self.holdout_file = (
             Path(holdout_file) if holdout_file else Path(__file__).parent / "devices" / "pixel1_published.yaml"
         )
+        self.validation = {"lomo": True, "per_layer": True, "holdout": False}
+        for key, value in dict(validation or {}).items():
+            if key not in self.validation:
+                raise ValueError(f"hw.validation.{key} is unknown; use {sorted(self.validation)}")
+            self.validation[key] = bool(value)
         self.cost_model = OpCostModel.fit(self._samples(self.references), **self.settings)
         self.fit_report = self._fit_report()
 
@@ -518,18 +524,36 @@ class Pixel1(HardwareTarget):
 
     # ----- validation
     def validation_cases(
-        self, lomo: bool = False, per_layer: bool = False, holdout: bool = False, **_: Any
+        self,
+        lomo: bool | None = None,
+        per_layer: bool | None = None,
+        holdout: bool | None = None,
+        **_: Any,
     ) -> list[ValidationCase]:
-        """Whole-model predicted against measured latency of each AMC profile.
+        """Whole-model predicted against measured latency of each AMC profile (group
+        ``amc-profiles``), and by default (``hw.validation``) also:
 
-        ``lomo``: predictions of a model fitted without that profile's model.
-        ``per_layer``: one extra case per profiled operator (group ``per-layer``).
+        ``lomo``: each model predicted by a fit without it (group ``amc-profiles-lomo``);
+        ``per_layer``: one case per profiled operator (group ``per-layer``);
         ``holdout``: published Pixel-1 figures of other networks (builds timm models).
         """
+        lomo = self.validation["lomo"] if lomo is None else lomo
+        per_layer = self.validation["per_layer"] if per_layer is None else per_layer
+        holdout = self.validation["holdout"] if holdout is None else holdout
         cases = []
         for prefix, row in self.fit_report.whole_model.items():
-            predicted = row["lomo_predicted_ms"] if lomo else row["predicted_ms"]
-            cases.append(_case(f"mobilenetv1-{prefix}", predicted, row["measured_ms"], "amc-profiles", {"lomo": lomo}))
+            cases.append(_case(f"mobilenetv1-{prefix}", row["predicted_ms"], row["measured_ms"], "amc-profiles", {}))
+        if lomo:
+            for prefix, row in self.fit_report.whole_model.items():
+                cases.append(
+                    _case(
+                        f"mobilenetv1-{prefix} (lomo)",
+                        row["lomo_predicted_ms"],
+                        row["measured_ms"],
+                        "amc-profiles-lomo",
+                        {},
+                    )
+                )
         if per_layer:
             for row in self.fit_report.per_layer:
                 cases.append(
@@ -556,23 +580,26 @@ class Pixel1(HardwareTarget):
 
         if not self.holdout_file.is_file():
             raise HardwareError(f"pixel1 hold-out file {self.holdout_file} is missing")
-        entries = yaml.safe_load(self.holdout_file.read_text())["models"]
-        cases = []
+        entries = [e for e in yaml.safe_load(self.holdout_file.read_text())["models"] if e.get("timm")]
+        predicted = []
         for entry in entries:
-            if not entry.get("timm"):
-                continue
             size = int(entry.get("input_size", 224))
             model = timm.create_model(entry["timm"], pretrained=False, **entry.get("kwargs", {}))
-            report = self.latency(model, (1, 3, size, size))
-            cases.append(
-                _case(
-                    entry["name"],
-                    report.latency_ms,
-                    float(entry["latency_ms"]),
-                    entry.get("group", "published-holdout"),
-                    {"source": entry.get("source", ""), "timm": entry["timm"]},
-                )
-            )
+            predicted.append(self.latency(model, (1, 3, size, size)).latency_ms)
+        # Each paper used its own TF-Lite build: compare ratios to that paper's reference model too.
+        reference = {
+            e.get("group"): (p, float(e["latency_ms"]))
+            for e, p in zip(entries, predicted, strict=True)
+            if e.get("reference")
+        }
+        cases = []
+        for entry, pred in zip(entries, predicted, strict=True):
+            measured = float(entry["latency_ms"])
+            info: dict[str, Any] = {"source": entry.get("source", ""), "timm": entry["timm"]}
+            if entry.get("group") in reference:
+                ref_pred, ref_meas = reference[entry["group"]]
+                info["same_paper_ratio_error"] = (pred / ref_pred) / (measured / ref_meas) - 1
+            cases.append(_case(entry["name"], pred, measured, f"holdout-{entry.get('group', 'published')}", info))
         return cases
 
 

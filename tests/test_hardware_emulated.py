@@ -219,18 +219,20 @@ def test_a_profile_that_does_not_match_its_plan_is_refused(tmp_path):
 # --------------------------------------------------------------------------- pixel1
 @needs_reference
 def test_pixel1_whole_model_error_on_the_amc_profiles_is_within_5_percent(pixel1):
-    cases = pixel1.validation_cases()
+    cases = pixel1.validation_cases(lomo=False, per_layer=False)
     assert {c.name for c in cases} == {
         f"mobilenetv1-{p}" for p in ("mobilenet", "0.75mobilenet", "0.5flops", "0.5time")
     }
     for case in cases:
         assert abs(case.relative_error) <= 0.05, case
     # Leave-one-model-out: each model predicted by a fit that never saw it.
-    for case in pixel1.validation_cases(lomo=True):
+    lomo = [c for c in pixel1.validation_cases(lomo=True, per_layer=False) if c.name.endswith("(lomo)")]
+    assert len(lomo) == 4
+    for case in lomo:
         assert abs(case.relative_error) <= 0.05, case
     fit = pixel1.fit_report
     assert fit.per_layer_rmspe < 0.10 and fit.per_layer_rmspe_lomo < 0.10
-    per_layer = pixel1.validation_cases(per_layer=True)
+    per_layer = pixel1.validation_cases(lomo=False, per_layer=True)
     assert len(per_layer) == 4 + sum(len(ref.layers()) for ref in pixel1.references)
 
 
@@ -331,6 +333,17 @@ def test_every_emulated_yaml_instantiates_and_reports(name, mobilenetv2):
         assert any("spec-sheet: uncalibrated" in note for note in report.notes)
     if name != "pixel1":
         assert report.energy_mj > 0
+
+
+@needs_reference
+def test_pixel1_on_the_zoo_mobilenetv1_matches_its_profile(pixel1):
+    # End to end through a torch model: the AMC 50%-latency plan from the model zoo.
+    timm = pytest.importorskip("timm")
+    pytest.importorskip("benchmarks.models")
+    model = timm.create_model("mobilenetv1_amc_0_5time", pretrained=False)
+    report = pixel1.latency(model, (1, 3, 224, 224))
+    measured = {ref.prefix: ref.measured_ms for ref in pixel1.references}["0.5time"]
+    assert abs(report.latency_ms / measured - 1) <= 0.05
 
 
 @needs_reference
