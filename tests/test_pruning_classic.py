@@ -1,7 +1,7 @@
 """Classic pruning: magnitude, AGP, filter (l1, l2, taylor, fpgm, thinet), SSL, their storage.
 
 Tiny models and data: a learnable random-image datamodule (class prototypes plus noise) and
-a real context from :func:`benchmarks.context.make_context`.
+a real context from :func:`benchmarks.context.make_context` on the real local_cpu target.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import benchmarks.models  # noqa: F401  (registers the zoo into timm)
 from benchmarks.context import make_context
 from benchmarks.schema import RecipeConfig, TrainerConfig
 from hardware.layers import count_macs
-from hardware.target import HardwareTarget, LatencyReport
+from hardware.measured import LocalCPU
 from methods.base import MethodConfigError
 from methods.pruning.agp import AGPSchedule, AutomatedGradualPruning
 from methods.pruning.criteria import CRITERIA, greedy_removal_scores, make_criterion
@@ -71,23 +71,11 @@ class PrototypeImages(L.LightningDataModule):
     train_dataloader = val_dataloader = test_dataloader = _loader
 
 
-class MacsTarget(HardwareTarget):
-    """Test scaffolding for the target seam: 'latency' = MACs / 1e6 (no timing in unit tests)."""
-
-    source = "analytical"
-
-    def __init__(self) -> None:
-        super().__init__(name="macs", calibration="spec-sheet")
-
-    def latency(self, model, input_shape, layers=None, onnx_file=None) -> LatencyReport:
-        return LatencyReport(hw=self.name, latency_ms=count_macs(model, input_shape) / 1e6, source=self.source,
-                             calibration=self.calibration)
-
-
 def context(tmp_path, shape=(3, 32, 32), samples=64):
     recipe = RecipeConfig(epochs=1, lr=0.02, scheduler="none", weight_decay=0.0)
     trainer = TrainerConfig(progress_bar=False, limit_val_batches=0, deterministic=False)
-    return make_context(PrototypeImages(shape, samples), MacsTarget(), recipe, trainer, seed=0, workdir=tmp_path)
+    target = LocalCPU(warmup=1, repeats=3, min_time_s=0.0, max_time_s=2.0, threads=1)  # short: timing is not tested
+    return make_context(PrototypeImages(shape, samples), target, recipe, trainer, seed=0, workdir=tmp_path)
 
 
 class SmallConvNet(nn.Module):
@@ -414,6 +402,8 @@ def test_filter_method_meets_a_macs_target_and_returns_the_decoded_model(tmp_pat
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(stored.eval()(x), result.model.eval()(x))
+    report = ctx.target.latency(result.model, ctx.input_shape)  # the decoded, smaller model runs on the target
+    assert report.source == "measured" and report.latency_ms > 0
     policy = json.loads((tmp_path / "policy.json").read_text())
     assert set(policy["layers"]) == {f"layer{s}.{b}.conv1" for s in (1, 2, 3) for b in range(3)}
     assert {"top1_before_finetune", "top1_after_finetune", "top1_baseline"} <= set(m)
