@@ -1,7 +1,9 @@
 """The flow of one run (DESIGN.md): data -> model -> target -> baseline -> method -> report -> MLflow.
 
 ``run(cfg)`` is what ``python -m benchmarks`` calls for every point of a composition. It
-returns the compressed model's top-1, the objective of sweeps.
+returns the compressed model's top-1, the objective of sweeps; when the config names
+``objectives`` (a list of recorded metrics, e.g. ``[top1, latency_ms]``: what an Optuna
+sweep sets), it returns their values as a tuple in that order.
 """
 
 from __future__ import annotations
@@ -76,8 +78,8 @@ def _provenance_tags(report: LatencyReport, prefix: str = "latency") -> dict[str
     return {f"{prefix}_source": report.label, f"{prefix}_calibration": report.calibration}
 
 
-def run(cfg: DictConfig) -> float:
-    """Run one composition end to end and record it; return the compressed top-1."""
+def run(cfg: DictConfig) -> float | tuple[float, ...]:
+    """Run one composition end to end and record it; return the compressed top-1 (or ``cfg.objectives``)."""
     cfg = with_defaults(cfg)
     recipe = validated(RecipeConfig, cfg.recipe, "recipe")
     trainer_cfg = validated(TrainerConfig, cfg.trainer, "trainer")
@@ -102,7 +104,7 @@ def run(cfg: DictConfig) -> float:
 
 
 def _run_recorded(cfg: DictConfig, recipe: RecipeConfig, trainer_cfg: TrainerConfig, seed: int,
-                  recorder: RunRecorder) -> float:
+                  recorder: RunRecorder) -> float | tuple[float, ...]:
     L.seed_everything(seed, workers=True, verbose=False)
     with stage("data"):
         datamodule = instantiate(cfg.dataset)
@@ -142,6 +144,12 @@ def _run_recorded(cfg: DictConfig, recipe: RecipeConfig, trainer_cfg: TrainerCon
         base_report.latency.latency_ms / report.latency.latency_ms, report.stored_bytes,
         base_report.stored_bytes / report.stored_bytes,
     )
+    if cfg.get("objectives"):
+        recorded = {**report.metrics(), **comparison(report, base_report)}
+        unknown = [name for name in cfg.objectives if recorded.get(name) is None]
+        if unknown:
+            raise ValueError(f"objectives {unknown} are not metrics of this run; choose from {sorted(recorded)}")
+        return tuple(float(recorded[name]) for name in cfg.objectives)
     return float(report.accuracy["top1"])
 
 
