@@ -1,0 +1,281 @@
+"""``python -m hardware``: list devices, predict a model's latency, profile tables, validate emulators.
+
+    python -m hardware list [--json]
+    python -m hardware predict --hw pixel1 --model mobilenetv2_100 --input-size 224 [--batch-size 1]
+    python -m hardware profile --hw local_cpu --threads 1 --space mobilenetv2 --space resnet \\
+        --out hardware/tables/local_cpu.json
+    python -m hardware profile --hw local_cpu --threads 1 --model resnet20_cifar --input-size 32 \\
+        --out hardware/tables/local_cpu.json          # merges into an existing table
+    python -m hardware validate --hw local_cpu_table [--n 50]
+
+``--set key=value`` overrides any key of the device's yaml (``--set threads=1``). Only
+``predict`` and ``list --json`` write to stdout (one JSON document); progress and logs go
+to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from hardware.target import HardwareError
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- list ---------------------------------------------------------------------------------
+def cmd_list(args: argparse.Namespace) -> int:
+    from hardware.registry import discover
+
+    devices = discover(args.conf_dir)
+    if args.json:
+        print(json.dumps([d.as_row() for d in devices.values()], indent=1))
+        return 0
+    rows = [("name", "kind", "calibration", "target")] + [(d.name, d.kind, d.calibration, d.target) for d in devices.values()]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return 0
+
+
+# -- predict ------------------------------------------------------------------------------
+def create_model(name: str, **kwargs: Any):
+    """A timm model (our zoo registered too, when ``benchmarks.models`` is importable), no pretrained weights."""
+    try:
+        import benchmarks.models  # noqa: F401  (registers the zoo into timm)
+    except ImportError as error:
+        _log(f"note: benchmarks.models not importable ({error}); only timm's own models are known")
+    import timm
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name[:6]}*")[:8]
+        raise HardwareError(f"unknown model {name!r} (not registered in timm); similar: {close}")
+    return timm.create_model(name, pretrained=False, **kwargs).eval()
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from hardware.registry import instantiate, parse_overrides
+
+    overrides = parse_overrides(args.set)
+    if args.batch_size is not None:
+        overrides["batch_size"] = args.batch_size
+    with contextlib.redirect_stdout(sys.stderr):
+        target = instantiate(args.hw, overrides, args.conf_dir)
+        model = create_model(args.model)
+        shape = (target.batch_size, 3, args.input_size, args.input_size)
+        report = target.latency(model, shape)
+    result: dict[str, Any] = {
+        "hw": args.hw,
+        "model": args.model,
+        "input_size": args.input_size,
+        "batch_size": target.batch_size,
+        "latency_ms": report.latency_ms,
+        "source": report.source,
+        "calibration": report.calibration,
+        "spread_ms": report.spread_ms,
+    }
+    if report.energy_mj is not None:
+        result["energy_mj"] = report.energy_mj
+    if report.memory is not None:
+        result["memory"] = report.memory
+    if report.notes:
+        result["notes"] = report.notes
+    if args.provenance:
+        result["provenance"] = report.provenance
+    print(json.dumps(result, default=str))
+    return 0
+
+
+# -- profile ------------------------------------------------------------------------------
+def cmd_profile(args: argparse.Namespace) -> int:
+    from hardware import lookup, search_space
+    from hardware.protocol import TimingProtocol
+    from hardware.registry import instantiate, parse_overrides
+
+    if not args.space and not args.model:
+        raise HardwareError("profile needs --space NAME (repeatable) or --model NAME --input-size N")
+    if args.model and not args.input_size:
+        raise HardwareError("--model needs --input-size (the side of the square input image)")
+    overrides = parse_overrides(args.set)
+    if args.threads is not None:
+        overrides["threads"] = args.threads
+    overrides.setdefault("per_layer", False)
+    with contextlib.redirect_stdout(sys.stderr):
+        target = instantiate(args.hw, overrides, args.conf_dir)
+    protocol = TimingProtocol(warmup=args.warmup, repeats=args.repeats, min_time_s=args.min_time, clock=args.clock)
+    if args.clock == "thread_cpu" and target.threads != 1:
+        raise HardwareError(f"--clock thread_cpu needs a single thread, hw {args.hw!r} has threads={target.threads}")
+
+    out = Path(args.out)
+    table = lookup.LatencyTable.load(out) if out.is_file() else lookup.LatencyTable()
+    if len(table):
+        meta = table.metadata
+        mismatched = {k: (meta.get(k), v) for k, v in (("threads", target.threads), ("granularity", args.granularity),
+                                                      ("clock", args.clock), ("rotate_bytes", args.rotate_bytes))
+                      if meta.get(k) != v}
+        if mismatched:
+            raise HardwareError(f"{out} was profiled with other settings {mismatched}; use another --out or the same settings")
+        _log(f"merging into {out} ({len(table)} entries)")
+
+    units: list[lookup.Unit] = []
+    sources = list(table.metadata.get("sources", []))
+    for name in args.space or []:
+        space = search_space.get_space(name)
+        for arch_name, config in search_space.sample_architectures([name], args.samples, args.seed):
+            model = search_space.build(config)
+            units += lookup.model_units(model, search_space.input_shape_of(config, target.batch_size), args.granularity)
+        sources.append({"space": name, "samples": args.samples, "seed": args.seed, "input_size": space.input_size})
+    if args.model:
+        model = create_model(args.model)
+        units += lookup.model_units(model, (target.batch_size, 3, args.input_size, args.input_size), args.granularity)
+        sources.append({"model": args.model, "input_size": args.input_size})
+    grid = () if args.no_grid else tuple(int(g) for g in args.grid.split(","))
+    wanted = lookup.bracket_units(units, grid) if grid else list({u.key: u for u in units}.values())
+    todo = [u for u in wanted if u not in table]
+    _log(f"{len(units)} unit instances, {len(wanted)} table units ({len(todo)} to measure) on {target.name}, "
+         f"threads={target.threads}, clock={args.clock}")
+
+    def progress(done: int, total: int, unit: lookup.Unit) -> None:
+        if done % 50 == 0 or done == total:
+            _log(f"  {done}/{total} measured")
+            table.save(out)  # a long profile survives an interruption
+
+    table.metadata.update({"granularity": args.granularity, "channel_grid": list(grid), "clock": args.clock,
+                           "rotate_bytes": args.rotate_bytes, "sources": sources,
+                           "spaces": sorted({s["space"] for s in sources if "space" in s})})
+    lookup.profile(wanted, target, protocol, table, progress, rotate_bytes=args.rotate_bytes)
+    table.save(out)
+    _log(f"wrote {out}: {len(table)} entries")
+    return 0
+
+
+# -- validate -----------------------------------------------------------------------------
+def stability_lines(threads_options: list[int | None], clock_options: list[str]) -> list[str]:
+    """Coefficient of variation of a ResNet-20 (CIFAR, batch 1) measured with local_cpu."""
+    from hardware.measured import LocalCPU
+    from hardware.protocol import machine_provenance
+
+    try:
+        model, label = create_model("resnet20_cifar"), "resnet20_cifar (benchmarks.models)"
+    except HardwareError:
+        from hardware import search_space
+
+        model, label = search_space.build(search_space.RESNET20_CONFIG), "ResNet-20 of hardware.search_space"
+    lines = [
+        f"### Measured-latency stability: {label}, 1x3x32x32, batch 1",
+        "",
+        f"Machine: {machine_provenance()['cpu']}, load average (1 min) at start "
+        f"{machine_provenance()['load_average_1m']:.1f} on {machine_provenance()['logical_cpus']} logical CPUs.",
+        "",
+        "| threads | clock | median (ms) | IQR (ms) | CV | repeats | verdict |",
+        "|---:|---|---:|---:|---:|---:|---|",
+    ]
+    for threads in threads_options:
+        for clock in clock_options:
+            if clock == "thread_cpu" and threads != 1:
+                continue
+            target = LocalCPU(threads=threads, clock=clock, repeats=200, min_time_s=2.0, warmup=20)
+            report = target.latency(model, (1, 3, 32, 32))
+            cv = report.provenance["cv"]
+            verdict = "ok (< 5%)" if cv <= 0.05 else "machine too noisy (> 5%)"
+            lines.append(f"| {target.threads} | {clock} | {report.latency_ms:.3f} | {report.spread_ms:.3f} | {cv:.1%} | "
+                         f"{report.provenance['repeats']} | {verdict} |")
+    return lines + [""]
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from hardware import validation
+    from hardware.protocol import machine_provenance
+    from hardware.registry import instantiate, parse_overrides
+
+    with contextlib.redirect_stdout(sys.stderr):
+        target = instantiate(args.hw, parse_overrides(args.set), args.conf_dir)
+        load_before = machine_provenance()["load_average_1m"]
+        options: dict[str, Any] = {"progress": _log}
+        if args.n is not None:
+            options["n"] = args.n
+        if args.seed is not None:
+            options["seed"] = args.seed
+        cases = target.validation_cases(**options)
+        load_after = machine_provenance()["load_average_1m"]
+        extra = [f"Machine load average (1 min): {load_before:.1f} before, {load_after:.1f} after "
+                 f"({machine_provenance()['logical_cpus']} logical CPUs, shared with other jobs).", ""]
+        if target.source == "table" and not args.no_stability:
+            extra += stability_lines([1, None], ["wall", "thread_cpu"])
+        if args.note:
+            extra += [args.note, ""]
+        md, png = validation.write_report(args.hw, cases, target.describe(), Path(args.results), extra)
+    summary = validation.summarise(cases)
+    _log(f"{args.hw}: {summary['n']} cases, {summary['within']:.1%} within ±10%, RMSPE {summary['rmspe']:.1%}; wrote {md} and {png}")
+    return 0
+
+
+# -- parser -------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from hardware.lookup import DEFAULT_CHANNEL_GRID, GRANULARITIES
+
+    parser = argparse.ArgumentParser(prog="python -m hardware", description=__doc__.split("\n")[0])
+    parser.add_argument("--conf-dir", type=Path, default=None, help="device yamls (default: conf/hw of the project)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="every device in conf/hw with its kind and calibration")
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("predict", help="latency of one model on one device, as one JSON object on stdout")
+    p.add_argument("--hw", required=True, help="device name (python -m hardware list)")
+    p.add_argument("--model", required=True, help="timm or registered model name, e.g. mobilenetv2_100")
+    p.add_argument("--input-size", type=int, required=True, help="side of the square input image")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the device's batch_size")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of the device yaml")
+    p.add_argument("--provenance", action="store_true", help="include the report's provenance")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("profile", help="measure a lookup table of layer configurations")
+    p.add_argument("--hw", default="local_cpu", help="measured device to profile on (a PyTorch CPU target)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the device yaml's)")
+    p.add_argument("--space", action="append", help="search space(s) to sample: mobilenetv2, resnet, tiny")
+    p.add_argument("--samples", type=int, default=300, help="architectures sampled per space")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", help="profile this timm/registered model's layers instead of (or besides) a space")
+    p.add_argument("--input-size", type=int, default=None)
+    p.add_argument("--out", required=True, help="table file (JSON); an existing one is extended")
+    p.add_argument("--grid", default=",".join(map(str, DEFAULT_CHANNEL_GRID)), help="channel counts profiled for interpolation")
+    p.add_argument("--no-grid", action="store_true", help="profile the exact channel counts only")
+    p.add_argument("--granularity", choices=GRANULARITIES, default="block")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--min-time", type=float, default=0.05, help="seconds of timed work per entry at least")
+    p.add_argument("--clock", choices=("wall", "thread_cpu"), default="wall")
+    p.add_argument("--rotate-bytes", type=int, default=0,
+                   help="cycle through copies of a layer whose weights add up to this many bytes (cold weights)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("validate", help="an emulated device against measurements: results/hardware_validation.*")
+    p.add_argument("--hw", required=True, help="emulated device (local_cpu_table, pixel1, ...)")
+    p.add_argument("--n", type=int, default=None, help="random architectures (table targets; default 50)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--results", default=str(Path(__file__).resolve().parents[1] / "results"))
+    p.add_argument("--no-stability", action="store_true", help="skip the ResNet-20 coefficient-of-variation check")
+    p.add_argument("--note", default=None, help="a line added to this target's section")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except HardwareError as error:
+        _log(f"error: {error}")
+        return 2
+
+

@@ -1,0 +1,193 @@
+"""Lookup tables: tracing units, interpolation, profiling round-trip, prediction as an exact sum."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from hardware import lookup, search_space
+from hardware.cli import main as cli_main
+from hardware.lookup import LatencyTable, TableTarget, Unit, bracket_units, interpolate, trace_units
+from hardware.measured import LocalCPU
+from hardware.protocol import TimingProtocol
+from hardware.target import HardwareError
+
+FAST = TimingProtocol(warmup=1, repeats=3, min_time_s=0.0)
+
+
+# -- interpolation ------------------------------------------------------------------------
+def test_interpolation_is_exact_on_table_points_and_monotone_between() -> None:
+    points = {(16,): 1.0, (32,): 3.0, (64,): 2.0}
+    for (c,), ms in points.items():
+        assert interpolate(points, (c,)) == ms
+    rising = [interpolate(points, (c,)) for c in range(16, 33)]
+    assert all(a <= b for a, b in zip(rising, rising[1:]))
+    assert rising[0] == 1.0 and rising[-1] == 3.0
+    falling = [interpolate(points, (c,)) for c in range(32, 65)]
+    assert all(a >= b for a, b in zip(falling, falling[1:]))
+    assert interpolate(points, (24,)) == pytest.approx(2.0)
+    # no extrapolation
+    assert interpolate(points, (8,)) is None
+    assert interpolate(points, (65,)) is None
+
+
+def test_bilinear_interpolation_between_four_corners() -> None:
+    points = {(16, 16): 1.0, (16, 32): 2.0, (32, 16): 3.0, (32, 32): 6.0}
+    for corner, ms in points.items():
+        assert interpolate(points, corner) == ms
+    assert interpolate(points, (24, 24)) == pytest.approx((1 + 2 + 3 + 6) / 4)
+    assert interpolate(points, (16, 24)) == pytest.approx(1.5)  # along an exact row
+    inside = [interpolate(points, (a, b)) for a in range(16, 33, 4) for b in range(16, 33, 4)]
+    assert min(inside) == 1.0 and max(inside) == 6.0
+    # a missing corner: no value rather than a wrong one
+    assert interpolate({(16, 16): 1.0, (32, 32): 6.0}, (24, 24)) is None
+
+
+def test_bracket_units_replace_off_grid_counts_by_their_grid_neighbours() -> None:
+    unit = Unit("conv", {"h": 8}, {"cin": 40, "cout": 64})
+    keys = {u.axes["cin"]: u for u in bracket_units([unit], (16, 32, 48, 64, 96))}
+    assert sorted(keys) == [32, 48]
+    assert all(u.axes["cout"] == 64 for u in keys.values())
+    beyond = bracket_units([Unit("dwconv", {"h": 8}, {"channels": 200})], (16, 32))
+    assert [u.axes["channels"] for u in beyond] == [200]
+
+
+# -- tracing ------------------------------------------------------------------------------
+def test_trace_fuses_conv_bn_act_and_keeps_residual_adds() -> None:
+    block = search_space.InvertedResidual(16, 16, kernel=3, stride=1, expansion=4)
+    units, unmodelled = trace_units(block, (1, 16, 8, 8))
+    assert not unmodelled
+    convs = [u for u in units if u.kind in ("conv", "dwconv")]
+    assert [u.kind for u in convs] == ["conv", "dwconv", "conv"]
+    assert [u.fields["act"] for u in convs] == ["ReLU6", "ReLU6", None]
+    assert all(u.fields["bn"] for u in convs)
+    assert convs[0].axes == {"cin": 16, "cout": 64} and convs[1].axes == {"channels": 64}
+    adds = [u for u in units if u.kind == "func" and u.fields["op"] == "aten::add.Tensor"]
+    assert len(adds) == 1 and adds[0].axes == {"channels": 16}
+    # per-op granularity: every leaf is its own unit
+    op_units, _ = trace_units(block, (1, 16, 8, 8), granularity="op")
+    assert sum(u.kind == "bn" for u in op_units) == 3 and sum(u.kind == "act" for u in op_units) == 2
+
+
+def test_trace_reads_timm_batchnorm_with_nested_activation() -> None:
+    from timm.layers import BatchNormAct2d
+
+    model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1, bias=False), BatchNormAct2d(16, act_layer=nn.ReLU6))
+    units, unmodelled = trace_units(model, (1, 8, 8, 8))
+    conv = [u for u in units if u.kind == "conv"]
+    assert len(conv) == 1 and conv[0].fields["bn"] and conv[0].fields["act"] == "ReLU6"
+    assert not [u for u in units if u.kind in ("bn", "act")]
+    assert not unmodelled
+
+
+def test_unit_callable_rebuilds_the_traced_work() -> None:
+    conv = nn.Conv2d(8, 24, 3, stride=2, padding=1, bias=False)
+    units, _ = trace_units(nn.Sequential(conv, nn.BatchNorm2d(24), nn.ReLU()), (1, 8, 16, 16))
+    (unit,) = [u for u in units if u.kind == "conv"]
+    out = lookup.unit_callable(unit)()
+    assert out.shape == (1, 24, 8, 8)
+    add = trace_units(search_space.InvertedResidual(8, 8, 3, 1, 2), (1, 8, 4, 4))[0]
+    func = [u for u in add if u.kind == "func"][0]
+    assert lookup.unit_callable(func.with_axes((32,)))().shape == (1, 32, 4, 4)  # channel template
+
+
+# -- profile, file round-trip and prediction ------------------------------------------------
+def _tiny_models(count: int = 2, seed: int = 3) -> list[tuple[nn.Module, tuple[int, ...]]]:
+    return [
+        (search_space.build(config), search_space.input_shape_of(config))
+        for _, config in search_space.sample_architectures(["tiny"], count, seed)
+    ]
+
+
+def test_prediction_of_a_model_built_from_table_entries_is_their_exact_sum(tmp_path: Path) -> None:
+    reference = LocalCPU(threads=1, per_layer=False)
+    table = LatencyTable({"granularity": "block"})
+    models = _tiny_models()
+    for model, shape in models:
+        lookup.profile(lookup.model_units(model, shape), reference, FAST, table)
+    path = table.save(tmp_path / "table.json")
+    target = TableTarget(table=str(path), on_missing="error")
+    for model, shape in models:
+        units = lookup.model_units(model, shape)
+        entries = json.loads(path.read_text())["entries"]
+        expected = math.fsum(entries[u.key]["ms"] for u in units)
+        report = target.latency(model, shape)
+        assert report.latency_ms == expected
+        assert report.source == "table" and report.calibration == "measured"
+        assert report.provenance["units_exact"] == len(units)
+        assert report.provenance["units_measured_now"] == 0
+        assert report.memory["weight_bytes"] == 4 * sum(p.numel() for p in model.parameters())
+
+
+def test_profile_of_a_tiny_space_round_trips_through_its_file(tmp_path: Path) -> None:
+    out = tmp_path / "tiny.json"
+    argv = ["profile", "--hw", "local_cpu", "--threads", "1", "--space", "tiny", "--samples", "3", "--out", str(out),
+            "--warmup", "1", "--repeats", "3", "--min-time", "0", "--grid", "8,16,32"]
+    assert cli_main(argv) == 0
+    table = LatencyTable.load(out)
+    meta = table.metadata
+    for key in ("device", "runtime", "threads", "versions", "date", "protocol", "channel_grid", "granularity", "sources"):
+        assert key in meta, key
+    assert meta["threads"] == 1 and meta["runtime"] == "pytorch-eager" and meta["protocol"]["repeats"] == 3
+    assert "torch" in meta["versions"]
+    assert len(table) > 0 and all(e["ms"] > 0 for e in table.entries.values())
+    # save -> load gives the same table, and every unit rebuilds from its stored description
+    again = LatencyTable.load(table.save(tmp_path / "copy.json"))
+    assert again.entries == table.entries and again.metadata == table.metadata
+    for entry in again.entries.values():
+        assert Unit.from_json(entry["unit"]).key in again.entries
+    # the profiled architectures are predicted from the table alone
+    target = TableTarget(table=str(out), on_missing="error")
+    for model, shape in _tiny_models(count=3, seed=0):
+        report = target.latency(model, shape)
+        assert report.latency_ms > 0 and report.provenance["units_measured_now"] == 0
+    # profiling again adds nothing new
+    before = dict(table.entries)
+    assert cli_main(argv) == 0
+    assert LatencyTable.load(out).entries == before
+
+
+def test_interpolated_prediction_lies_between_its_profiled_neighbours(tmp_path: Path) -> None:
+    table = LatencyTable({"channel_grid": [16, 32]})
+    template = Unit("dwconv", {"batch": 1, "h": 8, "w": 8, "k": [3, 3], "s": [1, 1], "p": [1, 1], "d": [1, 1],
+                               "bias": False, "bn": True, "act": "ReLU6", "inplace": True}, {"channels": 16})
+    table.add(template, {"ms": 0.010})
+    table.add(template.with_axes((32,)), {"ms": 0.020})
+    assert table.lookup(template) == (0.010, "exact")
+    value, how = table.lookup(template.with_axes((24,)))
+    assert how == "interpolated" and value == pytest.approx(0.015)
+    assert table.lookup(template.with_axes((40,))) == (None, "missing")
+
+
+def test_missing_table_file_names_the_path_and_the_profile_command(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "table.json"
+    with pytest.raises(HardwareError, match="does not exist") as info:
+        TableTarget(table=str(missing))
+    assert str(missing) in str(info.value) and "python -m hardware profile" in str(info.value)
+
+
+def test_configuration_outside_the_table_is_refused_or_measured(tmp_path: Path) -> None:
+    table = LatencyTable({"threads": 1, "protocol": {"warmup": 1, "repeats": 3, "min_time_s": 0.0}})
+    path = table.save(tmp_path / "empty.json")
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU())
+    with pytest.raises(HardwareError, match="not in"):
+        TableTarget(table=str(path), on_missing="error").latency(model, (1, 3, 8, 8))
+    report = TableTarget(table=str(path), on_missing="profile").latency(model, (1, 3, 8, 8))
+    assert report.latency_ms > 0 and report.provenance["units_measured_now"] == report.provenance["units"]
+    assert any("measured now" in note for note in report.notes)
+
+
+def test_table_yaml_composes_with_hydra(tmp_path: Path) -> None:
+    from hardware.registry import instantiate
+
+    table = LatencyTable({"threads": 1})
+    path = table.save(tmp_path / "t.json")
+    target = instantiate("local_cpu_table", {"table": str(path)})
+    assert isinstance(target, TableTarget) and target.source == "table" and target.table_path == path
+    with torch.no_grad():
+        assert target.describe()["table"] == str(path)
