@@ -86,6 +86,7 @@ class Roofline(HardwareTarget):
         peak_macs_per_s: dict[int, float] | float = 1e9,
         compute: str = "fixed",
         granularity: int = 1,
+        operand_bits: list[int] | None = None,
         memory_bandwidth_gb_s: float = 10.0,
         efficiency: dict[str, float] | None = None,
         overhead_us: float = 0.0,
@@ -108,6 +109,8 @@ class Roofline(HardwareTarget):
             raise ValueError(f"hw.memory_bandwidth_gb_s must be > 0, got {memory_bandwidth_gb_s}")
         self.compute = compute
         self.granularity = int(granularity)
+        # Bit Fusion composes 2-bit bricks into 2/4/8/16-bit operands only; BISMO takes any width.
+        self.operand_bits = sorted(int(b) for b in _plain(operand_bits)) if operand_bits else None
         self.peak = _bits_table(peak_macs_per_s, "peak_macs_per_s", compute)
         self.energy_per_mac = _bits_table(energy_pj_per_mac, "energy_pj_per_mac", compute)
         self.bandwidth = float(memory_bandwidth_gb_s) * 1e9
@@ -157,15 +160,25 @@ class Roofline(HardwareTarget):
     def mac_rate(self, weight_bits: int, act_bits: int) -> float:
         """Peak MAC/s for these operand widths (before the per-op efficiency)."""
         if self.compute == "bit_serial":
-            g = self.granularity
-            return self.peak[g] / (math.ceil(weight_bits / g) * math.ceil(act_bits / g))
+            return self.peak[self.granularity] / self.bit_passes(weight_bits, act_bits)
         return self.peak[self.executed_bits(max(weight_bits, act_bits))]
+
+    def operand_width(self, bits: int) -> int:
+        """Width a bit-serial device processes an operand of ``bits`` at."""
+        if not self.operand_bits:
+            return bits
+        fitting = [b for b in self.operand_bits if b >= bits]
+        return min(fitting) if fitting else max(self.operand_bits)
+
+    def bit_passes(self, weight_bits: int, act_bits: int) -> int:
+        """Granularity-bit x granularity-bit products per MAC: ceil(w/g) x ceil(a/g)."""
+        g = self.granularity
+        return math.ceil(self.operand_width(weight_bits) / g) * math.ceil(self.operand_width(act_bits) / g)
 
     def mac_energy(self, weight_bits: int, act_bits: int) -> float:
         """Joules per MAC."""
         if self.compute == "bit_serial":
-            g = self.granularity
-            return self.energy_per_mac[g] * 1e-12 * math.ceil(weight_bits / g) * math.ceil(act_bits / g)
+            return self.energy_per_mac[self.granularity] * 1e-12 * self.bit_passes(weight_bits, act_bits)
         bits = self.executed_bits(max(weight_bits, act_bits))
         table = self.energy_per_mac
         return table.get(bits, table[min(table, key=lambda b: abs(b - bits))]) * 1e-12
