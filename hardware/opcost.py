@@ -192,7 +192,15 @@ def with_elementwise(
     described = target.layers_of(model, input_shape, layers)
     if any(layer.module_type == "functional" for layer in described):
         return described
-    return list(described) + describe_elementwise(model, input_shape)
+    functional = describe_elementwise(model, input_shape)
+    # A functional op runs at the activation precision of the block it belongs to (the
+    # quantization method sets bit-widths on modules only): the lowest in that block.
+    for op in functional:
+        scope = op.name.rsplit(".", 1)[0] + "." if "." in op.name else ""
+        bits = [layer.act_bits for layer in described if scope and layer.name.startswith(scope)]
+        if bits:
+            op.act_bits = min(bits)
+    return list(described) + functional
 
 
 def memory_of(layers: Iterable[LayerSpec]) -> dict[str, int]:
