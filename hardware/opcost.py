@@ -485,7 +485,10 @@ class Pixel1(HardwareTarget):
         """The latency report of a layer list (no torch model needed)."""
         per_layer = self.cost_model.predict(layers)
         total = float(sum(per_layer.values()))
-        notes = ["calibrated on TF-Lite float32 profiles, 1 thread; batch > 1 scales the activation terms only"]
+        notes = [
+            "calibrated on TF-Lite float32 profiles, 1 thread; batch > 1 scales the activation terms only",
+            "energy: not modelled (no Pixel-1 power measurements to calibrate on)",
+        ]
         if any(layer.weight_bits < 32 or layer.act_bits < 32 for layer in layers if self.cost_model.family(layer)):
             notes.append("bit-widths < 32 shrink the byte terms only: integer TF-Lite kernels were not profiled")
         if any(layer.sparsity > 0.05 for layer in layers if layer.op in ("conv", "dwconv", "linear")):
