@@ -605,7 +605,7 @@ class LatencyTable:
     def __init__(self, metadata: dict[str, Any] | None = None, entries: dict[str, dict[str, Any]] | None = None) -> None:
         self.metadata = dict(metadata or {})
         self.entries: dict[str, dict[str, Any]] = dict(entries or {})
-        self._families: dict[str, dict[tuple[int, ...], float]] | None = None
+        self._families: dict[str, dict[str, dict[tuple[int, ...], float]]] = {}
 
     # -- files -------------------------------------------------------------------------
     @classmethod
@@ -628,7 +628,7 @@ class LatencyTable:
     # -- entries -----------------------------------------------------------------------
     def add(self, unit: Unit, measurement: dict[str, Any]) -> None:
         self.entries[unit.key] = {**measurement, "unit": unit.to_json()}
-        self._families = None
+        self._families = {}
 
     def __contains__(self, unit: Unit) -> bool:
         return unit.key in self.entries
@@ -640,22 +640,25 @@ class LatencyTable:
     def grid(self) -> tuple[int, ...]:
         return tuple(self.metadata.get("channel_grid", ()))
 
-    def _family_points(self) -> dict[str, dict[tuple[int, ...], float]]:
-        if self._families is None:
+    def _family_points(self, statistic: str) -> dict[str, dict[tuple[int, ...], float]]:
+        if statistic not in self._families:
             families: dict[str, dict[tuple[int, ...], float]] = {}
             for entry in self.entries.values():
                 unit = Unit.from_json(entry["unit"])
-                families.setdefault(unit.family, {})[unit.axis_values] = float(entry["ms"])
-            self._families = families
-        return self._families
+                families.setdefault(unit.family, {})[unit.axis_values] = float(entry.get(statistic, entry["ms"]))
+            self._families[statistic] = families
+        return self._families[statistic]
 
-    def lookup(self, unit: Unit) -> tuple[float | None, str]:
-        """(ms, "exact" | "interpolated") or (None, "missing")."""
+    def lookup(self, unit: Unit, statistic: str = "ms") -> tuple[float | None, str]:
+        """(ms, "exact" | "interpolated") or (None, "missing").
+
+        ``statistic``: the entry field to use, "ms" (the median) or "min_ms" (the minimum).
+        """
         entry = self.entries.get(unit.key)
         if entry is not None:
-            return float(entry["ms"]), "exact"
+            return float(entry.get(statistic, entry["ms"])), "exact"
         if unit.axes:
-            points = self._family_points().get(unit.family, {})
+            points = self._family_points(statistic).get(unit.family, {})
             value = interpolate(points, unit.axis_values, self.grid)
             if value is not None:
                 return value, "interpolated"
@@ -745,6 +748,7 @@ class TableTarget(HardwareTarget):
         on_missing: str = "profile",
         known_rmspe: float | None = None,
         validation: dict[str, Any] | None = None,
+        statistic: str = "median",
         **kwargs: Any,
     ) -> None:
         kwargs.pop("source", None)
@@ -761,6 +765,10 @@ class TableTarget(HardwareTarget):
         self.table = LatencyTable.load(self.table_path)
         self.granularity = self.table.metadata.get("granularity", "block")
         self.on_missing = on_missing
+        if statistic not in ("median", "min"):
+            raise ValueError(f"hw.statistic must be 'median' or 'min', got {statistic!r}")
+        self.statistic = statistic
+        self._field = "ms" if statistic == "median" else "min_ms"
         self.known_rmspe = known_rmspe
         self.validation = dict(validation or {})
         self._reference = None
@@ -789,19 +797,22 @@ class TableTarget(HardwareTarget):
         units, unmodelled = trace_units(model, input_shape, self.granularity)
         counts = {"exact": 0, "interpolated": 0, "measured_now": 0}
         values: list[float] = []
+        minima: list[float] = []
         per_layer: dict[str, float] = {}
         missing: list[Unit] = []
         for unit in units:
-            ms, how = self.table.lookup(unit)
+            ms, how = self.table.lookup(unit, self._field)
+            low, _ = self.table.lookup(unit, "min_ms")
             if ms is None:
                 if self.on_missing == "error":
                     missing.append(unit)
                     continue
-                ms = time_unit(unit, self._profile_protocol(), int(self.table.metadata.get("threads") or 1),
-                               int(self.table.metadata.get("rotate_bytes") or 0))["ms"]
-                how = "measured_now"
+                measured = time_unit(unit, self._profile_protocol(), int(self.table.metadata.get("threads") or 1),
+                                     int(self.table.metadata.get("rotate_bytes") or 0))
+                ms, low, how = measured[self._field], measured["min_ms"], "measured_now"
             counts[how] += 1
             values.append(ms)
+            minima.append(low if low is not None else ms)
             for layer in unit.layers[:1]:
                 per_layer[layer] = per_layer.get(layer, 0.0) + ms
         if missing:
@@ -845,17 +856,22 @@ class TableTarget(HardwareTarget):
                 "units": len(units),
                 **{f"units_{k}": v for k, v in counts.items()},
                 "known_rmspe": self.known_rmspe,
+                "statistic": self.statistic,
+                "sum_of_minima_ms": math.fsum(minima),
                 "input_shape": list(input_shape),
             },
             notes=notes,
         )
 
     def validation_cases(self, n: int = 50, seed: int = 1, spaces: tuple[str, ...] | list[str] | None = None,
-                         progress: Callable[[str], None] | None = None, **_: Any) -> list[ValidationCase]:
+                         progress: Callable[[str], None] | None = None, repeat_measurements: int = 10,
+                         **_: Any) -> list[ValidationCase]:
         """Predicted (table) against measured (the reference target) on ``n`` random architectures.
 
         The architectures come from ``hardware.search_space`` with a seed other than the
         profile's, so most of their channel counts are interpolated, never looked up.
+        The first ``repeat_measurements`` architectures are measured twice: how far two
+        measurements of one network disagree is the floor under the emulator's error.
         """
         from hardware import search_space
 
@@ -867,6 +883,7 @@ class TableTarget(HardwareTarget):
             shape = search_space.input_shape_of(config, self.batch_size)
             predicted = self.latency(model, shape)
             measured = reference.latency(model, shape)
+            again = reference.latency(model, shape) if len(cases) < repeat_measurements else None
             cases.append(
                 ValidationCase(
                     name=name,
@@ -878,13 +895,18 @@ class TableTarget(HardwareTarget):
                         "interpolated": predicted.provenance["units_interpolated"],
                         "measured_now": predicted.provenance["units_measured_now"],
                         "measured_cv": measured.provenance["cv"],
+                        "predicted_min_ms": predicted.provenance["sum_of_minima_ms"],
+                        "measured_min_ms": measured.provenance["min_ms"],
                         "measured_iqr_ms": measured.spread_ms,
                         "input_size": config["input_size"],
+                        **({"measured_again_ms": again.latency_ms} if again is not None else {}),
                     },
                 )
             )
             if progress is not None:
-                progress(f"{name}: predicted {predicted.latency_ms:.3f} ms, measured {measured.latency_ms:.3f} ms")
+                progress(f"{name}: predicted {predicted.latency_ms:.3f} ms, measured {measured.latency_ms:.3f} ms "
+                         f"({predicted.provenance['units_interpolated']} units interpolated, "
+                         f"{predicted.provenance['units_measured_now']} measured now, of {predicted.provenance['units']})")
         return cases
 
     def describe(self) -> dict[str, Any]:

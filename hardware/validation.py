@@ -65,7 +65,7 @@ def _summary_table(cases: list[ValidationCase]) -> list[str]:
 
 def _worst_table(cases: list[ValidationCase], count: int = 8) -> list[str]:
     worst = sorted(cases, key=lambda c: abs(c.relative_error), reverse=True)[:count]
-    info_keys = sorted({k for c in worst for k in c.info})
+    info_keys = sorted({k for c in worst for k in c.info} - {"predicted_min_ms", "measured_min_ms", "measured_iqr_ms"})
     lines = [
         "| case | group | predicted (ms) | measured (ms) | error |" + "".join(f" {k} |" for k in info_keys),
         "|---|---|---:|---:|---:|" + "---|" * len(info_keys),
@@ -80,6 +80,31 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}"
     return "" if value is None else str(value)
+
+
+def _companion_lines(cases: list[ValidationCase]) -> list[str]:
+    """Figures from the cases' details, when a target recorded them.
+
+    ``measured_again_ms``: a second measurement of the same network (measurement noise);
+    ``predicted_min_ms`` / ``measured_min_ms``: the same comparison with minima instead of medians.
+    """
+    lines: list[str] = []
+    repeated = [c for c in cases if "measured_again_ms" in c.info]
+    if repeated:
+        noise = [ValidationCase(c.name, float(c.info["measured_again_ms"]), c.measured_ms, c.group) for c in repeated]
+        s = summarise(noise)
+        lines += [
+            f"Measurement repeatability (the floor under any emulator's error): {s['n']} networks measured twice, "
+            f"second within ±10% of first for {s['within']:.0%}, RMS difference {s['rmspe']:.1%}, worst {s['max_abs']:.1%}.",
+            "",
+        ]
+    with_min = [c for c in cases if "predicted_min_ms" in c.info and "measured_min_ms" in c.info]
+    if with_min:
+        minima = [ValidationCase(c.name, float(c.info["predicted_min_ms"]), float(c.info["measured_min_ms"]), c.group)
+                  for c in with_min]
+        lines += ["Same comparison with minima instead of medians (sum of per-entry minima against the fastest "
+                  "measured run; less sensitive to other jobs on the machine):", "", *_summary_table(minima), ""]
+    return lines
 
 
 def render_section(hw: str, cases: list[ValidationCase], description: dict[str, Any], extra_lines: Iterable[str] = ()) -> str:
@@ -100,6 +125,7 @@ def render_section(hw: str, cases: list[ValidationCase], description: dict[str, 
         "",
         *_worst_table(cases),
         "",
+        *_companion_lines(cases),
         *extra_lines,
         f"Cases: `hardware_validation.{hw}.csv`.",
         f"<!-- hw:{hw} end -->",
@@ -153,8 +179,8 @@ def plot(results_dir: Path, png: Path, tolerance: float = TOLERANCE) -> Path:
         low, high = min(values) / 1.3, max(values) * 1.3
         line = [low, high]
         ax.fill_between(line, [v * (1 - tolerance) for v in line], [v * (1 + tolerance) for v in line],
-                        color="tab:green", alpha=0.15, label=f"±{tolerance:.0%} band")
-        ax.plot(line, line, color="tab:green", lw=1, label="predicted = measured")
+                        color="0.6", alpha=0.3, label=f"±{tolerance:.0%} band")
+        ax.plot(line, line, color="k", lw=1, label="predicted = measured")
         groups: dict[str, list[ValidationCase]] = {}
         for case in cases:
             groups.setdefault(case.group or "cases", []).append(case)
