@@ -287,7 +287,7 @@ def test_each_criterion_gives_a_smaller_resnet_that_runs_and_exports(criterion, 
         importance.calibrate(model, pruner.groups(), data.train_dataloader())
     removed = prune_layers(pruner, importance, {layer.name: 0.5 for layer in pruner.layers()})
     assert all(len(v) == layer_channels // 2 for v, layer_channels in
-               zip(removed.values(), [16] * 3 + [32] * 3 + [64] * 3))
+               zip(removed.values(), [16] * 3 + [32] * 3 + [64] * 3, strict=True))
     assert count_macs(model, (1, 3, 32, 32)) < 0.6 * count_macs(resnet20, (1, 3, 32, 32))
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():

@@ -88,13 +88,14 @@ class AGPCallback(MaskCallback):
         if self.schedule is None:
             d = self._derive
             span = int(d["end_fraction"] * total) - d["start_step"]
-            n = span // d["frequency"]
+            n = int(span // d["frequency"])
             if n < 1:
                 raise MethodConfigError(
                     f"AGP: {total} fine-tuning steps leave no room for a pruning step every {d['frequency']} steps "
                     f"after step {d['start_step']}; lower method.frequency or method.start_step, or raise "
                     "method.finetune_epochs")
-            self.schedule = AGPSchedule(d["initial_sparsity"], d["final_sparsity"], d["start_step"], d["frequency"], n)
+            self.schedule = AGPSchedule(float(d["initial_sparsity"]), float(d["final_sparsity"]), int(d["start_step"]),
+                                        int(d["frequency"]), n)
         if self.schedule.end_step >= total:
             raise MethodConfigError(
                 f"AGP schedule ends at step {self.schedule.end_step} but fine-tuning has only {total} steps; "
@@ -211,6 +212,7 @@ class AutomatedGradualPruning(CompressionMethod):
         ctx.finetune(model, self.finetune_epochs, lr=self.lr, callbacks=[callback])
         masks.apply()
         schedule = callback.schedule
+        assert schedule is not None  # set at the start of training
         if not callback.history or callback.history[-1][0] != schedule.end_step:
             raise RuntimeError(f"AGP: training stopped before the schedule's last step {schedule.end_step} "
                                f"(last update at {callback.history[-1][0] if callback.history else None})")
@@ -221,14 +223,15 @@ class AutomatedGradualPruning(CompressionMethod):
         metrics.update(unstructured_metrics(decoded, baseline, list(layers), input_shape, stored, report))
         metrics.update({"agp_start_step": float(schedule.start_step), "agp_frequency": float(schedule.frequency),
                         "agp_num_pruning_steps": float(schedule.num_pruning_steps)})
+        achieved = {n: metrics[f"sparsity/{n}"] for n in layers}
         policy = {
             "method": self.name, "scope": self.scope,
             "schedule": {"initial_sparsity": schedule.initial_sparsity, "final_sparsity": schedule.final_sparsity,
                          "start_step": schedule.start_step, "frequency": schedule.frequency,
                          "num_pruning_steps": schedule.num_pruning_steps},
-            "achieved": {n: metrics[f"sparsity/{n}"] for n in layers},
+            "achieved": achieved,
         }
         artifacts = [write_json(ctx.workdir / "policy.json", policy), write_json(ctx.workdir / "storage.json", report),
                      *write_schedule(callback.history, schedule, ctx.workdir),
-                     *plot_policy(policy["achieved"], "sparsity", ctx.workdir / "policy.png")]
+                     *plot_policy(achieved, "sparsity", ctx.workdir / "policy.png")]
         return CompressionResult(model=decoded, stored_file=stored, metrics=metrics, artifacts=artifacts)

@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +56,7 @@ def root_module(group: tp.Group) -> nn.Module:
 
 def filter_matrix(module: nn.Module) -> torch.Tensor:
     """The weights of a conv/linear layer as one row per output channel (filter)."""
-    weight = module.weight.detach()
+    weight = cast(torch.Tensor, module.weight).detach()
     return weight.reshape(weight.shape[0], -1).float()
 
 
@@ -69,6 +69,7 @@ class ChannelImportance(ABC):
 
     def calibrate(self, model: nn.Module, groups: dict[str, tp.Group], batches: Iterable[Batch]) -> None:
         """Collect what the criterion needs from a few batches (no-op for weight criteria)."""
+        return None
 
     @abstractmethod
     def __call__(self, group: tp.Group) -> torch.Tensor:
@@ -198,7 +199,7 @@ class ThiNet(_DataCriterion):
 
     def _contributions(self, layer: nn.Module, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """[samples, in_channels]: per-input-channel terms of sampled outputs of ``layer``."""
-        weight = layer.weight.detach().float()
+        weight = cast(torch.Tensor, layer.weight).detach().float()
         x = x.detach().float()
         n = x.shape[0]
         s = self.samples_per_image
@@ -209,8 +210,10 @@ class ThiNet(_DataCriterion):
             rows = torch.arange(n).repeat_interleave(s)
             outs = torch.randint(weight.shape[0], (n * s,), generator=generator)
             return x[rows] * weight[outs]
-        patches = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=layer.padding,
-                           stride=layer.stride)  # [N, C*k*k, L]
+        conv = cast(nn.Conv2d, layer)
+        padding = cast(tuple[int, ...], conv.padding)  # 'same'/'valid' strings: not in the dense convs we sample
+        patches = F.unfold(x, conv.kernel_size, dilation=conv.dilation, padding=padding,
+                           stride=conv.stride)  # [N, C*k*k, L]
         k = weight.shape[2] * weight.shape[3]
         c = weight.shape[1]
         rows = torch.arange(n).repeat_interleave(s)
@@ -220,7 +223,10 @@ class ThiNet(_DataCriterion):
         return (sampled * weight[outs].reshape(-1, c, k)).sum(dim=2)
 
     def calibrate(self, model: nn.Module, groups: dict[str, tp.Group], batches: Iterable[Batch]) -> None:
-        graph = next(iter(groups.values()))._DG if groups else None
+        if not groups:
+            self._scores = {}
+            return
+        graph = next(iter(groups.values()))._DG
         consumers: dict[nn.Module, tuple[nn.Module, list[int], list[int]]] = {}
         for group in groups.values():
             found = _next_layer(group, graph)

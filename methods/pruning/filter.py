@@ -259,11 +259,12 @@ class FilterPruning(CompressionMethod):
             epochs = self.finetune_epochs / self.iterations
             if epochs > 0:
                 ctx.finetune(model, epochs, lr=self.lr)
-            steps.append({"step": step, "uniform_ratio": uniform, "macs": count_macs(model, trace_shape),
-                          "top1_pruned": pruned_top1, "top1_finetuned": ctx.evaluate(model, "val")["top1"]})
+            macs, finetuned_top1 = count_macs(model, trace_shape), ctx.evaluate(model, "val")["top1"]
+            steps.append({"step": step, "uniform_ratio": uniform, "macs": macs,
+                          "top1_pruned": pruned_top1, "top1_finetuned": finetuned_top1})
             log.info("filter/%s step %d/%d: MACs %.3f of baseline, top1 %.2f -> %.2f", self.criterion, step,
-                     self.iterations, steps[-1]["macs"] / self._macs_before, pruned_top1, steps[-1]["top1_finetuned"])
-        metrics["top1_before_finetune"] = steps[-1]["top1_pruned"]
+                     self.iterations, macs / self._macs_before, pruned_top1, finetuned_top1)
+        metrics["top1_before_finetune"] = pruned_top1
 
         stored = save_pruned(model, pruner.history, trace_shape, ctx.workdir / "model.pruned.pt",
                              extra={"method": self.name, "criterion": self.criterion})

@@ -26,7 +26,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from hardware.layers import count_macs, describe_layers
@@ -186,12 +185,11 @@ class MagnitudePruning(CompressionMethod):
         decoded, report = store_sparse(model, baseline, stored, self.storage_formats)
         metrics["top1_after_finetune"] = ctx.evaluate(decoded, "val")["top1"]
         metrics.update(unstructured_metrics(decoded, baseline, list(layers), input_shape, stored, report))
+        achieved = {n: metrics[f"sparsity/{n}"] for n in layers}
         policy = {
             "method": self.name, "scope": self.scope, "iterations": self.iterations,
-            "requested": self._targets(list(layers), 1.0),
-            "achieved": {n: metrics[f"sparsity/{n}"] for n in layers},
-            "steps": steps,
+            "requested": self._targets(list(layers), 1.0), "achieved": achieved, "steps": steps,
         }
         artifacts = [write_json(ctx.workdir / "policy.json", policy), write_json(ctx.workdir / "storage.json", report),
-                     *plot_policy(policy["achieved"], "sparsity", ctx.workdir / "policy.png")]
+                     *plot_policy(achieved, "sparsity", ctx.workdir / "policy.png")]
         return CompressionResult(model=decoded, stored_file=stored, metrics=metrics, artifacts=artifacts)

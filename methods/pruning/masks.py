@@ -16,13 +16,18 @@ re-applied after it (momentum or weight decay would otherwise revive them).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
 from torch import nn
 
 from methods.base import MethodConfigError
+
+
+def weight_of(module: nn.Module) -> torch.Tensor:
+    return cast(torch.Tensor, module.weight)
+
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
 SCOPES = ("layer", "global")
@@ -122,10 +127,11 @@ class WeightMasks:
 
     def __init__(self, layers: Mapping[str, nn.Module]) -> None:
         self.layers = dict(layers)
-        self.masks: dict[str, torch.Tensor] = {n: torch.ones_like(m.weight, dtype=torch.bool) for n, m in self.layers.items()}
+        self.masks: dict[str, torch.Tensor] = {n: torch.ones_like(weight_of(m), dtype=torch.bool)
+                                               for n, m in self.layers.items()}
 
     def weights(self) -> dict[str, torch.Tensor]:
-        return {n: m.weight for n, m in self.layers.items()}
+        return {n: weight_of(m) for n, m in self.layers.items()}
 
     def update(self, sparsity: float | Mapping[str, float], scope: str = "layer") -> None:
         """Recompute the masks from the current weight magnitudes, then apply them."""
@@ -135,25 +141,26 @@ class WeightMasks:
     @torch.no_grad()
     def apply(self) -> None:
         for name, module in self.layers.items():
-            mask = self.masks[name]
-            if mask.device != module.weight.device:
-                mask = self.masks[name] = mask.to(module.weight.device)
-            module.weight.mul_(mask)
+            weight, mask = weight_of(module), self.masks[name]
+            if mask.device != weight.device:
+                mask = self.masks[name] = mask.to(weight.device)
+            weight.mul_(mask)
 
     @torch.no_grad()
     def mask_gradients(self) -> None:
         for name, module in self.layers.items():
-            if module.weight.grad is not None:
-                module.weight.grad.mul_(self.masks[name].to(module.weight.grad.device))
+            grad = weight_of(module).grad
+            if grad is not None:
+                grad.mul_(self.masks[name].to(grad.device))
 
     def layer_sparsity(self) -> dict[str, float]:
         """Measured fraction of zero weights per layer (from the weights, not the masks)."""
-        return {n: 1.0 - int(m.weight.count_nonzero()) / m.weight.numel() for n, m in self.layers.items()}
+        return {n: 1.0 - int(weight_of(m).count_nonzero()) / weight_of(m).numel() for n, m in self.layers.items()}
 
     def sparsity(self) -> float:
         """Measured fraction of zero weights over all masked layers together."""
-        total = sum(m.weight.numel() for m in self.layers.values())
-        nonzero = sum(int(m.weight.count_nonzero()) for m in self.layers.values())
+        total = sum(weight_of(m).numel() for m in self.layers.values())
+        nonzero = sum(int(weight_of(m).count_nonzero()) for m in self.layers.values())
         return 1.0 - nonzero / total if total else 0.0
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -60,12 +61,12 @@ def group_lasso_terms(pruner: ChannelPruner) -> tuple[list[nn.Module], list[nn.M
 
 
 def filter_norms(module: nn.Module) -> torch.Tensor:
-    w = module.weight
+    w = cast(torch.Tensor, module.weight)
     return w.reshape(w.shape[0], -1).norm(p=2, dim=1)
 
 
 def channel_norms(module: nn.Module) -> torch.Tensor:
-    w = module.weight
+    w = cast(torch.Tensor, module.weight)
     return w.transpose(0, 1).reshape(w.shape[1], -1).norm(p=2, dim=1)
 
 
@@ -104,7 +105,7 @@ def dead_channels(pruner: ChannelPruner, threshold: float, min_channels: int) ->
                 if isinstance(module, nn.Module) and _dense(module) and graph.is_in_channel_pruning_fn(item.dep.handler):
                     norms = channel_norms(module).cpu()
                     slice_dead = torch.zeros(channels, dtype=torch.bool)
-                    for in_idx, root_idx in zip(item.idxs, item.root_idxs):
+                    for in_idx, root_idx in zip(item.idxs, item.root_idxs, strict=True):
                         slice_dead[root_idx] = norms[in_idx] < threshold
                     readers_dead &= slice_dead
                     has_reader = True
