@@ -109,11 +109,17 @@ def _lookup(matrix: Mapping[str, Any], group: str, name: str) -> Mapping[str, An
     return nodes[name]
 
 
+def _hw_overrides(matrix: Mapping[str, Any], hw: str) -> list[str]:
+    """The matrix's settings for one device (timing protocol, say), applied after ``+hw=<hw>``."""
+    return list((matrix.get("hw_overrides") or {}).get(hw) or [])
+
+
 def baseline_overrides(matrix: Mapping[str, Any], name: str) -> list[str]:
-    """The run of baseline ``name``: the matrix's common overrides, model, dataset, its own."""
+    """The run of baseline ``name`` (on local_cpu): the matrix's common overrides, model, dataset, its own."""
     node = _lookup(matrix, "baselines", name)
     return [*(matrix.get("common") or []), f"model={node['model']}", f"dataset={node['dataset']}",
-            *(node.get("overrides") or []), "+method=baseline", "+hw=local_cpu", f"++tags.dvc_stage=baselines@{name}"]
+            *(node.get("overrides") or []), "+method=baseline", "+hw=local_cpu", *_hw_overrides(matrix, "local_cpu"),
+            f"++tags.dvc_stage=baselines@{name}"]
 
 
 def entry_overrides(matrix: Mapping[str, Any], name: str) -> list[str]:
@@ -122,7 +128,7 @@ def entry_overrides(matrix: Mapping[str, Any], name: str) -> list[str]:
     base = _lookup(matrix, "baselines", baseline_name(entry))
     return [*(matrix.get("common") or []), f"model={entry['model']}", f"dataset={entry['dataset']}",
             *(base.get("overrides") or []), f"+method={entry['method']}", f"+hw={entry['hw']}",
-            *(entry.get("overrides") or []), f"++tags.dvc_stage=bench@{name}", f"++tags.bench_matrix={matrix['name']}"]
+            *_hw_overrides(matrix, entry["hw"]), *(entry.get("overrides") or []), f"++tags.dvc_stage=bench@{name}", f"++tags.bench_matrix={matrix['name']}"]
 
 
 # -- stages ----------------------------------------------------------------------------------

@@ -1,0 +1,107 @@
+"""The DVC pipeline on the tiny matrix, in a fresh git + DVC project copied from this tree:
+`dvc repro` runs every stage, a second call runs nothing, and editing one method's yaml
+reruns only that method's stage (and the leaderboard built from it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from benchmarks.matrix import MatrixError, compose_params, entry_overrides, load_matrix
+from tests.conftest import REPO_ROOT, SHARED_DATA, needs_shared_data
+
+#: What a project needs to run its pipeline (code, configs, the pipeline itself).
+PROJECT_FILES = ["benchmarks", "methods", "hardware", "hydra_plugins", "conf", "dvc.yaml", ".dvcignore"]
+
+
+def test_every_matrix_composes() -> None:
+    """Each entry of every shipped matrix is a valid run composition (no typo waits for hours)."""
+    from benchmarks.matrix import baseline_overrides, compose_run
+
+    for name in ("tiny", "quick", "full"):
+        matrix = compose_params([f"bench={name}"])["bench"]
+        assert matrix["name"] == name
+        for baseline in matrix["baselines"]:
+            cfg = compose_run(baseline_overrides(matrix, baseline))
+            assert cfg.tags.dvc_stage == f"baselines@{baseline}"
+        for entry in matrix["entries"]:
+            cfg = compose_run(entry_overrides(matrix, entry))
+            assert cfg.method.name == matrix["entries"][entry]["method"]
+            assert cfg.tags.dvc_stage == f"bench@{entry}"
+
+
+def test_committed_params_match_the_quick_matrix() -> None:
+    """params.yaml is conf/dvc_params.yaml composed: a fresh clone's `dvc repro` runs conf/bench/quick.yaml."""
+    assert load_matrix(REPO_ROOT / "params.yaml") == compose_params([])["bench"]
+
+
+def test_bad_matrix_is_refused() -> None:
+    with pytest.raises(MatrixError, match="no baseline 'lenet5_cifar10_jpeg'"):
+        compose_params(["bench=tiny", "+bench.entries.x={model: lenet5, dataset: cifar10_jpeg, method: ptq, hw: local_cpu}"])
+
+
+def _project(root: Path) -> dict[str, str]:
+    for name in PROJECT_FILES:
+        source = REPO_ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(source, root / name)
+    env = {k: v for k, v in os.environ.items() if k not in ("COMPRESSBENCH_ROOT", "MLFLOW_TRACKING_URI")}
+    env.update({"COMPRESSBENCH_SOURCE_DATA": str(SHARED_DATA), "PYTHONPATH": str(root), "DVC_NO_ANALYTICS": "1",
+                "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"})
+    for command in (["git", "init", "-q"], ["git", "config", "user.email", "t@example.com"],
+                    ["git", "config", "user.name", "test"], [sys.executable, "-m", "dvc", "init", "-q"],
+                    [sys.executable, "-m", "benchmarks.matrix", "params", "bench=tiny"],
+                    ["git", "add", "-A"], ["git", "commit", "-qm", "tiny project"]):
+        subprocess.run(command, cwd=root, env=env, check=True, capture_output=True)
+    return env
+
+
+def _repro(root: Path, env: dict[str, str]) -> list[str]:
+    done = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return [line.split("'")[1] for line in done.stdout.splitlines() if line.startswith("Running stage")]
+
+
+@needs_shared_data
+@pytest.mark.slow
+def test_repro_noop_and_one_method_change(tmp_path: Path) -> None:
+    root = tmp_path / "project"
+    root.mkdir()
+    env = _project(root)
+
+    ran = _repro(root, env)
+    assert sorted(ran) == ["baselines@lenet5_mnist", "bench@lenet5_mnist_filter", "bench@lenet5_mnist_magnitude",
+                           "data@mnist", "leaderboard"]
+    checksum = json.loads((root / "results/data/mnist.json").read_text())["checksum"]
+    assert (root / "data/mnist").is_dir() and (root / ".dvc/cache").is_dir()  # data versioned by DVC
+    assert "/mnist" in (root / "data/.gitignore").read_text()                    # ... never by git
+    record = json.loads((root / "results/bench/lenet5_mnist_magnitude.json").read_text())
+    assert record["dvc_stage"] == "bench@lenet5_mnist_magnitude" and record["data_checksum"] == checksum
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    run = mlflow.get_run(record["run_id"])
+    assert run.data.tags["dvc_stage"] == "bench@lenet5_mnist_magnitude"
+    assert run.data.tags["data_checksum"] == checksum
+    assert run.data.metrics["top1"] == record["metrics"]["top1"]
+    board = (root / "results/tiny/leaderboard.csv").read_text()
+    assert "magnitude" in board and "filter" in board
+
+    assert _repro(root, env) == []  # nothing changed: nothing runs
+
+    method = root / "conf/method/filter.yaml"
+    method.write_text(method.read_text().replace("pruning_ratio: 0.5", "pruning_ratio: 0.25"))
+    assert sorted(_repro(root, env)) == ["bench@lenet5_mnist_filter", "leaderboard"]
+    assert json.loads((root / "results/bench/lenet5_mnist_filter.json").read_text())["run_id"] != record["run_id"]
+
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    assert params["bench"]["name"] == "tiny"
