@@ -350,3 +350,110 @@ def test_int8_export_refuses_other_bit_widths(tmp_path: Path) -> None:
         layer.input_quantizer = nn.Identity()  # float activations: no integer kernel takes them
     with pytest.raises(QuantizationError, match="8 bits only"):
         export_int8(model, batches, tmp_path / "m.onnx")
+
+
+# --------------------------------------------------------------------------------------------
+# QAT, PACT and half precision through a real (tiny) context
+# --------------------------------------------------------------------------------------------
+
+from methods.quantization.half import HalfPrecision, HalfPrecisionModel, load_half  # noqa: E402
+from methods.quantization.pact import PACT, AlphaL2, PACTFunction, PACTQuantizer  # noqa: E402
+from methods.quantization.qat import QuantizationAwareTraining  # noqa: E402
+from tests.conftest import SHARED_DATA, needs_shared_data  # noqa: E402
+
+
+def test_pact_gradients_are_the_papers() -> None:
+    x = torch.tensor([-1.0, 0.2, 0.9, 1.5, 3.0], requires_grad=True)
+    alpha = torch.tensor(1.0, requires_grad=True)
+    y = PACTFunction.apply(x, alpha, 3)  # 2 bits: levels 0, 1/3, 2/3, 1
+    assert torch.allclose(y.detach(), torch.tensor([0.0, 1 / 3, 1.0, 1.0, 1.0]))
+    (y * torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])).sum().backward()
+    assert torch.equal(x.grad, torch.tensor([0.0, 2.0, 3.0, 0.0, 0.0]))  # inside [0, alpha) only
+    assert float(alpha.grad) == 9.0  # the upstream gradients where x >= alpha
+    q = PACTQuantizer(bits=2, alpha=1.0)
+    assert float(AlphaL2(0.5)(nn.Sequential(q))) == pytest.approx(0.5)
+
+
+def test_pact_equals_uniform_quantization_with_its_scale() -> None:
+    q = PACTQuantizer(bits=4, alpha=2.5)
+    x = torch.linspace(-1, 4, 1001)
+    y = q(x).detach()
+    uniform = torch.fake_quantize_per_tensor_affine(x, q.scale, q.zero_point, 0, 15)
+    assert torch.allclose(y, uniform, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny_context(tmp_path_factory: pytest.TempPathFactory):
+    from benchmarks.context import make_context
+    from benchmarks.data.mnist import MNISTDataModule
+    from benchmarks.schema import RecipeConfig, TrainerConfig
+    from hardware.measured import LocalCPU
+
+    if not (SHARED_DATA / "mnist").is_dir():
+        pytest.skip(f"no shared data at {SHARED_DATA}")
+    root = tmp_path_factory.mktemp("quant_ctx")
+    dm = MNISTDataModule(data_dir=root / "data", source_dir=SHARED_DATA, batch_size=64, eval_batch_size=128,
+                         val_size=256, train_subset=256, val_subset=128, test_subset=128, seed=0)
+    dm.prepare_data()
+    dm.setup("fit")
+    recipe = RecipeConfig(epochs=1, lr=0.01, weight_decay=0.0)
+    trainer = TrainerConfig(progress_bar=False, limit_val_batches=0)
+
+    def build(name: str):
+        return make_context(dm, LocalCPU(warmup=1, repeats=3, min_time_s=0), recipe, trainer, 0, root / name)
+
+    return build
+
+
+def mnist_net() -> nn.Module:
+    net = tiny_conv_net(in_chans=1, classes=10)
+    return net
+
+
+@needs_shared_data
+@pytest.mark.parametrize("method", [
+    QuantizationAwareTraining(epochs=1, lr=0.01, calibration_batches=2, bits=8, act_bits=8),
+    PACT(epochs=1, lr=0.01, calibration_batches=2, bits=4, act_bits=4, alpha_decay=0.01),
+], ids=["qat8", "pact4"])
+def test_trained_quantization_stores_and_decodes(method, tiny_context) -> None:
+    net = mnist_net()
+    before = copy.deepcopy(net.state_dict())
+    ctx = tiny_context(method.name)
+    result = method.compress(net, ctx)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # the baseline is untouched
+    x = torch.randn(8, 1, 28, 28)
+    assert torch.equal(load_quantized(net, result.stored_file)(x), result.model(x))
+    bits = method.config.act_bits
+    assert all(a == bits for _, a in result.layer_bits.values())
+    assert result.metrics["bytes_weight_codes"] < sum(p.numel() for p in net.parameters()) * 4 / 3
+    if isinstance(method, PACT):
+        assert result.metrics["pact_layers"] == 2  # the first layer sees signed inputs: not PACT's
+        assert result.metrics["mean_alpha"] > 0
+    else:  # 8/8: deployed for real, both accuracies recorded
+        assert result.onnx_file is not None and result.onnx_file.is_file()
+        assert abs(result.metrics["deployed_minus_simulated_top1"]) <= 10.0
+
+
+@needs_shared_data
+def test_ptq_through_the_context_records_simulated_and_deployed(tiny_context) -> None:
+    net = mnist_net()
+    result = PostTrainingQuantization(calibration_batches=2, observer="percentile").compress(net, tiny_context("ptq"))
+    for key in ("simulated_top1", "deployed_top1", "deployed_minus_simulated_top1", "bytes_weight_codes", "bytes_total"):
+        assert key in result.metrics
+    assert result.metrics["bytes_total"] == result.stored_bytes
+
+
+@needs_shared_data
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_half_precision_runs_in_16_bits_and_halves_storage(dtype: str, tiny_context) -> None:
+    net = mnist_net()
+    result = HalfPrecision(dtype=dtype).compress(net, tiny_context(f"half_{dtype}"))
+    assert isinstance(result.model, HalfPrecisionModel)
+    assert next(result.model.model.parameters()).dtype == {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    params32 = sum(t.numel() * 4 for t in net.state_dict().values() if t.is_floating_point())
+    assert result.metrics["bytes_weights16"] == params32 // 2
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.equal(load_half(net, result.stored_file)(x), result.model(x))
+    assert result.metrics["max_abs_logit_diff_vs_fp32"] < 0.1
+    with pytest.raises(MethodConfigError, match="method.dtype"):
+        HalfPrecision(dtype="fp8")

@@ -8,9 +8,9 @@ signed codes are stored as their ``b``-bit two's complement and sign-extended on
 
 The container (:func:`save_parts` / :func:`load_parts`) is a small self-describing format:
 
-    b"CBQ1" | uint32 little-endian header length | UTF-8 JSON header | the parts' bytes
+    b"CBQ1" | uint32 little-endian header length | zlib-compressed UTF-8 JSON header | the parts' bytes
 
-The JSON header holds the caller's metadata and, for each part, its name, byte offset, length and
+The JSON header holds the caller's metadata and, for each part in file order, its name, length and
 a description (dtype and shape of raw arrays; bits, signedness, count and shape of packed codes).
 Every byte of every part is in the file, so ``os.path.getsize`` is the honest stored size and
 :func:`part_sizes` splits it by kind (codes, scales, biases, ...).
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import struct
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,12 +159,8 @@ def save_parts(path: str | Path, parts: list[Part], header: dict[str, Any] | Non
     names = [p.name for p in parts]
     if len(set(names)) != len(names):
         raise PackingError("part names must be unique")
-    offset = 0
-    table = []
-    for p in parts:
-        table.append({"name": p.name, "offset": offset, "nbytes": p.nbytes, **p.info})
-        offset += p.nbytes
-    head = json.dumps({"meta": header or {}, "parts": table}, separators=(",", ":")).encode()
+    table = [{"name": p.name, "nbytes": p.nbytes, **p.info} for p in parts]
+    head = zlib.compress(json.dumps({"meta": header or {}, "parts": table}, separators=(",", ":")).encode(), 9)
     path = Path(path)
     with path.open("wb") as f:
         f.write(MAGIC)
@@ -180,16 +177,20 @@ def load_parts(path: str | Path) -> tuple[dict[str, Any], dict[str, Part]]:
     if blob[:4] != MAGIC:
         raise PackingError(f"{path} is not a CompressBench container (bad magic {blob[:4]!r})")
     (head_len,) = struct.unpack("<I", blob[4:8])
-    head = json.loads(blob[8 : 8 + head_len].decode())
-    base = 8 + head_len
+    try:
+        head = json.loads(zlib.decompress(blob[8 : 8 + head_len]).decode())
+    except (zlib.error, ValueError) as err:
+        raise PackingError(f"{path}: corrupt header ({err})") from None
+    offset = 8 + head_len
     parts = {}
     for entry in head["parts"]:
         entry = dict(entry)
-        name, offset, nbytes = entry.pop("name"), entry.pop("offset"), entry.pop("nbytes")
-        data = blob[base + offset : base + offset + nbytes]
+        name, nbytes = entry.pop("name"), entry.pop("nbytes")
+        data = blob[offset : offset + nbytes]
         if len(data) != nbytes:
             raise PackingError(f"{path}: part {name!r} is truncated")
         parts[name] = Part(name, data, entry)
+        offset += nbytes
     return head["meta"], parts
 
 

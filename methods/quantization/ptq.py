@@ -79,7 +79,7 @@ class UniformQuantizationConfig:
         observer: str = "minmax",
         weight_observer: str = "minmax",
         percentile: float = 99.99,
-        calibration_batches: int = 32,
+        calibration_batches: int = 16,
         skip_layers: list[str] | None = None,
         fold_bn: bool = True,
         onnx: bool = True,

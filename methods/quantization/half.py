@@ -1,0 +1,91 @@
+"""Half-precision inference: fp16 (IEEE binary16) or bf16 (bfloat16) weights and arithmetic.
+
+Berthelier et al. (2020, Sec. 2.5) list 16-bit representations as the first step down from
+32-bit floating point; Gupta et al. train in 16 bits, and every modern CPU and GPU runtime
+infers in it. Here the trained model's floating-point tensors are stored in the chosen 16-bit
+format (half the bytes of fp32) and the model decoded from that file *computes* in that format:
+inputs are cast on entry, logits cast back to fp32 on exit (:class:`HalfPrecisionModel`), so the
+accuracy and the measured latency are those of real 16-bit execution, not of a simulation.
+
+On this CPU, torch 2.14 runs both fp16 and bf16 convolutions, batch norm and linear layers;
+a dtype the installed torch cannot run is refused at ``compress`` with the error it raised.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
+from methods.quantization.packing import array_part, load_parts, part_array, part_sizes, save_parts
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+FORMAT = "compressbench-half/1"
+
+
+class HalfPrecisionModel(nn.Module):
+    """Runs ``model`` (already in ``dtype``) on inputs cast to ``dtype``; returns fp32 logits."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model = model.to(dtype)
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.to(self.dtype)).float()
+
+
+def save_half(model: nn.Module, path: Any, dtype_name: str) -> int:
+    """Floating tensors of the state dict in ``dtype_name`` (``weights16``), the rest as they are."""
+    dtype = DTYPES[dtype_name]
+    parts = []
+    for key, tensor in model.state_dict().items():
+        if tensor.is_floating_point():
+            parts.append(array_part(key, tensor.detach().to(dtype), kind="weights16"))
+        else:
+            parts.append(array_part(key, tensor, kind="other"))
+    return save_parts(path, parts, {"format": FORMAT, "dtype": dtype_name})
+
+
+def load_half(template: nn.Module, path: Any) -> HalfPrecisionModel:
+    header, parts = load_parts(path)
+    if header.get("format") != FORMAT:
+        raise MethodConfigError(f"{path} is not a half-precision model file (format {header.get('format')!r})")
+    dtype = DTYPES[header["dtype"]]
+    model = copy.deepcopy(template).cpu().eval().to(dtype)
+    model.load_state_dict({key: part_array(part) for key, part in parts.items()}, strict=True)
+    return HalfPrecisionModel(model, dtype).eval()
+
+
+class HalfPrecision(CompressionMethod):
+    """``half``: fp16 or bf16 storage and inference."""
+
+    def __init__(self, name: str = "half", dtype: str = "bf16") -> None:
+        super().__init__(name)
+        if dtype not in DTYPES:
+            raise MethodConfigError(f"method.dtype: must be one of {sorted(DTYPES)}, got {dtype!r}")
+        self.dtype_name = dtype
+
+    def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
+        path = ctx.workdir / f"{self.name}_{self.dtype_name}.cbq"
+        save_half(model, path, self.dtype_name)
+        decoded = load_half(model, path)
+        sample = torch.randn(ctx.input_shape)
+        try:
+            with torch.no_grad():
+                out16 = decoded(sample)
+        except (RuntimeError, NotImplementedError) as err:
+            raise MethodConfigError(
+                f"method.dtype={self.dtype_name}: this torch ({torch.__version__}) cannot run the model in "
+                f"{DTYPES[self.dtype_name]} on CPU ({err}); use dtype=bf16 or the onnxruntime_cpu target"
+            ) from err
+        with torch.no_grad():
+            out32 = copy.deepcopy(model).cpu().eval()(sample)
+        bits = 16
+        layer_bits = {name: (bits, bits) for name, m in decoded.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+        metrics = {f"bytes_{kind}": float(size) for kind, size in part_sizes(path).items()}
+        metrics["max_abs_logit_diff_vs_fp32"] = float((out16 - out32).abs().max())
+        return CompressionResult(model=decoded, stored_file=path, layer_bits=layer_bits, metrics=metrics)
