@@ -38,6 +38,7 @@ import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 from hydra.core.plugins import Plugins
+from hydra.errors import ConfigCompositionException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
@@ -244,8 +245,13 @@ class OptunaSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> list[Any]:
         assert self.config is not None and self.launcher is not None
         space, fixed = parse_space(self.params, arguments)
-        self.validate_batch_is_legal([self._overrides(fixed, space, {k: sample_value(d) for k, d in space.items()},
-                                                      None, 0)])
+        try:
+            self.validate_batch_is_legal([self._overrides(fixed, space, {k: sample_value(d) for k, d in space.items()},
+                                                          None, 0)])
+        except ConfigCompositionException as error:
+            raise SweepSpecError(f"the sweep's overrides do not apply to the config ({sorted(space)} searched): "
+                                 f"{error} -- check the key names (`python -m benchmarks --cfg job` prints the "
+                                 "config; a group added with + needs + in the sweep too)") from error
         study = self.create_study()
         log.info("Optuna study %r (%s) at %s: %d of %d trials done; search space: %s", study.study_name,
                  "/".join(self.directions), self.storage_url or "memory", self.done(study), self.n_trials,

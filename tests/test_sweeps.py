@@ -1,0 +1,110 @@
+"""Optuna sweeps through Hydra (`python -m benchmarks -m sweep=<preset>`): search-space errors,
+and a multi-objective study killed with SIGKILL mid-trial that resumes, retries the killed
+trial, reruns no finished one and writes its Pareto front."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from hydra_plugins.compressbench_optuna_sweeper.optuna_sweeper import SweepSpecError, parse_space
+from tests.conftest import REPO_ROOT, needs_shared_data
+
+#: A trial in seconds, not minutes: a few hundred samples, short timing, no per-layer extras.
+TRIAL = ["+experiment=tiny", "dataset.train_subset=128", "dataset.val_subset=64", "dataset.test_subset=64",
+         "+hw=local_cpu", "hw.warmup=1", "hw.repeats=3", "hw.min_time_s=0", "hw.per_layer=false",
+         "evaluation.measure_local_cpu=false", "evaluation.per_layer_table=false", "logger.log_training=false"]
+
+
+def test_search_space_from_preset_and_command_line() -> None:
+    space, fixed = parse_space({"method.sparsity": "interval(0.5, 0.9)", "method.scope": "choice(layer, global)"},
+                               ["method.sparsity=tag(log, interval(0.1, 0.5))", "recipe.epochs=range(1, 4)", "seed=3"])
+    assert space["method.sparsity"] == optuna.distributions.FloatDistribution(0.1, 0.5, log=True)
+    assert space["method.scope"] == optuna.distributions.CategoricalDistribution(["layer", "global"])
+    assert space["recipe.epochs"] == optuna.distributions.IntDistribution(1, 3)
+    assert fixed == ["seed=3"]
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({}, "search space is empty"),
+    ({"method.sparsity": "interval(0.9, 0.5)"}, "needs low < high"),
+    ({"method.scope": "range(3, 3)"}, "empty range"),
+])
+def test_bad_search_space_is_refused(params: dict[str, str], message: str) -> None:
+    with pytest.raises(SweepSpecError, match=message):
+        parse_space(params, [])
+
+
+@needs_shared_data
+@pytest.mark.e2e
+def test_unknown_key_stops_the_sweep_before_any_trial(run_env: dict[str, str], tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "-m", "sweep=tpe", "recipe.lrr=interval(0.01, 0.1)",
+                           *TRIAL], cwd=REPO_ROOT, env=run_env, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0
+    assert "recipe.lrr" in done.stderr and "check the key names" in done.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # no trial ran
+
+
+def _trials(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    try:
+        return optuna.load_study(study_name=name, storage=storage).get_trials()
+    except Exception:  # the study (or the database) does not exist yet
+        return []
+
+
+@needs_shared_data
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_multi_objective_study_resumes_after_sigkill(run_env: dict[str, str], tmp_path: Path) -> None:
+    storage, name = f"sqlite:///{tmp_path}/optuna.db", "mo_resume"
+    command = [sys.executable, "-m", "benchmarks", "-m", "sweep=nsga2_magnitude", *TRIAL, "method.finetune_epochs=0",
+               f"hydra.sweeper.study_name={name}", "hydra.sweeper.n_trials=3",
+               "hydra.sweeper.sampler.population_size=2"]
+    first = subprocess.Popen(command, cwd=REPO_ROOT, env=run_env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and first.poll() is None:
+        states = {t.number: t.state for t in _trials(storage, name)}
+        if states.get(0) == TrialState.COMPLETE and states.get(1) == TrialState.RUNNING:
+            break
+        time.sleep(0.3)
+    assert first.poll() is None, "the sweep ended before trial 1 could be killed"
+    os.killpg(first.pid, signal.SIGKILL)  # the sweeper and its trial, mid-trial
+    first.wait()
+    killed = {t.number: t for t in _trials(storage, name)}[1]
+    assert killed.state == TrialState.RUNNING
+
+    subprocess.run(command, cwd=REPO_ROOT, env=run_env, check=True, capture_output=True, timeout=900)
+    trials = _trials(storage, name)
+    states = [t.state for t in trials]
+    assert states.count(TrialState.COMPLETE) == 3 and states.count(TrialState.FAIL) == 1
+    assert trials[1].state == TrialState.FAIL
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == 1)
+    assert retry.params == killed.params and retry.state == TrialState.COMPLETE
+
+    mlflow.set_tracking_uri(run_env["MLFLOW_TRACKING_URI"])
+    runs = mlflow.search_runs(experiment_names=["compressbench"], output_format="list",
+                              filter_string=f"tags.optuna_study = '{name}'")
+    by_trial: dict[str, list] = {}
+    for run in runs:
+        by_trial.setdefault(run.data.tags["optuna_trial"], []).append(run)
+    assert len(by_trial["0"]) == 1 and by_trial["0"][0].info.status == "FINISHED"  # not rerun
+    for trial in trials:
+        if trial.state == TrialState.COMPLETE:
+            (run,) = by_trial[str(trial.number)]
+            assert run.data.metrics["top1"] == pytest.approx(trial.values[0])
+            assert run.data.metrics["stored_bytes"] == pytest.approx(trial.values[1])
+
+    results = tmp_path / "results" / "sweeps" / name
+    assert {"pareto.md", "pareto.csv", "pareto.png", "best_trials.md"} <= {p.name for p in results.iterdir()}
+    assert (results / "pareto.png").stat().st_size > 5_000
+    assert "| trial | top1 | stored_bytes |" in (results / "pareto.md").read_text()
