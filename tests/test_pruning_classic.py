@@ -496,3 +496,19 @@ def test_impossible_requests_on_a_model_name_the_layer(tmp_path) -> None:
         FilterPruning(target_macs_ratio=0.01, finetune_epochs=0).compress(SmallConvNet(), ctx)
     with pytest.raises(MethodConfigError, match="fine-tuning has only"):
         AutomatedGradualPruning(frequency=5, num_pruning_steps=10, finetune_epochs=1.0).compress(SmallConvNet(), ctx)
+
+
+@pytest.mark.parametrize("arch, shape", [("lenet_300_100", (1, 1, 28, 28)), ("mobilenetv1", (1, 3, 32, 32))])
+def test_registered_models_prune_round_trip_and_export(arch, shape, tmp_path) -> None:
+    torch.manual_seed(0)
+    base = timm.create_model(arch, num_classes=10).eval()
+    model = copy.deepcopy(base)
+    pruner = ChannelPruner(model, shape)
+    prune_layers(pruner, make_criterion("l1"), {layer.name: 0.5 for layer in pruner.layers()})
+    assert count_macs(model, shape) < 0.6 * count_macs(base, shape)
+    path = save_pruned(model, pruner.history, shape, tmp_path / "m.pt")
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        expected = model(x)
+        assert torch.equal(load_pruned(path, base).eval()(x), expected)
+    np.testing.assert_allclose(run_onnx(model, x, tmp_path / "m.onnx"), expected.numpy(), rtol=1e-4, atol=1e-4)
