@@ -1,0 +1,153 @@
+"""Scale-out on existing engines: a multirun on a local Ray instance and through submitit's
+local executor; 8 runs at once into the default sqlite MLflow store; one Optuna study on
+PostgreSQL swept by 4 concurrent workers that log to an MLflow server on PostgreSQL."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.conftest import REPO_ROOT, needs_shared_data
+from tests.test_sweeps import TRIAL
+
+pytestmark = [needs_shared_data, pytest.mark.slow, pytest.mark.e2e]
+
+POSTGRES = shutil.which("pg_ctl") or next(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _finished(uri: str, **tags: str) -> list[Any]:
+    mlflow.set_tracking_uri(uri)
+    query = " and ".join([f"tags.{k} = '{v}'" for k, v in tags.items()] + ["attributes.status = 'FINISHED'"])
+    return mlflow.search_runs(experiment_names=["compressbench"], output_format="list", filter_string=query)
+
+
+def test_multirun_on_local_ray(run_env: dict[str, str], data_root: Path) -> None:
+    import ray
+
+    info = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # the test's own local instance
+    try:
+        env = {**run_env, "RAY_ADDRESS": info.address_info["gcs_address"]}
+        subprocess.run([sys.executable, "-m", "benchmarks", "-m", "launcher=ray", "model=lenet5,lenet_300_100",
+                        *TRIAL, f"paths.data_dir={data_root}"], cwd=REPO_ROOT, env=env, check=True,
+                       capture_output=True, timeout=900)
+    finally:
+        ray.shutdown()
+    runs = _finished(run_env["MLFLOW_TRACKING_URI"])
+    assert sorted(r.data.tags["model"] for r in runs) == ["lenet5", "lenet_300_100"]
+    assert len({r.data.tags["multirun"] for r in runs}) == 1
+
+
+def test_multirun_through_submitit_local(run_env: dict[str, str], data_root: Path, tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-m", "benchmarks", "-m", "launcher=submitit_local", "seed=1,2", *TRIAL,
+                    f"paths.data_dir={data_root}"], cwd=REPO_ROOT, env=run_env, check=True, capture_output=True,
+                   timeout=900)
+    runs = _finished(run_env["MLFLOW_TRACKING_URI"])
+    assert sorted(r.data.tags["seed"] for r in runs) == ["1", "2"]
+    assert list((tmp_path / "outputs" / "multiruns").glob("*/.submitit/*"))  # submitit's job folders
+
+
+def _one_run(cfg: Any) -> None:
+    import torch
+
+    from benchmarks.pipeline import run
+
+    torch.set_num_threads(1)
+    run(cfg)
+
+
+def test_eight_concurrent_runs_into_sqlite(compose_cfg: Any, run_env: dict[str, str]) -> None:
+    """Eight processes writing one sqlite store at once: every run ends recorded, FINISHED."""
+    configs = [compose_cfg(*TRIAL, "recipe.epochs=0", f"++tags.concurrent={i}") for i in range(8)]
+    context = multiprocessing.get_context("fork")  # the imports are paid once; each child has its own store client
+    workers = [context.Process(target=_one_run, args=(cfg,)) for cfg in configs]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=900)
+    assert [w.exitcode for w in workers] == [0] * 8
+    runs = _finished(run_env["MLFLOW_TRACKING_URI"])
+    assert sorted(int(r.data.tags["concurrent"]) for r in runs) == list(range(8))
+    assert all("top1" in r.data.metrics and "latency_ms" in r.data.metrics for r in runs)
+
+
+@pytest.fixture
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    if POSTGRES is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql; .ci/run does)")
+    folder = Path(f"/tmp/compressbench-test-pg-{os.getpid()}-{_free_port()}")  # readable by the postgres user
+    script = REPO_ROOT / "scripts" / "start_postgres.sh"
+    url = subprocess.run([str(script), str(folder), str(_free_port())], check=True, capture_output=True, text=True,
+                         timeout=300).stdout.strip()
+    yield url
+    subprocess.run([str(script), "--stop", str(folder)], check=False, capture_output=True, timeout=120)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_four_workers_share_a_postgres_study(postgres_url: str, run_env: dict[str, str], data_root: Path,
+                                             tmp_path: Path) -> None:
+    """Optuna on PostgreSQL, MLflow as a server on PostgreSQL: 4 workers, every trial recorded once in each."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(postgres_url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text("CREATE DATABASE mlflow"))
+        connection.execute(sqlalchemy.text("CREATE DATABASE optuna"))
+    engine.dispose()
+    base = postgres_url.rsplit("/", 1)[0]
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"{base}/mlflow", "--default-artifact-root",
+         str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
+        env=run_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "mlflow server did not start"
+                time.sleep(1)
+        tracking = f"http://127.0.0.1:{port}"
+        env = {**run_env, "MLFLOW_TRACKING_URI": tracking}
+        command = [sys.executable, "-m", "benchmarks", "-m", "sweep=tpe", *TRIAL, f"paths.data_dir={data_root}",
+                   f"hydra.sweeper.storage={base}/optuna", "hydra.sweeper.study_name=shared",
+                   "hydra.sweeper.n_trials=8"]
+        workers = [subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, text=True) for _ in range(4)]
+        for worker in workers:
+            _, err = worker.communicate(timeout=900)
+            assert worker.returncode == 0, err[-3000:]
+        trials = optuna.load_study(study_name="shared", storage=f"{base}/optuna").get_trials()
+        complete = [t.number for t in trials if t.state == TrialState.COMPLETE]
+        assert len(complete) >= 8 and all(t.state == TrialState.COMPLETE for t in trials)
+        runs = _finished(tracking, optuna_study="shared")
+        recorded = Counter(int(r.data.tags["optuna_trial"]) for r in runs)
+        assert recorded == Counter(complete)  # each trial once in MLflow, and no run without its trial
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the server and its workers: the session it was started in
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
