@@ -6,6 +6,7 @@
         --out hardware/tables/local_cpu.json
     python -m hardware profile --hw local_cpu --threads 1 --model resnet20_cifar --input-size 32 \\
         --out hardware/tables/local_cpu.json          # merges into an existing table
+    python -m hardware calibrate --hw local_cpu_table [--n 12]   # per-unit overhead, profile's own architectures
     python -m hardware validate --hw local_cpu_table [--n 50]
 
 ``--set key=value`` overrides any key of the device's yaml (``--set threads=1``). Only
@@ -216,6 +217,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- calibrate ----------------------------------------------------------------------------
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from hardware.registry import instantiate, parse_overrides
+
+    with contextlib.redirect_stdout(sys.stderr):
+        target = instantiate(args.hw, parse_overrides(args.set), args.conf_dir)
+        if not hasattr(target, "calibrate"):
+            raise HardwareError(f"hw {args.hw!r} ({type(target).__name__}) has no sequence calibration; table targets do")
+        result = target.calibrate(n=args.n, seed=args.seed, progress=_log)
+    _log(f"{args.hw}: per-unit overhead {result['per_unit_overhead_ms'] * 1e3:.2f} us from "
+         f"{len(result['architectures'])} architectures (seed {result['seed']}); written to {target.table_path}")
+    return 0
+
+
 # -- parser -------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from hardware.lookup import DEFAULT_CHANNEL_GRID, GRANULARITIES
@@ -257,6 +272,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cycle through copies of a layer whose weights add up to this many bytes (cold weights)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("calibrate", help="fit a table's per-unit sequence overhead on the profile's own architectures")
+    p.add_argument("--hw", required=True, help="table device, e.g. local_cpu_table")
+    p.add_argument("--n", type=int, default=12, help="architectures measured end to end")
+    p.add_argument("--seed", type=int, default=None, help="default: the profile's seed (never the validation's)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("validate", help="an emulated device against measurements: results/hardware_validation.*")
     p.add_argument("--hw", required=True, help="emulated device (local_cpu_table, pixel1, ...)")

@@ -191,3 +191,26 @@ def test_table_yaml_composes_with_hydra(tmp_path: Path) -> None:
     assert isinstance(target, TableTarget) and target.source == "table" and target.table_path == path
     with torch.no_grad():
         assert target.describe()["table"] == str(path)
+
+
+def test_calibrated_overhead_is_added_per_unit_and_fitted_on_profile_architectures(tmp_path: Path) -> None:
+    reference = LocalCPU(threads=1, per_layer=False)
+    table = LatencyTable({"spaces": ["tiny"], "sources": [{"space": "tiny", "seed": 0}]})
+    models = _tiny_models(count=2, seed=0)
+    for model, shape in models:
+        lookup.profile(lookup.model_units(model, shape), reference, FAST, table)
+    path = table.save(tmp_path / "table.json")
+    target = TableTarget(table=str(path), on_missing="error",
+                         validation={"reference": {"warmup": 1, "repeats": 3, "min_time_s": 0.0}})
+    result = target.calibrate(n=2)
+    assert result["seed"] == 0 and len(result["architectures"]) == 2 and result["per_unit_overhead_ms"] >= 0
+    stored = LatencyTable.load(path).metadata["calibration"]
+    assert stored["per_unit_overhead_ms"] == result["per_unit_overhead_ms"]
+    # prediction = sum of entries + units x overhead, exactly
+    stored["per_unit_overhead_ms"] = 0.001
+    LatencyTable(LatencyTable.load(path).metadata | {"calibration": stored}, LatencyTable.load(path).entries).save(path)
+    model, shape = models[0]
+    units = lookup.model_units(model, shape)
+    entries = LatencyTable.load(path).entries
+    report = TableTarget(table=str(path), on_missing="error").latency(model, shape)
+    assert report.latency_ms == math.fsum(entries[u.key]["ms"] for u in units) + 0.001 * len(units)
