@@ -39,6 +39,11 @@ VARIANTS = {
     # full 8-bit weights: what the simulation promises, and what saturating kernels deliver
     "8bit": {"reduce_range": False},
     "8bit_percentile": {"reduce_range": False, "observer": "percentile"},
+    # simulated only (no int8 kernel deploys them): granularity and observers at low bit-widths
+    "w8a8_per_tensor": {"reduce_range": False, "per_channel": False, "onnx": False},
+    "w4a8_minmax": {"bits": 4, "act_bits": 8, "onnx": False},
+    "w4a8_mse": {"bits": 4, "act_bits": 8, "weight_observer": "mse", "onnx": False},
+    "w8a4_percentile": {"bits": 8, "act_bits": 4, "observer": "percentile", "onnx": False},
 }
 
 
@@ -65,6 +70,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads for latency")
     parser.add_argument("--batch-sizes", default="1,32")
     parser.add_argument("--out", default=str(ROOT / "results" / "quantization_ptq.json"))
+    parser.add_argument("--accuracy-only", action="store_true", help="skip the float baseline and latency")
     args = parser.parse_args()
 
     start = time.perf_counter()
@@ -81,12 +87,13 @@ def main() -> None:
         "cpu": cpu_name(), "cpu_vnni": cpu_has_vnni(), "load_average": os.getloadavg(),
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
     }
-    float_eval = evaluate(model, dm, "test")
-    figures["float_top1"] = float_eval["top1"]
-    figures["samples"] = float_eval["samples"]
-    fp32_onnx = export_float_onnx(model, torch.zeros(1, 3, 32, 32), work / "fp32.onnx")
-    figures["float_onnx_top1"] = onnx_accuracy(fp32_onnx, dm.test_dataloader())["top1"]
     figures["bytes_fp32_state_dict"] = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    fp32_onnx = export_float_onnx(model, torch.zeros(1, 3, 32, 32), work / "fp32.onnx")
+    if not args.accuracy_only:
+        float_eval = evaluate(model, dm, "test")
+        figures["float_top1"] = float_eval["top1"]
+        figures["samples"] = float_eval["samples"]
+        figures["float_onnx_top1"] = onnx_accuracy(fp32_onnx, dm.test_dataloader())["top1"]
     print(json.dumps(figures, indent=1), flush=True)
 
     # wall-clock latency, and (one thread) the CPU time of the calling thread, which the other
@@ -99,7 +106,7 @@ def main() -> None:
                         for b in args.batch_sizes.split(",")})
     figures["latency_protocol"] = {"threads": args.threads, "repeats": 50, "warmup": 10,
                                    "runtime": next(iter(targets.values())).runtime_provenance()}
-    figures["fp32_latency"] = {b: latency(t, fp32_onnx) for b, t in targets.items()}
+    figures["fp32_latency"] = {} if args.accuracy_only else {b: latency(t, fp32_onnx) for b, t in targets.items()}
     figures["variants"] = {}
     for name in args.variants.split(","):
         t0 = time.perf_counter()
@@ -109,7 +116,7 @@ def main() -> None:
         result = method.compress(model, ctx)
         entry = {"seconds": time.perf_counter() - t0, "stored_bytes": result.stored_bytes,
                  "layer_bits": sorted({tuple(v) for v in result.layer_bits.values()}), **result.metrics}
-        if result.onnx_file is not None:
+        if result.onnx_file is not None and not args.accuracy_only:
             entry["int8_latency"] = {b: latency(t, result.onnx_file) for b, t in targets.items()}
             entry["speedup_vs_fp32"] = {b: figures["fp32_latency"][b]["ms"] / entry["int8_latency"][b]["ms"]
                                         for b in targets}

@@ -9,6 +9,8 @@ accuracy and the measured latency are those of real 16-bit execution, not of a s
 
 On this CPU, torch 2.14 runs both fp16 and bf16 convolutions, batch norm and linear layers;
 a dtype the installed torch cannot run is refused at ``compress`` with the error it raised.
+ONNX Runtime's CPU provider loads fp16 graphs but refuses bfloat16 convolutions, so bf16 on the
+``onnxruntime_cpu`` target is refused up front with that reason.
 """
 
 from __future__ import annotations
@@ -70,6 +72,12 @@ class HalfPrecision(CompressionMethod):
         self.dtype_name = dtype
 
     def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
+        if self.dtype_name == "bf16" and getattr(ctx.target, "runtime", None) == "onnxruntime":
+            raise MethodConfigError(
+                f"method.dtype=bf16 cannot run on hw {ctx.target.name!r}: ONNX Runtime's CPU provider has no bfloat16 "
+                "Conv kernel (the session refuses the graph); use method.dtype=fp16 there (ONNX Runtime may run ops "
+                "without fp16 CPU kernels through inserted fp32 casts) or a torch target such as hw=local_cpu"
+            )
         path = ctx.workdir / f"{self.name}_{self.dtype_name}.cbq"
         save_half(model, path, self.dtype_name)
         decoded = load_half(model, path)
