@@ -105,3 +105,17 @@ def test_repro_noop_and_one_method_change(tmp_path: Path) -> None:
 
     params = yaml.safe_load((root / "params.yaml").read_text())
     assert params["bench"]["name"] == "tiny"
+
+
+def test_dvc_exp_run_composes_the_same_params(tmp_path: Path) -> None:
+    """`dvc exp run -S bench=tiny` writes params.yaml with DVC's Hydra composition (.dvc/config): the same
+    matrix `python -m benchmarks.matrix params bench=tiny` writes."""
+    from dvc.utils.hydra import compose_and_dump
+
+    from benchmarks.pipeline import CONF_DIR
+
+    config = (REPO_ROOT / ".dvc" / "config").read_text()
+    assert "config_name = dvc_params" in config and "enabled = true" in config
+    out = tmp_path / "params.yaml"
+    compose_and_dump(out, str(CONF_DIR), None, "dvc_params", str(REPO_ROOT), ["bench=tiny"])
+    assert yaml.safe_load(out.read_text())["bench"] == compose_params(["bench=tiny"])["bench"]
