@@ -167,6 +167,7 @@ def plot(results_dir: Path, png: Path, tolerance: float = TOLERANCE) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     files = sorted(results_dir.glob("hardware_validation.*.csv"))
     panels = [(f.name.removeprefix("hardware_validation.").removesuffix(".csv"), read_cases(f)) for f in files]
@@ -189,6 +190,9 @@ def plot(results_dir: Path, png: Path, tolerance: float = TOLERANCE) -> Path:
         s = summarise(cases, tolerance)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))
+            axis.set_minor_formatter(FuncFormatter(lambda value, _pos: f"{value:g}" if str(f"{value:g}")[0] in "25" else ""))
         ax.set_xlim(low, high)
         ax.set_ylim(low, high)
         ax.set_xlabel("measured latency (ms)")
