@@ -73,7 +73,7 @@ class TensorEntry:
 
     def add_bytes(self, role: str, data: bytes, kind: str) -> None:
         """A part of raw bytes whose layout the codec's fields describe (keeps the header small)."""
-        self.add(role, Part("", bytes(data), {"layout": "bytes"}), kind)
+        self.add(role, Part("", bytes(data), {}), kind)
 
     def kind_bytes(self) -> dict[str, int]:
         sizes = dict.fromkeys(KINDS, 0)

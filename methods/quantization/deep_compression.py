@@ -127,7 +127,7 @@ class DeepCompression(CompressionMethod):
         if unknown:
             raise MethodConfigError(f"{self.name}.index_bits_per_layer names {unknown}, not shared layers {sorted(layers)}")
         index_bits = {m: self.index_bits_per_layer.get(m, self.index_bits) for m in layers}
-        meta = {"method": self.name, "bits": {m: layer.bits for m, layer in layers.items()}, "index_bits": index_bits}
+        meta = {"method": self.name}  # bits and index bits are in each tensor's fields
         quantized_path = workdir / "2_quantized.cbq"
         quantized_sizes = write_shared_model(quantized_path, shared, layers, "packed", index_bits, meta)
         quantized = load_into(model, quantized_path)
