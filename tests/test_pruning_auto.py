@@ -89,7 +89,7 @@ def test_shrink_matches_torch_pruning_in_place_removal(lenet):
         removed = sorted(set(range(unit.channels)) - set(keep[unit.index]))
         module = modules[unit.producer]
         graph.get_pruning_group(module, graph.get_pruner_of_module(module).prune_out_channels, removed).prune()
-    for (k, a), (_, b) in zip(fast.state_dict().items(), reference.state_dict().items()):
+    for (k, a), (_, b) in zip(fast.state_dict().items(), reference.state_dict().items(), strict=False):
         assert a.shape == b.shape and torch.equal(a, b), k
     assert lenet.conv1.out_channels == 20  # the original is untouched
 
@@ -103,7 +103,7 @@ def test_resource_names_the_key_when_unknown(pixel1):
 
 def test_least_squares_refit_reconstructs_better_than_magnitude_alone(lenet, mnist):
     space = ChannelSpace(lenet, INPUT)
-    batches = [x for i, (x, _) in zip(range(2), mnist.train_dataloader())]
+    batches = [x for i, (x, _) in zip(range(2), mnist.train_dataloader(), strict=False)]
     selector = ChannelSelector(lenet, space, True, batches, points_per_layer=10, seed=0)
     unit = space.units[0]  # conv1 -> conv2
     kept = selector.kept_channels(unit, 6)
@@ -139,7 +139,7 @@ def test_action_wall_keeps_every_episode_within_budget(lenet, mnist, pixel1, tmp
     # further than needed: adding one channel to the last layer that the wall cut breaks the budget
     kept, _ = env.run_episode(lambda s: 1.0)
     assert kept != env.full
-    last_cut = max(i for i, (n, full) in enumerate(zip(kept, env.full)) if n < full)
+    last_cut = max(i for i, (n, full) in enumerate(zip(kept, env.full, strict=False)) if n < full)
     if kept[last_cut] > env.min_kept[last_cut]:
         more = list(kept)
         more[last_cut] += 1
@@ -157,7 +157,7 @@ def test_short_amc_search_gives_a_runnable_model_within_budget(lenet, mnist, pix
     assert result.metrics["budget_met"] == 1.0
     # the model returned is the one decoded from the stored file
     decoded = load_pruned(result.stored_file, lenet)
-    for a, b in zip(decoded.state_dict().values(), result.model.state_dict().values()):
+    for a, b in zip(decoded.state_dict().values(), result.model.state_dict().values(), strict=False):
         assert torch.equal(a, b)
     policy = json.loads((ctx.workdir / "amc_policy.json").read_text())
     assert len(policy["history"]) == 5 and sum(e["warmup"] for e in policy["history"]) == 2
@@ -173,7 +173,7 @@ def test_uniform_policy_is_one_ratio_at_the_budget(lenet, mnist, pixel1, tmp_pat
     ratios = outcome.best.preserve_ratios
     assert max(ratios) - min(ratios) < 0.06  # one ratio, up to channel rounding
     assert outcome.best.cost <= env.budget
-    assert env.cost([min(n + 2, f) for n, f in zip(outcome.best.kept, env.full)]) > env.budget
+    assert env.cost([min(n + 2, f) for n, f in zip(outcome.best.kept, env.full, strict=False)]) > env.budget
 
 
 def test_amc_refuses_impossible_requests(lenet, mnist, pixel1, tmp_path):
@@ -211,7 +211,7 @@ def test_compactnet_sub_targets_follow_eqs_1_and_2():
     t_init, subs = compactnet_sub_targets(1.5, 24, 0.96)
     assert sum(subs) == pytest.approx(1.5)
     assert subs[0] == pytest.approx(t_init / 24)
-    assert all(b / a == pytest.approx(0.96) for a, b in zip(subs, subs[1:]))
+    assert all(b / a == pytest.approx(0.96) for a, b in zip(subs, subs[1:], strict=False))
     assert CompactNet(t_init=2.0, target_speedup=None, iterations=24, decay=0.96).target_speedup == pytest.approx(
         2.0 / 24 * sum(0.96 ** i for i in range(24)))
     with pytest.raises(MethodConfigError, match="t_init"):

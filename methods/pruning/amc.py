@@ -301,7 +301,7 @@ class AMCEnvironment:
 
     def selected_channels(self, kept: list[int]) -> dict[int, list[int]]:
         """Which channels a policy keeps in each pruned unit (the selector's ranking)."""
-        return {i: self.selector.kept_channels(u, n) for i, (u, n) in enumerate(zip(self.units, kept))
+        return {i: self.selector.kept_channels(u, n) for i, (u, n) in enumerate(zip(self.units, kept, strict=False))
                 if n < self.full[i]}
 
     def pruned_model(self, kept: list[int]) -> nn.Module:
@@ -515,7 +515,7 @@ class AMC(CompressionMethod):
     def _episode(env: AMCEnvironment, index: int, warmup: bool, kept: list[int]) -> Episode:
         reward, top1, macs = env.score(kept)
         cost = env.cost(kept)
-        return Episode(index, warmup, [n / u.channels for n, u in zip(kept, env.units)], kept, cost,
+        return Episode(index, warmup, [n / u.channels for n, u in zip(kept, env.units, strict=False)], kept, cost,
                        cost / env.base_cost, macs, top1, reward)
 
     def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
@@ -533,7 +533,7 @@ class AMC(CompressionMethod):
             ctx.finetune(pruned, self.finetune_epochs, lr=self.finetune_lr)
         path = ctx.workdir / "model.pt"
         save_pruned(pruned, env.space.history(env.selected_channels(best.kept)), ctx.input_shape, path,
-                    extra={"method": self.name, "policy": [n / u.channels for n, u in zip(best.kept, env.units)]})
+                    extra={"method": self.name, "policy": [n / u.channels for n, u in zip(best.kept, env.units, strict=False)]})
         decoded = load_pruned(path, model)
         final_cost = env.resource(decoded)
 
@@ -546,7 +546,7 @@ class AMC(CompressionMethod):
             "best_episode": best.index, "best_reward": best.reward,
             "layers": [{"unit": u.producer, "layer": u.consumers[0], "consumers": list(u.consumers),
                         "channels": u.channels, "kept": n, "preserve_ratio": n / u.channels}
-                       for u, n in zip(env.units, best.kept)],
+                       for u, n in zip(env.units, best.kept, strict=False)],
             "history": [asdict(e) for e in outcome.history],
         }
         policy_file = ctx.workdir / "amc_policy.json"

@@ -194,7 +194,7 @@ class ProgressiveTrimming(CompressionMethod):
         current = model
         history: list[list] = []
         log_: list[Iteration] = []
-        for index, constraint in enumerate(self.constraints(base_cost, target_cost, lambda: resource(current))):
+        for index, constraint in enumerate(self.constraints(base_cost, target_cost, lambda: resource(current))):  # noqa: B023 (late binding intended: the latest model)
             if resource(current) <= constraint:
                 continue  # an earlier trim already went further than this sub-target
             space = ChannelSpace(current, ctx.input_shape, ignored=self.ignored_layers)
@@ -246,7 +246,8 @@ class ProgressiveTrimming(CompressionMethod):
 
         modules_before = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
         modules_after = dict(decoded.named_modules())
-        layers = [{"layer": n, "filters": _out(m), "kept": _out(modules_after[n]), "preserve_ratio": _out(modules_after[n]) / _out(m)}
+        layers = [{"layer": n, "filters": _out(m), "kept": _out(modules_after[n]),
+                   "preserve_ratio": _out(modules_after[n]) / _out(m)}
                   for n, m in modules_before.items()]
         record = {
             "method": self.name, "resource": resource.describe(), "target_speedup": self.target_speedup,
@@ -283,9 +284,9 @@ def _plot_filters(path, layers: list[dict[str, Any]], title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(max(6, 0.4 * len(layers) + 2), 3.6))
     x = np.arange(len(layers))
-    ax.bar(x, [l["filters"] for l in layers], color="#cccccc", label="original")
-    ax.bar(x, [l["kept"] for l in layers], color="#d62728", label="kept")
-    ax.set_xticks(x, [l["layer"] for l in layers], rotation=60, ha="right", fontsize=7)
+    ax.bar(x, [row["filters"] for row in layers], color="#cccccc", label="original")
+    ax.bar(x, [row["kept"] for row in layers], color="#d62728", label="kept")
+    ax.set_xticks(x, [row["layer"] for row in layers], rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("filters (output channels)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)

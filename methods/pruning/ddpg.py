@@ -194,6 +194,6 @@ class DDPGAgent:
         self.actor_optim.step()
 
         for net, target in ((self.actor, self.actor_target), (self.critic, self.critic_target)):
-            for p, tp_ in zip(net.parameters(), target.parameters()):
+            for p, tp_ in zip(net.parameters(), target.parameters(), strict=False):
                 tp_.data.mul_(1 - cfg.tau).add_(cfg.tau * p.data)
         return critic_loss.item(), actor_loss.item()

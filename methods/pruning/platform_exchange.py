@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             **{name: evaluate(m, datamodule, "test")["top1"] for name, m in trimmed.items()}}
     channels = {"baseline": _widths(baseline), **{name: _widths(m) for name, m in trimmed.items()}}
     header = (f"# {args.title}\n\nModel `{cfg.model.name}` on `{cfg.dataset.name}` (test split), batch 1; "
-              f"generated {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC by "
+              f"generated {_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC by "
               "`python -m methods.pruning.platform_exchange`. Bold: the model on the target it was trimmed for."
               + (f"\n\n{args.note}" if args.note else ""))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,9 +19,10 @@ Two pieces:
   :meth:`ChannelSpace.shrink`, which builds a physically smaller copy keeping the given
   channels of each group. Group discovery and the stored file are
   :mod:`methods.pruning.structured`'s; ``shrink`` adds a copy-and-cut path that reuses
-  one traced graph, because a search builds thousands of candidates. A group is identified by its *producer* (the conv/linear whose
-  output channels it removes); the conv/linear layers whose *input* channels go with it
-  are its *consumers* (the "layer t" of AMC, whose input channels AMC's action prunes).
+  one traced graph, because a search builds thousands of candidates. A group is
+  identified by its *producer* (the conv/linear whose output channels it removes); the
+  conv/linear layers whose *input* channels go with it are its *consumers* (the "layer t"
+  of AMC, whose input channels AMC's action prunes).
 """
 
 from __future__ import annotations
@@ -187,7 +188,7 @@ class ChannelSpace:
         #: conv/linear layer -> the unit whose removal shrinks its output channels / its input
         self.out_unit: dict[str, int] = {}
         self.in_unit: dict[str, int] = {}
-        for unit, (_, consumers, _, out_members) in zip(self.units, found):
+        for unit, (_, consumers, _, out_members) in zip(self.units, found, strict=False):
             for name in out_members:
                 self.out_unit[name] = unit.index
             for name in consumers:
