@@ -28,6 +28,7 @@ Two pieces:
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -42,6 +43,8 @@ from methods.base import MethodConfigError
 from methods.pruning.structured import ChannelPruner, out_channels
 
 RESOURCES = ("flops", "latency")
+
+log = logging.getLogger(__name__)
 
 
 def architecture_key(model: nn.Module) -> tuple:
@@ -105,6 +108,11 @@ class LatencyResource(Resource):
     def __init__(self, target: HardwareTarget, input_shape: tuple[int, ...]) -> None:
         super().__init__(input_shape)
         self.target = target
+        if target.source == "measured":
+            # results/pruning_platform_exchange.md: on a loaded machine, single timings of a
+            # sub-millisecond model varied by more than the target speedup and steered the search.
+            log.warning("[pruning] %s is measured: every candidate is timed once and its noise steers the search; "
+                        "an emulated or lookup-table target (e.g. +hw=local_cpu_table) is steadier", target.name)
 
     def _cost(self, model: nn.Module) -> float:
         return self.target.latency(model, self.input_shape).latency_ms
