@@ -110,7 +110,7 @@ class PACT(CompressionMethod):
                  **options: Any) -> None:
         super().__init__(name)
         options.setdefault("bits", 4)
-        self.config = uniform_config(options)
+        self.config = uniform_config(options, extra=("name", "epochs", "lr", "alpha_decay"))
         if self.config.act_bits == 32:
             raise MethodConfigError("method.act_bits: PACT quantizes activations; 32 (float) leaves it nothing to learn")
         self.epochs, self.lr, _ = check_training(epochs, lr, 1.0)

@@ -47,7 +47,7 @@ class QuantizationAwareTraining(CompressionMethod):
     def __init__(self, name: str = "qat", epochs: float = 1.0, lr: float | None = 0.001, ema: float = 0.01,
                  **options: Any) -> None:
         super().__init__(name)
-        self.config = uniform_config(options)
+        self.config = uniform_config(options, extra=("name", "epochs", "lr", "ema"))
         self.epochs, self.lr, self.ema = check_training(epochs, lr, ema)
 
     def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
