@@ -116,6 +116,8 @@ def main() -> None:
         result = method.compress(model, ctx)
         entry = {"seconds": time.perf_counter() - t0, "stored_bytes": result.stored_bytes,
                  "layer_bits": sorted({tuple(v) for v in result.layer_bits.values()}), **result.metrics}
+        if "simulated_top1" not in entry:  # not deployed: evaluate the decoded (simulated) model here
+            entry["simulated_top1"] = evaluate(result.model, dm, "test")["top1"]
         if result.onnx_file is not None and not args.accuracy_only:
             entry["int8_latency"] = {b: latency(t, result.onnx_file) for b, t in targets.items()}
             entry["speedup_vs_fp32"] = {b: figures["fp32_latency"][b]["ms"] / entry["int8_latency"][b]["ms"]
