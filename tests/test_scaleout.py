@@ -42,10 +42,23 @@ def _finished(uri: str, **tags: str) -> list[Any]:
     return mlflow.search_runs(experiment_names=["compressbench"], output_format="list", filter_string=query)
 
 
+def _start_ray(ray: Any, attempts: int = 3) -> Any:
+    """ray.init() on this machine; Ray gives its raylet a fixed 30 s to register, which a loaded
+    2-core machine can miss, so the start is retried."""
+    for attempt in range(attempts):
+        try:
+            return ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        except Exception:
+            ray.shutdown()
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def test_multirun_on_local_ray(run_env: dict[str, str], data_root: Path) -> None:
     import ray
 
-    info = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # the test's own local instance
+    info = _start_ray(ray)  # the test's own local instance, stopped by ray.shutdown()
     try:
         env = {**run_env, "RAY_ADDRESS": info.address_info["gcs_address"]}
         subprocess.run([sys.executable, "-m", "benchmarks", "-m", "launcher=ray", "model=lenet5,lenet_300_100",
