@@ -35,8 +35,8 @@ from benchmarks.models import build_model  # noqa: E402
 from benchmarks.schema import RecipeConfig, TrainerConfig  # noqa: E402
 from benchmarks.training import evaluate, fit  # noqa: E402
 from hardware.layers import count_macs  # noqa: E402
-from hardware.measured import LocalCPU  # noqa: E402
 from hardware.lookup import TableTarget  # noqa: E402
+from hardware.measured import LocalCPU  # noqa: E402
 from hardware.opcost import Pixel1  # noqa: E402
 from methods.pruning.amc import AMC  # noqa: E402
 from methods.pruning.compactnet import CompactNet  # noqa: E402
@@ -51,7 +51,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     parser.add_argument("--episodes", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--parts", nargs="+", choices=("amc", "exchange"), default=["amc", "exchange"])
+    parser.add_argument("--parts", nargs="+", choices=("amc", "exchange", "uniform"), default=["amc", "exchange"],
+                        help="uniform: only AMC against uniform width at --flops-ratio (pruning_amc_vs_uniform.md)")
+    parser.add_argument("--flops-ratio", type=float, default=0.15)
+    parser.add_argument("--reward-batches", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="pruning_bench_"))
@@ -93,13 +96,16 @@ def main() -> int:
                 "widths": _widths(m), **{f"m_{k}": v for k, v in result.metrics.items()}}
 
     rows = []
-    amc_common = dict(episodes=args.episodes, warmup_episodes=args.warmup, reward_batches=2, calibration_batches=4,
+    amc_common = dict(episodes=args.episodes, warmup_episodes=args.warmup, reward_batches=args.reward_batches, calibration_batches=4,
                       finetune_epochs=1.0, finetune_lr=0.01)
-    for name, method, target in ([] if "amc" not in args.parts else [
-        ("AMC, 0.5x pixel1 latency", AMC(resource="latency", target_ratio=0.5, **amc_common), pixel1),
-        ("AMC, 0.15x FLOPs", AMC(resource="flops", target_ratio=0.15, **amc_common), pixel1),
-        ("uniform width, 0.15x FLOPs", AMC(resource="flops", target_ratio=0.15, search="uniform", **amc_common), pixel1),
-    ]):
+    fr = args.flops_ratio
+    runs = [] if "amc" not in args.parts else [
+        ("AMC, 0.5x pixel1 latency", AMC(resource="latency", target_ratio=0.5, **amc_common), pixel1)]
+    if "amc" in args.parts or "uniform" in args.parts:
+        runs += [(f"AMC, {fr}x FLOPs", AMC(resource="flops", target_ratio=fr, **amc_common), pixel1),
+                 (f"uniform width, {fr}x FLOPs", AMC(resource="flops", target_ratio=fr, search="uniform", **amc_common),
+                  pixel1)]
+    for name, method, target in runs:
         t = time.perf_counter()
         result = method.compress(copy.deepcopy(base), ctx(target, name.split(",")[0].replace(" ", "_") + str(len(rows))))
         rows.append(summary(name, result, time.perf_counter() - t))
@@ -115,7 +121,7 @@ def main() -> int:
         trimmed_rows.append(summary(f"CompactNet 1.5x for {hw}", result, time.perf_counter() - t))
         print(json.dumps({k: v for k, v in trimmed_rows[-1].items() if k != "widths"}), flush=True)
 
-    now = f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC"
+    now = f"{_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC"
     setup = (f"LeNet-5 on MNIST (train subset {SIZES['train_subset']}, validation 1000 of a 5000 hold-out, "
              f"test subset {SIZES['test_subset']}), baseline trained 2 epochs (SGD lr 0.05, cosine); "
              f"pixel1 = emulated (`{base_px.label}`), local_cpu = measured PyTorch eager, 1 thread, thread-CPU clock "
@@ -135,7 +141,8 @@ def main() -> int:
     lines = ["# AMC on LeNet-5 / MNIST", "", setup, "",
              f"Baseline: top-1 {base_top1:.2f}%, {base_macs} MACs, pixel1 {base_px.latency_ms:.4f} ms, "
              f"local_cpu {base_cpu.latency_ms:.4f} ms (IQR {base_cpu.spread_ms:.4f}).", "",
-             f"AMC: {args.episodes} DDPG episodes after {args.warmup} warm-up episodes, reward `acc` on 2 validation "
+             f"AMC: {args.episodes} DDPG episodes after {args.warmup} warm-up episodes, reward `acc` on "
+             f"{args.reward_batches} validation "
              "batches, least-squares channel selection, lbound 0.2; the best policy fine-tuned 1 epoch (lr 0.01). "
              "Uniform width: the largest single preserve ratio within the budget, same selection and fine-tuning.", "",
              "| run | top-1 before FT | top-1 (test) | MACs ratio | pixel1 ms | pixel1 ratio | local_cpu ms (IQR) | local_cpu speedup | seconds |",
@@ -149,7 +156,8 @@ def main() -> int:
     for r in rows + trimmed_rows:
         w = r["widths"]
         lines.append(f"- {r['name']}: conv1 {w['conv1']}, conv2 {w['conv2']}, fc1 {w['fc1']}")
-    name = "pruning_amc.md" if "amc" in args.parts else "pruning_compactnet.md"
+    name = ("pruning_amc.md" if "amc" in args.parts else
+            "pruning_amc_vs_uniform.md" if "uniform" in args.parts else "pruning_compactnet.md")
     (args.out / name).write_text("\n".join(lines) + "\n")
     print((args.out / name).read_text())
     print((args.out / "pruning_platform_exchange.md").read_text())
