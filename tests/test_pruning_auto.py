@@ -250,3 +250,20 @@ def test_trimming_refuses_an_unreachable_speedup(lenet, mnist, pixel1, tmp_path)
         method.compress(copy.deepcopy(lenet), _ctx(mnist, pixel1, tmp_path))
     with pytest.raises(MethodConfigError, match="method.target_speedup"):
         CompactNet(target_speedup=0.5)
+
+
+# -- configs ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("overrides, cls, model", [
+    (["+method=amc", "+hw=pixel1"], AMC, "lenet5"),
+    (["+method=compactnet", "+hw=pixel1"], CompactNet, "lenet5"),
+    (["+method=netadapt", "+hw=pixel1"], NetAdapt, "lenet5"),
+    (["+experiment=amc_mobilenet", "+hw=pixel1"], AMC, "mobilenetv1"),
+    (["+experiment=amc_mobilenetv2", "+hw=pixel1", "method.search=uniform"], AMC, "mobilenetv2_cifar"),
+])
+def test_method_configs_compose_and_instantiate(compose_cfg, overrides, cls, model):
+    from hydra.utils import instantiate
+
+    cfg = compose_cfg(*overrides)
+    method = instantiate(cfg.method, _convert_="all")
+    assert isinstance(method, cls) and cfg.model.name == model
