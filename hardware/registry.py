@@ -102,8 +102,17 @@ def instantiate(name: str, overrides: dict[str, Any] | None = None, conf_dir: Pa
     from hydra.utils import instantiate as hydra_instantiate
     from omegaconf import OmegaConf
 
+    from hydra.errors import InstantiationException
+
     config = load_config(name, overrides, conf_dir)
-    return hydra_instantiate(OmegaConf.create(config))
+    try:
+        return hydra_instantiate(OmegaConf.create(config))
+    except InstantiationException as error:
+        # hydra wraps the target's own error; a HardwareError already says what to do
+        cause = error.__cause__
+        if isinstance(cause, (HardwareError, ValueError)):
+            raise cause from None
+        raise
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:

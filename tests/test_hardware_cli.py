@@ -123,3 +123,11 @@ def test_validate_command_on_a_tiny_profiled_table(tmp_path: Path) -> None:
     assert "## tiny_table" in text and "RMSPE" in text and "Worst cases" in text
     assert len((results / "hardware_validation.tiny_table.csv").read_text().splitlines()) == 4
     assert (results / "hardware_validation.png").is_file()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_device_without_gpu_fails_cleanly_from_the_cli(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(HardwareError, match="needs an NVIDIA GPU"):
+        registry.instantiate("cuda")
+    assert cli_main(["predict", "--hw", "cuda", "--model", "mobilenetv2_100", "--input-size", "32"]) == 2
+    assert "needs an NVIDIA GPU" in capsys.readouterr().err
