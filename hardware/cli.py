@@ -38,10 +38,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([d.as_row() for d in devices.values()], indent=1))
         return 0
-    rows = [("name", "kind", "calibration", "target")] + [(d.name, d.kind, d.calibration, d.target) for d in devices.values()]
+    rows = [("name", "kind", "calibration", "target")] + [
+        (d.name, d.kind, d.calibration, d.target) for d in devices.values()
+    ]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip())
     return 0
 
 
@@ -117,18 +119,27 @@ def cmd_profile(args: argparse.Namespace) -> int:
     table = lookup.LatencyTable.load(out) if out.is_file() else lookup.LatencyTable()
     if len(table):
         meta = table.metadata
-        mismatched = {k: (meta.get(k), v) for k, v in (("threads", target.threads), ("granularity", args.granularity),
-                                                      ("clock", args.clock), ("rotate_bytes", args.rotate_bytes))
-                      if meta.get(k) != v}
+        mismatched = {
+            k: (meta.get(k), v)
+            for k, v in (
+                ("threads", target.threads),
+                ("granularity", args.granularity),
+                ("clock", args.clock),
+                ("rotate_bytes", args.rotate_bytes),
+            )
+            if meta.get(k) != v
+        }
         if mismatched:
-            raise HardwareError(f"{out} was profiled with other settings {mismatched}; use another --out or the same settings")
+            raise HardwareError(
+                f"{out} was profiled with other settings {mismatched}; use another --out or the same settings"
+            )
         _log(f"merging into {out} ({len(table)} entries)")
 
     units: list[lookup.Unit] = []
     sources = list(table.metadata.get("sources", []))
     for name in args.space or []:
         space = search_space.get_space(name)
-        for arch_name, config in search_space.sample_architectures([name], args.samples, args.seed):
+        for _arch_name, config in search_space.sample_architectures([name], args.samples, args.seed):
             model = search_space.build(config)
             units += lookup.model_units(model, search_space.input_shape_of(config, target.batch_size), args.granularity)
         sources.append({"space": name, "samples": args.samples, "seed": args.seed, "input_size": space.input_size})
@@ -139,17 +150,26 @@ def cmd_profile(args: argparse.Namespace) -> int:
     grid = () if args.no_grid else tuple(int(g) for g in args.grid.split(","))
     wanted = lookup.bracket_units(units, grid) if grid else list({u.key: u for u in units}.values())
     todo = [u for u in wanted if u not in table]
-    _log(f"{len(units)} unit instances, {len(wanted)} table units ({len(todo)} to measure) on {target.name}, "
-         f"threads={target.threads}, clock={args.clock}")
+    _log(
+        f"{len(units)} unit instances, {len(wanted)} table units ({len(todo)} to measure) on {target.name}, "
+        f"threads={target.threads}, clock={args.clock}"
+    )
 
     def progress(done: int, total: int, unit: lookup.Unit) -> None:
         if done % 50 == 0 or done == total:
             _log(f"  {done}/{total} measured")
             table.save(out)  # a long profile survives an interruption
 
-    table.metadata.update({"granularity": args.granularity, "channel_grid": list(grid), "clock": args.clock,
-                           "rotate_bytes": args.rotate_bytes, "sources": sources,
-                           "spaces": sorted({s["space"] for s in sources if "space" in s})})
+    table.metadata.update(
+        {
+            "granularity": args.granularity,
+            "channel_grid": list(grid),
+            "clock": args.clock,
+            "rotate_bytes": args.rotate_bytes,
+            "sources": sources,
+            "spaces": sorted({s["space"] for s in sources if "space" in s}),
+        }
+    )
     lookup.profile(wanted, target, protocol, table, progress, rotate_bytes=args.rotate_bytes)
     table.save(out)
     _log(f"wrote {out}: {len(table)} entries")
@@ -185,8 +205,10 @@ def stability_lines(threads_options: list[int | None], clock_options: list[str])
             report = target.latency(model, (1, 3, 32, 32))
             cv = report.provenance["cv"]
             verdict = "ok (< 5%)" if cv <= 0.05 else "machine too noisy (> 5%)"
-            lines.append(f"| {target.threads} | {clock} | {report.latency_ms:.3f} | {report.spread_ms:.3f} | {cv:.1%} | "
-                         f"{report.provenance['repeats']} | {verdict} |")
+            lines.append(
+                f"| {target.threads} | {clock} | {report.latency_ms:.3f} | {report.spread_ms:.3f} | {cv:.1%} | "
+                f"{report.provenance['repeats']} | {verdict} |"
+            )
     return lines + [""]
 
 
@@ -205,15 +227,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
             options["seed"] = args.seed
         cases = target.validation_cases(**options)
         load_after = machine_provenance()["load_average_1m"]
-        extra = [f"Machine load average (1 min): {load_before:.1f} before, {load_after:.1f} after "
-                 f"({machine_provenance()['logical_cpus']} logical CPUs, shared with other jobs).", ""]
+        extra = [
+            f"Machine load average (1 min): {load_before:.1f} before, {load_after:.1f} after "
+            f"({machine_provenance()['logical_cpus']} logical CPUs, shared with other jobs).",
+            "",
+        ]
         if target.source == "table" and not args.no_stability:
             extra += stability_lines([1, None], ["wall", "thread_cpu"])
         if args.note:
             extra += [args.note, ""]
         md, png = validation.write_report(args.hw, cases, target.describe(), Path(args.results), extra)
     summary = validation.summarise(cases)
-    _log(f"{args.hw}: {summary['n']} cases, {summary['within']:.1%} within ±10%, RMSPE {summary['rmspe']:.1%}; wrote {md} and {png}")
+    _log(
+        f"{args.hw}: {summary['n']} cases, {summary['within']:.1%} within ±10%, RMSPE {summary['rmspe']:.1%}; wrote {md} and {png}"
+    )
     return 0
 
 
@@ -224,10 +251,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     with contextlib.redirect_stdout(sys.stderr):
         target = instantiate(args.hw, parse_overrides(args.set), args.conf_dir)
         if not hasattr(target, "calibrate"):
-            raise HardwareError(f"hw {args.hw!r} ({type(target).__name__}) has no sequence calibration; table targets do")
+            raise HardwareError(
+                f"hw {args.hw!r} ({type(target).__name__}) has no sequence calibration; table targets do"
+            )
         result = target.calibrate(n=args.n, seed=args.seed, progress=_log)
-    _log(f"{args.hw}: per-unit overhead {result['per_unit_overhead_ms'] * 1e3:.2f} us from "
-         f"{len(result['architectures'])} architectures (seed {result['seed']}); written to {target.table_path}")
+    _log(
+        f"{args.hw}: per-unit overhead {result['per_unit_overhead_ms'] * 1e3:.2f} us from "
+        f"{len(result['architectures'])} architectures (seed {result['seed']}); written to {target.table_path}"
+    )
     return 0
 
 
@@ -261,15 +292,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="profile this timm/registered model's layers instead of (or besides) a space")
     p.add_argument("--input-size", type=int, default=None)
     p.add_argument("--out", required=True, help="table file (JSON); an existing one is extended")
-    p.add_argument("--grid", default=",".join(map(str, DEFAULT_CHANNEL_GRID)), help="channel counts profiled for interpolation")
+    p.add_argument(
+        "--grid", default=",".join(map(str, DEFAULT_CHANNEL_GRID)), help="channel counts profiled for interpolation"
+    )
     p.add_argument("--no-grid", action="store_true", help="profile the exact channel counts only")
     p.add_argument("--granularity", choices=GRANULARITIES, default="block")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--min-time", type=float, default=0.05, help="seconds of timed work per entry at least")
     p.add_argument("--clock", choices=("wall", "thread_cpu"), default="wall")
-    p.add_argument("--rotate-bytes", type=int, default=0,
-                   help="cycle through copies of a layer whose weights add up to this many bytes (cold weights)")
+    p.add_argument(
+        "--rotate-bytes",
+        type=int,
+        default=0,
+        help="cycle through copies of a layer whose weights add up to this many bytes (cold weights)",
+    )
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.set_defaults(func=cmd_profile)
 
@@ -299,5 +336,3 @@ def main(argv: list[str] | None = None) -> int:
     except HardwareError as error:
         _log(f"error: {error}")
         return 2
-
-

@@ -38,9 +38,10 @@ import itertools
 import json
 import math
 import platform
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -95,14 +96,14 @@ class Unit:
     def axis_values(self) -> tuple[int, ...]:
         return tuple(self.axes[name] for name in sorted(self.axes))
 
-    def with_axes(self, values: tuple[int, ...]) -> "Unit":
-        return Unit(self.kind, dict(self.fields), dict(zip(sorted(self.axes), values)), [], self.replay)
+    def with_axes(self, values: tuple[int, ...]) -> Unit:
+        return Unit(self.kind, dict(self.fields), dict(zip(sorted(self.axes), values, strict=False)), [], self.replay)
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "fields": self.fields, "axes": self.axes, "replay": self.replay}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Unit":
+    def from_json(cls, data: dict[str, Any]) -> Unit:
         return cls(data["kind"], dict(data["fields"]), dict(data["axes"]), [], data.get("replay"))
 
 
@@ -168,7 +169,12 @@ def _func_unit(func: Any, args: tuple, kwargs: dict) -> Unit:
         # views cost the same whatever the sizes: one entry per op and rank
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
         rank = tensors[0].dim() if tensors else 0
-        return Unit("func", {"op": name, "view": True, "rank": rank}, {}, replay={"args": _encode(list(args), None), "kwargs": _encode(kwargs, None)})
+        return Unit(
+            "func",
+            {"op": name, "view": True, "rank": rank},
+            {},
+            replay={"args": _encode(list(args), None), "kwargs": _encode(kwargs, None)},
+        )
     first = next((a for a in args if isinstance(a, torch.Tensor)), None)
     channels = int(first.shape[1]) if first is not None and first.dim() >= 2 else None
     if channels is not None and channels >= 2:
@@ -195,7 +201,7 @@ class _Event:
 
 
 class _FuncRecorder(TorchDispatchMode):
-    def __init__(self, tracer: "_Tracer") -> None:
+    def __init__(self, tracer: _Tracer) -> None:
         super().__init__()
         self.tracer = tracer
 
@@ -281,7 +287,11 @@ def _trace(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[_Event]
 
 def _conv_fields(module: nn.Conv2d, input_shape: tuple[int, ...]) -> tuple[str, dict[str, Any], dict[str, int]]:
     if isinstance(module.padding, str):
-        padding = [((k - 1) * d) // 2 for k, d in zip(module.kernel_size, module.dilation)] if module.padding == "same" else [0, 0]
+        padding = (
+            [((k - 1) * d) // 2 for k, d in zip(module.kernel_size, module.dilation, strict=False)]
+            if module.padding == "same"
+            else [0, 0]
+        )
     else:
         padding = list(module.padding)
     fields: dict[str, Any] = {
@@ -317,20 +327,30 @@ def _leaf_unit(event: _Event) -> Unit:
         kind, fields, axes = _conv_fields(module, shape)
         return Unit(kind, fields, axes, [event.name])
     if op == "linear":
-        return Unit("linear", {"lead": list(shape[:-1]), "bias": module.bias is not None, "act": None},
-                    {"cin": module.in_features, "cout": module.out_features}, [event.name])
+        return Unit(
+            "linear",
+            {"lead": list(shape[:-1]), "bias": module.bias is not None, "act": None},
+            {"cin": module.in_features, "cout": module.out_features},
+            [event.name],
+        )
     if op == "pool":
         template, axes = _template(shape)
         fields = {"type": type(module).__name__, "shape": template}
         if isinstance(module, nn.AdaptiveAvgPool2d):
             fields["out"] = list(event.output_shape[2:])
         else:
-            fields.update(k=module.kernel_size, s=module.stride, p=module.padding,
-                          ceil=bool(getattr(module, "ceil_mode", False)))
+            fields.update(
+                k=module.kernel_size, s=module.stride, p=module.padding, ceil=bool(getattr(module, "ceil_mode", False))
+            )
         return Unit("pool", fields, axes, [event.name])
     template, axes = _template(shape)
     if op == "bn":
-        return Unit("bn", {"type": "BatchNorm2d" if len(shape) == 4 else "BatchNorm1d", "shape": template, "act": None}, axes, [event.name])
+        return Unit(
+            "bn",
+            {"type": "BatchNorm2d" if len(shape) == 4 else "BatchNorm1d", "shape": template, "act": None},
+            axes,
+            [event.name],
+        )
     return Unit("act", {"type": type(module).__name__, "shape": template}, axes, [event.name])
 
 
@@ -338,7 +358,9 @@ def _act_name(module: nn.Module) -> str:
     return type(module).__name__
 
 
-def trace_units(model: nn.Module, input_shape: tuple[int, ...], granularity: str = "block") -> tuple[list[Unit], list[str]]:
+def trace_units(
+    model: nn.Module, input_shape: tuple[int, ...], granularity: str = "block"
+) -> tuple[list[Unit], list[str]]:
     """The units one forward pass of ``input_shape`` executes, in order, and what could not be modelled."""
     if granularity not in GRANULARITIES:
         raise ValueError(f"table granularity must be one of {GRANULARITIES}, got {granularity!r}")
@@ -370,23 +392,39 @@ def trace_units(model: nn.Module, input_shape: tuple[int, ...], granularity: str
         if granularity == "block" and unit.kind in ("conv", "dwconv", "gconv", "linear"):
             out_shape = event.output_shape
             # absorb a BatchNorm right after a convolution, then an activation of the same shape
-            if unit.kind != "linear" and index < len(flat) and flat[index].kind == "leaf" \
-                    and leaf_op(flat[index].module) == "bn" and flat[index].input_shape == out_shape:
+            if (
+                unit.kind != "linear"
+                and index < len(flat)
+                and flat[index].kind == "leaf"
+                and leaf_op(flat[index].module) == "bn"
+                and flat[index].input_shape == out_shape
+            ):
                 bn_event = flat[index]
                 unit.fields["bn"] = True
                 unit.layers.append(bn_event.name)
                 index += 1
                 if bn_event.name in nested_acts:
                     unit.fields["act"] = nested_acts[bn_event.name]
-            if unit.fields.get("act") is None and index < len(flat) and flat[index].kind == "leaf" \
-                    and leaf_op(flat[index].module) == "act" and flat[index].input_shape == out_shape:
+            if (
+                unit.fields.get("act") is None
+                and index < len(flat)
+                and flat[index].kind == "leaf"
+                and leaf_op(flat[index].module) == "act"
+                and flat[index].input_shape == out_shape
+            ):
                 unit.fields["act"] = _act_name(flat[index].module)
                 unit.fields["inplace"] = bool(getattr(flat[index].module, "inplace", False))
                 unit.layers.append(flat[index].name)
                 index += 1
-        elif granularity == "block" and unit.kind == "bn" and unit.fields["act"] is None and index < len(flat) \
-                and flat[index].kind == "leaf" and leaf_op(flat[index].module) == "act" \
-                and flat[index].input_shape == event.output_shape:
+        elif (
+            granularity == "block"
+            and unit.kind == "bn"
+            and unit.fields["act"] is None
+            and index < len(flat)
+            and flat[index].kind == "leaf"
+            and leaf_op(flat[index].module) == "act"
+            and flat[index].input_shape == event.output_shape
+        ):
             unit.fields["act"] = _act_name(flat[index].module)
             unit.fields["inplace"] = bool(getattr(flat[index].module, "inplace", False))
             unit.layers.append(flat[index].name)
@@ -427,7 +465,9 @@ def _unit_ops(unit: Unit) -> tuple[list[nn.Module], torch.Tensor]:
             cin = cout = groups = a["channels"]
         else:
             cin, cout, groups = f["cin"], f["cout"], f["groups"]
-        ops: list[nn.Module] = [nn.Conv2d(cin, cout, tuple(f["k"]), tuple(f["s"]), tuple(f["p"]), tuple(f["d"]), groups, f["bias"])]
+        ops: list[nn.Module] = [
+            nn.Conv2d(cin, cout, tuple(f["k"]), tuple(f["s"]), tuple(f["p"]), tuple(f["d"]), groups, f["bias"])
+        ]
         if f["bn"]:
             ops.append(nn.BatchNorm2d(cout))
         if f["act"]:
@@ -506,7 +546,13 @@ def time_unit(unit: Unit, protocol: TimingProtocol, threads: int, rotate_bytes: 
     fn = unit_callable(unit, rotate_bytes)
     with torch_threads(threads), torch.no_grad():
         timing = time_callable(fn, protocol)
-    return {"ms": timing.median_ms, "min_ms": timing.min_ms, "iqr_ms": timing.iqr_ms, "cv": timing.cv, "repeats": timing.repeats}
+    return {
+        "ms": timing.median_ms,
+        "min_ms": timing.min_ms,
+        "iqr_ms": timing.iqr_ms,
+        "cv": timing.cv,
+        "repeats": timing.repeats,
+    }
 
 
 # --------------------------------------------------------------------------------------
@@ -514,7 +560,7 @@ def time_unit(unit: Unit, protocol: TimingProtocol, threads: int, rotate_bytes: 
 # --------------------------------------------------------------------------------------
 def _brackets(query: tuple[int, ...], axis_values: list[list[int]]) -> list[tuple[int, int]] | None:
     out = []
-    for q, values in zip(query, axis_values):
+    for q, values in zip(query, axis_values, strict=False):
         if q in values:
             out.append((q, q))
             continue
@@ -550,7 +596,7 @@ def interpolate(points: dict[tuple[int, ...], float], query: tuple[int, ...], gr
         total, complete = 0.0, True
         for corner in itertools.product((0, 1), repeat=ndim):
             weight, point = 1.0, []
-            for (low, high), q, side in zip(brackets, query, corner):
+            for (low, high), q, side in zip(brackets, query, corner, strict=False):
                 if low == high:
                     if side == 1:
                         weight = 0.0
@@ -602,14 +648,16 @@ def bracket_units(units: Iterable[Unit], grid: Iterable[int]) -> list[Unit]:
 class LatencyTable:
     """Entries (unit key -> measured ms) with the metadata of how they were measured."""
 
-    def __init__(self, metadata: dict[str, Any] | None = None, entries: dict[str, dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self, metadata: dict[str, Any] | None = None, entries: dict[str, dict[str, Any]] | None = None
+    ) -> None:
         self.metadata = dict(metadata or {})
         self.entries: dict[str, dict[str, Any]] = dict(entries or {})
         self._families: dict[str, dict[str, dict[tuple[int, ...], float]]] = {}
 
     # -- files -------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | Path) -> "LatencyTable":
+    def load(cls, path: str | Path) -> LatencyTable:
         path = Path(path)
         if not path.is_file():
             raise HardwareError(f"latency table {path} does not exist")
@@ -707,7 +755,7 @@ def profile(
             "threads": target.threads,
             "versions": library_versions(),
             "protocol": protocol_dict(protocol),
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "entries": len(table),
         }
     )
@@ -779,8 +827,13 @@ class TableTarget(HardwareTarget):
         from hardware.measured import LocalCPU
 
         meta = self.table.metadata
-        options = {"name": meta.get("hw", "local_cpu"), "threads": meta.get("threads"), "per_layer": False,
-                   "clock": meta.get("clock", "wall"), **overrides}
+        options = {
+            "name": meta.get("hw", "local_cpu"),
+            "threads": meta.get("threads"),
+            "per_layer": False,
+            "clock": meta.get("clock", "wall"),
+            **overrides,
+        }
         return LocalCPU(**options)
 
     def _profile_protocol(self) -> TimingProtocol:
@@ -807,8 +860,12 @@ class TableTarget(HardwareTarget):
                 if self.on_missing == "error":
                     missing.append(unit)
                     continue
-                measured = time_unit(unit, self._profile_protocol(), int(self.table.metadata.get("threads") or 1),
-                                     int(self.table.metadata.get("rotate_bytes") or 0))
+                measured = time_unit(
+                    unit,
+                    self._profile_protocol(),
+                    int(self.table.metadata.get("threads") or 1),
+                    int(self.table.metadata.get("rotate_bytes") or 0),
+                )
                 ms, low, how = measured[self._field], measured["min_ms"], "measured_now"
             counts[how] += 1
             values.append(ms)
@@ -832,7 +889,7 @@ class TableTarget(HardwareTarget):
             )
         if unmodelled:
             notes.append(f"not modelled by the table (counted as 0 ms): {'; '.join(unmodelled[:5])}")
-        if layers is not None and any(l.weight_bits != 32 or l.act_bits != 32 for l in layers):
+        if layers is not None and any(spec.weight_bits != 32 or spec.act_bits != 32 for spec in layers):
             notes.append("the table was profiled in fp32; per-layer bit-widths are ignored")
         layers = self.layers_of(model, input_shape, layers)
         meta = self.table.metadata
@@ -866,9 +923,15 @@ class TableTarget(HardwareTarget):
             notes=notes,
         )
 
-    def validation_cases(self, n: int = 50, seed: int = 1, spaces: tuple[str, ...] | list[str] | None = None,
-                         progress: Callable[[str], None] | None = None, repeat_measurements: int = 10,
-                         **_: Any) -> list[ValidationCase]:
+    def validation_cases(
+        self,
+        n: int = 50,
+        seed: int = 1,
+        spaces: tuple[str, ...] | list[str] | None = None,
+        progress: Callable[[str], None] | None = None,
+        repeat_measurements: int = 10,
+        **_: Any,
+    ) -> list[ValidationCase]:
         """Predicted (table) against measured (the reference target) on ``n`` random architectures.
 
         The architectures come from ``hardware.search_space`` with a seed other than the
@@ -878,7 +941,9 @@ class TableTarget(HardwareTarget):
         """
         from hardware import search_space
 
-        spaces = tuple(spaces or self.validation.get("spaces") or self.table.metadata.get("spaces") or ("mobilenetv2", "resnet"))
+        spaces = tuple(
+            spaces or self.validation.get("spaces") or self.table.metadata.get("spaces") or ("mobilenetv2", "resnet")
+        )
         reference = self.reference_target(**self.validation.get("reference", {}))
         cases = []
         for name, config in search_space.sample_architectures(spaces, int(n), seed):
@@ -907,12 +972,16 @@ class TableTarget(HardwareTarget):
                 )
             )
             if progress is not None:
-                progress(f"{name}: predicted {predicted.latency_ms:.3f} ms, measured {measured.latency_ms:.3f} ms "
-                         f"({predicted.provenance['units_interpolated']} units interpolated, "
-                         f"{predicted.provenance['units_measured_now']} measured now, of {predicted.provenance['units']})")
+                progress(
+                    f"{name}: predicted {predicted.latency_ms:.3f} ms, measured {measured.latency_ms:.3f} ms "
+                    f"({predicted.provenance['units_interpolated']} units interpolated, "
+                    f"{predicted.provenance['units_measured_now']} measured now, of {predicted.provenance['units']})"
+                )
         return cases
 
-    def calibrate(self, n: int = 12, seed: int | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    def calibrate(
+        self, n: int = 12, seed: int | None = None, progress: Callable[[str], None] | None = None
+    ) -> dict[str, Any]:
         """Fit the per-unit overhead of running units in sequence, on the profile's own architectures.
 
         A unit timed alone in a loop runs with warm branch predictors and instruction
@@ -939,7 +1008,9 @@ class TableTarget(HardwareTarget):
                 measured = reference.latency(model, shape).latency_ms
                 rows.append((name, predicted.provenance["sum_of_entries_ms"], predicted.provenance["units"], measured))
                 if progress is not None:
-                    progress(f"{name}: sum of entries {rows[-1][1]:.3f} ms over {rows[-1][2]} units, measured {measured:.3f} ms")
+                    progress(
+                        f"{name}: sum of entries {rows[-1][1]:.3f} ms over {rows[-1][2]} units, measured {measured:.3f} ms"
+                    )
         except BaseException:
             if saved is not None:
                 meta["calibration"] = saved
@@ -949,18 +1020,25 @@ class TableTarget(HardwareTarget):
         overhead = max(0.0, numerator / denominator) if denominator else 0.0
         meta["calibration"] = {
             "per_unit_overhead_ms": overhead,
-            "architectures": [{"name": r[0], "sum_of_entries_ms": r[1], "units": r[2], "measured_ms": r[3]} for r in rows],
+            "architectures": [
+                {"name": r[0], "sum_of_entries_ms": r[1], "units": r[2], "measured_ms": r[3]} for r in rows
+            ],
             "seed": seed,
             "spaces": list(spaces),
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         }
         self.table.save(self.table_path)
         return meta["calibration"]
 
     def describe(self) -> dict[str, Any]:
         overhead = self.table.metadata.get("calibration", {}).get("per_unit_overhead_ms", 0.0)
-        return {**super().describe(), "table": str(self.table_path), "threads": self.table.metadata.get("threads"),
-                "clock": self.table.metadata.get("clock", "wall"), "per_unit_overhead_ms": round(overhead, 6)}
+        return {
+            **super().describe(),
+            "table": str(self.table_path),
+            "threads": self.table.metadata.get("threads"),
+            "clock": self.table.metadata.get("clock", "wall"),
+            "per_unit_overhead_ms": round(overhead, 6),
+        }
 
 
 __all__ = [

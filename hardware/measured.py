@@ -28,8 +28,9 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -101,14 +102,21 @@ class MeasuredTarget(HardwareTarget):
             raise ValueError(f"hw.threads must be >= 1 or null (all cores), got {threads}")
         self.threads = int(threads) if threads is not None else available_cores()
         if clock == "thread_cpu" and self.threads != 1:
-            raise ValueError(f"hw.clock=thread_cpu times the calling thread only: it needs hw.threads=1, got {self.threads}")
+            raise ValueError(
+                f"hw.clock=thread_cpu times the calling thread only: it needs hw.threads=1, got {self.threads}"
+            )
         self.protocol = TimingProtocol(
-            warmup=int(warmup), repeats=int(repeats), min_time_s=float(min_time_s), max_time_s=float(max_time_s),
+            warmup=int(warmup),
+            repeats=int(repeats),
+            min_time_s=float(min_time_s),
+            max_time_s=float(max_time_s),
             clock=clock,
         )
 
     # -- what subclasses provide -------------------------------------------------------
-    def measure(self, model: nn.Module, input_shape: tuple[int, ...], onnx_file: Path | None = None) -> tuple[TimingResult, dict[str, Any]]:
+    def measure(
+        self, model: nn.Module, input_shape: tuple[int, ...], onnx_file: Path | None = None
+    ) -> tuple[TimingResult, dict[str, Any]]:
         """Time one forward pass of ``input_shape``; return the timing and runtime provenance."""
         raise NotImplementedError
 
@@ -135,7 +143,7 @@ class MeasuredTarget(HardwareTarget):
             **timing.provenance(),
             "protocol": protocol_dict(self.protocol),
             "input_shape": list(input_shape),
-            "measured_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "measured_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         }
         return LatencyReport(
             hw=self.name,
@@ -165,7 +173,9 @@ class LocalCPU(MeasuredTarget):
 
     runtime = "pytorch-eager"
 
-    def __init__(self, name: str = "local_cpu", per_layer: bool = False, per_layer_repeats: int = 20, **kwargs: Any) -> None:
+    def __init__(
+        self, name: str = "local_cpu", per_layer: bool = False, per_layer_repeats: int = 20, **kwargs: Any
+    ) -> None:
         super().__init__(name=name, **kwargs)
         self.per_layer = bool(per_layer)
         self.per_layer_repeats = int(per_layer_repeats)
@@ -244,7 +254,9 @@ _ORT_DTYPES = {
 }
 
 
-def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path, exporter: str = "torchscript", opset: int = 17) -> Path:
+def export_onnx(
+    model: nn.Module, input_shape: tuple[int, ...], path: Path, exporter: str = "torchscript", opset: int = 17
+) -> Path:
     """Export ``model`` (on CPU, eval mode) for one batch of ``input_shape`` to ``path``.
 
     ``exporter``: "torchscript" (fast, the default) or "dynamo" (torch.export-based);
@@ -259,11 +271,21 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path, expo
     errors = []
     for kind in order:
         try:
-            with _eval_mode(cpu_model), torch.no_grad(), contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+            with (
+                _eval_mode(cpu_model),
+                torch.no_grad(),
+                contextlib.redirect_stdout(sys.stderr),
+                warnings.catch_warnings(),
+            ):
                 warnings.simplefilter("ignore")
                 torch.onnx.export(
-                    cpu_model, (x,), str(path), input_names=["input"], output_names=["output"],
-                    opset_version=opset, dynamo=(kind == "dynamo"),
+                    cpu_model,
+                    (x,),
+                    str(path),
+                    input_names=["input"],
+                    output_names=["output"],
+                    opset_version=opset,
+                    dynamo=(kind == "dynamo"),
                 )
             return path
         except Exception as error:  # noqa: BLE001 - report both exporters' failures
@@ -334,7 +356,9 @@ class OnnxRuntimeCPU(MeasuredTarget):
             session = self.session(onnx_path)
             inputs = session.get_inputs()
             if len(inputs) != 1:
-                raise HardwareError(f"hw {self.name!r}: the ONNX model has {len(inputs)} inputs; one image input is expected")
+                raise HardwareError(
+                    f"hw {self.name!r}: the ONNX model has {len(inputs)} inputs; one image input is expected"
+                )
             dtype = _ORT_DTYPES.get(inputs[0].type)
             if dtype is None:
                 raise HardwareError(f"hw {self.name!r}: unsupported ONNX input type {inputs[0].type}")

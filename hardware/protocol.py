@@ -23,8 +23,9 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 #: clocks a protocol can time with
 CLOCKS = ("wall", "thread_cpu")
@@ -53,7 +54,9 @@ class TimingProtocol:
         if self.repeats < 3:
             raise ValueError(f"hw.repeats must be >= 3 (quartiles need samples), got {self.repeats}")
         if self.min_time_s < 0 or self.max_time_s <= 0:
-            raise ValueError(f"hw.min_time_s must be >= 0 and hw.max_time_s > 0, got {self.min_time_s}, {self.max_time_s}")
+            raise ValueError(
+                f"hw.min_time_s must be >= 0 and hw.max_time_s > 0, got {self.min_time_s}, {self.max_time_s}"
+            )
 
 
 @dataclass

@@ -35,8 +35,13 @@ class DeviceEntry:
     description: str
 
     def as_row(self) -> dict[str, str]:
-        return {"name": self.name, "kind": self.kind, "calibration": self.calibration, "target": self.target,
-                "description": self.description}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "calibration": self.calibration,
+            "target": self.target,
+            "description": self.description,
+        }
 
 
 def _class_attribute(target: str, attribute: str) -> str | None:
@@ -99,10 +104,9 @@ def load_config(name: str, overrides: dict[str, Any] | None = None, conf_dir: Pa
 
 def instantiate(name: str, overrides: dict[str, Any] | None = None, conf_dir: Path | None = None):
     """Build device ``name`` the way the run pipeline does (``hydra.utils.instantiate``)."""
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate as hydra_instantiate
     from omegaconf import OmegaConf
-
-    from hydra.errors import InstantiationException
 
     config = load_config(name, overrides, conf_dir)
     try:

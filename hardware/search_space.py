@@ -111,7 +111,14 @@ class MobileNetV2Space:
     classes: int = 1000
     stem_channels: tuple[int, ...] = (16, 24, 32)
     #: (base channels, max blocks, stride) of the stages after the first t=1 block
-    stages: tuple[tuple[int, int, int], ...] = ((24, 3, 2), (32, 4, 2), (64, 4, 2), (96, 3, 1), (160, 3, 2), (320, 1, 1))
+    stages: tuple[tuple[int, int, int], ...] = (
+        (24, 3, 2),
+        (32, 4, 2),
+        (64, 4, 2),
+        (96, 3, 1),
+        (160, 3, 2),
+        (320, 1, 1),
+    )
     width_multipliers: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25)
     kernels: tuple[int, ...] = (3, 5, 7)
     expansions: tuple[int, ...] = (3, 4, 6)
@@ -229,7 +236,9 @@ def get_space(name: str):
         raise KeyError(f"unknown search space {name!r}; known: {sorted(SPACES)}") from None
 
 
-def sample_architectures(space_names: list[str] | tuple[str, ...], count: int, seed: int = 0) -> list[tuple[str, dict[str, Any]]]:
+def sample_architectures(
+    space_names: list[str] | tuple[str, ...], count: int, seed: int = 0
+) -> list[tuple[str, dict[str, Any]]]:
     """``count`` named random configurations, alternating between the given spaces."""
     rng = random.Random(seed)
     out = []

@@ -16,8 +16,9 @@ import csv
 import datetime as _dt
 import math
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from hardware.target import ValidationCase
 
@@ -72,7 +73,9 @@ def _worst_table(cases: list[ValidationCase], count: int = 8) -> list[str]:
     ]
     for c in worst:
         extras = "".join(f" {_fmt(c.info.get(k))} |" for k in info_keys)
-        lines.append(f"| {c.name} | {c.group} | {c.predicted_ms:.3f} | {c.measured_ms:.3f} | {c.relative_error:+.1%} |{extras}")
+        lines.append(
+            f"| {c.name} | {c.group} | {c.predicted_ms:.3f} | {c.measured_ms:.3f} | {c.relative_error:+.1%} |{extras}"
+        )
     return lines
 
 
@@ -100,15 +103,24 @@ def _companion_lines(cases: list[ValidationCase]) -> list[str]:
         ]
     with_min = [c for c in cases if "predicted_min_ms" in c.info and "measured_min_ms" in c.info]
     if with_min:
-        minima = [ValidationCase(c.name, float(c.info["predicted_min_ms"]), float(c.info["measured_min_ms"]), c.group)
-                  for c in with_min]
-        lines += ["Same comparison with minima instead of medians (sum of per-entry minima against the fastest "
-                  "measured run; less sensitive to other jobs on the machine):", "", *_summary_table(minima), ""]
+        minima = [
+            ValidationCase(c.name, float(c.info["predicted_min_ms"]), float(c.info["measured_min_ms"]), c.group)
+            for c in with_min
+        ]
+        lines += [
+            "Same comparison with minima instead of medians (sum of per-entry minima against the fastest "
+            "measured run; less sensitive to other jobs on the machine):",
+            "",
+            *_summary_table(minima),
+            "",
+        ]
     return lines
 
 
-def render_section(hw: str, cases: list[ValidationCase], description: dict[str, Any], extra_lines: Iterable[str] = ()) -> str:
-    when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+def render_section(
+    hw: str, cases: list[ValidationCase], description: dict[str, Any], extra_lines: Iterable[str] = ()
+) -> str:
+    when = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     overall = summarise(cases)
     lines = [
         f"<!-- hw:{hw} start -->",
@@ -139,14 +151,24 @@ def write_cases(path: Path, cases: list[ValidationCase]) -> None:
         writer = csv.writer(handle)
         writer.writerow(["name", "group", "predicted_ms", "measured_ms", "relative_error", *info_keys])
         for c in cases:
-            writer.writerow([c.name, c.group, f"{c.predicted_ms:.6g}", f"{c.measured_ms:.6g}", f"{c.relative_error:.6g}",
-                             *(_fmt(c.info.get(k)) for k in info_keys)])
+            writer.writerow(
+                [
+                    c.name,
+                    c.group,
+                    f"{c.predicted_ms:.6g}",
+                    f"{c.measured_ms:.6g}",
+                    f"{c.relative_error:.6g}",
+                    *(_fmt(c.info.get(k)) for k in info_keys),
+                ]
+            )
 
 
 def read_cases(path: Path) -> list[ValidationCase]:
     with path.open(newline="", encoding="utf-8") as handle:
         return [
-            ValidationCase(row["name"], float(row["predicted_ms"]), float(row["measured_ms"]), group=row.get("group", ""))
+            ValidationCase(
+                row["name"], float(row["predicted_ms"]), float(row["measured_ms"]), group=row.get("group", "")
+            )
             for row in csv.DictReader(handle)
         ]
 
@@ -175,24 +197,37 @@ def plot(results_dir: Path, png: Path, tolerance: float = TOLERANCE) -> Path:
     if not panels:
         raise ValueError(f"no validation cases under {results_dir}")
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 5.2), squeeze=False)
-    for ax, (hw, cases) in zip(axes[0], panels):
+    for ax, (hw, cases) in zip(axes[0], panels, strict=False):
         values = [v for c in cases for v in (c.predicted_ms, c.measured_ms)]
         low, high = min(values) / 1.3, max(values) * 1.3
         line = [low, high]
-        ax.fill_between(line, [v * (1 - tolerance) for v in line], [v * (1 + tolerance) for v in line],
-                        color="0.6", alpha=0.3, label=f"±{tolerance:.0%} band")
+        ax.fill_between(
+            line,
+            [v * (1 - tolerance) for v in line],
+            [v * (1 + tolerance) for v in line],
+            color="0.6",
+            alpha=0.3,
+            label=f"±{tolerance:.0%} band",
+        )
         ax.plot(line, line, color="k", lw=1, label="predicted = measured")
         groups: dict[str, list[ValidationCase]] = {}
         for case in cases:
             groups.setdefault(case.group or "cases", []).append(case)
         for group, members in groups.items():
-            ax.scatter([c.measured_ms for c in members], [c.predicted_ms for c in members], s=18, label=f"{group} ({len(members)})")
+            ax.scatter(
+                [c.measured_ms for c in members],
+                [c.predicted_ms for c in members],
+                s=18,
+                label=f"{group} ({len(members)})",
+            )
         s = summarise(cases, tolerance)
         ax.set_xscale("log")
         ax.set_yscale("log")
         for axis in (ax.xaxis, ax.yaxis):
             axis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))
-            axis.set_minor_formatter(FuncFormatter(lambda value, _pos: f"{value:g}" if str(f"{value:g}")[0] in "25" else ""))
+            axis.set_minor_formatter(
+                FuncFormatter(lambda value, _pos: f"{value:g}" if str(f"{value:g}")[0] in "25" else "")
+            )
         ax.set_xlim(low, high)
         ax.set_ylim(low, high)
         ax.set_xlabel("measured latency (ms)")
@@ -219,6 +254,8 @@ def write_report(
     markdown_path = results_dir / "hardware_validation.md"
     write_cases(results_dir / f"hardware_validation.{hw}.csv", cases)
     existing = markdown_path.read_text(encoding="utf-8") if markdown_path.exists() else ""
-    markdown_path.write_text(merge_section(existing, hw, render_section(hw, cases, description, extra_lines)), encoding="utf-8")
+    markdown_path.write_text(
+        merge_section(existing, hw, render_section(hw, cases, description, extra_lines)), encoding="utf-8"
+    )
     png = plot(results_dir, results_dir / "hardware_validation.png")
     return markdown_path, png

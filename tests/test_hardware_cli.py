@@ -22,8 +22,14 @@ MEASURED = ("local_cpu", "onnxruntime_cpu", "cuda")
 
 def _run(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "hardware", *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "hardware", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def test_list_shows_every_device_yaml_with_kind_and_calibration(capsys: pytest.CaptureFixture) -> None:
@@ -40,8 +46,16 @@ def test_list_shows_every_device_yaml_with_kind_and_calibration(capsys: pytest.C
 
 
 def test_registry_reads_kind_from_the_class_when_a_yaml_omits_it(tmp_path: Path) -> None:
-    (tmp_path / "my_cpu.yaml").write_text(yaml.safe_dump({"_target_": "hardware.lookup.TableTarget", "name": "my_cpu",
-                                                          "calibration": "measured", "table": "absent.json"}))
+    (tmp_path / "my_cpu.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "_target_": "hardware.lookup.TableTarget",
+                "name": "my_cpu",
+                "calibration": "measured",
+                "table": "absent.json",
+            }
+        )
+    )
     (tmp_path / "notes.yaml").write_text("just: a note\n")  # not a device
     devices = registry.discover(tmp_path)
     assert list(devices) == ["my_cpu"] and devices["my_cpu"].kind == "table"
@@ -57,15 +71,35 @@ def test_unknown_device_lists_the_known_ones(capsys: pytest.CaptureFixture) -> N
 
 def test_overrides_parse_as_yaml() -> None:
     assert registry.parse_overrides(["threads=1", "per_layer=false", "threads_x=null", "a.b=[1, 2]"]) == {
-        "threads": 1, "per_layer": False, "threads_x": None, "a.b": [1, 2]}
+        "threads": 1,
+        "per_layer": False,
+        "threads_x": None,
+        "a.b": [1, 2],
+    }
     with pytest.raises(HardwareError, match="key=value"):
         registry.parse_overrides(["threads"])
 
 
 def test_predict_prints_one_json_object_for_a_timm_model() -> None:
-    result = _run("predict", "--hw", "local_cpu", "--model", "mobilenetv2_100", "--input-size", "64",
-                  "--set", "threads=1", "--set", "warmup=1", "--set", "repeats=3", "--set", "min_time_s=0",
-                  "--set", "per_layer=false")
+    result = _run(
+        "predict",
+        "--hw",
+        "local_cpu",
+        "--model",
+        "mobilenetv2_100",
+        "--input-size",
+        "64",
+        "--set",
+        "threads=1",
+        "--set",
+        "warmup=1",
+        "--set",
+        "repeats=3",
+        "--set",
+        "min_time_s=0",
+        "--set",
+        "per_layer=false",
+    )
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)  # stdout holds the JSON document and nothing else
     assert {"hw", "model", "input_size", "batch_size", "latency_ms", "source", "calibration"} <= set(data)
@@ -77,8 +111,24 @@ def test_predict_prints_one_json_object_for_a_timm_model() -> None:
 def test_predict_with_a_table_device(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     table = LatencyTable({"threads": 1, "protocol": {"warmup": 1, "repeats": 3, "min_time_s": 0.0}})
     path = table.save(tmp_path / "empty.json")
-    assert cli_main(["predict", "--hw", "local_cpu_table", "--model", "mobilenetv2_050", "--input-size", "32",
-                     "--batch-size", "2", "--set", f"table={path}"]) == 0
+    assert (
+        cli_main(
+            [
+                "predict",
+                "--hw",
+                "local_cpu_table",
+                "--model",
+                "mobilenetv2_050",
+                "--input-size",
+                "32",
+                "--batch-size",
+                "2",
+                "--set",
+                f"table={path}",
+            ]
+        )
+        == 0
+    )
     data = json.loads(capsys.readouterr().out)
     assert data["source"] == "table" and data["batch_size"] == 2 and data["latency_ms"] > 0
     assert any("measured now" in note for note in data["notes"])  # an empty table measures every unit
@@ -87,8 +137,11 @@ def test_predict_with_a_table_device(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_validation_report_keeps_other_targets_sections(tmp_path: Path) -> None:
     other = [ValidationCase(f"m{i}", 10.0 + i, 10.0, group="model") for i in range(3)]
     validation.write_report("pixel1", other, {"hw": "pixel1"}, tmp_path)
-    cases = [ValidationCase("a", 1.05, 1.0, "resnet"), ValidationCase("b", 0.8, 1.0, "mobilenetv2"),
-             ValidationCase("c", 2.0, 2.0, "resnet")]
+    cases = [
+        ValidationCase("a", 1.05, 1.0, "resnet"),
+        ValidationCase("b", 0.8, 1.0, "mobilenetv2"),
+        ValidationCase("c", 2.0, 2.0, "resnet"),
+    ]
     md, png = validation.write_report("local_cpu_table", cases, {"hw": "local_cpu_table"}, tmp_path, ["extra line"])
     text = md.read_text()
     assert "## pixel1" in text and "## local_cpu_table" in text and "extra line" in text
@@ -108,17 +161,61 @@ def test_validate_command_on_a_tiny_profiled_table(tmp_path: Path) -> None:
     conf = tmp_path / "hw"
     conf.mkdir()
     table = tmp_path / "tiny.json"
-    assert cli_main(["profile", "--hw", "local_cpu", "--threads", "1", "--space", "tiny", "--samples", "2",
-                     "--out", str(table), "--warmup", "1", "--repeats", "3", "--min-time", "0"]) == 0
+    assert (
+        cli_main(
+            [
+                "profile",
+                "--hw",
+                "local_cpu",
+                "--threads",
+                "1",
+                "--space",
+                "tiny",
+                "--samples",
+                "2",
+                "--out",
+                str(table),
+                "--warmup",
+                "1",
+                "--repeats",
+                "3",
+                "--min-time",
+                "0",
+            ]
+        )
+        == 0
+    )
     (conf / "local_cpu.yaml").write_text((REPO_ROOT / "conf" / "hw" / "local_cpu.yaml").read_text())
-    (conf / "tiny_table.yaml").write_text(yaml.safe_dump({
-        "_target_": "hardware.lookup.TableTarget", "name": "tiny_table", "calibration": "measured", "table": str(table),
-        "on_missing": "profile",
-        "validation": {"spaces": ["tiny"], "reference": {"warmup": 1, "repeats": 3, "min_time_s": 0.0}},
-    }))
+    (conf / "tiny_table.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "_target_": "hardware.lookup.TableTarget",
+                "name": "tiny_table",
+                "calibration": "measured",
+                "table": str(table),
+                "on_missing": "profile",
+                "validation": {"spaces": ["tiny"], "reference": {"warmup": 1, "repeats": 3, "min_time_s": 0.0}},
+            }
+        )
+    )
     results = tmp_path / "results"
-    assert cli_main(["--conf-dir", str(conf), "validate", "--hw", "tiny_table", "--n", "3", "--results", str(results),
-                     "--no-stability"]) == 0
+    assert (
+        cli_main(
+            [
+                "--conf-dir",
+                str(conf),
+                "validate",
+                "--hw",
+                "tiny_table",
+                "--n",
+                "3",
+                "--results",
+                str(results),
+                "--no-stability",
+            ]
+        )
+        == 0
+    )
     text = (results / "hardware_validation.md").read_text()
     assert "## tiny_table" in text and "RMSPE" in text and "Worst cases" in text
     assert len((results / "hardware_validation.tiny_table.csv").read_text().splitlines()) == 4

@@ -26,10 +26,10 @@ def test_interpolation_is_exact_on_table_points_and_monotone_between() -> None:
     for (c,), ms in points.items():
         assert interpolate(points, (c,)) == ms
     rising = [interpolate(points, (c,)) for c in range(16, 33)]
-    assert all(a <= b for a, b in zip(rising, rising[1:]))
+    assert all(a <= b for a, b in zip(rising, rising[1:], strict=False))
     assert rising[0] == 1.0 and rising[-1] == 3.0
     falling = [interpolate(points, (c,)) for c in range(32, 65)]
-    assert all(a >= b for a, b in zip(falling, falling[1:]))
+    assert all(a >= b for a, b in zip(falling, falling[1:], strict=False))
     assert interpolate(points, (24,)) == pytest.approx(2.0)
     # no extrapolation
     assert interpolate(points, (8,)) is None
@@ -126,12 +126,41 @@ def test_prediction_of_a_model_built_from_table_entries_is_their_exact_sum(tmp_p
 
 def test_profile_of_a_tiny_space_round_trips_through_its_file(tmp_path: Path) -> None:
     out = tmp_path / "tiny.json"
-    argv = ["profile", "--hw", "local_cpu", "--threads", "1", "--space", "tiny", "--samples", "3", "--out", str(out),
-            "--warmup", "1", "--repeats", "3", "--min-time", "0", "--grid", "8,16,32"]
+    argv = [
+        "profile",
+        "--hw",
+        "local_cpu",
+        "--threads",
+        "1",
+        "--space",
+        "tiny",
+        "--samples",
+        "3",
+        "--out",
+        str(out),
+        "--warmup",
+        "1",
+        "--repeats",
+        "3",
+        "--min-time",
+        "0",
+        "--grid",
+        "8,16,32",
+    ]
     assert cli_main(argv) == 0
     table = LatencyTable.load(out)
     meta = table.metadata
-    for key in ("device", "runtime", "threads", "versions", "date", "protocol", "channel_grid", "granularity", "sources"):
+    for key in (
+        "device",
+        "runtime",
+        "threads",
+        "versions",
+        "date",
+        "protocol",
+        "channel_grid",
+        "granularity",
+        "sources",
+    ):
         assert key in meta, key
     assert meta["threads"] == 1 and meta["runtime"] == "pytorch-eager" and meta["protocol"]["repeats"] == 3
     assert "torch" in meta["versions"]
@@ -154,8 +183,23 @@ def test_profile_of_a_tiny_space_round_trips_through_its_file(tmp_path: Path) ->
 
 def test_interpolated_prediction_lies_between_its_profiled_neighbours(tmp_path: Path) -> None:
     table = LatencyTable({"channel_grid": [16, 32]})
-    template = Unit("dwconv", {"batch": 1, "h": 8, "w": 8, "k": [3, 3], "s": [1, 1], "p": [1, 1], "d": [1, 1],
-                               "bias": False, "bn": True, "act": "ReLU6", "inplace": True}, {"channels": 16})
+    template = Unit(
+        "dwconv",
+        {
+            "batch": 1,
+            "h": 8,
+            "w": 8,
+            "k": [3, 3],
+            "s": [1, 1],
+            "p": [1, 1],
+            "d": [1, 1],
+            "bias": False,
+            "bn": True,
+            "act": "ReLU6",
+            "inplace": True,
+        },
+        {"channels": 16},
+    )
     table.add(template, {"ms": 0.010})
     table.add(template.with_axes((32,)), {"ms": 0.020})
     assert table.lookup(template) == (0.010, "exact")
@@ -200,8 +244,9 @@ def test_calibrated_overhead_is_added_per_unit_and_fitted_on_profile_architectur
     for model, shape in models:
         lookup.profile(lookup.model_units(model, shape), reference, FAST, table)
     path = table.save(tmp_path / "table.json")
-    target = TableTarget(table=str(path), on_missing="error",
-                         validation={"reference": {"warmup": 1, "repeats": 3, "min_time_s": 0.0}})
+    target = TableTarget(
+        table=str(path), on_missing="error", validation={"reference": {"warmup": 1, "repeats": 3, "min_time_s": 0.0}}
+    )
     result = target.calibrate(n=2)
     assert result["seed"] == 0 and len(result["architectures"]) == 2 and result["per_unit_overhead_ms"] >= 0
     stored = LatencyTable.load(path).metadata["calibration"]

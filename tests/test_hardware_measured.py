@@ -13,14 +13,30 @@ from hardware.protocol import TimingProtocol, summarise, time_callable
 from hardware.target import HardwareError
 
 FAST = {"warmup": 1, "repeats": 5, "min_time_s": 0.0}
-PROVENANCE_KEYS = ("cpu", "device", "threads", "runtime", "torch", "repeats", "warmup", "cv", "iqr_ms", "median_ms",
-                   "protocol", "measured_at")
+PROVENANCE_KEYS = (
+    "cpu",
+    "device",
+    "threads",
+    "runtime",
+    "torch",
+    "repeats",
+    "warmup",
+    "cv",
+    "iqr_ms",
+    "median_ms",
+    "protocol",
+    "measured_at",
+)
 
 
 def _tiny_cnn() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
     )
 
 
@@ -41,8 +57,11 @@ def test_protocol_warms_up_then_meets_repeats_and_minimum_time() -> None:
     assert len(calls) == 4 + 7 and result.repeats == 7 and result.warmup == 4
     # a minimum time longer than `repeats` calls take keeps timing past the repeats
     clock = iter(range(1000))
-    result = time_callable(lambda: None, TimingProtocol(warmup=0, repeats=3, min_time_s=0.02),
-                           time_one_ms=lambda fn: float(next(clock) % 2 + 1))
+    result = time_callable(
+        lambda: None,
+        TimingProtocol(warmup=0, repeats=3, min_time_s=0.02),
+        time_one_ms=lambda fn: float(next(clock) % 2 + 1),
+    )
     assert result.repeats > 3 and sum(result.samples_ms) >= 20.0
 
 
@@ -69,8 +88,10 @@ def test_local_cpu_report_carries_its_provenance() -> None:
     assert report.provenance["threads"] == 1 and report.provenance["runtime"] == "pytorch-eager"
     assert report.provenance["repeats"] >= 5 and report.provenance["warmup"] == 1
     # the largest layer input + output: BatchNorm's 8x16x16 fp32 in and out
-    assert report.memory == {"peak_activation_bytes": 2 * 4 * 8 * 16 * 16,
-                             "weight_bytes": 4 * sum(p.numel() for p in model.parameters())}
+    assert report.memory == {
+        "peak_activation_bytes": 2 * 4 * 8 * 16 * 16,
+        "weight_bytes": 4 * sum(p.numel() for p in model.parameters()),
+    }
     assert set(report.per_layer_ms) == {"0", "1", "2", "3", "5"}  # Flatten is not a described layer
     assert model.training  # the caller's mode is restored
     assert torch.get_num_threads() >= 1
