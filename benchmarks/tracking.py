@@ -68,9 +68,9 @@ def git_state(root: Path) -> dict[str, str]:
 def experiment_id(tracking_uri: str, experiment_name: str, artifact_location: str | None) -> str:
     """Point MLflow at the store and return the experiment's id, creating it if needed."""
     mlflow.set_tracking_uri(tracking_uri)
-    client = MlflowClient(tracking_uri)
 
     def get_or_create() -> str:
+        client = MlflowClient(tracking_uri)  # its constructor opens (and on first use migrates) the store
         existing = client.get_experiment_by_name(experiment_name)
         if existing is not None:
             return existing.experiment_id
@@ -83,7 +83,30 @@ def experiment_id(tracking_uri: str, experiment_name: str, artifact_location: st
                 raise
             return found.experiment_id
 
-    return retry_locked(get_or_create)
+    with _sqlite_init_lock(tracking_uri):  # the first access creates the schema: one process at a time
+        return retry_locked(get_or_create)
+
+
+@contextmanager
+def _sqlite_init_lock(tracking_uri: str) -> Iterator[None]:
+    """Serialize MLflow's first access to an sqlite store across processes (a file lock beside it).
+
+    MLflow creates and migrates the schema on first access; processes doing it at once on a new
+    store fail ("table ... already exists", alembic "expected to match one row").
+    """
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    lock_path = Path(tracking_uri.removeprefix("sqlite:///") + ".init.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 class RunRecorder:
