@@ -42,32 +42,38 @@ def _finished(uri: str, **tags: str) -> list[Any]:
     return mlflow.search_runs(experiment_names=["compressbench"], output_format="list", filter_string=query)
 
 
-def _start_ray(ray: Any, attempts: int = 3) -> Any:
-    """ray.init() on this machine; Ray gives its raylet a fixed 30 s to register, which a loaded
-    2-core machine can miss, so the start is retried."""
-    for attempt in range(attempts):
-        try:
-            return ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
-        except Exception:
-            ray.shutdown()
-            if attempt == attempts - 1:
-                raise
-    raise AssertionError("unreachable")
+RAY_LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"}  # conf/launcher/ray.yaml
+
+
+def _ray(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    return subprocess.run([ray_cli, *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+def _start_ray_head(env: dict[str, str], port: int, attempts: int = 3) -> None:
+    """`ray start --head` on loopback, as conf/launcher/ray.yaml tells a user; Ray gives its raylet
+    a fixed 30 s to register, which a loaded 2-core machine can miss, so the start is retried."""
+    for _ in range(attempts):
+        started = _ray("start", "--head", "--num-cpus", "2", "--port", str(port), "--include-dashboard=false",
+                       "--disable-usage-stats", env=env)
+        if started.returncode == 0:
+            return
+        _ray("stop", "--force", env=env)
+    raise AssertionError(f"ray start failed {attempts} times:\n{started.stdout[-2000:]}\n{started.stderr[-2000:]}")
 
 
 def test_multirun_on_local_ray(run_env: dict[str, str], data_root: Path) -> None:
-    import ray
-
-    info = _start_ray(ray)  # the test's own local instance, stopped by ray.shutdown()
+    port = _free_port()
+    env = {**run_env, **RAY_LOOPBACK, "RAY_ADDRESS": f"127.0.0.1:{port}"}
+    _start_ray_head(env, port)  # the test's own one-machine cluster, stopped below
     try:
-        port = info.address_info["gcs_address"].rsplit(":", 1)[1]
-        env = {**run_env, "RAY_ADDRESS": f"127.0.0.1:{port}"}
         done = subprocess.run([sys.executable, "-m", "benchmarks", "-m", "launcher=ray", "model=lenet5,lenet_300_100",
                                *TRIAL, f"paths.data_dir={data_root}"], cwd=REPO_ROOT, env=env, capture_output=True,
                               text=True, timeout=900)
         assert done.returncode == 0, done.stderr[-3000:]
+        assert f"Launching 2 jobs on Ray (127.0.0.1:{port})" in done.stderr + done.stdout
     finally:
-        ray.shutdown()
+        _ray("stop", "--force", env=env)
     runs = _finished(run_env["MLFLOW_TRACKING_URI"])
     assert sorted(r.data.tags["model"] for r in runs) == ["lenet5", "lenet_300_100"]
     assert len({r.data.tags["multirun"] for r in runs}) == 1
@@ -94,12 +100,20 @@ def _one_run(cfg: Any) -> None:
 def test_eight_concurrent_runs_into_sqlite(compose_cfg: Any, run_env: dict[str, str]) -> None:
     """Eight processes writing one sqlite store at once: every run ends recorded, FINISHED."""
     configs = [compose_cfg(*TRIAL, "recipe.epochs=0", f"++tags.concurrent={i}") for i in range(8)]
-    context = multiprocessing.get_context("fork")  # the imports are paid once; each child has its own store client
+    # spawn, not fork: a child forked while another thread of this process holds a lock (torch's
+    # thread pools, MLflow's) waits on it forever; eight fresh interpreters, each its own store client.
+    context = multiprocessing.get_context("spawn")
     workers = [context.Process(target=_one_run, args=(cfg,)) for cfg in configs]
     for worker in workers:
         worker.start()
-    for worker in workers:
-        worker.join(timeout=900)
+    deadline = time.monotonic() + 900
+    try:
+        for worker in workers:
+            worker.join(timeout=max(0.0, deadline - time.monotonic()))
+    finally:
+        for worker in workers:
+            if worker.is_alive():  # a stuck run fails the test instead of hanging the suite
+                worker.kill()
     assert [w.exitcode for w in workers] == [0] * 8
     runs = _finished(run_env["MLFLOW_TRACKING_URI"])
     assert sorted(int(r.data.tags["concurrent"]) for r in runs) == list(range(8))

@@ -8,10 +8,15 @@ CPUs, return the ``JobReturn``s in order (a failed job's exception travels back 
 sweeper sees it). Each job writes its own folder under ``hydra.sweep.dir``; the cluster's
 nodes need the project at the same path and the same Python environment (a shared
 filesystem, as on a SLURM cluster, or a container image).
+
+A local instance (no ``address``) is started in Ray's single-machine mode
+(``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``): Ray otherwise replaces a loopback node address by
+the host's outward address, and its servers would listen there instead of on 127.0.0.1.
 """
 
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +66,8 @@ class RayLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        if self.init_args.get("address") is None:
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # read when ray is imported
         import ray
 
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
