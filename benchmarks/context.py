@@ -21,11 +21,15 @@ def make_context(
     seed: int,
     workdir: Path,
     logger: Any = False,
+    callbacks: list[Any] | None = None,
 ) -> CompressionContext:
     """A context whose fine-tuning uses the run's recipe, shortened to what the method asks.
 
-    ``logger`` (a Lightning logger, or False) records the fine-tuning curves.
+    ``logger`` (a Lightning logger, or False) records the fine-tuning curves; ``callbacks``
+    join every fine-tuning's own (a sweep trial's pruning callback, say).
     """
+
+    run_callbacks = list(callbacks or [])
 
     def finetune(
         model: nn.Module,
@@ -36,7 +40,7 @@ def make_context(
         regularizer: Regularizer | None = None,
     ) -> nn.Module:
         return fit(model, datamodule, with_epochs(recipe, epochs, lr), trainer_cfg, seed=seed,
-                   callbacks=callbacks, regularizer=regularizer, logger=logger)
+                   callbacks=[*run_callbacks, *(callbacks or [])], regularizer=regularizer, logger=logger)
 
     def evaluate_on(model: nn.Module, split: str = "val", max_batches: int | None = None) -> dict[str, float]:
         return evaluate(model, datamodule, split, max_batches)

@@ -30,6 +30,7 @@ from benchmarks.models import build_model
 from benchmarks.schema import RecipeConfig, TrainerConfig, validated
 from benchmarks.tracking import RunRecorder, git_state, mlflow_run
 from benchmarks.training import fit
+from benchmarks.trial_pruning import trial_pruning
 from hardware.target import HardwareTarget, LatencyReport
 from methods.base import CompressionResult
 
@@ -117,15 +118,16 @@ def _run_recorded(cfg: DictConfig, recipe: RecipeConfig, trainer_cfg: TrainerCon
         local_target = _local_target(cfg, target)
         input_shape = (target.batch_size, *datamodule.input_shape)
 
+    callbacks = [c for c in [trial_pruning(cfg)] if c is not None]  # every training of the run reports to it
     with stage("baseline"):
-        baseline = _baseline(cfg, datamodule, recipe, trainer_cfg, seed, recorder)
+        baseline = _baseline(cfg, datamodule, recipe, trainer_cfg, seed, recorder, callbacks)
         recorder.tags({"baseline_origin": baseline.origin, "baseline_key": baseline.key})
 
     workdir = Path(cfg.paths.output_root) / "work" / recorder.run_id
     with stage(f"method {cfg.method.name}"):
         method = instantiate(cfg.method, _convert_="all")
         ctx = make_context(datamodule, target, recipe, trainer_cfg, seed, workdir,
-                           logger=_training_logger(cfg, recorder, "finetune"))
+                           logger=_training_logger(cfg, recorder, "finetune"), callbacks=callbacks)
         result: CompressionResult = method.compress(copy.deepcopy(baseline.model), ctx)
 
     split = cfg.evaluation.split
@@ -172,7 +174,7 @@ def _training_logger(cfg: DictConfig, recorder: RunRecorder, prefix: str) -> Any
 
 
 def _baseline(cfg: DictConfig, datamodule: Any, recipe: RecipeConfig, trainer_cfg: TrainerConfig, seed: int,
-              recorder: RunRecorder) -> BaselineModel:
+              recorder: RunRecorder, callbacks: list[L.Callback]) -> BaselineModel:
     model_cfg = cast(dict[str, Any], OmegaConf.to_container(cfg.model, resolve=True))
     torch.manual_seed(seed)  # the same initial weights for the same seed
     model = build_model(model_cfg["name"], datamodule.num_classes, datamodule.input_shape[0],
@@ -182,7 +184,8 @@ def _baseline(cfg: DictConfig, datamodule: Any, recipe: RecipeConfig, trainer_cf
     fresh_origin = "trained" if recipe.epochs > 0 else ("weights" if model_cfg.get("pretrained") else "untrained")
 
     def train(m: torch.nn.Module) -> torch.nn.Module:
-        return fit(m, datamodule, recipe, trainer_cfg, seed=seed, logger=_training_logger(cfg, recorder, "baseline"))
+        return fit(m, datamodule, recipe, trainer_cfg, seed=seed, callbacks=callbacks,
+                   logger=_training_logger(cfg, recorder, "baseline"))
 
     return obtain_baseline(model, key, Path(cfg.paths.cache_dir) / "baselines", use_cache=cfg.baseline.cache,
                            fresh_origin=fresh_origin, train=train)

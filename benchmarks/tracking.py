@@ -1,7 +1,7 @@
 """MLflow tracking of runs: tags, the resolved config as params, metrics, artifacts.
 
 One MLflow run per pipeline run. The run ends FINISHED, FAILED (the traceback is
-logged as an artifact) or KILLED (Ctrl-C, SIGTERM); whatever was logged before the
+logged as an artifact) or KILLED (Ctrl-C, SIGTERM, a sweep pruner); whatever was logged before the
 end stays. Writes to the embedded sqlite store are retried when another process
 holds its lock, so concurrent runs do not lose records.
 """
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import mlflow
+import optuna
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
@@ -168,6 +169,10 @@ def mlflow_run(
     except (KeyboardInterrupt, _Terminated, SystemExit):  # Lightning turns Ctrl-C into sys.exit(1)
         status = RunStatus.to_string(RunStatus.KILLED)
         recorder.tags({"end_reason": "interrupted"})
+        raise
+    except optuna.TrialPruned as pruned:  # a sweep's pruner stopped it early (benchmarks/trial_pruning.py)
+        status = RunStatus.to_string(RunStatus.KILLED)
+        recorder.tags({"end_reason": "pruned", "pruned": str(pruned)[:5000]})
         raise
     except BaseException as err:
         status = RunStatus.to_string(RunStatus.FAILED)

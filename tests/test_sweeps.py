@@ -1,6 +1,7 @@
 """Optuna sweeps through Hydra (`python -m benchmarks -m sweep=<preset>`): search-space errors,
-and a multi-objective study killed with SIGKILL mid-trial that resumes, retries the killed
-trial, reruns no finished one and writes its Pareto front."""
+a multi-objective study killed with SIGKILL mid-trial that resumes, retries the killed
+trial, reruns no finished one and writes its Pareto front, and trials pruned by their
+validation metric."""
 
 from __future__ import annotations
 
@@ -10,12 +11,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import optuna
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
+from benchmarks.pipeline import CONF_DIR
+from hydra_plugins.compressbench_optuna_sweeper.config import OptunaSweeperConf
 from hydra_plugins.compressbench_optuna_sweeper.optuna_sweeper import SweepSpecError, parse_space
 from tests.conftest import REPO_ROOT, needs_shared_data
 
@@ -108,3 +116,40 @@ def test_multi_objective_study_resumes_after_sigkill(run_env: dict[str, str], tm
     assert {"pareto.md", "pareto.csv", "pareto.png", "best_trials.md"} <= {p.name for p in results.iterdir()}
     assert (results / "pareto.png").stat().st_size > 5_000
     assert "| trial | top1 | stored_bytes |" in (results / "pareto.md").read_text()
+
+
+@needs_shared_data
+@pytest.mark.e2e
+def test_pruner_stops_trials_by_their_validation_metric(run_env: dict[str, str], tmp_path: Path) -> None:
+    """A pruner that prunes every reported value: each trial stops after its first validation epoch."""
+    storage, name = f"sqlite:///{tmp_path}/optuna.db", "pruned"
+    subprocess.run([sys.executable, "-m", "benchmarks", "-m", "sweep=tpe", *TRIAL, "recipe.epochs=2",
+                    f"hydra.sweeper.study_name={name}", "hydra.sweeper.n_trials=2",
+                    "hydra.sweeper.pruner={_target_: optuna.pruners.ThresholdPruner, lower: 101.0}"],
+                   cwd=REPO_ROOT, env=run_env, check=True, capture_output=True, timeout=900)
+    trials = _trials(storage, name)
+    assert [t.state for t in trials] == [TrialState.PRUNED] * 2
+    assert all(list(t.intermediate_values) == [0] for t in trials)  # pruned at the first of two epochs
+    mlflow.set_tracking_uri(run_env["MLFLOW_TRACKING_URI"])
+    runs = mlflow.search_runs(experiment_names=["compressbench"], output_format="list")
+    assert sorted(r.data.tags["optuna_trial"] for r in runs) == ["0", "1"]
+    assert all(r.info.status == "KILLED" and r.data.tags["end_reason"] == "pruned" for r in runs)
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"storage": None}, "needs hydra.sweeper.storage"),
+    ({"direction": ["maximize", "minimize"], "objectives": ["top1", "latency_ms"]}, "cannot prune multi-objective"),
+])
+def test_pruner_needs_a_storage_and_one_objective(settings: dict[str, Any], message: str) -> None:
+    node = OmegaConf.merge(OmegaConf.structured(OptunaSweeperConf), {
+        "storage": "sqlite:///optuna.db", "params": {"recipe.lr": "interval(0.01, 0.1)"},
+        "pruner": {"_target_": "optuna.pruners.MedianPruner"}, **settings})
+    with pytest.raises(InstantiationException, match=message):  # Hydra wraps the sweeper's SweepSpecError
+        instantiate(node)
+
+
+def test_pruned_preset_composes_a_median_pruner() -> None:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["sweep=tpe_pruned"], return_hydra_config=True)
+    assert cfg.hydra.sweeper.pruner._target_ == "optuna.pruners.MedianPruner"
+    assert cfg.hydra.sweeper.params["recipe.lr"].startswith("tag(log")  # the tpe preset underneath

@@ -29,7 +29,10 @@ class OptunaSweeperConf:
     heartbeat_interval_s: int = 10
     grace_period_s: int = 60
     sampler: Any = field(default_factory=lambda: {"_target_": "optuna.samplers.TPESampler", "seed": 42})
+    #: An Optuna pruner (``_target_: optuna.pruners.MedianPruner``, ...) or null: trials report
+    #: ``prune_monitor`` after every validation epoch and stop early (benchmarks/trial_pruning.py).
     pruner: Any = None
+    prune_monitor: str = "val/top1"
     #: The search space: {config key: Hydra sweep expression}, e.g. ``interval(0.5, 0.95)``.
     params: Any = None
     #: Where the best-trial table and, for several objectives, the Pareto front go (null: no files).

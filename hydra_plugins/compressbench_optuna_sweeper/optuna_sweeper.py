@@ -157,7 +157,7 @@ def worker_is_dead(worker: str | None) -> bool:
 class OptunaSweeper(Sweeper):
     def __init__(self, study_name: str, storage: Any, direction: Any, objectives: Any, n_trials: int, n_jobs: int,
                  max_retry: int, heartbeat_interval_s: int, grace_period_s: int, sampler: Any, pruner: Any,
-                 params: Any, results_dir: Any) -> None:
+                 prune_monitor: str, params: Any, results_dir: Any) -> None:
         self.study_name = str(study_name)
         self.storage_url = None if storage is None else str(storage)
         self.directions = [str(d) for d in direction] if isinstance(direction, (list, ListConfig)) else [str(direction)]
@@ -169,6 +169,7 @@ class OptunaSweeper(Sweeper):
         self.grace_period_s = int(grace_period_s)
         self.sampler_cfg = sampler
         self.pruner_cfg = pruner
+        self.prune_monitor = str(prune_monitor)
         self.params = OmegaConf.to_container(params, resolve=False) if isinstance(params, DictConfig) else params
         self.results_dir = None if results_dir is None else Path(str(results_dir))
         self.config: DictConfig | None = None
@@ -186,6 +187,12 @@ class OptunaSweeper(Sweeper):
                                  f"{self.directions}")
         if self.n_trials < 1 or self.n_jobs < 1:
             raise SweepSpecError("hydra.sweeper.n_trials and hydra.sweeper.n_jobs must be at least 1")
+        if _built(self.pruner_cfg) is not None:
+            if self.storage_url is None:
+                raise SweepSpecError("hydra.sweeper.pruner needs hydra.sweeper.storage: the trials report to the "
+                                     "study through it (a sqlite:/// or postgresql:// URL)")
+            if len(self.directions) > 1:
+                raise SweepSpecError("hydra.sweeper.pruner: Optuna cannot prune multi-objective trials; set it to null")
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
