@@ -1,0 +1,181 @@
+"""Issue 6's goals, measured: `dvc repro` from a fresh clone (first and second call), the
+pipeline's determinism, and a 16-trial Optuna sweep on a local Ray cluster with 1 and 4 workers.
+
+Writes results/scaleout.md and results/scaleout.json. Everything runs as a user would run it:
+`git clone` of this repository, `dvc repro` in the clone (its own MLflow store, data folder and
+caches; the read-only source data from $COMPRESSBENCH_SOURCE_DATA or ../shared/data), then
+`dvc repro` again, then `dvc repro --force` to check that a rerun reproduces the leaderboard's
+accuracy columns exactly; and `ray start --head` on loopback with
+`python -m benchmarks -m launcher=ray sweep=tpe hydra.sweeper.n_jobs=N`.
+
+    python results/scaleout_bench.py [--parts dvc ray] [--trials 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+#: The columns of results/<matrix>/leaderboard.csv that a rerun must reproduce exactly.
+ACCURACY_COLUMNS = ("top1", "params", "nonzero_params", "macs", "stored_bytes")
+#: One sweep trial: LeNet-5 on 4096 MNIST images for one epoch, short latency protocol.
+TRIAL = ["+experiment=tiny", "dataset.train_subset=4096", "dataset.val_subset=256", "dataset.test_subset=512",
+         "+hw=local_cpu", "hw.threads=1", "hw.warmup=2", "hw.repeats=10", "hw.min_time_s=0", "hw.per_layer=false",
+         "evaluation.measure_local_cpu=false", "evaluation.per_layer_table=false", "logger.log_training=false"]
+
+
+def _env(root: Path) -> dict[str, str]:
+    source = os.environ.get("COMPRESSBENCH_SOURCE_DATA", str((ROOT.parent / "shared" / "data").resolve()))
+    env = {**os.environ, "COMPRESSBENCH_SOURCE_DATA": source, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
+           "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1", "DVC_NO_ANALYTICS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("COMPRESSBENCH_ROOT", None)
+    return env
+
+
+def _timed(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> float:
+    start = time.perf_counter()
+    with log.open("a") as out:
+        out.write(f"$ {' '.join(command)}\n")
+        out.flush()
+        subprocess.run(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, check=True)
+    return time.perf_counter() - start
+
+
+def _accuracy_columns(clone: Path, matrix: str) -> list[dict[str, str]]:
+    import csv
+
+    with (clone / "results" / matrix / "leaderboard.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    return sorted(({k: row[k] for k in ("dataset", "model", "method", "hw", *ACCURACY_COLUMNS)} for row in rows),
+                  key=lambda r: (r["model"], r["method"], r["hw"]))
+
+
+def bench_dvc(work: Path) -> dict[str, Any]:
+    clone = work / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
+    env, log = _env(clone), work / "dvc.log"
+    matrix = json.loads(subprocess.run([sys.executable, "-c", "import yaml,json;print(json.dumps(yaml.safe_load("
+                                        "open('params.yaml'))['bench']['name']))"], cwd=clone, check=True,
+                                       capture_output=True, text=True).stdout)
+    first = _timed(["dvc", "repro"], clone, env, log)
+    status = subprocess.run(["dvc", "status"], cwd=clone, env=env, capture_output=True, text=True).stdout.strip()
+    second = _timed(["dvc", "repro"], clone, env, log)
+    board = _accuracy_columns(clone, matrix)
+    forced = _timed(["dvc", "repro", "--force"], clone, env, log)
+    again = _accuracy_columns(clone, matrix)
+    return {"matrix": matrix, "first_s": first, "second_s": second, "forced_s": forced, "status_after": status,
+            "leaderboard": board, "rerun_leaderboard": again, "identical": board == again,
+            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=clone, capture_output=True,
+                                     text=True).stdout.strip()}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def bench_ray(work: Path, trials: int, workers: list[int]) -> dict[str, Any]:
+    """One local Ray cluster on loopback (as conf/launcher/ray.yaml says); one study per worker count."""
+    root = work / "ray"
+    root.mkdir()
+    port = _free_port()
+    env = {**_env(root), "COMPRESSBENCH_ROOT": str(root), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+           "RAY_AUTH_MODE": "token", "RAY_ADDRESS": f"127.0.0.1:{port}"}
+    ray_cli, log = str(Path(sys.executable).parent / "ray"), work / "ray.log"
+    slots = max(workers)
+    _timed([ray_cli, "start", "--head", "--num-cpus", str(slots), "--port", str(port), "--include-dashboard=false",
+            "--disable-usage-stats"], root, env, log)
+    runs = []
+    try:
+        for n in workers:
+            command = [sys.executable, "-m", "benchmarks", "-m", "launcher=ray", "sweep=tpe", *TRIAL,
+                       f"hydra.sweeper.study_name=ray_{n}_workers", f"hydra.sweeper.n_trials={trials}",
+                       f"hydra.sweeper.n_jobs={n}", f"hydra.sweeper.sampler.n_startup_trials={trials}"]
+            seconds = _timed(command, ROOT, env, log)
+            runs.append({"workers": n, "trials": trials, "seconds": seconds, "s_per_trial": seconds / trials})
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True)
+    base = runs[0]["seconds"]
+    for run in runs:
+        run["speedup"] = base / run["seconds"]
+    return {"cluster_cpus": slots, "runs": runs}
+
+
+def _markdown(results: dict[str, Any]) -> str:
+    lines = ["# Reproducible pipeline and scale-out, measured", "",
+             f"Generated {results['date']} by `python results/scaleout_bench.py` on {results['machine']} "
+             f"({os.cpu_count()} logical CPUs; load average {results['load_before']:.1f} at the start).", ""]
+    dvc = results.get("dvc")
+    if dvc:
+        lines += [f"## `dvc repro` from a fresh clone (matrix `{dvc['matrix']}`, commit {dvc['commit']})", "",
+                  "| call | wall time |", "|---|---:|",
+                  f"| first `dvc repro` (data, profile, baselines, bench, leaderboard) | {dvc['first_s']:.0f} s |",
+                  f"| second `dvc repro` (nothing changed) | {dvc['second_s']:.1f} s |",
+                  f"| `dvc repro --force` (everything again) | {dvc['forced_s']:.0f} s |", "",
+                  f"`dvc status` after the first call: `{dvc['status_after'] or '(empty)'}`.", "",
+                  "Determinism: the forced rerun's leaderboard has "
+                  + ("**the same** accuracy, size and MACs columns, to the last digit:" if dvc["identical"]
+                     else "**different** accuracy columns (first run, then rerun):"), "",
+                  "| model | method | hw | " + " | ".join(ACCURACY_COLUMNS) + " |",
+                  "|---|---|---|" + "---:|" * len(ACCURACY_COLUMNS)]
+        rows = dvc["leaderboard"] if dvc["identical"] else dvc["leaderboard"] + dvc["rerun_leaderboard"]
+        lines += [f"| {r['model']} | {r['method']} | {r['hw']} | " + " | ".join(r[c] for c in ACCURACY_COLUMNS)
+                  + " |" for r in rows]
+        lines.append("")
+    ray = results.get("ray")
+    if ray:
+        lines += [f"## Optuna sweep on a local Ray cluster ({ray['cluster_cpus']} CPU slots on this machine)", "",
+                  "`python -m benchmarks -m launcher=ray sweep=tpe hydra.sweeper.n_jobs=N`, one trial = LeNet-5 "
+                  "trained one epoch on 4,096 MNIST images, evaluated and recorded in MLflow; each Ray task one "
+                  "CPU slot and one torch thread.", "",
+                  "| workers | trials | wall time | per trial | speedup |", "|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['workers']} | {r['trials']} | {r['seconds']:.0f} s | {r['s_per_trial']:.1f} s | "
+                  f"{r['speedup']:.2f}x |" for r in ray["runs"]]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--parts", nargs="+", choices=("dvc", "ray"), default=["dvc", "ray"])
+    parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--out", type=Path, default=ROOT / "results")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (clone, logs)")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="scaleout_bench_"))
+    results: dict[str, Any] = {"date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                               "machine": platform.processor() or platform.machine(),
+                               "load_before": os.getloadavg()[0]}
+    try:
+        if "dvc" in args.parts:
+            results["dvc"] = bench_dvc(work)
+        if "ray" in args.parts:
+            results["ray"] = bench_ray(work, args.trials, args.workers)
+    finally:
+        print(f"logs: {work}", file=sys.stderr)
+    results["load_after"] = os.getloadavg()[0]
+    (args.out / "scaleout.json").write_text(json.dumps(results, indent=1) + "\n")
+    (args.out / "scaleout.md").write_text(_markdown(results))
+    print((args.out / "scaleout.md").read_text())
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
