@@ -6,7 +6,7 @@
         --out hardware/tables/local_cpu.json
     python -m hardware profile --hw local_cpu --threads 1 --model resnet20_cifar --input-size 32 \\
         --out hardware/tables/local_cpu.json          # merges into an existing table
-    python -m hardware calibrate --hw local_cpu_table [--n 12]   # per-unit overhead, profile's own architectures
+    python -m hardware calibrate --hw local_cpu_table [--n 40]   # in-sequence scale and per-unit overhead
     python -m hardware validate --hw local_cpu_table [--n 50]
 
 ``--set key=value`` overrides any key of the device's yaml (``--set threads=1``). Only
@@ -256,7 +256,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             )
         result = target.calibrate(n=args.n, seed=args.seed, progress=_log)
     _log(
-        f"{args.hw}: per-unit overhead {result['per_unit_overhead_ms'] * 1e3:.2f} us from "
+        f"{args.hw}: entries x {result['sequence_scale']:.3f} + {result['per_unit_overhead_ms'] * 1e3:.2f} us per unit, from "
         f"{len(result['architectures'])} architectures (seed {result['seed']}); written to {target.table_path}"
     )
     return 0
@@ -310,9 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.set_defaults(func=cmd_profile)
 
-    p = sub.add_parser("calibrate", help="fit a table's per-unit sequence overhead on the profile's own architectures")
+    p = sub.add_parser("calibrate", help="fit a table's in-sequence scale and per-unit overhead on the profile's own architectures")
     p.add_argument("--hw", required=True, help="table device, e.g. local_cpu_table")
-    p.add_argument("--n", type=int, default=12, help="architectures measured end to end")
+    p.add_argument("--n", type=int, default=40, help="architectures measured end to end")
     p.add_argument("--seed", type=int, default=None, help="default: the profile's seed (never the validation's)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.set_defaults(func=cmd_calibrate)

@@ -853,6 +853,7 @@ class TableTarget(HardwareTarget):
         minima: list[float] = []
         per_layer: dict[str, float] = {}
         missing: list[Unit] = []
+        scale, overhead = self.sequence_calibration()
         for unit in units:
             ms, how = self.table.lookup(unit, self._field)
             low, _ = self.table.lookup(unit, "min_ms")
@@ -871,7 +872,7 @@ class TableTarget(HardwareTarget):
             values.append(ms)
             minima.append(low if low is not None else ms)
             for layer in unit.layers[:1]:
-                per_layer[layer] = per_layer.get(layer, 0.0) + ms
+                per_layer[layer] = per_layer.get(layer, 0.0) + scale * ms
         if missing:
             raise HardwareError(
                 f"hw {self.name!r}: {len(missing)} layer configurations are not in {self.table_path} and cannot be "
@@ -879,8 +880,7 @@ class TableTarget(HardwareTarget):
                 f"--threads {self.table.metadata.get('threads')} --model <model> --input-size <size> --out {self.table_path}` "
                 f"(it merges into the table), or set hw.on_missing=profile."
             )
-        overhead = float(self.table.metadata.get("calibration", {}).get("per_unit_overhead_ms", 0.0))
-        latency_ms = math.fsum(values) + overhead * len(values) if overhead else math.fsum(values)
+        latency_ms = scale * math.fsum(values) + overhead * len(values)
         notes = []
         if counts["measured_now"]:
             notes.append(
@@ -915,8 +915,9 @@ class TableTarget(HardwareTarget):
                 **{f"units_{k}": v for k, v in counts.items()},
                 "known_rmspe": self.known_rmspe,
                 "statistic": self.statistic,
-                "sum_of_minima_ms": math.fsum(minima) + overhead * len(minima),
+                "sum_of_minima_ms": scale * math.fsum(minima) + overhead * len(minima),
                 "sum_of_entries_ms": math.fsum(values),
+                "sequence_scale": scale,
                 "per_unit_overhead_ms": overhead,
                 "input_shape": list(input_shape),
             },
@@ -980,17 +981,18 @@ class TableTarget(HardwareTarget):
         return cases
 
     def calibrate(
-        self, n: int = 12, seed: int | None = None, progress: Callable[[str], None] | None = None
+        self, n: int = 40, seed: int | None = None, progress: Callable[[str], None] | None = None
     ) -> dict[str, Any]:
-        """Fit the per-unit overhead of running units in sequence, on the profile's own architectures.
+        """Fit how units run in sequence, on the profile's own architectures.
 
-        A unit timed alone in a loop runs with warm branch predictors and instruction
-        caches; in a network a hundred different units take turns, and each pays a
-        little more. The overhead ``d`` minimises sum(((S_i + U_i d) - M_i) / M_i)^2 over
-        ``n`` architectures sampled with the *profile's* seed (S_i: sum of entries, U_i:
-        units, M_i: measured), so the architectures of ``validate`` (another seed) stay
-        unseen. Stored in the table's metadata["calibration"]; prediction = sum of
-        entries + U d.
+        A unit timed alone in a loop runs with warm branch predictors, instruction caches
+        and its own weights in cache; in a network a hundred different units take turns,
+        and each pays more: in proportion to its own time (a scale ``a``, caches) and a
+        fixed amount per call (``d``, dispatch). ``a`` and ``d`` (both >= 0) minimise
+        sum(((a S_i + d U_i) - M_i) / M_i)^2 over ``n`` architectures sampled with the
+        *profile's* seed (S_i: sum of entries, U_i: units, M_i: measured), so the
+        architectures of ``validate`` (another seed) stay unseen. Stored in the table's
+        metadata["calibration"]; prediction = a x sum of entries + d x units.
         """
         from hardware import search_space
 
@@ -1015,11 +1017,14 @@ class TableTarget(HardwareTarget):
             if saved is not None:
                 meta["calibration"] = saved
             raise
-        numerator = sum(u * (m - s_) / (m * m) for _, s_, u, m in rows)
-        denominator = sum(u * u / (m * m) for _, s_, u, m in rows)
-        overhead = max(0.0, numerator / denominator) if denominator else 0.0
+        import numpy as np
+        from scipy.optimize import nnls
+
+        relative = np.array([[s_ / m, u / m] for _, s_, u, m in rows])  # rows divided by M_i: relative error
+        (scale, overhead), _ = nnls(relative, np.ones(len(rows)))
         meta["calibration"] = {
-            "per_unit_overhead_ms": overhead,
+            "sequence_scale": float(scale),
+            "per_unit_overhead_ms": float(overhead),
             "architectures": [
                 {"name": r[0], "sum_of_entries_ms": r[1], "units": r[2], "measured_ms": r[3]} for r in rows
             ],
@@ -1030,13 +1035,19 @@ class TableTarget(HardwareTarget):
         self.table.save(self.table_path)
         return meta["calibration"]
 
+    def sequence_calibration(self) -> tuple[float, float]:
+        """(scale, per-unit overhead in ms) of :meth:`calibrate`; (1, 0) for an uncalibrated table."""
+        calibration = self.table.metadata.get("calibration", {})
+        return float(calibration.get("sequence_scale", 1.0)), float(calibration.get("per_unit_overhead_ms", 0.0))
+
     def describe(self) -> dict[str, Any]:
-        overhead = self.table.metadata.get("calibration", {}).get("per_unit_overhead_ms", 0.0)
+        scale, overhead = self.sequence_calibration()
         return {
             **super().describe(),
             "table": str(self.table_path),
             "threads": self.table.metadata.get("threads"),
             "clock": self.table.metadata.get("clock", "wall"),
+            "sequence_scale": round(scale, 4),
             "per_unit_overhead_ms": round(overhead, 6),
         }
 

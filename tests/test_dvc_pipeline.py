@@ -46,6 +46,8 @@ def test_committed_params_match_the_quick_matrix() -> None:
 def test_bad_matrix_is_refused() -> None:
     with pytest.raises(MatrixError, match="no baseline 'lenet5_cifar10_jpeg'"):
         compose_params(["bench=tiny", "+bench.entries.x={model: lenet5, dataset: cifar10_jpeg, method: ptq, hw: local_cpu}"])
+    with pytest.raises(MatrixError, match="no entry 'lenet5_mnist_agp'"):
+        compose_params(["bench=tiny", "+bench.reproductions.x={entry: lenet5_mnist_agp, source: s, paper: {top1: 99}}"])
 
 
 def _project(root: Path) -> dict[str, str]:
@@ -82,7 +84,7 @@ def test_repro_noop_and_one_method_change(tmp_path: Path) -> None:
 
     ran = _repro(root, env)
     assert sorted(ran) == ["baselines@lenet5_mnist", "bench@lenet5_mnist_filter", "bench@lenet5_mnist_magnitude",
-                           "data@mnist", "leaderboard"]
+                           "data@mnist", "leaderboard", "reproductions"]
     checksum = json.loads((root / "results/data/mnist.json").read_text())["checksum"]
     assert (root / "data/mnist").is_dir() and (root / ".dvc/cache").is_dir()  # data versioned by DVC
     assert "/mnist" in (root / "data/.gitignore").read_text()                    # ... never by git
@@ -95,12 +97,16 @@ def test_repro_noop_and_one_method_change(tmp_path: Path) -> None:
     assert run.data.metrics["top1"] == record["metrics"]["top1"]
     board = (root / "results/tiny/leaderboard.csv").read_text()
     assert "magnitude" in board and "filter" in board
+    papers = (root / "results/reproductions/tiny.md").read_text()
+    compression = record["metrics"]["compression"]
+    assert f"| compression | 12 | {compression:.4g} | {compression - 12:+.4g} |" in papers
 
     assert _repro(root, env) == []  # nothing changed: nothing runs
 
     method = root / "conf/method/filter.yaml"
     method.write_text(method.read_text().replace("pruning_ratio: 0.5", "pruning_ratio: 0.25"))
-    assert sorted(_repro(root, env)) == ["bench@lenet5_mnist_filter", "leaderboard"]
+    # the reproductions table reads the whole results/bench folder, so it is rebuilt too (milliseconds)
+    assert sorted(_repro(root, env)) == ["bench@lenet5_mnist_filter", "leaderboard", "reproductions"]
     assert json.loads((root / "results/bench/lenet5_mnist_filter.json").read_text())["run_id"] != record["run_id"]
 
     params = yaml.safe_load((root / "params.yaml").read_text())

@@ -237,7 +237,7 @@ def test_table_yaml_composes_with_hydra(tmp_path: Path) -> None:
         assert target.describe()["table"] == str(path)
 
 
-def test_calibrated_overhead_is_added_per_unit_and_fitted_on_profile_architectures(tmp_path: Path) -> None:
+def test_calibrated_scale_and_overhead_are_fitted_on_profile_architectures(tmp_path: Path) -> None:
     reference = LocalCPU(threads=1, per_layer=False)
     table = LatencyTable({"spaces": ["tiny"], "sources": [{"space": "tiny", "seed": 0}]})
     models = _tiny_models(count=2, seed=0)
@@ -248,14 +248,24 @@ def test_calibrated_overhead_is_added_per_unit_and_fitted_on_profile_architectur
         table=str(path), on_missing="error", validation={"reference": {"warmup": 1, "repeats": 3, "min_time_s": 0.0}}
     )
     result = target.calibrate(n=2)
-    assert result["seed"] == 0 and len(result["architectures"]) == 2 and result["per_unit_overhead_ms"] >= 0
+    assert result["seed"] == 0 and len(result["architectures"]) == 2
+    assert result["per_unit_overhead_ms"] >= 0 and result["sequence_scale"] >= 0
     stored = LatencyTable.load(path).metadata["calibration"]
     assert stored["per_unit_overhead_ms"] == result["per_unit_overhead_ms"]
-    # prediction = sum of entries + units x overhead, exactly
-    stored["per_unit_overhead_ms"] = 0.001
+    # the fit is the least-squares relative error: no (scale, overhead) near it does better
+    def cost(scale: float, overhead: float) -> float:
+        return sum(((scale * a["sum_of_entries_ms"] + overhead * a["units"]) / a["measured_ms"] - 1) ** 2
+                   for a in result["architectures"])
+    best = cost(result["sequence_scale"], result["per_unit_overhead_ms"])
+    for step in ((0.01, 0), (-0.01, 0), (0, 1e-4), (0, -1e-4)):
+        scale, overhead = result["sequence_scale"] + step[0], result["per_unit_overhead_ms"] + step[1]
+        if scale >= 0 and overhead >= 0:
+            assert cost(scale, overhead) >= best - 1e-12
+    # prediction = scale x sum of entries + units x overhead, exactly
+    stored["sequence_scale"], stored["per_unit_overhead_ms"] = 1.25, 0.001
     LatencyTable(LatencyTable.load(path).metadata | {"calibration": stored}, LatencyTable.load(path).entries).save(path)
     model, shape = models[0]
     units = lookup.model_units(model, shape)
     entries = LatencyTable.load(path).entries
     report = TableTarget(table=str(path), on_missing="error").latency(model, shape)
-    assert report.latency_ms == math.fsum(entries[u.key]["ms"] for u in units) + 0.001 * len(units)
+    assert report.latency_ms == 1.25 * math.fsum(entries[u.key]["ms"] for u in units) + 0.001 * len(units)
