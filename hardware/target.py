@@ -103,7 +103,7 @@ class HardwareTarget(ABC):
     def layers_of(self, model: nn.Module, input_shape: tuple[int, ...], layers: list[LayerSpec] | None) -> list[LayerSpec]:
         return layers if layers is not None else describe_layers(model, input_shape)
 
-    def validation_cases(self, **options: Any) -> list["ValidationCase"]:
+    def validation_cases(self, **options: Any) -> list[ValidationCase]:
         """Predicted against measured latency on this target's reference data.
 
         Emulated targets override this (the lookup table of a measured device samples

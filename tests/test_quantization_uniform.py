@@ -19,8 +19,8 @@ from methods.quantization.packing import (
     unpack_bits,
 )
 from methods.quantization.uniform import (
-    MSEObserver,
     MinMaxObserver,
+    MSEObserver,
     PercentileObserver,
     QuantizationError,
     QuantScheme,

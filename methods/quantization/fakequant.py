@@ -180,7 +180,7 @@ class QuantConv2d(_QuantLayerMixin, nn.Conv2d):
     """``nn.Conv2d`` computing on fake-quantized input and weights."""
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, weight_quantizer: WeightQuantizer, input_quantizer: nn.Module) -> "QuantConv2d":
+    def from_float(cls, conv: nn.Conv2d, weight_quantizer: WeightQuantizer, input_quantizer: nn.Module) -> QuantConv2d:
         new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
                   dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode)
         new.weight = conv.weight
@@ -197,7 +197,7 @@ class QuantLinear(_QuantLayerMixin, nn.Linear):
     """``nn.Linear`` computing on fake-quantized input and weights."""
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, weight_quantizer: WeightQuantizer, input_quantizer: nn.Module) -> "QuantLinear":
+    def from_float(cls, linear: nn.Linear, weight_quantizer: WeightQuantizer, input_quantizer: nn.Module) -> QuantLinear:
         new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None)
         new.weight = linear.weight
         new.bias = linear.bias

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.quantization.fakequant import ActQuantizer, QuantConv2d, QuantLinear, quant_layers
+from methods.quantization.fakequant import ActQuantizer, QuantConv2d, quant_layers
 from methods.quantization.uniform import QuantizationError
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def tensor_overrides(model: nn.Module, onnx_path: Path) -> tuple[dict[str, list[
         if wq.scheme.per_channel:
             overrides[weight_name] = [
                 {"quant_type": wtype, "scale": np.float32(s), "zero_point": wdtype(z), "axis": wq.scheme.ch_axis}
-                for s, z in zip(wq.scale.tolist(), wq.zero_point.tolist())
+                for s, z in zip(wq.scale.tolist(), wq.zero_point.tolist(), strict=True)
             ]
         else:
             overrides[weight_name] = [{"quant_type": wtype, "scale": np.float32(wq.scale[0]),
