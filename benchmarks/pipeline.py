@@ -118,7 +118,7 @@ def _run_recorded(cfg: DictConfig, recipe: RecipeConfig, trainer_cfg: TrainerCon
         local_target = _local_target(cfg, target)
         input_shape = (target.batch_size, *datamodule.input_shape)
 
-    callbacks = [c for c in [trial_pruning(cfg)] if c is not None]  # every training of the run reports to it
+    callbacks: list[L.Callback] = [c for c in [trial_pruning(cfg)] if c is not None]  # every training reports to it
     with stage("baseline"):
         baseline = _baseline(cfg, datamodule, recipe, trainer_cfg, seed, recorder, callbacks)
         recorder.tags({"baseline_origin": baseline.origin, "baseline_key": baseline.key})
