@@ -230,6 +230,10 @@ def test_real_mnist_loads_with_a_reproducible_split(tmp_path):
     assert again.prepared.origin == "prepared"
     assert again.data_val.indices == dm.data_val.indices
     assert again.data_train.indices == dm.data_train.indices
+    # a folder prepared anew is byte for byte the same (it is a DVC output: same data, same hash)
+    other = _ready(MNISTDataModule(data_dir=tmp_path / "other", source_dir=SHARED, val_size=5000, seed=1))
+    for name in ("PREPARED.json", *(f"raw/{f.filename}" for f in SOURCES["mnist"].files)):
+        assert (other.folder / name).read_bytes() == (dm.folder / name).read_bytes(), name
 
 
 @pytest.mark.slow

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -260,9 +259,9 @@ def _finish(folder: Path, origin: str, digests: dict[str, str], build: BuildCach
     if build is not None:
         for path in build(folder / RAW_DIR_NAME, folder):
             derived[str(Path(path).relative_to(folder))] = sha256_file(Path(path))
+    # No timestamp: the folder is a DVC output, and the same data must hash the same on every clone.
     marker = {
         "origin": origin,
-        "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "files": digests,
         "derived": derived,
         "checksum": manifest_digest(digests),
