@@ -206,16 +206,30 @@ class OptunaSweeper(Sweeper):
             return None
         if self.storage_url.startswith("sqlite:///"):
             Path(self.storage_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # heartbeat options are "experimental"
-            return optuna.storages.RDBStorage(
-                self.storage_url,
-                engine_kwargs={"connect_args": {"timeout": 60}} if self.storage_url.startswith("sqlite") else None,
-                heartbeat_interval=self.heartbeat_interval_s,
-                grace_period=self.grace_period_s,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=self.max_retry),
-            )
+        import sqlalchemy.exc
+
+        attempts = 5
+        for attempt in range(attempts):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # heartbeat options are "experimental"
+                    return optuna.storages.RDBStorage(
+                        self.storage_url,
+                        engine_kwargs={"connect_args": {"timeout": 60}} if self.storage_url.startswith("sqlite")
+                        else None,
+                        heartbeat_interval=self.heartbeat_interval_s,
+                        grace_period=self.grace_period_s,
+                        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                            max_retry=self.max_retry),
+                    )
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+                # Workers started at once on a new database all create Optuna's schema; PostgreSQL
+                # lets one win and refuses the others' CREATE TYPE / TABLE. The schema is then there.
+                if attempt == attempts - 1:
+                    raise
+                log.info("Optuna schema being created by another worker; retrying (%d/%d)", attempt + 1, attempts)
+                time.sleep(1.0 + attempt)
+        raise AssertionError("unreachable")
 
     def create_study(self) -> optuna.Study:
         sampler, pruner = _built(self.sampler_cfg), _built(self.pruner_cfg)
