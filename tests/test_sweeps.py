@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 
 from benchmarks.pipeline import CONF_DIR
 from hydra_plugins.compressbench_optuna_sweeper.config import OptunaSweeperConf
-from hydra_plugins.compressbench_optuna_sweeper.optuna_sweeper import SweepSpecError, parse_space
+from hydra_plugins.compressbench_optuna_sweeper.optuna_sweeper import WORKER_ATTR, SweepSpecError, parse_space
 from tests.conftest import REPO_ROOT, needs_shared_data
 
 #: A trial in seconds, not minutes: a few hundred samples, short timing, no per-layer extras.
@@ -83,8 +83,10 @@ def test_multi_objective_study_resumes_after_sigkill(run_env: dict[str, str], tm
                              stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and first.poll() is None:
-        states = {t.number: t.state for t in _trials(storage, name)}
-        if states.get(0) == TrialState.COMPLETE and states.get(1) == TrialState.RUNNING:
+        trials = {t.number: t for t in _trials(storage, name)}
+        # trial 1 running, and already claimed by its worker (the sweeper marks it right after ask())
+        if (0 in trials and trials[0].state == TrialState.COMPLETE and 1 in trials
+                and trials[1].state == TrialState.RUNNING and WORKER_ATTR in trials[1].system_attrs):
             break
         time.sleep(0.3)
     assert first.poll() is None, "the sweep ended before trial 1 could be killed"
