@@ -24,7 +24,12 @@ from optuna.trial import TrialState
 
 from benchmarks.pipeline import CONF_DIR
 from hydra_plugins.compressbench_optuna_sweeper.config import OptunaSweeperConf
-from hydra_plugins.compressbench_optuna_sweeper.optuna_sweeper import WORKER_ATTR, SweepSpecError, parse_space
+from hydra_plugins.compressbench_optuna_sweeper.optuna_sweeper import (
+    WORKER_ATTR,
+    SweepSpecError,
+    parse_space,
+    this_worker,
+)
 from tests.conftest import REPO_ROOT, needs_shared_data
 
 #: A trial in seconds, not minutes: a few hundred samples, short timing, no per-layer extras.
@@ -157,3 +162,21 @@ def test_pruned_preset_composes_a_median_pruner() -> None:
         cfg = compose(config_name="config", overrides=["sweep=tpe_pruned"], return_hydra_config=True)
     assert cfg.hydra.sweeper.pruner._target_ == "optuna.pruners.MedianPruner"
     assert cfg.hydra.sweeper.params["recipe.lr"].startswith("tag(log")  # the tpe preset underneath
+
+
+def test_a_trial_no_worker_claimed_is_failed_and_queued_again(tmp_path: Path) -> None:
+    """A sweeper killed between ask() and its claim leaves a RUNNING trial without worker or heartbeat."""
+    sweeper = instantiate(OmegaConf.merge(OmegaConf.structured(OptunaSweeperConf), {
+        "storage": f"sqlite:///{tmp_path / 'optuna.db'}", "grace_period_s": 1,
+        "params": {"recipe.lr": "interval(0.01, 0.1)"}}))
+    study = sweeper.create_study()
+    space = {"recipe.lr": optuna.distributions.FloatDistribution(0.01, 0.1)}
+    orphan, claimed = study.ask(space), study.ask(space)
+    study._storage.set_trial_system_attr(claimed._trial_id, WORKER_ATTR, this_worker())  # alive: this process
+    sweeper.recover(study)
+    assert {t.state for t in study.get_trials()} == {TrialState.RUNNING}  # younger than the grace period
+    time.sleep(1.5)
+    sweeper.recover(study)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING]
+    assert trials[2].params == trials[0].params == orphan.params

@@ -239,19 +239,31 @@ class OptunaSweeper(Sweeper):
                                    directions=self.directions if multi else None,
                                    direction=None if multi else self.directions[0])
 
+    def _is_orphan(self, trial: optuna.trial.FrozenTrial) -> bool:
+        """A trial asked for but never claimed: its sweeper died between ``ask()`` and the claim.
+
+        No worker and no heartbeat name it, so nothing else would ever fail it. The claim
+        follows the ask within milliseconds; one unclaimed for the grace period is an orphan.
+        """
+        if WORKER_ATTR in trial.system_attrs or trial.datetime_start is None:
+            return False
+        started = trial.datetime_start.timestamp()  # Optuna stores naive local times
+        return time.time() - started > self.grace_period_s
+
     def recover(self, study: optuna.Study) -> None:
-        """Fail the running trials whose worker is gone (here: at once; elsewhere: by heartbeat)."""
+        """Fail the running trials whose worker is gone (here: at once; elsewhere: by heartbeat)
+        and those no worker ever claimed; each is queued again with its parameters."""
         storage = study._storage
         callback = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if not worker_is_dead(trial.system_attrs.get(WORKER_ATTR)):
+            if not (worker_is_dead(trial.system_attrs.get(WORKER_ATTR)) or self._is_orphan(trial)):
                 continue
             try:
                 storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
             except optuna.exceptions.UpdateFinishedTrialError:  # another worker got there first
                 continue
-            log.warning("trial %d of study %r: its worker died; marked FAIL and queued again", trial.number,
-                        study.study_name)
+            log.warning("trial %d of study %r: its worker died (or never claimed it); marked FAIL and queued "
+                        "again", trial.number, study.study_name)
             if callback is not None:
                 callback(study, storage.get_trial(trial._trial_id))
         with warnings.catch_warnings():  # the heartbeat API is "experimental" and "meant for optimize()"
@@ -279,28 +291,29 @@ class OptunaSweeper(Sweeper):
                  {k: repr(d) for k, d in space.items()})
         returns: list[Any] = []
         attempts_left = self.n_trials * (self.max_retry + 1)
-        while True:
+        # Other workers of a shared study may still run trials: the report waits for them, and a
+        # retry queued meanwhile (one of theirs died) is taken here. The wait is bounded.
+        wait_deadline = None
+        while attempts_left > 0:
             self.recover(study)
-            missing = self.n_trials - self.done(study) - self._running_elsewhere(study)
-            if missing <= 0 or attempts_left <= 0:
+            running = self._running_elsewhere(study)
+            missing = self.n_trials - self.done(study) - running
+            if missing > 0:
+                batch = [study.ask(space) for _ in range(min(self.n_jobs, missing))]
+                attempts_left -= len(batch)
+                returns += self._run_batch(study, batch, fixed, space)
+                wait_deadline = None
+                continue
+            wait_deadline = wait_deadline or time.monotonic() + 600
+            if not running or time.monotonic() > wait_deadline:
                 break
-            batch = [study.ask(space) for _ in range(min(self.n_jobs, missing))]
-            attempts_left -= len(batch)
-            returns += self._run_batch(study, batch, fixed, space)
-        self._wait_for_others(study)
+            time.sleep(1)
         self.report(study)
         return returns
 
     def _running_elsewhere(self, study: optuna.Study) -> int:
         """Trials other workers of a shared study are running now (queued retries are ours to take)."""
         return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))) if self.storage_url else 0
-
-    def _wait_for_others(self, study: optuna.Study) -> None:
-        """Other workers of the study may still run trials: the report waits for them (bounded)."""
-        deadline = time.monotonic() + 600
-        while self._running_elsewhere(study) and time.monotonic() < deadline:
-            self.recover(study)
-            time.sleep(1)
 
     def _overrides(self, fixed: list[str], space: dict[str, Any], values: dict[str, Any], trial: Any,
                    number: int) -> list[str]:
