@@ -70,8 +70,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         overrides["batch_size"] = args.batch_size
     with contextlib.redirect_stdout(sys.stderr):
         target = instantiate(args.hw, overrides, args.conf_dir)
-        model = create_model(args.model)
-        shape = (target.batch_size, 3, args.input_size, args.input_size)
+        model = create_model(args.model, in_chans=args.in_chans)
+        shape = (target.batch_size, args.in_chans, args.input_size, args.input_size)
         report = target.latency(model, shape)
     result: dict[str, Any] = {
         "hw": args.hw,
@@ -144,11 +144,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
             units += lookup.model_units(model, search_space.input_shape_of(config, target.batch_size), args.granularity)
         sources.append({"space": name, "samples": args.samples, "seed": args.seed, "input_size": space.input_size})
     if args.model:
-        model = create_model(args.model)
-        units += lookup.model_units(model, (target.batch_size, 3, args.input_size, args.input_size), args.granularity)
-        sources.append({"model": args.model, "input_size": args.input_size})
+        model = create_model(args.model, in_chans=args.in_chans)
+        shape = (target.batch_size, args.in_chans, args.input_size, args.input_size)
+        units += lookup.model_units(model, shape, args.granularity)
+        sources.append({"model": args.model, "input_size": args.input_size, "in_chans": args.in_chans})
     grid = () if args.no_grid else tuple(int(g) for g in args.grid.split(","))
-    wanted = lookup.bracket_units(units, grid) if grid else list({u.key: u for u in units}.values())
+    wanted = lookup.bracket_units(units, grid, args.narrower) if grid else list({u.key: u for u in units}.values())
     todo = [u for u in wanted if u not in table]
     _log(
         f"{len(units)} unit instances, {len(wanted)} table units ({len(todo)} to measure) on {target.name}, "
@@ -278,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hw", required=True, help="device name (python -m hardware list)")
     p.add_argument("--model", required=True, help="timm or registered model name, e.g. mobilenetv2_100")
     p.add_argument("--input-size", type=int, required=True, help="side of the square input image")
+    p.add_argument("--in-chans", type=int, default=3, help="input channels (1 for MNIST models such as lenet5)")
     p.add_argument("--batch-size", type=int, default=None, help="default: the device's batch_size")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of the device yaml")
     p.add_argument("--provenance", action="store_true", help="include the report's provenance")
@@ -291,11 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", help="profile this timm/registered model's layers instead of (or besides) a space")
     p.add_argument("--input-size", type=int, default=None)
+    p.add_argument("--in-chans", type=int, default=3, help="input channels of --model (1 for MNIST models)")
     p.add_argument("--out", required=True, help="table file (JSON); an existing one is extended")
     p.add_argument(
         "--grid", default=",".join(map(str, DEFAULT_CHANNEL_GRID)), help="channel counts profiled for interpolation"
     )
     p.add_argument("--no-grid", action="store_true", help="profile the exact channel counts only")
+    p.add_argument("--narrower", action="store_true",
+                   help="also every grid count below each layer's widths: a table for pruning searches")
     p.add_argument("--granularity", choices=GRANULARITIES, default="block")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--repeats", type=int, default=30)

@@ -618,11 +618,12 @@ def interpolate(points: dict[tuple[int, ...], float], query: tuple[int, ...], gr
     return None
 
 
-def bracket_units(units: Iterable[Unit], grid: Iterable[int]) -> list[Unit]:
+def bracket_units(units: Iterable[Unit], grid: Iterable[int], narrower: bool = False) -> list[Unit]:
     """The grid units that bracket each unit's channel counts (what a profile measures).
 
     A count on the grid is kept; a count between two grid values is replaced by both;
-    a count outside the grid is kept as is (profiled exactly).
+    a count outside the grid is kept as is (profiled exactly). ``narrower`` adds every grid
+    count below each count, so that the table prices every width a pruning search can reach.
     """
     grid = sorted(set(grid))
     out: dict[str, Unit] = {}
@@ -633,9 +634,10 @@ def bracket_units(units: Iterable[Unit], grid: Iterable[int]) -> list[Unit]:
         per_axis = []
         for value in unit.axis_values:
             if value in grid or value < grid[0] or value > grid[-1]:
-                per_axis.append((value,))
+                counts: tuple[int, ...] = (value,)
             else:
-                per_axis.append((max(g for g in grid if g < value), min(g for g in grid if g > value)))
+                counts = (max(g for g in grid if g < value), min(g for g in grid if g > value))
+            per_axis.append(tuple(g for g in grid if g < min(counts)) + counts if narrower else counts)
         for combo in itertools.product(*per_axis):
             grid_unit = unit.with_axes(combo)
             out.setdefault(grid_unit.key, grid_unit)

@@ -34,6 +34,7 @@ from benchmarks.data import MNISTDataModule  # noqa: E402
 from benchmarks.models import build_model  # noqa: E402
 from benchmarks.schema import RecipeConfig, TrainerConfig  # noqa: E402
 from benchmarks.training import evaluate, fit  # noqa: E402
+from hardware.cli import main as hardware_cli  # noqa: E402
 from hardware.layers import count_macs  # noqa: E402
 from hardware.lookup import TableTarget  # noqa: E402
 from hardware.measured import LocalCPU  # noqa: E402
@@ -67,10 +68,14 @@ def main() -> int:
     pixel1 = Pixel1(name="pixel1", source="analytical", calibration="published",
                     reference_dir=str(ROOT.parent / "shared" / "reference" / "pixel1-amc-tflite"))
     local = LocalCPU(threads=1, clock="thread_cpu", warmup=5, repeats=30, min_time_s=0.1)
-    # CompactNet's platform simulator for this CPU: the per-layer lookup table profiled on it
-    # (configurations missing from the table are profiled on the spot and said in the report).
-    local_table = TableTarget(name="local_cpu_table", table=str(ROOT / "hardware" / "tables" / "local_cpu.json"),
-                              on_missing="profile", statistic="median")
+    # CompactNet's platform simulator for this CPU: a per-layer lookup table of LeNet-5's layers at
+    # every width a search can reach, profiled here first so that it stays fixed during the search.
+    table_file = work / "local_cpu_lenet5.json"
+    if "exchange" in args.parts:
+        hardware_cli(["profile", "--hw", "local_cpu", "--threads", "1", "--clock", "thread_cpu", "--model", "lenet5",
+                      "--input-size", "28", "--in-chans", "1", "--narrower", "--out", str(table_file)])
+    local_table = TableTarget(name="local_cpu_table", table=str(table_file), on_missing="error",
+                              statistic="median") if table_file.exists() else None
 
     start = time.perf_counter()
     base = build_model("lenet5", num_classes=10, in_chans=1)
@@ -126,17 +131,22 @@ def main() -> int:
              f"test subset {SIZES['test_subset']}), baseline trained 2 epochs (SGD lr 0.05, cosine); "
              f"pixel1 = emulated (`{base_px.label}`), local_cpu = measured PyTorch eager, 1 thread, thread-CPU clock "
              f"(`{base_cpu.label}`). Generated {now} by `python results/pruning_auto_bench.py`.")
-    exch = exchange_rows(base, trimmed, {"pixel1": pixel1, "local_cpu_table": local_table, "local_cpu": local}, INPUT)
-    top1 = {"baseline": base_top1, **{hw: evaluate(m, dm, "test")["top1"] for hw, m in trimmed.items()}}
-    channels = {"baseline": _widths(base), **{hw: _widths(m) for hw, m in trimmed.items()}}
     if "exchange" in args.parts:
-      (args.out / "pruning_platform_exchange.md").write_text(_markdown(
-        exch, top1, channels,
-        "# CompactNet platform exchange (Li et al. 2019, Table 7)\n\n" + setup
-        + "\n\nBoth models were trimmed by CompactNet to a 1.5x speedup (N=4, d=0.96, fine-tune 0.05 epoch per "
-          "candidate, retrain 1 epoch), one guided by pixel1, one by local_cpu_table (the per-layer lookup table "
-          "of this CPU, CompactNet's simulator). Bold: the model on the target it was trimmed for. local_cpu rows "
-          "are direct measurements (median ± IQR) of the same models."))
+        exch = exchange_rows(base, trimmed, {"pixel1": pixel1, "local_cpu_table": local_table, "local_cpu": local},
+                             INPUT)
+        top1 = {"baseline": base_top1, **{hw: evaluate(m, dm, "test")["top1"] for hw, m in trimmed.items()}}
+        channels = {"baseline": _widths(base), **{hw: _widths(m) for hw, m in trimmed.items()}}
+        (args.out / "pruning_platform_exchange.md").write_text(_markdown(
+            exch, top1, channels,
+            "# CompactNet platform exchange (Li et al. 2019, Table 7)\n\n" + setup
+            + "\n\nBoth models were trimmed by CompactNet to a 1.5x speedup (N=4, d=0.96, fine-tune 0.05 epoch "
+              "per candidate, retrain 1 epoch), one guided by pixel1, one by local_cpu_table: CompactNet's "
+              "simulator for this CPU, a per-layer lookup table of LeNet-5's layers at every width the search can "
+              "reach (`python -m hardware profile --hw local_cpu --threads 1 --clock thread_cpu --model lenet5 "
+              "--input-size 28 --in-chans 1 --narrower`, profiled on this machine just before the search, "
+              "uncalibrated: the sum of its entries), so that it stays fixed during the search. Bold: the model on "
+              "the target it was trimmed for. local_cpu rows are direct measurements (median ± IQR) of the same "
+              "models; baseline and trimmed models are measured one after the other in the same minute."))
 
     lines = ["# AMC on LeNet-5 / MNIST", "", setup, "",
              f"Baseline: top-1 {base_top1:.2f}%, {base_macs} MACs, pixel1 {base_px.latency_ms:.4f} ms, "

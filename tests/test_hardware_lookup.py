@@ -269,3 +269,19 @@ def test_calibrated_scale_and_overhead_are_fitted_on_profile_architectures(tmp_p
     entries = LatencyTable.load(path).entries
     report = TableTarget(table=str(path), on_missing="error").latency(model, shape)
     assert report.latency_ms == 1.25 * math.fsum(entries[u.key]["ms"] for u in units) + 0.001 * len(units)
+
+
+def test_profile_of_a_grayscale_model_predicts_its_narrower_variants(tmp_path: Path) -> None:
+    """``--model lenet5 --in-chans 1``: the table then prices every width CompactNet may try."""
+    out = tmp_path / "lenet5.json"
+    argv = ["profile", "--hw", "local_cpu", "--threads", "1", "--model", "lenet5", "--input-size", "28",
+            "--in-chans", "1", "--out", str(out), "--warmup", "1", "--repeats", "3", "--min-time", "0",
+            "--grid", "1,8,16,32,64,512", "--narrower"]
+    assert cli_main(argv) == 0
+    assert LatencyTable.load(out).metadata["sources"] == [{"model": "lenet5", "input_size": 28, "in_chans": 1}]
+    target = TableTarget(table=str(out), on_missing="error")
+    from benchmarks.models.lenet import LeNet5
+
+    for widths in (((20, 50), 500), ((9, 5), 316)):  # lenet5, and a width CompactNet found
+        report = target.latency(LeNet5(conv_channels=widths[0], hidden_features=widths[1]), (1, 1, 28, 28))
+        assert report.latency_ms > 0 and report.provenance["units_measured_now"] == 0

@@ -10,7 +10,8 @@ benchmark needs:
 - Resumable studies: any SQLAlchemy URL; a study of the same name is continued. A trial
   whose worker died (SIGKILL, a lost node) is failed and retried with the same parameters
   (Optuna's heartbeat and ``RetryHeartbeatStaleTrialCallback``; a worker on this host
-  that no longer exists is recognised at once, without waiting for the grace period).
+  that no longer exists is recognised at once, without waiting for the grace period; a
+  trial asked for but never claimed, its sweeper killed in between, after the grace period).
   ``n_trials`` counts the trials the study holds, so a restarted sweep only runs what is
   missing and never reruns a finished trial.
 - Tags: every trial's MLflow run carries ``optuna_study``, ``optuna_trial`` and
