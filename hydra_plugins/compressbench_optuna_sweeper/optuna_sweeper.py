@@ -188,7 +188,7 @@ class OptunaSweeper(Sweeper):
                                  f"{self.directions}")
         if self.n_trials < 1 or self.n_jobs < 1:
             raise SweepSpecError("hydra.sweeper.n_trials and hydra.sweeper.n_jobs must be at least 1")
-        if _built(self.pruner_cfg) is not None:
+        if _given(self.pruner_cfg):
             if self.storage_url is None:
                 raise SweepSpecError("hydra.sweeper.pruner needs hydra.sweeper.storage: the trials report to the "
                                      "study through it (a sqlite:/// or postgresql:// URL)")
@@ -376,9 +376,14 @@ class OptunaSweeper(Sweeper):
             log.info("%s", line)
 
 
+def _given(node: Any) -> bool:
+    """A sampler or pruner is set (``null`` and ``{}`` mean Optuna's default: none)."""
+    return node is not None and not (isinstance(node, DictConfig | dict) and not node)
+
+
 def _built(node: Any) -> Any:
     """A sampler or pruner: Hydra instantiated it already (nested ``_target_``), or a config of one."""
-    if node is None or (isinstance(node, DictConfig | dict) and not node):
+    if not _given(node):
         return None
     return instantiate(node) if isinstance(node, DictConfig | dict) else node
 
