@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -64,7 +65,8 @@ def _start_ray_head(env: dict[str, str], port: int, attempts: int = 3) -> None:
 
 def test_multirun_on_local_ray(run_env: dict[str, str], data_root: Path) -> None:
     port = _free_port()
-    env = {**run_env, **RAY_LOOPBACK, "RAY_ADDRESS": f"127.0.0.1:{port}"}
+    # token mode needs a token: a fresh machine has no ~/.ray/auth_token, so the test brings its own
+    env = {**run_env, **RAY_LOOPBACK, "RAY_ADDRESS": f"127.0.0.1:{port}", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     _start_ray_head(env, port)  # the test's own one-machine cluster, stopped below
     try:
         done = subprocess.run([sys.executable, "-m", "benchmarks", "-m", "launcher=ray", "model=lenet5,lenet_300_100",
