@@ -267,3 +267,21 @@ def test_method_configs_compose_and_instantiate(compose_cfg, overrides, cls, mod
     cfg = compose_cfg(*overrides)
     method = instantiate(cfg.method, _convert_="all")
     assert isinstance(method, cls) and cfg.model.name == model
+
+
+def test_platform_exchange_rows_interleave_rounds_and_divide_by_the_same_baseline(lenet, pixel1):
+    """Table 7's rows: each trimmed model on each target, its speedup against the baseline on that target."""
+    from benchmarks.models.lenet import LeNet5
+    from methods.pruning.platform_exchange import exchange_rows
+
+    trimmed = {"narrow": LeNet5(conv_channels=(9, 5), hidden_features=500).eval(),
+               "thin_fc": LeNet5(conv_channels=(20, 50), hidden_features=100).eval()}
+    rows = exchange_rows(lenet, trimmed, {"pixel1": pixel1}, INPUT, rounds=3)
+    base = pixel1.latency(lenet, INPUT).latency_ms
+    assert [(r["evaluated_on"], r["trimmed_for"]) for r in rows] == [("pixel1", "narrow"), ("pixel1", "thin_fc")]
+    for row, model in zip(rows, trimmed.values(), strict=True):
+        assert row["baseline_ms"] == base and row["rounds"] == 3
+        assert row["latency_ms"] == pixel1.latency(model, INPUT).latency_ms < base
+        assert row["speedup"] == base / row["latency_ms"] and row["spread_ms"] == 0.0  # an emulator is deterministic
+    with pytest.raises(ValueError, match="rounds must be >= 1"):
+        exchange_rows(lenet, trimmed, {"pixel1": pixel1}, INPUT, rounds=0)

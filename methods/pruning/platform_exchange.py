@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +35,37 @@ from methods.pruning.structured import load_pruned
 
 
 def exchange_rows(baseline: nn.Module, trimmed: dict[str, nn.Module], targets: dict[str, HardwareTarget],
-                  input_shape: tuple[int, ...]) -> list[dict[str, Any]]:
-    """One row per (target evaluated on, model trimmed for): latency and speedup on that target."""
+                  input_shape: tuple[int, ...], rounds: int = 1) -> list[dict[str, Any]]:
+    """One row per (target evaluated on, model trimmed for): latency and speedup on that target.
+
+    With ``rounds`` > 1 every model is measured that many times, the models interleaved
+    (baseline, trimmed..., baseline, ...), and the row holds the median over the rounds with
+    their IQR as the spread: a VM whose speed drifts by tens of percent over a minute then
+    moves every model alike instead of favouring whichever was measured in a fast moment.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    models = {"baseline": baseline, **trimmed}
     rows = []
     for hw, target in targets.items():
-        base = target.latency(baseline, input_shape)
-        for trimmed_for, model in trimmed.items():
-            report = target.latency(model, input_shape)
-            rows.append({"evaluated_on": hw, "trimmed_for": trimmed_for, "latency_ms": report.latency_ms,
-                         "spread_ms": report.spread_ms, "baseline_ms": base.latency_ms,
-                         "speedup": base.latency_ms / report.latency_ms, "source": report.label})
+        reports: dict[str, list[Any]] = {name: [] for name in models}
+        for _ in range(rounds):
+            for name, model in models.items():
+                reports[name].append(target.latency(model, input_shape))
+        base_ms = statistics.median(r.latency_ms for r in reports["baseline"])
+        for trimmed_for in trimmed:
+            values = [r.latency_ms for r in reports[trimmed_for]]
+            spread = (_iqr(values) if rounds > 1 else reports[trimmed_for][0].spread_ms)
+            latency_ms = statistics.median(values)
+            rows.append({"evaluated_on": hw, "trimmed_for": trimmed_for, "latency_ms": latency_ms,
+                         "spread_ms": spread, "baseline_ms": base_ms, "speedup": base_ms / latency_ms,
+                         "source": reports[trimmed_for][0].label, "rounds": rounds})
     return rows
+
+
+def _iqr(values: list[float]) -> float:
+    quartiles = statistics.quantiles(values, n=4, method="inclusive")
+    return quartiles[2] - quartiles[0]
 
 
 def _markdown(rows: list[dict[str, Any]], top1: dict[str, float], channels: dict[str, dict[str, int]],
@@ -79,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--title", default="CompactNet platform exchange")
     parser.add_argument("--note", default="")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved measurements of every model per target")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides selecting model and dataset")
     args = parser.parse_args(argv)
 
@@ -99,13 +121,14 @@ def main(argv: list[str] | None = None) -> int:
         name, path = item.split("=", 1)
         trimmed[name] = load_pruned(Path(path), template)
     input_shape = (1, *datamodule.input_shape)
-    rows = exchange_rows(baseline, trimmed, targets, input_shape)
+    rows = exchange_rows(baseline, trimmed, targets, input_shape, args.rounds)
     top1 = {"baseline": evaluate(baseline, datamodule, "test")["top1"],
             **{name: evaluate(m, datamodule, "test")["top1"] for name, m in trimmed.items()}}
     channels = {"baseline": _widths(baseline), **{name: _widths(m) for name, m in trimmed.items()}}
     header = (f"# {args.title}\n\nModel `{cfg.model.name}` on `{cfg.dataset.name}` (test split), batch 1; "
               f"generated {_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC by "
-              "`python -m methods.pruning.platform_exchange`. Bold: the model on the target it was trimmed for."
+              "`python -m methods.pruning.platform_exchange`. Bold: the model on the target it was trimmed for. "
+              f"Latency: median of {args.rounds} interleaved rounds per model, ± their IQR."
               + (f"\n\n{args.note}" if args.note else ""))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(_markdown(rows, top1, channels, header))
