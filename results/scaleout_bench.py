@@ -17,7 +17,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import platform
 import shutil
 import socket
 import subprocess
@@ -28,6 +27,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from hardware.protocol import cpu_model  # noqa: E402
+
 #: The columns of results/<matrix>/leaderboard.csv that a rerun must reproduce exactly.
 ACCURACY_COLUMNS = ("top1", "params", "nonzero_params", "macs", "stored_bytes")
 #: One sweep trial: LeNet-5 on 4096 MNIST images for one epoch, short latency protocol.
@@ -138,16 +141,9 @@ def _provenance(part: dict[str, Any]) -> str:
 
 def _measured(bench: Any, *args: Any) -> dict[str, Any]:
     """One part's figures with when, where and under what load they were taken."""
-    start = {"date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": _cpu_name(),
+    start = {"date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": cpu_model(),
              "cpus": os.cpu_count(), "load_before": os.getloadavg()[0]}
     return {**start, **bench(*args), "load_after": os.getloadavg()[0]}
-
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def _markdown(results: dict[str, Any]) -> str:

@@ -29,6 +29,7 @@ from torch import nn
 
 from benchmarks.models import build_model
 from benchmarks.training import evaluate
+from hardware.protocol import summarise
 from hardware.target import HardwareTarget
 from methods.baseline import load_dense
 from methods.pruning.structured import load_pruned
@@ -54,18 +55,16 @@ def exchange_rows(baseline: nn.Module, trimmed: dict[str, nn.Module], targets: d
                 reports[name].append(target.latency(model, input_shape))
         base_ms = statistics.median(r.latency_ms for r in reports["baseline"])
         for trimmed_for in trimmed:
-            values = [r.latency_ms for r in reports[trimmed_for]]
-            spread = (_iqr(values) if rounds > 1 else reports[trimmed_for][0].spread_ms)
-            latency_ms = statistics.median(values)
+            first = reports[trimmed_for][0]
+            if rounds > 1:
+                over_rounds = summarise([r.latency_ms for r in reports[trimmed_for]])
+                latency_ms, spread = over_rounds.median_ms, over_rounds.iqr_ms
+            else:
+                latency_ms, spread = first.latency_ms, first.spread_ms
             rows.append({"evaluated_on": hw, "trimmed_for": trimmed_for, "latency_ms": latency_ms,
                          "spread_ms": spread, "baseline_ms": base_ms, "speedup": base_ms / latency_ms,
-                         "source": reports[trimmed_for][0].label, "rounds": rounds})
+                         "source": first.label, "rounds": rounds})
     return rows
-
-
-def _iqr(values: list[float]) -> float:
-    quartiles = statistics.quantiles(values, n=4, method="inclusive")
-    return quartiles[2] - quartiles[0]
 
 
 def _markdown(rows: list[dict[str, Any]], top1: dict[str, float], channels: dict[str, dict[str, int]],
