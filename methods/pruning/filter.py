@@ -41,7 +41,6 @@ from torch import nn
 from hardware.layers import count_macs
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
 from methods.pruning.criteria import CRITERIA, ChannelImportance, layer_normalised, make_criterion
-from methods.pruning.magnitude import plot_policy, write_json
 from methods.pruning.structured import (
     ChannelPruner,
     channel_plan,
@@ -52,6 +51,7 @@ from methods.pruning.structured import (
     prune_counts,
     save_pruned,
 )
+from methods.reporting import plot_policy, write_json
 
 log = logging.getLogger(__name__)
 

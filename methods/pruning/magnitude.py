@@ -20,7 +20,6 @@ the remaining ones with the removed ones held at zero; iterate (Aswani survey, S
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -38,6 +37,7 @@ from methods.pruning.masks import (
     prunable_layers,
 )
 from methods.pruning.sparse_storage import FORMATS, load_sparse_state_dict, save_sparse_state_dict
+from methods.reporting import plot_policy, write_json
 
 log = logging.getLogger(__name__)
 
@@ -85,33 +85,6 @@ def unstructured_metrics(decoded: nn.Module, baseline: nn.Module, layer_names: S
     metrics["dense_bytes"] = float(sum(r["dense_bytes"] for r in report.values()))
     metrics["compression_ratio"] = metrics["dense_bytes"] / metrics["stored_bytes"]
     return metrics
-
-
-def write_json(path: Path, payload: Any) -> Path:
-    path.write_text(json.dumps(payload, indent=2, sort_keys=False))
-    return path
-
-
-def plot_policy(values: Mapping[str, float], ylabel: str, path: Path) -> list[Path]:
-    """A bar per layer (the per-layer policy as a picture); [] when matplotlib cannot draw."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(max(4.0, 0.28 * len(values) + 1.5), 3.2))
-        ax.bar(range(len(values)), list(values.values()))
-        ax.set_xticks(range(len(values)), list(values), rotation=90, fontsize=6)
-        ax.set_ylabel(ylabel)
-        ax.set_ylim(0, 1)
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return [path]
-    except Exception as err:  # noqa: BLE001 - the JSON policy is the record; the plot is a convenience
-        log.warning("policy plot skipped (%s)", err)
-        return []
 
 
 class MagnitudePruning(CompressionMethod):

@@ -33,8 +33,8 @@ from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
 from methods.pruning.filter import layer_policy, structured_metrics
-from methods.pruning.magnitude import plot_policy, write_json
 from methods.pruning.structured import ChannelPruner, channel_plan, load_pruned, save_pruned
+from methods.reporting import plot_policy, write_json
 
 log = logging.getLogger(__name__)
 
