@@ -32,6 +32,7 @@ import benchmarks.models  # noqa: E402,F401
 from benchmarks.context import make_context  # noqa: E402
 from benchmarks.data import MNISTDataModule  # noqa: E402
 from benchmarks.models import build_model  # noqa: E402
+from benchmarks.platform_exchange import exchange_markdown, exchange_rows, layer_widths  # noqa: E402
 from benchmarks.schema import RecipeConfig, TrainerConfig  # noqa: E402
 from benchmarks.training import evaluate, fit  # noqa: E402
 from hardware.cli import main as hardware_cli  # noqa: E402
@@ -41,7 +42,6 @@ from hardware.measured import LocalCPU  # noqa: E402
 from hardware.opcost import Pixel1  # noqa: E402
 from methods.pruning.amc import AMC  # noqa: E402
 from methods.pruning.compactnet import CompactNet  # noqa: E402
-from methods.pruning.platform_exchange import _markdown, _widths, exchange_rows  # noqa: E402
 
 INPUT = (1, 1, 28, 28)
 SIZES = {"train_subset": 10000, "val_subset": 1000, "test_subset": 2000}
@@ -102,7 +102,7 @@ def main() -> int:
                 "pixel1_ms": px.latency_ms, "pixel1_ratio": px.latency_ms / base_px.latency_ms,
                 "local_ms": cpu.latency_ms, "local_iqr": cpu.spread_ms,
                 "local_speedup": base_cpu.latency_ms / cpu.latency_ms, "seconds": seconds,
-                "widths": _widths(m), **{f"m_{k}": v for k, v in result.metrics.items()}}
+                "widths": layer_widths(m), **{f"m_{k}": v for k, v in result.metrics.items()}}
 
     rows = []
     amc_common = dict(episodes=args.episodes, warmup_episodes=args.warmup, reward_batches=args.reward_batches, calibration_batches=4,
@@ -139,8 +139,8 @@ def main() -> int:
         exch = exchange_rows(base, trimmed, {"pixel1": pixel1, "local_cpu_table": local_table, "local_cpu": local},
                              INPUT, rounds=EXCHANGE_ROUNDS)
         top1 = {"baseline": base_top1, **{hw: evaluate(m, dm, "test")["top1"] for hw, m in trimmed.items()}}
-        channels = {"baseline": _widths(base), **{hw: _widths(m) for hw, m in trimmed.items()}}
-        (args.out / "pruning_platform_exchange.md").write_text(_markdown(
+        channels = {"baseline": layer_widths(base), **{hw: layer_widths(m) for hw, m in trimmed.items()}}
+        (args.out / "pruning_platform_exchange.md").write_text(exchange_markdown(
             exch, top1, channels,
             "# CompactNet platform exchange (Li et al. 2019, Table 7)\n\n" + setup
             + f"\n\nBoth models were trimmed by CompactNet to a {EXCHANGE_SPEEDUP}x speedup (N=4, d=0.96, fine-tune 0.05 epoch "

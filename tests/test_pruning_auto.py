@@ -272,7 +272,7 @@ def test_method_configs_compose_and_instantiate(compose_cfg, overrides, cls, mod
 def test_platform_exchange_rows_interleave_rounds_and_divide_by_the_same_baseline(lenet, pixel1):
     """Table 7's rows: each trimmed model on each target, its speedup against the baseline on that target."""
     from benchmarks.models.lenet import LeNet5
-    from methods.pruning.platform_exchange import exchange_rows
+    from benchmarks.platform_exchange import exchange_rows
 
     trimmed = {"narrow": LeNet5(conv_channels=(9, 5), hidden_features=500).eval(),
                "thin_fc": LeNet5(conv_channels=(20, 50), hidden_features=100).eval()}

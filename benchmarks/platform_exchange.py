@@ -5,7 +5,7 @@ on every target: a model is platform-specific when it reaches its speedup on the
 it was trimmed for and less on the other. Every figure comes from the targets
 themselves (their own provenance label is in the table), accuracy from the test split.
 
-    python -m methods.pruning.platform_exchange --baseline BASE.pt \\
+    python -m benchmarks.platform_exchange --baseline BASE.pt \\
         --trimmed pixel1=outputs/work/<run>/model.pt --trimmed local_cpu=outputs/work/<run>/model.pt \\
         --hw pixel1 --hw local_cpu --out results/pruning_platform_exchange.md [hydra overrides ...]
 
@@ -67,8 +67,9 @@ def exchange_rows(baseline: nn.Module, trimmed: dict[str, nn.Module], targets: d
     return rows
 
 
-def _markdown(rows: list[dict[str, Any]], top1: dict[str, float], channels: dict[str, dict[str, int]],
-              header: str) -> str:
+def exchange_markdown(rows: list[dict[str, Any]], top1: dict[str, float], channels: dict[str, dict[str, int]],
+                      header: str) -> str:
+    """Table 7 as markdown: the exchange rows, then the filters each model kept per layer."""
     lines = [header, "",
              "| evaluated on | trimmed for | latency (ms) | baseline (ms) | speedup | top-1 (%) | source |",
              "|---|---|---:|---:|---:|---:|---|"]
@@ -86,7 +87,8 @@ def _markdown(rows: list[dict[str, Any]], top1: dict[str, float], channels: dict
     return "\n".join(lines) + "\n"
 
 
-def _widths(model: nn.Module) -> dict[str, int]:
+def layer_widths(model: nn.Module) -> dict[str, int]:
+    """Output channels (features) of every conv and linear layer: what a trimming kept."""
     return {n: (m.out_features if isinstance(m, nn.Linear) else m.out_channels)
             for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
 
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides selecting model and dataset")
     args = parser.parse_args(argv)
 
-    conf_dir = Path(__file__).resolve().parents[2] / "conf"
+    conf_dir = Path(__file__).resolve().parents[1] / "conf"
     targets: dict[str, HardwareTarget] = {}
     with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
         cfg = compose(config_name="config", overrides=list(args.overrides))
@@ -123,14 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = exchange_rows(baseline, trimmed, targets, input_shape, args.rounds)
     top1 = {"baseline": evaluate(baseline, datamodule, "test")["top1"],
             **{name: evaluate(m, datamodule, "test")["top1"] for name, m in trimmed.items()}}
-    channels = {"baseline": _widths(baseline), **{name: _widths(m) for name, m in trimmed.items()}}
+    channels = {"baseline": layer_widths(baseline), **{name: layer_widths(m) for name, m in trimmed.items()}}
     header = (f"# {args.title}\n\nModel `{cfg.model.name}` on `{cfg.dataset.name}` (test split), batch 1; "
               f"generated {_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC by "
-              "`python -m methods.pruning.platform_exchange`. Bold: the model on the target it was trimmed for. "
+              "`python -m benchmarks.platform_exchange`. Bold: the model on the target it was trimmed for. "
               f"Latency: median of {args.rounds} interleaved rounds per model, ± their IQR."
               + (f"\n\n{args.note}" if args.note else ""))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(_markdown(rows, top1, channels, header))
+    args.out.write_text(exchange_markdown(rows, top1, channels, header))
     print(args.out.read_text())
     return 0
 
