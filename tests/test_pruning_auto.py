@@ -27,12 +27,14 @@ from benchmarks.schema import RecipeConfig, TrainerConfig
 from hardware.layers import count_macs
 from hardware.opcost import Pixel1
 from methods.base import MethodConfigError
-from methods.pruning.amc import AMC, ChannelSelector, _feature_columns, _weight_matrix, search_threads
+from methods.pruning.amc import AMC, ChannelSelector, _feature_columns, _weight_matrix
+from methods.pruning.channel_space import ChannelSpace
 from methods.pruning.compactnet import CompactNet, compactnet_sub_targets
-from methods.pruning.ddpg import DDPGAgent, DDPGConfig
 from methods.pruning.netadapt import NetAdapt
-from methods.pruning.resource import ChannelSpace, LatencyResource, MacsResource, make_resource
 from methods.pruning.structured import load_pruned
+from methods.search.ddpg import DDPGAgent, DDPGConfig
+from methods.search.resource import LatencyResource, MacsResource, make_resource
+from methods.search.threads import search_threads
 from tests.conftest import SHARED_DATA, needs_shared_data
 
 PIXEL1_PROFILES = SHARED_DATA.parent / "reference" / "pixel1-amc-tflite"

@@ -8,7 +8,7 @@ and details follow the authors' public code as summarised in
 What is implemented (paper section in brackets):
 
 - The environment walks the prunable layers in execution order (3.1). A "layer" is one
-  group of coupled channels (:class:`methods.pruning.resource.ChannelSpace`); AMC's
+  group of coupled channels (:class:`methods.pruning.channel_space.ChannelSpace`); AMC's
   layer t is the group's first dense *consumer*, whose input channels the action prunes.
 - State (3.2): the 10-feature layer embedding (index, type, in/out channels, stride,
   kernel, weights, resource reduced so far, resource of the layers still to come,
@@ -18,13 +18,13 @@ What is implemented (paper section in brackets):
 - Resource-constrained compression (3.3): the *action wall*. Before a layer's action is
   executed it is capped so that, if every later layer kept only ``lbound``, the budget
   ``target_ratio x cost(original)`` could still be met. The cost is the resource of
-  :mod:`methods.pruning.resource`: MACs, or the latency the run's hardware target reports
+  :mod:`methods.search.resource`: MACs, or the latency the run's hardware target reports
   for the trimmed model (``+hw=pixel1`` steers by pixel1's latency). The cap is found by
   bisection over channel counts on real, physically pruned candidates.
 - Reward (3.3): ``acc`` = accuracy x 0.01 (the authors' default with the action wall) or
   ``acc_flops`` = -(1 - accuracy) x log(MACs); accuracy is top-1 on a few validation
   batches, without fine-tuning, as in the paper's fast search.
-- Agent (3.2): DDPG, :mod:`methods.pruning.ddpg` (300-300, lr 1e-4/1e-3, tau 0.01,
+- Agent (3.2): DDPG, :mod:`methods.search.ddpg` (300-300, lr 1e-4/1e-3, tau 0.01,
   discount 1, batch 64, warm-up episodes of random actions, truncated-normal exploration
   with sigma 0.5 x 0.95 per episode, moving-average reward baseline).
 - Channel selection (3.4): input channels ranked by the summed magnitude of the
@@ -51,8 +51,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,9 +63,11 @@ from torch import nn
 
 from hardware.layers import count_macs
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
-from methods.pruning.ddpg import DDPGAgent, DDPGConfig
-from methods.pruning.resource import ChannelSpace, PrunableUnit, Resource, make_resource
+from methods.pruning.channel_space import ChannelSpace, PrunableUnit
 from methods.pruning.structured import load_pruned, save_pruned
+from methods.search.ddpg import DDPGAgent, DDPGConfig
+from methods.search.resource import Resource, make_resource
+from methods.search.threads import search_threads
 
 log = logging.getLogger(__name__)
 
@@ -354,22 +355,6 @@ def uniform_policy(env: AMCEnvironment) -> list[int]:
         else:
             high = mid
     return kept_at(low)
-
-
-@contextmanager
-def search_threads(threads: int | None) -> Iterator[None]:
-    """PyTorch intra-op threads for the search's many tiny forward passes (None: unchanged).
-
-    Candidate models are evaluated on a few batches thousands of times; on a shared
-    2-core machine one thread avoids oversubscription stalls that cost 100x on tiny convs.
-    """
-    old = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 # -- the method ------------------------------------------------------------------------------

@@ -58,10 +58,11 @@ from torch import nn
 
 from hardware.layers import count_macs
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
-from methods.pruning.amc import search_threads
+from methods.pruning.channel_space import ChannelSpace, PrunableUnit
 from methods.pruning.criteria import L2FilterNorm
-from methods.pruning.resource import ChannelSpace, PrunableUnit, Resource, make_resource
 from methods.pruning.structured import load_pruned, save_pruned
+from methods.search.resource import Resource, make_resource
+from methods.search.threads import search_threads
 
 log = logging.getLogger(__name__)
 
