@@ -3,9 +3,13 @@
 Drives the methods through benchmarks.context.make_context (the same fine-tuning and
 evaluation the pipeline gives a method), on MNIST with the mnist_sgd recipe:
 
-    python results/quantization_codebook_bench.py baseline lenet_300_100 42
-    python results/quantization_codebook_bench.py deep_compression lenet_300_100 42 conf/experiment/deep_compression_lenet_300_100.yaml [overrides.yaml] [tag]
-    python results/quantization_codebook_bench.py fixed_point lenet_300_100 42
+    python -m benchmarks.studies.quantization_codebook baseline lenet_300_100 42
+    python -m benchmarks.studies.quantization_codebook deep_compression lenet_300_100 42 \
+        conf/experiment/deep_compression_lenet_300_100.yaml [overrides.yaml] [tag]
+    python -m benchmarks.studies.quantization_codebook fixed_point lenet_300_100 42
+
+The Deep Compression settings are conf/method/deep_compression.yaml with the preset's ``method:``
+block (and the overrides file's) merged in, built by ``methods.create_method``.
 
 Outputs go to outputs/quantization_codebook/ (JSON per run). Data: $COMPRESSBENCH_SOURCE_DATA
 (default ../shared/data). One torch thread: on a shared 2-core machine two threads made small
@@ -14,31 +18,29 @@ ops ~30x slower.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import os
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
+import timm
 import torch
+from omegaconf import OmegaConf
 
-torch.set_num_threads(1)
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import benchmarks.models  # noqa: F401  (registers the LeNets)
+from benchmarks.context import make_context
+from benchmarks.data import MNISTDataModule
+from benchmarks.schema import RecipeConfig, TrainerConfig
+from benchmarks.training import fit
+from hardware.measured import LocalCPU
+from methods import create_method
+from methods.registry import method_config
 
-import timm  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-
-import benchmarks.models  # noqa: E402,F401  (registers the LeNets)
-from benchmarks.context import make_context  # noqa: E402
-from benchmarks.data import MNISTDataModule  # noqa: E402
-from benchmarks.schema import RecipeConfig, TrainerConfig  # noqa: E402
-from benchmarks.training import fit  # noqa: E402
-from hardware.measured import LocalCPU  # noqa: E402
-from methods.quantization.deep_compression import DeepCompression  # noqa: E402
-from methods.quantization.fixed_point import FixedPoint  # noqa: E402
-
+ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "outputs" / "quantization_codebook"
 
 
@@ -48,7 +50,7 @@ def context(workdir: Path, seed: int):
                            val_size=5000, seed=seed)
     data.prepare_data()
     data.setup("fit")
-    recipe = RecipeConfig(**OmegaConf.to_container(OmegaConf.load(ROOT / "conf/recipe/mnist_sgd.yaml")))
+    recipe = RecipeConfig(**cast(dict[str, Any], OmegaConf.to_container(OmegaConf.load(ROOT / "conf/recipe/mnist_sgd.yaml"))))
     trainer = TrainerConfig(progress_bar=False, limit_val_batches=0)
     return data, recipe, trainer, make_context(data, LocalCPU(), recipe, trainer, seed, workdir)
 
@@ -72,15 +74,16 @@ def run_baseline(name: str, seed: int) -> dict:
 
 
 def run_deep_compression(name: str, seed: int, preset: str, overrides: str | None = None, tag: str = "") -> dict:
-    cfg = OmegaConf.merge(OmegaConf.load(ROOT / "conf/method/deep_compression.yaml"), OmegaConf.load(preset)["method"])
+    settings = OmegaConf.select(OmegaConf.load(preset), "method")
     if overrides:
-        cfg = OmegaConf.merge(cfg, OmegaConf.load(overrides)["method"])
-    cfg = OmegaConf.to_container(cfg)
+        settings = OmegaConf.merge(settings, OmegaConf.select(OmegaConf.load(overrides), "method"))
+    changes = cast(dict[str, Any], OmegaConf.to_container(settings))
+    cfg = cast(dict[str, Any], OmegaConf.to_container(method_config("deep_compression", **changes)))
     cfg.pop("_target_")
     _, _, _, ctx = context(OUT / f"dc_{name}_s{seed}{tag}", seed)
     model = load_baseline(name, seed)
     start = time.time()
-    result = DeepCompression(**cfg).compress(model, ctx)
+    result = create_method("deep_compression", **changes).compress(model, ctx)
     return {"model": name, "seed": seed, "config": cfg, "baseline_test": ctx.evaluate(model, "test"),
             "final_test": ctx.evaluate(result.model, "test"), "stored_bytes": result.stored_bytes,
             "seconds": time.time() - start, "metrics": result.metrics, "layer_bits": result.layer_bits}
@@ -96,19 +99,36 @@ def run_fixed_point(name: str, seed: int, finetune_epochs: float = 0.5, lr: floa
                                  (12, "nearest", finetune_epochs), (4, "nearest", 0), (4, "nearest", finetune_epochs),
                                  (4, "stochastic", finetune_epochs), (2, "nearest", 0), (2, "nearest", finetune_epochs),
                                  (2, "stochastic", finetune_epochs)]:
-        result = FixedPoint(word_length=16, integer_bits=16 - fl, fraction_bits=fl, rounding=rounding,
-                            finetune_epochs=epochs, finetune_lr=lr).compress(model, ctx)
+        result = create_method("fixed_point", word_length=16, integer_bits=16 - fl, fraction_bits=fl, rounding=rounding,
+                               finetune_epochs=epochs, finetune_lr=lr).compress(model, ctx)
         rows.append({"config": f"<{16 - fl},{fl}> {rounding}, fine-tune {epochs}", "fraction_bits": fl,
                      "rounding": rounding, "finetune_epochs": epochs,
                      "test_top1": ctx.evaluate(result.model, "test")["top1"], "stored_bytes": result.stored_bytes})
     return rows
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("kind", choices=("baseline", "deep_compression", "fixed_point"))
+    parser.add_argument("model", help="lenet_300_100 | lenet5")
+    parser.add_argument("seed", type=int)
+    parser.add_argument("preset", nargs="?", help="deep_compression: a conf/experiment yaml with a method: block")
+    parser.add_argument("overrides", nargs="?", help="deep_compression: a yaml whose method: block is merged last")
+    parser.add_argument("tag", nargs="?", default="", help="deep_compression: suffix of the output names")
+    args = parser.parse_args(argv)
+    if args.kind == "deep_compression" and not args.preset:
+        parser.error("deep_compression needs a preset, e.g. conf/experiment/deep_compression_lenet_300_100.yaml")
+    torch.set_num_threads(1)
     OUT.mkdir(parents=True, exist_ok=True)
-    kind, name, seed, *rest = sys.argv[1:]
-    runners = {"baseline": run_baseline, "deep_compression": run_deep_compression, "fixed_point": run_fixed_point}
-    output = runners[kind](name, int(seed), *rest)
-    tag = rest[2] if kind == "deep_compression" and len(rest) > 2 else ""
-    (OUT / f"{kind}_{name}_s{seed}{tag}.json").write_text(json.dumps(output, indent=1))
+    if args.kind == "deep_compression":
+        output: Any = run_deep_compression(args.model, args.seed, args.preset, args.overrides, args.tag)
+    else:
+        runners: dict[str, Callable[[str, int], Any]] = {"baseline": run_baseline, "fixed_point": run_fixed_point}
+        output = runners[args.kind](args.model, args.seed)
+    (OUT / f"{args.kind}_{args.model}_s{args.seed}{args.tag}.json").write_text(json.dumps(output, indent=1))
     print(json.dumps(output)[:2000])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

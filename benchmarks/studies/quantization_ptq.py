@@ -1,10 +1,11 @@
 """PTQ int8 of pretrained ResNet-20 on cifar10_jpeg: accuracy (float, simulated, deployed) and
 measured ONNX Runtime latency of the int8 model against the fp32 one on this CPU.
 
-    python results/quantization_ptq_bench.py [--variants auto,8bit] [--out results/quantization_ptq.json]
+    python -m benchmarks.studies.quantization_ptq [--variants auto,8bit] [--out results/quantization_ptq.json]
 
-Uses the real pieces: the datamodule and model zoo of the benchmark, the ``ptq`` method with
-a context built by ``benchmarks.context.make_context``, and the ``onnxruntime_cpu`` target
+Uses the real pieces: the datamodule and model zoo of the benchmark, the ``ptq`` method
+(``methods.create_method``: conf/method/ptq.yaml with a variant's overrides) with a context built
+by ``benchmarks.context.make_context``, and the ``onnxruntime_cpu`` target
 (``hardware.measured.OnnxRuntimeCPU``) for latency. Writes one JSON file of figures.
 """
 
@@ -13,27 +14,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
+from benchmarks.context import make_context
+from benchmarks.data import CIFAR10JPEGDataModule
+from benchmarks.models.zoo import build_model
+from benchmarks.schema import RecipeConfig, TrainerConfig
+from benchmarks.training import evaluate
+from hardware.measured import OnnxRuntimeCPU
+from hardware.protocol import cpu_model
+from methods import create_method
+from methods.quantization.onnx_int8 import cpu_has_vnni, export_float_onnx, onnx_accuracy, onnx_ops
 
-from benchmarks.context import make_context  # noqa: E402
-from benchmarks.data import CIFAR10JPEGDataModule  # noqa: E402
-from benchmarks.models.zoo import build_model  # noqa: E402
-from benchmarks.schema import RecipeConfig, TrainerConfig  # noqa: E402
-from benchmarks.training import evaluate  # noqa: E402
-from hardware.measured import OnnxRuntimeCPU  # noqa: E402
-from methods.quantization.onnx_int8 import cpu_has_vnni, export_float_onnx, onnx_accuracy, onnx_ops  # noqa: E402
-from methods.quantization.ptq import PostTrainingQuantization  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
-VARIANTS = {
+VARIANTS: dict[str, dict[str, Any]] = {
     # the default: 7-bit weights where this CPU's int8 kernels saturate on 8-bit ones
     "auto": {"reduce_range": "auto"},
     # full 8-bit weights: what the simulation promises, and what saturating kernels deliver
@@ -45,16 +45,6 @@ VARIANTS = {
     "w4a8_mse": {"bits": 4, "act_bits": 8, "weight_observer": "mse", "onnx": False},
     "w8a4_percentile": {"bits": 8, "act_bits": 4, "observer": "percentile", "onnx": False},
 }
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def latency(target: OnnxRuntimeCPU, onnx_path: Path) -> dict[str, float]:
@@ -82,9 +72,9 @@ def main() -> None:
     model = build_model("resnet20_cifar", 10, 3,
                         ROOT.parent / "shared" / "data" / "weights" / "akamaster-resnet-cifar10" / "resnet20-12fca82f.th").eval()
     work = Path(tempfile.mkdtemp(prefix="ptq_bench_"))
-    figures: dict = {
+    figures: dict[str, Any] = {
         "model": "resnet20_cifar (akamaster pretrained)", "dataset": "cifar10_jpeg", "split": "test",
-        "cpu": cpu_name(), "cpu_vnni": cpu_has_vnni(), "load_average": os.getloadavg(),
+        "cpu": cpu_model(), "cpu_vnni": cpu_has_vnni(), "load_average": os.getloadavg(),
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
     }
     figures["bytes_fp32_state_dict"] = sum(t.numel() * t.element_size() for t in model.state_dict().values())
@@ -98,8 +88,9 @@ def main() -> None:
 
     # wall-clock latency, and (one thread) the CPU time of the calling thread, which the other
     # processes of a shared machine do not inflate
-    targets = {int(b): OnnxRuntimeCPU(batch_size=int(b), threads=args.threads, repeats=50, warmup=10)
-               for b in args.batch_sizes.split(",")}
+    targets: dict[int | str, OnnxRuntimeCPU] = {
+        int(b): OnnxRuntimeCPU(batch_size=int(b), threads=args.threads, repeats=50, warmup=10)
+        for b in args.batch_sizes.split(",")}
     if args.threads == 1:
         targets.update({f"{b}_cpu": OnnxRuntimeCPU(batch_size=int(b), threads=1, repeats=50, warmup=10,
                                                    clock="thread_cpu")
@@ -110,11 +101,11 @@ def main() -> None:
     figures["variants"] = {}
     for name in args.variants.split(","):
         t0 = time.perf_counter()
-        method = PostTrainingQuantization(calibration_batches=args.calibration_batches, **VARIANTS[name])
+        method = create_method("ptq", calibration_batches=args.calibration_batches, **VARIANTS[name])
         ctx = make_context(dm, next(iter(targets.values())), RecipeConfig(epochs=0), TrainerConfig(progress_bar=False), 42,
                            work / name)
         result = method.compress(model, ctx)
-        entry = {"seconds": time.perf_counter() - t0, "stored_bytes": result.stored_bytes,
+        entry: dict[str, Any] = {"seconds": time.perf_counter() - t0, "stored_bytes": result.stored_bytes,
                  "layer_bits": sorted({tuple(v) for v in result.layer_bits.values()}), **result.metrics}
         if "simulated_top1" not in entry:  # not deployed: evaluate the decoded (simulated) model here
             entry["simulated_top1"] = evaluate(result.model, dm, "test")["top1"]

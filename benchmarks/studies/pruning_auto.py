@@ -2,14 +2,14 @@
 
 Writes results/pruning_amc.md and results/pruning_platform_exchange.md. Every piece is
 the project's own: the MNIST datamodule, the LeNet-5 of the zoo, the emulated ``pixel1``
-target (hardware.opcost.Pixel1, calibrated on real Pixel-1 profiles), the measured
+target (conf/hw/pixel1.yaml, calibrated on real Pixel-1 profiles), the measured
 ``local_cpu`` target (one thread, thread-CPU clock so that other processes on the
 machine do not inflate the figures), the fine-tuning loop of ``benchmarks.context``, and
 the methods in methods/pruning. Smaller than a ``python -m benchmarks`` run (a
 subset of MNIST, short training) so that all of it runs in ~15 minutes on a loaded
 machine; the sizes are printed into the reports.
 
-    python results/pruning_auto_bench.py [--out results]
+    python -m benchmarks.studies.pruning_auto [--out results]
 """
 
 from __future__ import annotations
@@ -18,40 +18,38 @@ import argparse
 import copy
 import datetime as _dt
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from benchmarks.context import make_context
+from benchmarks.data import MNISTDataModule
+from benchmarks.models import build_model
+from benchmarks.platform_exchange import exchange_markdown, exchange_rows, layer_widths
+from benchmarks.schema import RecipeConfig, TrainerConfig
+from benchmarks.training import evaluate, fit
+from hardware import registry
+from hardware.cli import main as hardware_cli
+from hardware.layers import count_macs
+from hardware.lookup import TableTarget
+from hardware.measured import LocalCPU
+from hardware.target import HardwareTarget
+from methods import create_method
 
-import benchmarks.models  # noqa: E402,F401
-from benchmarks.context import make_context  # noqa: E402
-from benchmarks.data import MNISTDataModule  # noqa: E402
-from benchmarks.models import build_model  # noqa: E402
-from benchmarks.platform_exchange import exchange_markdown, exchange_rows, layer_widths  # noqa: E402
-from benchmarks.schema import RecipeConfig, TrainerConfig  # noqa: E402
-from benchmarks.training import evaluate, fit  # noqa: E402
-from hardware.cli import main as hardware_cli  # noqa: E402
-from hardware.layers import count_macs  # noqa: E402
-from hardware.lookup import TableTarget  # noqa: E402
-from hardware.measured import LocalCPU  # noqa: E402
-from hardware.opcost import Pixel1  # noqa: E402
-from methods.pruning.amc import AMC  # noqa: E402
-from methods.pruning.compactnet import CompactNet  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 INPUT = (1, 1, 28, 28)
-SIZES = {"train_subset": 10000, "val_subset": 1000, "test_subset": 2000}
+SIZES: dict[str, Any] = {"train_subset": 10000, "val_subset": 1000, "test_subset": 2000}
 #: CompactNet's target for both models; LeNet-5's fixed per-layer costs cap this CPU near 1.5x
 EXCHANGE_SPEEDUP = 1.4
 EXCHANGE_ROUNDS = 9  # interleaved measurements per model and target (a VM's speed drifts within a minute)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     parser.add_argument("--episodes", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=10)
@@ -68,8 +66,7 @@ def main() -> int:
     dm.setup("fit")
     recipe = RecipeConfig(epochs=2, lr=0.05, nesterov=True)
     trainer = TrainerConfig(progress_bar=False)
-    pixel1 = Pixel1(name="pixel1", source="analytical", calibration="published",
-                    reference_dir=str(ROOT.parent / "shared" / "reference" / "pixel1-amc-tflite"))
+    pixel1 = registry.instantiate("pixel1", {"reference_dir": str(ROOT.parent / "shared" / "reference" / "pixel1-amc-tflite")})
     local = LocalCPU(threads=1, clock="thread_cpu", warmup=5, repeats=30, min_time_s=0.1)
     # CompactNet's platform simulator for this CPU: a per-layer lookup table of LeNet-5's layers at
     # every width a search can reach, profiled here first so that it stays fixed during the search.
@@ -77,8 +74,10 @@ def main() -> int:
     if "exchange" in args.parts:
         hardware_cli(["profile", "--hw", "local_cpu", "--threads", "1", "--clock", "thread_cpu", "--model", "lenet5",
                       "--input-size", "28", "--in-chans", "1", "--narrower", "--out", str(table_file)])
-    local_table = TableTarget(name="local_cpu_table", table=str(table_file), on_missing="error",
-                              statistic="median") if table_file.exists() else None
+    #: the targets CompactNet trims for, each model then measured on all of them and on local_cpu
+    trim_targets: dict[str, HardwareTarget] = {} if "exchange" not in args.parts else {
+        "pixel1": pixel1, "local_cpu_table": TableTarget(name="local_cpu_table", table=str(table_file),
+                                                         on_missing="error", statistic="median")}
 
     start = time.perf_counter()
     torch.manual_seed(42)  # the initial weights: profiling above drew from the global generator
@@ -104,16 +103,16 @@ def main() -> int:
                 "local_speedup": base_cpu.latency_ms / cpu.latency_ms, "seconds": seconds,
                 "widths": layer_widths(m), **{f"m_{k}": v for k, v in result.metrics.items()}}
 
-    rows = []
-    amc_common = dict(episodes=args.episodes, warmup_episodes=args.warmup, reward_batches=args.reward_batches, calibration_batches=4,
-                      finetune_epochs=1.0, finetune_lr=0.01)
+    rows: list[dict[str, Any]] = []
+    amc_common = dict(episodes=args.episodes, warmup_episodes=args.warmup, reward_batches=args.reward_batches,
+                      calibration_batches=4, finetune_epochs=1.0, finetune_lr=0.01)
     fr = args.flops_ratio
     runs = [] if "amc" not in args.parts else [
-        ("AMC, 0.5x pixel1 latency", AMC(resource="latency", target_ratio=0.5, **amc_common), pixel1)]
+        ("AMC, 0.5x pixel1 latency", create_method("amc", resource="latency", target_ratio=0.5, **amc_common), pixel1)]
     if "amc" in args.parts or "uniform" in args.parts:
-        runs += [(f"AMC, {fr}x FLOPs", AMC(resource="flops", target_ratio=fr, **amc_common), pixel1),
-                 (f"uniform width, {fr}x FLOPs", AMC(resource="flops", target_ratio=fr, search="uniform", **amc_common),
-                  pixel1)]
+        runs += [(f"AMC, {fr}x FLOPs", create_method("amc", resource="flops", target_ratio=fr, **amc_common), pixel1),
+                 (f"uniform width, {fr}x FLOPs",
+                  create_method("amc", resource="flops", target_ratio=fr, search="uniform", **amc_common), pixel1)]
     for name, method, target in runs:
         t = time.perf_counter()
         result = method.compress(copy.deepcopy(base), ctx(target, name.split(",")[0].replace(" ", "_") + str(len(rows))))
@@ -121,9 +120,10 @@ def main() -> int:
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "widths"}), flush=True)
 
     trimmed, trimmed_rows = {}, []
-    for hw, target in ((("pixel1", pixel1), ("local_cpu_table", local_table)) if "exchange" in args.parts else ()):
-        method = CompactNet(resource="latency", target_speedup=EXCHANGE_SPEEDUP, iterations=4, decay=0.96, eval_batches=2,
-                            finetune={"epochs": 0.05, "lr": 0.01}, retrain={"epochs": 1.0, "lr": 0.01})
+    for hw, target in trim_targets.items():
+        method = create_method("compactnet", resource="latency", target_speedup=EXCHANGE_SPEEDUP, iterations=4,
+                               decay=0.96, eval_batches=2, finetune={"epochs": 0.05, "lr": 0.01},
+                               retrain={"epochs": 1.0, "lr": 0.01})
         t = time.perf_counter()
         result = method.compress(copy.deepcopy(base), ctx(target, f"compactnet_{hw}"))
         trimmed[hw] = result.model.eval()
@@ -134,10 +134,9 @@ def main() -> int:
     setup = (f"LeNet-5 on MNIST (train subset {SIZES['train_subset']}, validation 1000 of a 5000 hold-out, "
              f"test subset {SIZES['test_subset']}), baseline trained 2 epochs (SGD lr 0.05, cosine); "
              f"pixel1 = emulated (`{base_px.label}`), local_cpu = measured PyTorch eager, 1 thread, thread-CPU clock "
-             f"(`{base_cpu.label}`). Generated {now} by `python results/pruning_auto_bench.py`.")
+             f"(`{base_cpu.label}`). Generated {now} by `python -m benchmarks.studies.pruning_auto`.")
     if "exchange" in args.parts:
-        exch = exchange_rows(base, trimmed, {"pixel1": pixel1, "local_cpu_table": local_table, "local_cpu": local},
-                             INPUT, rounds=EXCHANGE_ROUNDS)
+        exch = exchange_rows(base, trimmed, {**trim_targets, "local_cpu": local}, INPUT, rounds=EXCHANGE_ROUNDS)
         top1 = {"baseline": base_top1, **{hw: evaluate(m, dm, "test")["top1"] for hw, m in trimmed.items()}}
         channels = {"baseline": layer_widths(base), **{hw: layer_widths(m) for hw, m in trimmed.items()}}
         (args.out / "pruning_platform_exchange.md").write_text(exchange_markdown(
