@@ -45,6 +45,7 @@ from methods.pruning.structured import (
     ChannelPruner,
     channels_to_remove,
     load_pruned,
+    prune_counts,
     prune_layers,
     read_pruned,
     save_pruned,
@@ -281,7 +282,7 @@ def test_pruned_mobilenetv2_equals_masked_through_depthwise_and_residuals() -> N
 def test_each_criterion_gives_a_smaller_resnet_that_runs_and_exports(criterion, resnet20, tmp_path) -> None:
     model = copy.deepcopy(resnet20)
     pruner = ChannelPruner(model, (1, 3, 32, 32))
-    importance = make_criterion(criterion, max_batches=1)
+    importance = make_criterion(criterion, **({"max_batches": 1} if CRITERIA[criterion].requires_data else {}))
     data = PrototypeImages((3, 32, 32), samples=8, batch_size=8)
     if importance.requires_data:
         importance.calibrate(model, pruner.groups(), data.train_dataloader())
@@ -326,19 +327,23 @@ def test_thinet_greedy_removes_the_channels_that_cancel_or_vanish() -> None:
     assert sorted(scores.argsort()[:3].tolist()) == [0, 2, 3]  # then the cancelling pair, never channel 1 alone
 
 
-def test_taylor_is_the_mean_abs_activation_times_gradient_per_feature_map() -> None:
+def test_taylor_sums_weight_times_mean_gradient_over_the_group() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 4, 1), nn.AdaptiveAvgPool2d(1),
                           nn.Flatten(), nn.Linear(4, 5))
-    x, y = torch.randn(6, 2, 5, 5), torch.randint(0, 5, (6,))
+    batches = [(torch.randn(6, 2, 5, 5), torch.randint(0, 5, (6,))) for _ in range(3)]
     pruner = ChannelPruner(model, (1, 2, 5, 5))
-    taylor = make_criterion("taylor", max_batches=1)
-    taylor.calibrate(model, pruner.groups(), [(x, y)])
-    z = model[0](x)
-    z.retain_grad()
-    torch.nn.functional.cross_entropy(model[1:](z), y).backward()
-    expected = (z * z.grad).mean(dim=(2, 3)).abs().mean(dim=0).detach()  # Molchanov et al., Eq. (8)
-    assert torch.allclose(taylor(pruner.group("0")), expected, rtol=1e-5, atol=1e-9)
+    taylor = make_criterion("taylor", max_batches=2)  # the third batch is not seen
+    taylor.calibrate(model, pruner.groups(), batches)
+    assert all(p.grad is None for p in model.parameters())  # the gradients it used are gone
+    reference = copy.deepcopy(model)
+    for x, y in batches[:2]:
+        torch.nn.functional.cross_entropy(reference(x), y).backward()
+    conv, reader = reference[0], reference[2]
+    # Molchanov et al. 2019: |w * mean dC/dw| summed over the channel's filter and the next layer's input slice
+    expected = (conv.weight * conv.weight.grad / 2).abs().flatten(1).sum(1)
+    expected += (reader.weight * reader.weight.grad / 2).abs().transpose(0, 1).flatten(1).sum(1)
+    assert torch.allclose(taylor(pruner.group("0")), expected.detach(), rtol=1e-5, atol=1e-9)
 
 
 def test_thinet_contributions_sum_to_the_next_layers_output() -> None:
@@ -363,13 +368,55 @@ def test_global_scope_ranks_all_channels_together(tmp_path) -> None:
 
 
 def test_fpgm_scores_the_filter_nearest_the_others_lowest() -> None:
-    conv = nn.Conv2d(1, 4, 1, bias=False)
+    conv, reader = nn.Conv2d(1, 5, 1, bias=False), nn.Conv2d(5, 2, 1, bias=False)
     with torch.no_grad():
-        conv.weight.copy_(torch.tensor([0.0, 1.0, -1.0, 5.0]).reshape(4, 1, 1, 1))
-    pruner = ChannelPruner(nn.Sequential(conv, nn.ReLU(), nn.Conv2d(4, 2, 1)), (1, 1, 4, 4))
+        conv.weight.copy_(torch.tensor([0.5, 1.0, 2.0, 3.0, 9.0]).reshape(5, 1, 1, 1))
+        reader.weight.zero_()  # the next layer's slices are all alike: only the filters tell channels apart
+    pruner = ChannelPruner(nn.Sequential(conv, nn.ReLU(), reader), (1, 1, 4, 4))
     scores = make_criterion("fpgm")(pruner.group("0"))
-    assert int(scores.argmin()) == 0  # 0 is the geometric median of {0, 1, -1, 5}
+    assert int(scores.argmin()) == 2  # 2 is the geometric median of {0.5, 1, 2, 3, 9}
+    assert torch.allclose(scores, torch.tensor([13.0, 11.5, 10.5, 11.5, 29.5]))  # sum_j |F_i - F_j|
     assert int(make_criterion("l1")(pruner.group("0")).argmin()) == 0
+
+
+class ResidualBlockNet(nn.Module):
+    """stem -> bn0 -> (conv -> bn) + identity -> head: stem's and conv's output channels are one group."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.bn0 = nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)
+        self.conv, self.bn = nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)
+        self.head = nn.Conv2d(4, 6, 1)
+        self.fc = nn.Linear(6, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = torch.relu(self.bn0(self.stem(x)))
+        r = torch.relu(self.bn(self.conv(s)) + s)
+        return self.fc(self.head(r).mean(dim=(2, 3)))
+
+
+def test_l1_scores_the_whole_coupled_group_where_the_root_alone_would_mislead() -> None:
+    torch.manual_seed(0)
+    model = ResidualBlockNet().eval()
+    with torch.no_grad():
+        model.stem.weight[0] *= 1e-3  # the root's filter 0 is tiny ...
+        model.conv.weight[0] *= 50.0  # ... but the residual branch added to channel 0 leans on it
+    pruner = ChannelPruner(model, (1, 3, 8, 8))
+    assert list(pruner.groups()) == ["stem", "head"]
+    group = pruner.group("stem")
+    root_only = make_criterion("l1", group_reduction="first")(group)
+    assert torch.allclose(root_only, model.stem.weight.abs().flatten(1).sum(1))  # Li et al.'s filter norm
+    scores = make_criterion("l1")(group)
+    with torch.no_grad():  # every weight a removed channel takes with it: filters, BN scales, input slices
+        expected = sum(m.weight.abs().flatten(1).sum(1) for m in (model.stem, model.conv))
+        expected += model.bn0.weight.abs() + model.bn.weight.abs()
+        expected += sum(m.weight.abs().transpose(0, 1).flatten(1).sum(1) for m in (model.conv, model.head))
+    assert torch.allclose(scores, expected)
+    assert int(root_only.argmin()) == 0 and int(scores.argmin()) != 0  # the group keeps channel 0
+    x = torch.randn(2, 3, 8, 8)
+    removed = prune_counts(pruner, make_criterion("l1"), {"stem": 1})
+    assert removed == {"stem": [int(scores.argmin())]}
+    assert model.conv.out_channels == 3 and model.head.in_channels == 3 and model(x).shape == (2, 10)
 
 
 def test_pruned_checkpoint_round_trips_through_its_weights_only_file(resnet20, tmp_path) -> None:
@@ -387,11 +434,12 @@ def test_pruned_checkpoint_round_trips_through_its_weights_only_file(resnet20, t
         load_pruned(path, timm.create_model("resnet32_cifar", num_classes=10))
 
 
-def test_filter_method_meets_a_macs_target_and_returns_the_decoded_model(tmp_path) -> None:
+@pytest.mark.parametrize("criterion", ["l1", "taylor"])
+def test_filter_method_meets_a_macs_target_and_returns_the_decoded_model(criterion, tmp_path) -> None:
     ctx = context(tmp_path, samples=32)
     torch.manual_seed(0)
     base = timm.create_model("resnet20_cifar", num_classes=10)
-    method = FilterPruning(criterion="taylor", target_macs_ratio=0.6, iterations=1, finetune_epochs=0.5,
+    method = FilterPruning(criterion=criterion, target_macs_ratio=0.6, iterations=1, finetune_epochs=0.5,
                            calibration_batches=1)
     result = method.compress(base, ctx)
     m = result.metrics
@@ -471,6 +519,8 @@ def test_ssl_method_shrinks_group_norms_and_returns_a_consistent_model(tmp_path)
     (lambda: FilterPruning(pruning_ratio=1.0), r"would remove every channel"),
     (lambda: FilterPruning(layer_ratios={"conv1": 1.0}), r"layer_ratios.conv1"),
     (lambda: FilterPruning(criterion="hrank"), r"unknown criterion 'hrank'"),
+    (lambda: FilterPruning(criterion_options={"group_reduction": "mean"}), r"criterion_options.group_reduction"),
+    (lambda: FilterPruning(criterion="l2", criterion_options={"seed": 1}), r"criterion_options: l2 does not take"),
     (lambda: FilterPruning(target_macs_ratio=0.0), r"target_macs_ratio must be in \(0, 1\]"),
     (lambda: FilterPruning(scope="global", target_macs_ratio=0.5), r"scope=global"),
     (lambda: StructuredSparsityLearning(min_channels=0), r"min_channels"),

@@ -65,7 +65,7 @@ class ChannelSpace:
             consumers, out_members = [], []
             for dep, _ in group:
                 module = dep.target.module
-                name = graph._module2name.get(module) if isinstance(module, nn.Module) else None
+                name = self.pruner.module_names.get(module) if isinstance(module, nn.Module) else None
                 if name is None or not isinstance(module, (nn.Conv2d, nn.Linear)):
                     continue
                 if graph.is_in_channel_pruning_fn(dep.handler) and _is_dense_consumer(module):
@@ -134,7 +134,7 @@ class ChannelSpace:
                 if dep.target.type == tp.ops.OPTYPE.PARAMETER:
                     raise MethodConfigError(f"method: unit {unit.producer!r} couples a bare nn.Parameter; "
                                             "list its producer in method.ignored_layers")
-                name = graph._module2name.get(dep.target.module) if isinstance(dep.target.module, nn.Module) else None
+                name = self.pruner.module_names.get(dep.target.module) if isinstance(dep.target.module, nn.Module) else None
                 if name is not None:  # parameter-free graph nodes (add, reshape) have nothing to cut
                     dep.handler(modules[name], idxs)
         return pruned

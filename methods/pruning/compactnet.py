@@ -191,7 +191,7 @@ class ProgressiveTrimming(CompressionMethod):
         target_cost = base_cost / self.target_speedup
         self._check_reachable(model, ctx, resource, target_cost, base_cost)
         original = {u.producer: u.channels for u in ChannelSpace(model, ctx.input_shape, self.ignored_layers).units}
-        criterion = L2FilterNorm()
+        criterion = L2FilterNorm(group_reduction="first")  # the paper's: each filter's own L2 norm
         current = model
         history: list[list] = []
         log_: list[Iteration] = []

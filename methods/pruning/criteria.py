@@ -1,31 +1,43 @@
-"""Filter importance criteria: one small class each, Torch-Pruning style.
+"""Channel importance criteria: the score of a whole coupled group, one small class each.
 
-A criterion scores the output channels (filters) of a pruning group's root layer; the
-lowest scores are removed first. ``criterion(group) -> Tensor[channels]``, so a new
-criterion is a new class, not a new branch in a pruner (STYLE.md, Torch-Pruning).
+A criterion scores the channels of a pruning group (Torch-Pruning's ``Group``: the root
+conv/linear whose output channels go, and every layer a removed channel touches: the
+batch norm after it, the residual branches added to it, the consumers' input slices);
+the lowest scores are removed first. ``criterion(group) -> Tensor[channels]``, so a new
+criterion is a new class, not a new branch in a pruner (STYLE.md), and every criterion is
+a ``torch_pruning.importance.Importance``, usable by Torch-Pruning's own pruners too.
 Criteria that need data (``requires_data``) are first given a few batches through
 :meth:`ChannelImportance.calibrate`.
 
+``l1``, ``l2``, ``fpgm`` and ``taylor`` are Torch-Pruning's group importances (Fang et al.,
+"DepGraph", CVPR 2023, Sec. 3.3): the per-layer score of each channel is *summed over the
+group* (``group_reduction="sum"``), so a channel whose filter is small but whose coupled
+layers lean on it is kept. ``group_reduction="first"`` (``method.criterion_options``)
+scores the root layer alone, as the papers below do. Torch-Pruning counts conv/linear
+filters and their input slices (not depthwise kernels), and for l1/l2 batch-norm scales.
+
 * ``l1`` — Li, Kadav, Durdanovic, Samet, Graf, "Pruning Filters for Efficient ConvNets",
-  ICLR 2017: the sum of absolute kernel weights of each filter, sum |F_ij|
-  (Aswani survey, Sec. II.J; Berthelier et al. 2020, Sec. 2.3, ref. [37]).
-* ``l2`` — the same with the Euclidean norm of each filter.
-* ``taylor`` — Molchanov, Tyree, Karras, Aila, Kautz, "Pruning Convolutional Neural Networks
-  for Resource Efficient Inference", ICLR 2017 (Berthelier Sec. 2.3, ref. [31]): the
-  first-order Taylor estimate of the loss change when a feature map z is removed,
-  |mean over the map's M positions of z * dC/dz|, averaged over the examples of a few
-  batches. Computed on the root layer's output (the conv output, before batch norm).
+  ICLR 2017: the sum of absolute kernel weights of each filter, sum |F_ij| (Aswani survey,
+  Sec. II.J; Berthelier et al. 2020, Sec. 2.3, ref. [37]); here the sum of |w| over every
+  weight of the group that belongs to the channel.
+* ``l2`` — the Euclidean norm of the same weights.
+* ``taylor`` — Molchanov, Mallya, Tyree, Frosio, Kautz, "Importance Estimation for Neural
+  Network Pruning", CVPR 2019 (the group form of Molchanov et al., ICLR 2017, Berthelier
+  Sec. 2.3, ref. [31]): the first-order Taylor estimate of the loss change when weights go,
+  sum over the channel's weights of |w * dC/dw|, with dC/dw the gradient averaged over a
+  few training batches.
 * ``fpgm`` — He, Liu, Wang, Hu, Yang, "Filter Pruning via Geometric Median", CVPR 2019
   (Berthelier Sec. 2.3, ref. [43]): filters closest to the layer's geometric median are the
   most replaceable; the score of filter i is sum_j ||F_i - F_j||_2 (the paper's
-  approximation of the median by the filter minimising that sum).
-* ``thinet`` — Luo, Wu, Lin, "ThiNet", ICCV 2017 (Berthelier Sec. 2.3, ref. [38]): uses the
-  *next* layer. On sampled data, each sampled output entry y of the next layer is a sum of
-  per-input-channel contributions x_c; ThiNet greedily builds the removed set T that
-  minimises sum over samples (sum_{c in T} x_c)^2 (its Eq. 5, the greedy Algorithm 1). The
-  greedy order is the score: the first channel it removes scores lowest. Departure: the
-  paper's final least-squares rescaling of the kept weights (Eq. 7) is not applied; the
-  fine-tuning that follows pruning plays that role.
+  approximation of the median by the filter minimising that sum). Departure (Torch-Pruning's):
+  distances are between the filters' absolute values, so F and -F count as one.
+* ``thinet`` — Luo, Wu, Lin, "ThiNet", ICCV 2017 (Berthelier Sec. 2.3, ref. [38]): ours, as
+  it needs activations. It uses the group's *next* layer. On sampled data, each sampled output
+  entry y of the next layer is a sum of per-input-channel contributions x_c; ThiNet greedily
+  builds the removed set T that minimises sum over samples (sum_{c in T} x_c)^2 (its Eq. 5,
+  the greedy Algorithm 1). The greedy order is the score: the first channel it removes
+  scores lowest. Departure: the paper's final least-squares rescaling of the kept weights
+  (Eq. 7) is not applied; the fine-tuning that follows pruning plays that role.
 
 Molchanov et al. normalise each layer's scores by their L2 norm before ranking across
 layers; :func:`layer_normalised` does that for methods that rank globally.
@@ -33,8 +45,9 @@ layers; :func:`layer_normalised` does that for methods that rank globally.
 
 from __future__ import annotations
 
+import inspect
 import logging
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Iterable
 from typing import Any, ClassVar, cast
 
@@ -49,6 +62,9 @@ log = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
+#: ``group_reduction`` values: the whole group's score, or the root layer's alone
+REDUCTIONS = ("sum", "first")
+
 
 def root_module(group: tp.Group) -> nn.Module:
     return group[0].dep.target.module
@@ -60,7 +76,7 @@ def filter_matrix(module: nn.Module) -> torch.Tensor:
     return weight.reshape(weight.shape[0], -1).float()
 
 
-class ChannelImportance(ABC):
+class ChannelImportance(tp.importance.Importance):
     """Scores the output channels of a group's root layer; higher means keep."""
 
     #: True when :meth:`calibrate` must see data before scores are asked for
@@ -76,22 +92,43 @@ class ChannelImportance(ABC):
         """One score per output channel of ``root_module(group)``."""
 
 
+def _reduction(name: str, group_reduction: str) -> str:
+    if group_reduction not in REDUCTIONS:
+        raise MethodConfigError(f"method.criterion_options.group_reduction of {name!r} must be 'sum' (the coupled "
+                                f"group's score) or 'first' (the root layer's alone), got {group_reduction!r}")
+    return group_reduction
+
+
+def group_scores(scorer: tp.importance.Importance, group: tp.Group) -> torch.Tensor:
+    """A Torch-Pruning importance of ``group``, one float per root channel."""
+    scores = scorer(group)
+    if scores is None:
+        raise RuntimeError(f"{type(scorer).__name__} found no weighted layer in the group of {root_module(group)}")
+    return scores.detach().float()
+
+
 class L1FilterNorm(ChannelImportance):
-    """Li et al. 2017: sum of absolute weights of each filter."""
+    """Li et al. 2017, group form: sum of |w| over each channel's weights in the group."""
 
     name = "l1"
+    p: ClassVar[int] = 1
+
+    def __init__(self, group_reduction: str = "sum") -> None:
+        self.scorer = tp.importance.GroupMagnitudeImportance(
+            p=self.p, group_reduction=_reduction(self.name, group_reduction), normalizer=None)
 
     def __call__(self, group: tp.Group) -> torch.Tensor:
-        return filter_matrix(root_module(group)).abs().sum(dim=1)
+        return group_scores(self.scorer, group)
 
 
-class L2FilterNorm(ChannelImportance):
-    """Euclidean norm of each filter."""
+class L2FilterNorm(L1FilterNorm):
+    """Euclidean norm of each channel's weights in the group (the square root of Torch-Pruning's p=2 sum)."""
 
     name = "l2"
+    p = 2
 
     def __call__(self, group: tp.Group) -> torch.Tensor:
-        return filter_matrix(root_module(group)).norm(p=2, dim=1)
+        return super().__call__(group).sqrt()
 
 
 class GeometricMedian(ChannelImportance):
@@ -99,12 +136,17 @@ class GeometricMedian(ChannelImportance):
 
     name = "fpgm"
 
+    def __init__(self, group_reduction: str = "sum") -> None:
+        self.scorer = tp.importance.FPGMImportance(
+            p=1, group_reduction=_reduction(self.name, group_reduction), normalizer=None)
+
     def __call__(self, group: tp.Group) -> torch.Tensor:
-        filters = filter_matrix(root_module(group))
-        return torch.cdist(filters, filters, p=2).sum(dim=1)
+        return group_scores(self.scorer, group)
 
 
 class _DataCriterion(ChannelImportance):
+    """Scores computed by :meth:`calibrate` for the groups it was given, keyed by root layer."""
+
     requires_data = True
 
     def __init__(self, max_batches: int = 4) -> None:
@@ -124,63 +166,52 @@ class _DataCriterion(ChannelImportance):
 
 
 class TaylorFirstOrder(_DataCriterion):
-    """Molchanov et al. 2017: |mean_m z_m dC/dz_m| per feature map, averaged over examples."""
+    """Molchanov et al. 2019: |w * dC/dw| summed over each channel's weights in the group."""
 
     name = "taylor"
 
+    def __init__(self, max_batches: int = 4, group_reduction: str = "sum") -> None:
+        super().__init__(max_batches)
+        self.scorer = tp.importance.GroupTaylorImportance(
+            group_reduction=_reduction(self.name, group_reduction), normalizer=None)
+
     def calibrate(self, model: nn.Module, groups: dict[str, tp.Group], batches: Iterable[Batch]) -> None:
-        roots = {root_module(g) for g in groups.values()}
-        sums: dict[nn.Module, torch.Tensor] = {}
-        counts: dict[nn.Module, int] = {}
-        saved: dict[nn.Module, tuple[torch.Tensor, list[torch.Tensor]]] = {}
-
-        def keep_output(module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
-            if output.requires_grad:  # the value now (a later in-place op may change it) and its gradient
-                grads: list[torch.Tensor] = []
-                output.register_hook(lambda g: grads.append(g.detach()))
-                saved[module] = (output.detach().clone(), grads)
-
-        handles = [m.register_forward_hook(keep_output) for m in roots]
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()  # batch-norm statistics of the trained model, untouched
+        model.zero_grad(set_to_none=True)
         try:
-            for i, (x, y) in enumerate(batches):
-                if i >= self.max_batches:
+            seen = 0
+            for x, y in batches:
+                if seen >= self.max_batches:
                     break
-                saved.clear()
-                model.zero_grad(set_to_none=True)
                 with torch.enable_grad():
-                    loss = F.cross_entropy(model(x.to(device)), y.to(device))
-                    loss.backward()
-                for module, (z, grads) in saved.items():
-                    if not grads:
-                        continue
-                    prod = (z * grads[0]).float()
-                    per_example = prod.reshape(prod.shape[0], prod.shape[1], -1).mean(dim=2).abs()  # [N, C]
-                    sums[module] = sums.get(module, 0) + per_example.sum(dim=0).cpu()
-                    counts[module] = counts.get(module, 0) + per_example.shape[0]
+                    F.cross_entropy(model(x.to(device)), y.to(device)).backward()  # gradients add up
+                seen += 1
+            if not seen:
+                raise MethodConfigError("taylor: no calibration batch was seen; the training split is empty")
+            with torch.no_grad():
+                for parameter in model.parameters():
+                    if parameter.grad is not None:
+                        parameter.grad /= seen  # the mean gradient over the batches
+            self._scores = {root_module(g): group_scores(self.scorer, g).cpu() for g in groups.values()}
         finally:
-            for h in handles:
-                h.remove()
             model.zero_grad(set_to_none=True)
             model.train(was_training)
-        if not counts:
-            raise MethodConfigError("taylor: no calibration batch was seen; the training split is empty")
-        self._scores = {m: sums[m] / counts[m] for m in sums}
 
 
-def _next_layer(group: tp.Group, graph: tp.DependencyGraph) -> tuple[nn.Module, list[int], list[int]] | None:
+#: Torch-Pruning's handlers that remove the input channels of a dense conv / a linear layer
+_DENSE_INPUT_HANDLERS = (tp.prune_conv_in_channels, tp.prune_linear_in_channels)
+
+
+def _next_layer(group: tp.Group) -> tuple[nn.Module, list[int], list[int]] | None:
     """The first dense conv/linear whose *input* channels are the group's channels."""
     for item in group[1:]:
-        dep, idxs = item.dep, item.idxs
-        module = dep.target.module
-        if not graph.is_in_channel_pruning_fn(dep.handler):
+        module = item.dep.target.module
+        if item.dep.handler not in _DENSE_INPUT_HANDLERS:
             continue
-        if isinstance(module, nn.Conv2d) and module.groups == 1:
-            return module, list(idxs), list(item.root_idxs)
-        if isinstance(module, nn.Linear):
-            return module, list(idxs), list(item.root_idxs)
+        if isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1):
+            return module, list(item.idxs), list(item.root_idxs)
     return None
 
 
@@ -223,16 +254,11 @@ class ThiNet(_DataCriterion):
         return (sampled * weight[outs].reshape(-1, c, k)).sum(dim=2)
 
     def calibrate(self, model: nn.Module, groups: dict[str, tp.Group], batches: Iterable[Batch]) -> None:
-        if not groups:
-            self._scores = {}
-            return
-        graph = next(iter(groups.values()))._DG
         consumers: dict[nn.Module, tuple[nn.Module, list[int], list[int]]] = {}
-        for group in groups.values():
-            found = _next_layer(group, graph)
+        for name, group in groups.items():
+            found = _next_layer(group)
             if found is None:
-                log.warning("thinet: %s has no dense next layer; scoring it by filter L2 norm",
-                            graph._module2name.get(root_module(group)))
+                log.warning("thinet: %s has no dense next layer; scoring it by the group's L2 norm", name)
                 continue
             consumers[root_module(group)] = found
         generator = torch.Generator().manual_seed(self.seed)
@@ -310,10 +336,16 @@ CRITERIA: dict[str, type[ChannelImportance]] = {
 
 
 def make_criterion(name: str, **options: Any) -> ChannelImportance:
-    """Build a criterion by name; data criteria accept ``max_batches`` (and ThiNet its sampling)."""
+    """Build a criterion by name with its ``method.criterion_options``.
+
+    Data criteria accept ``max_batches`` (and ThiNet its sampling); the Torch-Pruning ones
+    ``group_reduction`` ('sum': the coupled group's score, 'first': the root layer's alone).
+    """
     if name not in CRITERIA:
         raise MethodConfigError(f"method.criterion: unknown criterion {name!r}; choose one of {sorted(CRITERIA)}")
     cls = CRITERIA[name]
-    if not cls.requires_data:
-        options = {}
+    accepted = set(inspect.signature(cls).parameters)
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise MethodConfigError(f"method.criterion_options: {name} does not take {unknown}; it takes {sorted(accepted)}")
     return cls(**options)

@@ -5,7 +5,10 @@ Li, Kadav, Durdanovic, Samet, Graf, "Pruning Filters for Efficient ConvNets", IC
 an importance criterion, remove the least important ones together with their feature maps
 and the kernels of the next layer that read them, then retrain; one-shot or iteratively.
 The criteria (:mod:`methods.pruning.criteria`): ``l1`` (Li et al.), ``l2``, ``taylor``
-(Molchanov et al. 2017), ``fpgm`` (He et al. 2019), ``thinet`` (Luo et al. 2017).
+(Molchanov et al. 2019), ``fpgm`` (He et al. 2019), Torch-Pruning's group importances, which
+score each channel over its whole coupled group (the filter, its batch norm, the residual
+branches added to it, the next layers' input slices; ``criterion_options.group_reduction:
+first`` scores the filter alone, as Li et al. do); and ``thinet`` (Luo et al. 2017).
 
 What is pruned and how much:
 

@@ -131,6 +131,8 @@ class ChannelPruner:
 
     ``history`` is the ordered list of removals; :func:`save_pruned` stores it with the
     weights and :func:`load_pruned` replays it.
+    ``graph`` is the traced Torch-Pruning graph and ``module_names`` names the modules its
+    groups hold (public, so no caller reads the graph's private tables).
     """
 
     def __init__(self, model: nn.Module, input_shape: Sequence[int], ignored_layers: Sequence[str] = ()) -> None:
@@ -141,20 +143,18 @@ class ChannelPruner:
         if unknown:
             raise MethodConfigError(f"ignored layer(s) {unknown} are not modules of the model; known layers: "
                                     f"{[n for n, m in names.items() if isinstance(m, ROOT_TYPES)][:20]} ...")
+        #: module -> its name in the model (Torch-Pruning prunes modules in place: the keys stay valid)
+        self.module_names: dict[nn.Module, str] = {m: n for n, m in model.named_modules()}
         # models that know which of their convs are tied by parameter-free channel padding say so
         tied = getattr(model, "residual_stream_convs", None)
-        hinted = [self._module_name(model, m) for m in tied()] if callable(tied) else []
+        hinted = [self.module_names[m] for m in tied()] if callable(tied) else []
         self.ignored_layers = tuple(dict.fromkeys([*ignored_layers, *hinted]))
         self.graph = build_dependency_graph(model, self.input_shape)
         self._order = _forward_order(model, self.input_shape)
 
-    @staticmethod
-    def _module_name(model: nn.Module, module: nn.Module) -> str:
-        return next(n for n, m in model.named_modules() if m is module)
-
     # -- what can be pruned -------------------------------------------------------------
     def name_of(self, module: nn.Module) -> str:
-        return self.graph._module2name[module]
+        return self.module_names[module]
 
     def _group_is_supported(self, group: tp.Group) -> bool:
         for dep, _ in group:
@@ -181,8 +181,9 @@ class ChannelPruner:
         """The same group rooted at the first dense conv/linear that produces its channels.
 
         Torch-Pruning roots a group at whichever coupled layer it met first, a depthwise conv
-        say; the filter criteria score the *producing* layer's filters (Li et al. 2017), so
-        the root is moved to the first dense producer in forward order when there is one.
+        say; the group is named after its root, its scores are indexed by the root's channels
+        and ThiNet reads the root's next layer, so the root is moved to the first dense
+        producer in forward order (Li et al. 2017's filters) when there is one.
         """
         rank = {name: i for i, name in enumerate(self._order)}
         producers = [
@@ -205,7 +206,7 @@ class ChannelPruner:
             root = group[0].dep.target.module
             coupled = tuple(dict.fromkeys(
                 self.name_of(dep.target.module) for dep, _ in group[1:]
-                if isinstance(dep.target.module, nn.Module) and dep.target.module in self.graph._module2name
+                if isinstance(dep.target.module, nn.Module) and dep.target.module in self.module_names
             ))
             depthwise = isinstance(root, nn.Conv2d) and root.groups > 1 and root.groups == root.out_channels
             result.append(PrunableLayer(name, root, out_channels(root), coupled, depthwise))
