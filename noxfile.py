@@ -22,7 +22,13 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    session.run("ruff", "check", "benchmarks", "methods", "hardware", "tests", "noxfile.py")
+    """ruff on every Python file we ship (studies and Hydra plugins included), then the import layering.
+
+    `lint-imports` checks the contracts in pyproject.toml ([tool.importlinter]): benchmarks -> methods
+    -> hardware with no way back, and method families that borrow nothing from each other.
+    """
+    session.run("ruff", "check", "benchmarks", "methods", "hardware", "hydra_plugins", "tests", "scripts", "noxfile.py")
+    session.run("lint-imports")
 
 
 @nox.session
