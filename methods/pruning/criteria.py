@@ -4,8 +4,8 @@ A criterion scores the channels of a pruning group (Torch-Pruning's ``Group``: t
 conv/linear whose output channels go, and every layer a removed channel touches: the
 batch norm after it, the residual branches added to it, the consumers' input slices);
 the lowest scores are removed first. ``criterion(group) -> Tensor[channels]``, so a new
-criterion is a new class, not a new branch in a pruner (STYLE.md), and every criterion is
-a ``torch_pruning.importance.Importance``, usable by Torch-Pruning's own pruners too.
+criterion is a new class, not a new branch in a pruner (STYLE.md); every criterion is a
+``torch_pruning.importance.Importance``, the interface of Torch-Pruning's own scorers.
 Criteria that need data (``requires_data``) are first given a few batches through
 :meth:`ChannelImportance.calibrate`.
 
