@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from benchmarks.schema import RecipeConfig, TrainerConfig
-from benchmarks.training import Regularizer, evaluate, fit, with_epochs
+from benchmarks.training import evaluate, fit, with_epochs
 from hardware.target import HardwareTarget
 from methods.base import CompressionContext
+from methods.losses import LossTerm
 
 
 def make_context(
@@ -37,10 +39,13 @@ def make_context(
         *,
         lr: float | None = None,
         callbacks: list[Any] | None = None,
-        regularizer: Regularizer | None = None,
+        loss_terms: Sequence[LossTerm] = (),
+        task_loss: LossTerm | None = None,
+        teacher: nn.Module | None = None,
     ) -> nn.Module:
         return fit(model, datamodule, with_epochs(recipe, epochs, lr), trainer_cfg, seed=seed,
-                   callbacks=[*run_callbacks, *(callbacks or [])], regularizer=regularizer, logger=logger)
+                   callbacks=[*run_callbacks, *(callbacks or [])], loss_terms=loss_terms, task_loss=task_loss,
+                   teacher=teacher, logger=logger)
 
     def evaluate_on(model: nn.Module, split: str = "val", max_batches: int | None = None) -> dict[str, float]:
         return evaluate(model, datamodule, split, max_batches)

@@ -1,7 +1,7 @@
 """`python -m benchmarks.leaderboard [overrides]`: the MLflow store -> results/leaderboard.{md,csv} + Pareto plots.
 
 One row per finished run, grouped by dataset and hardware; for each (dataset, hardware)
-a PNG of top-1 against latency with the Pareto front (higher accuracy, lower latency)
+a PNG of test top-1 against latency with the Pareto front (higher accuracy, lower latency)
 marked. The store and the output folder come from the same Hydra config as runs
 (``logger.tracking_uri``, ``paths.results_dir``), so overrides work the same way.
 """
@@ -17,13 +17,14 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-#: Leaderboard columns: (column, MLflow field it comes from).
+#: Leaderboard columns: (column, MLflow field it comes from); accuracy columns name their split.
 COLUMNS = [
     ("dataset", "tags.dataset"),
     ("model", "tags.model"),
     ("method", "tags.method"),
     ("hw", "tags.hw"),
-    ("top1", "metrics.top1"),
+    ("test_top1", "metrics.top1"),  # reported: the test split
+    ("val_top1", "metrics.val_top1"),  # what sweeps and presets choose by: the validation split
     ("params", "metrics.params"),
     ("nonzero_params", "metrics.nonzero_params"),
     ("macs", "metrics.macs"),
@@ -50,7 +51,7 @@ def load_runs(tracking_uri: str, experiment_name: str) -> pd.DataFrame:
         return pd.DataFrame(columns=[c for c, _ in COLUMNS])
     table = pd.DataFrame({column: runs[field] if field in runs else None for column, field in COLUMNS})
     table["date"] = pd.to_datetime(table["date"]).dt.strftime("%Y-%m-%d %H:%M")
-    return table.sort_values(["dataset", "hw", "top1"], ascending=[True, True, False]).reset_index(drop=True)
+    return table.sort_values(["dataset", "hw", "test_top1"], ascending=[True, True, False]).reset_index(drop=True)
 
 
 def pareto_front(latency: pd.Series, accuracy: pd.Series) -> pd.Series:
@@ -73,17 +74,17 @@ def plot_pareto(group: pd.DataFrame, dataset: str, hw: str, path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(7.5, 5), dpi=120)
     for method, points in group.groupby("method"):
-        ax.scatter(points["latency_ms"], points["top1"], s=45, label=str(method), alpha=0.85)
+        ax.scatter(points["latency_ms"], points["test_top1"], s=45, label=str(method), alpha=0.85)
         for _, row in points.iterrows():
-            ax.annotate(str(row["model"]), (row["latency_ms"], row["top1"]), fontsize=7, alpha=0.7,
+            ax.annotate(str(row["model"]), (row["latency_ms"], row["test_top1"]), fontsize=7, alpha=0.7,
                         xytext=(4, 3), textcoords="offset points")
     front = group[group["on_front"]].sort_values("latency_ms")
-    ax.step(front["latency_ms"], front["top1"], where="post", color="black", linewidth=1.2, linestyle="--",
+    ax.step(front["latency_ms"], front["test_top1"], where="post", color="black", linewidth=1.2, linestyle="--",
             label="Pareto front")
-    ax.scatter(front["latency_ms"], front["top1"], s=140, facecolors="none", edgecolors="black", linewidths=1.2)
+    ax.scatter(front["latency_ms"], front["test_top1"], s=140, facecolors="none", edgecolors="black", linewidths=1.2)
     sources = ", ".join(sorted(set(group["latency_source"].dropna().astype(str))))
     ax.set_xlabel(f"latency on {hw} (ms, batch 1; source: {sources or 'unknown'})")
-    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_ylabel("test top-1 accuracy (%)")
     ax.set_title(f"{dataset} on {hw}: accuracy against latency")
     ax.grid(True, alpha=0.3)
     ax.legend(title="method", fontsize=8)
@@ -96,7 +97,7 @@ def plot_pareto(group: pd.DataFrame, dataset: str, hw: str, path: Path) -> Path:
 def _markdown_table(frame: pd.DataFrame) -> str:
     shown = frame.drop(columns=["dataset", "hw", "on_front"]).copy()
     shown.insert(0, "front", frame["on_front"].map({True: "*", False: ""}))
-    for column, digits in (("top1", 2), ("latency_ms", 3), ("local_cpu_latency_ms", 3), ("speedup", 2), ("compression", 2)):
+    for column, digits in (("test_top1", 2), ("val_top1", 2), ("latency_ms", 3), ("local_cpu_latency_ms", 3), ("speedup", 2), ("compression", 2)):
         shown[column] = shown[column].map(lambda v, d=digits: "" if pd.isna(v) else f"{v:.{d}f}")
     for column in ("params", "nonzero_params", "macs", "stored_bytes"):
         shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{int(v):,}")
@@ -112,8 +113,8 @@ def write_leaderboard(table: pd.DataFrame, results_dir: Path) -> list[Path]:
     table = table.copy()
     table["on_front"] = False
     for _, index in table.groupby(["dataset", "hw"]).groups.items():
-        group = table.loc[index].dropna(subset=["latency_ms", "top1"])
-        table.loc[group.index, "on_front"] = pareto_front(group["latency_ms"], group["top1"])
+        group = table.loc[index].dropna(subset=["latency_ms", "test_top1"])
+        table.loc[group.index, "on_front"] = pareto_front(group["latency_ms"], group["test_top1"])
     written = [results_dir / "leaderboard.csv"]
     table.drop(columns=["on_front"]).to_csv(written[0], index=False)
     lines = ["# CompressBench leaderboard", "",
@@ -122,7 +123,7 @@ def write_leaderboard(table: pd.DataFrame, results_dir: Path) -> list[Path]:
              "own baseline, measured in the same run. Latency source: `measured` on this machine, or "
              "`table/…` / `analytical/…` emulated with its calibration.", ""]
     for (dataset, hw), group in table.groupby(["dataset", "hw"], sort=True):
-        plot = plot_pareto(group.dropna(subset=["latency_ms", "top1"]), dataset, hw,
+        plot = plot_pareto(group.dropna(subset=["latency_ms", "test_top1"]), dataset, hw,
                            results_dir / f"pareto_{dataset}_{hw}.png")
         written.append(plot)
         lines += [f"## {dataset} on {hw}", "", f"![Pareto front]({plot.name})", "", _markdown_table(group), ""]

@@ -216,7 +216,7 @@ def leaderboard(matrix: Mapping[str, Any], bench_dir: Path, results_dir: Path) -
         rows.append(row)
     table = pd.DataFrame(rows, columns=[c for c, _ in COLUMNS])
     if not table.empty:
-        table = table.sort_values(["dataset", "hw", "top1"], ascending=[True, True, False]).reset_index(drop=True)
+        table = table.sort_values(["dataset", "hw", "test_top1"], ascending=[True, True, False]).reset_index(drop=True)
     return write_leaderboard(table, results_dir)
 
 

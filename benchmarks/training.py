@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
@@ -20,11 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.schema import RecipeConfig, TrainerConfig
+from methods.losses import CrossEntropy, LossTerm, TrainingStep
 
 log = logging.getLogger(__name__)
-
-#: A penalty added to the loss during training (group lasso of SSL, say): model -> scalar.
-Regularizer = Callable[[nn.Module], torch.Tensor]
 
 _OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "sgd": lambda params, r: torch.optim.SGD(
@@ -49,23 +47,46 @@ def top_k_correct(logits: torch.Tensor, target: torch.Tensor, k: int) -> int:
 
 
 class Classifier(L.LightningModule):
-    """Cross-entropy classification of any ``nn.Module`` under a recipe."""
+    """Classification of any ``nn.Module`` under a recipe, with the loss a method shapes.
 
-    def __init__(self, model: nn.Module, recipe: RecipeConfig, regularizer: Regularizer | None = None) -> None:
+    The loss of a step is ``task_loss(step) + sum(term(step) for term in loss_terms)``
+    (methods.losses); the task loss defaults to the recipe's cross-entropy. A ``teacher``
+    is frozen: kept in eval mode, run under no_grad, its logits handed to the terms, and
+    never part of the trained module's parameters or state.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        recipe: RecipeConfig,
+        loss_terms: Sequence[LossTerm] = (),
+        task_loss: LossTerm | None = None,
+        teacher: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
         self.recipe = recipe
-        self.regularizer = regularizer
+        self.task_loss = task_loss if task_loss is not None else CrossEntropy(recipe.label_smoothing)
+        self.loss_terms = list(loss_terms)
+        self._teacher = [teacher.eval().requires_grad_(False)] if teacher is not None else []  # a list: not a submodule
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
+    def _teacher_logits(self, x: torch.Tensor) -> torch.Tensor | None:
+        if not self._teacher:
+            return None
+        teacher = self._teacher[0].to(x.device).eval()
+        with torch.no_grad():
+            return teacher(x)
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
         x, y = batch
         logits = self.model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.recipe.label_smoothing)
-        if self.regularizer is not None:
-            loss = loss + self.regularizer(self.model)
+        step = TrainingStep(inputs=x, targets=y, logits=logits, model=self.model, teacher_logits=self._teacher_logits(x))
+        loss = self.task_loss(step)
+        for term in self.loss_terms:
+            loss = loss + term(step)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/top1", 100.0 * (logits.argmax(1) == y).float().mean(), prog_bar=True)
         return loss
@@ -94,10 +115,15 @@ def fit(
     *,
     seed: int,
     callbacks: list[L.Callback] | None = None,
-    regularizer: Regularizer | None = None,
+    loss_terms: Sequence[LossTerm] = (),
+    task_loss: LossTerm | None = None,
+    teacher: nn.Module | None = None,
     logger: Any = False,
 ) -> nn.Module:
-    """Train ``model`` in place for ``recipe.epochs`` (fractions of an epoch allowed)."""
+    """Train ``model`` in place for ``recipe.epochs`` (fractions of an epoch allowed).
+
+    ``loss_terms``, ``task_loss`` and ``teacher`` shape the loss (see :class:`Classifier`).
+    """
     if recipe.epochs <= 0:
         return model
     L.seed_everything(seed, workers=True, verbose=False)
@@ -123,7 +149,7 @@ def fit(
         logger=logger,
         callbacks=callbacks or [],
     )
-    trainer.fit(Classifier(model, recipe, regularizer), datamodule=datamodule)
+    trainer.fit(Classifier(model, recipe, loss_terms, task_loss, teacher), datamodule=datamodule)
     return model
 
 

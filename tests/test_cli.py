@@ -17,8 +17,8 @@ from tests.conftest import FAST_LATENCY, REPO_ROOT, needs_shared_data
 pytestmark = [needs_shared_data, pytest.mark.slow, pytest.mark.e2e]
 
 TINY = ["+experiment=tiny", *FAST_LATENCY]
-METRICS = {"top1", "top5", "loss", "params", "nonzero_params", "macs", "stored_bytes", "latency_ms",
-           "speedup", "compression", "baseline_top1", "baseline_latency_ms", "baseline_stored_bytes"}
+METRICS = {"top1", "top5", "loss", "val_top1", "val_top5", "val_loss", "baseline_val_top1", "params", "nonzero_params",
+           "macs", "stored_bytes", "latency_ms", "speedup", "compression", "baseline_top1", "baseline_latency_ms", "baseline_stored_bytes"}
 TAGS = {"dataset", "model", "method", "hw", "seed", "git_commit", "git_dirty", "data_checksum",
         "latency_source", "latency_calibration", "baseline_origin"}
 

@@ -118,13 +118,13 @@ def test_multi_objective_study_resumes_after_sigkill(run_env: dict[str, str], tm
     for trial in trials:
         if trial.state == TrialState.COMPLETE:
             (run,) = by_trial[str(trial.number)]
-            assert run.data.metrics["top1"] == pytest.approx(trial.values[0])
+            assert run.data.metrics["val_top1"] == pytest.approx(trial.values[0])  # chosen on validation data
             assert run.data.metrics["stored_bytes"] == pytest.approx(trial.values[1])
 
     results = tmp_path / "results" / "sweeps" / name
     assert {"pareto.md", "pareto.csv", "pareto.png", "best_trials.md"} <= {p.name for p in results.iterdir()}
     assert (results / "pareto.png").stat().st_size > 5_000
-    assert "| trial | top1 | stored_bytes |" in (results / "pareto.md").read_text()
+    assert "| trial | val_top1 | stored_bytes |" in (results / "pareto.md").read_text()
 
 
 @needs_shared_data
@@ -147,13 +147,22 @@ def test_pruner_stops_trials_by_their_validation_metric(run_env: dict[str, str],
 
 @pytest.mark.parametrize(("settings", "message"), [
     ({"storage": None}, "needs hydra.sweeper.storage"),
-    ({"direction": ["maximize", "minimize"], "objectives": ["top1", "latency_ms"]}, "cannot prune multi-objective"),
+    ({"direction": ["maximize", "minimize"], "objectives": ["val_top1", "latency_ms"]}, "cannot prune multi-objective"),
 ])
 def test_pruner_needs_a_storage_and_one_objective(settings: dict[str, Any], message: str) -> None:
     node = OmegaConf.merge(OmegaConf.structured(OptunaSweeperConf), {
         "storage": "sqlite:///optuna.db", "params": {"recipe.lr": "interval(0.01, 0.1)"},
         "pruner": {"_target_": "optuna.pruners.MedianPruner"}, **settings})
     with pytest.raises(InstantiationException, match=message):  # Hydra wraps the sweeper's SweepSpecError
+        instantiate(node)
+
+
+@pytest.mark.parametrize("objectives", [["top1"], ["baseline_top1"], ["top1_delta", "latency_ms"]])
+def test_a_sweep_never_optimises_a_test_split_figure(objectives: list[str]) -> None:
+    node = OmegaConf.merge(OmegaConf.structured(OptunaSweeperConf), {
+        "direction": ["maximize"] * len(objectives), "objectives": objectives,
+        "params": {"recipe.lr": "interval(0.01, 0.1)"}})
+    with pytest.raises(InstantiationException, match=r"test-split metrics.*val_top1"):
         instantiate(node)
 
 

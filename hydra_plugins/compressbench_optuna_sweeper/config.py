@@ -17,8 +17,9 @@ class OptunaSweeperConf:
     storage: Any = None
     #: "maximize"/"minimize", or a list of them for a multi-objective study.
     direction: Any = "maximize"
-    #: What each trial returns, in the order of ``direction`` (metrics of the run, see pipeline.run).
-    objectives: Any = field(default_factory=lambda: ["top1"])
+    #: What each trial returns, in the order of ``direction`` (metrics of the run, see pipeline.run):
+    #: validation figures (``val_top1``) or costs; test-split figures are refused (benchmarks.splits).
+    objectives: Any = field(default_factory=lambda: ["val_top1"])
     #: Trials the study should hold when the sweep ends (COMPLETE or PRUNED; failed ones are retried).
     n_trials: int = 20
     #: Trials launched at once (one launcher batch): 1 for the basic launcher, N for Ray/submitit.

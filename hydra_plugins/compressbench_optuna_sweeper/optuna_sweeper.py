@@ -47,6 +47,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from benchmarks.splits import TestSplitObjectiveError, check_objectives
+
 log = logging.getLogger(__name__)
 
 #: System attribute naming the process that runs a trial: "<host>:<pid>:<process start time>".
@@ -186,6 +188,10 @@ class OptunaSweeper(Sweeper):
         if len(self.objectives) != len(self.directions):
             raise SweepSpecError(f"hydra.sweeper.objectives {self.objectives} needs one entry per direction "
                                  f"{self.directions}")
+        try:
+            check_objectives(self.objectives, "hydra.sweeper.objectives")
+        except TestSplitObjectiveError as error:
+            raise SweepSpecError(str(error)) from None
         if self.n_trials < 1 or self.n_jobs < 1:
             raise SweepSpecError("hydra.sweeper.n_trials and hydra.sweeper.n_jobs must be at least 1")
         if _given(self.pruner_cfg):
