@@ -327,7 +327,7 @@ def test_thinet_greedy_removes_the_channels_that_cancel_or_vanish() -> None:
     assert sorted(scores.argsort()[:3].tolist()) == [0, 2, 3]  # then the cancelling pair, never channel 1 alone
 
 
-def test_taylor_sums_weight_times_mean_gradient_over_the_group() -> None:
+def test_criterion_taylor_sums_weight_times_mean_gradient_over_the_group() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 4, 1), nn.AdaptiveAvgPool2d(1),
                           nn.Flatten(), nn.Linear(4, 5))
@@ -367,7 +367,7 @@ def test_global_scope_ranks_all_channels_together(tmp_path) -> None:
     assert result.model.conv2.out_channels == 4 and result.model.conv1.out_channels == 8
 
 
-def test_fpgm_scores_the_filter_nearest_the_others_lowest() -> None:
+def test_criterion_fpgm_scores_the_filter_nearest_the_others_lowest() -> None:
     conv, reader = nn.Conv2d(1, 5, 1, bias=False), nn.Conv2d(5, 2, 1, bias=False)
     with torch.no_grad():
         conv.weight.copy_(torch.tensor([0.5, 1.0, 2.0, 3.0, 9.0]).reshape(5, 1, 1, 1))
@@ -395,7 +395,7 @@ class ResidualBlockNet(nn.Module):
         return self.fc(self.head(r).mean(dim=(2, 3)))
 
 
-def test_l1_scores_the_whole_coupled_group_where_the_root_alone_would_mislead() -> None:
+def test_criterion_l1_scores_the_whole_coupled_group_where_the_root_alone_would_mislead() -> None:
     torch.manual_seed(0)
     model = ResidualBlockNet().eval()
     with torch.no_grad():
