@@ -9,12 +9,19 @@ formulas of ours.
 
 from __future__ import annotations
 
+import copy
+import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
+
+if TYPE_CHECKING:
+    from hardware.target import HardwareTarget
 
 #: Modules that are leaves of the description: each becomes one LayerSpec.
 _LEAF_TYPES: dict[type[nn.Module], str] = {
@@ -208,3 +215,157 @@ def memory_footprint(layers: list[LayerSpec]) -> dict[str, int]:
     weight_bytes = sum(layer.weight_bytes for layer in layers)
     peak = max((layer.input_bytes + layer.output_bytes for layer in layers), default=0)
     return {"peak_activation_bytes": int(peak), "weight_bytes": int(weight_bytes)}
+
+
+#: Activations deployment converters (TF-Lite, accelerators' output stages) fuse into the previous op.
+FUSED_ACTIVATIONS = frozenset({"ReLU", "ReLU6", "Identity"})
+
+
+# --------------------------------------------------------------------------- elementwise ops
+class _ElementwiseRecorder(TorchFunctionMode):
+    """Records tensor-tensor add/mul and spatial means (ops that are not nn.Modules)."""
+
+    _ADD = {
+        torch.add,
+        torch.Tensor.add,
+        torch.Tensor.add_,
+        torch.Tensor.__add__,
+        torch.Tensor.__iadd__,
+        torch.Tensor.__radd__,
+    }
+    _MUL = {
+        torch.mul,
+        torch.Tensor.mul,
+        torch.Tensor.mul_,
+        torch.Tensor.__mul__,
+        torch.Tensor.__imul__,
+        torch.Tensor.__rmul__,
+    }
+    _MEAN = {torch.mean, torch.Tensor.mean}
+
+    def __init__(self, scope: list[str]) -> None:
+        super().__init__()
+        self.scope = scope
+        self.records: list[LayerSpec] = []
+        self._count: dict[str, int] = {}
+
+    def _name(self, kind: str) -> str:
+        prefix = self.scope[-1] if self.scope else ""
+        key = f"{prefix}.{kind}" if prefix else kind
+        n = self._count.get(key, 0)
+        self._count[key] = n + 1
+        return key if n == 0 else f"{key}_{n}"
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        kind = "add" if func in self._ADD else "mul" if func in self._MUL else "mean" if func in self._MEAN else None
+        if kind is None or not isinstance(out, torch.Tensor) or out.dim() < 2:
+            return out
+        if kind in ("add", "mul"):
+            if len(args) < 2 or not all(isinstance(a, torch.Tensor) and a.dim() >= 2 for a in args[:2]):
+                return out  # a scalar operand: part of an activation or a scale, not a tensor op
+            shapes = [tuple(a.shape) for a in args[:2]]
+            self.records.append(
+                LayerSpec(
+                    name=self._name(kind),
+                    op=kind,
+                    module_type="functional",
+                    input_shape=max(shapes, key=math.prod),
+                    output_shape=tuple(out.shape),
+                    in_channels=int(out.shape[1]),
+                    out_channels=int(out.shape[1]),
+                    extra={"operand_shapes": shapes},
+                )
+            )
+        elif kind == "mean" and isinstance(args[0], torch.Tensor) and args[0].dim() == 4:
+            self.records.append(
+                LayerSpec(
+                    name=self._name("mean"),
+                    op="pool",
+                    module_type="functional",
+                    input_shape=tuple(args[0].shape),
+                    output_shape=tuple(out.shape),
+                    in_channels=int(args[0].shape[1]),
+                    out_channels=int(out.shape[1]) if out.dim() > 1 else int(args[0].shape[1]),
+                )
+            )
+        return out
+
+
+def _push(scope: list[str], name: str):
+    def hook(_module, _inputs) -> None:
+        scope.append(name)
+
+    return hook
+
+
+def _pop(scope: list[str]):
+    def hook(_module, _inputs, _output) -> None:
+        scope.pop()
+
+    return hook
+
+
+def describe_elementwise(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerSpec]:
+    """The functional ops of one forward pass that ``describe_layers`` cannot see.
+
+    Residual adds, squeeze-excitation multiplies and spatial means are plain tensor
+    operations, not modules; a latency model of a phone CPU must still pay for them.
+    Each is named after the innermost module that ran it (``blocks.1.0.add``).
+    """
+    try:
+        # Shapes are all that matter: run a copy on the meta device (no arithmetic).
+        meta_model = copy.deepcopy(model).to("meta")
+        return _record_elementwise(meta_model, torch.zeros(input_shape, device="meta"))
+    except (NotImplementedError, RuntimeError, TypeError, ValueError):
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        return _record_elementwise(model, torch.zeros(input_shape, device=device))
+
+
+def _record_elementwise(model: nn.Module, example: torch.Tensor) -> list[LayerSpec]:
+    scope: list[str] = []
+    handles = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+        handles.append(module.register_forward_pre_hook(_push(scope, name)))
+        handles.append(module.register_forward_hook(_pop(scope)))
+    was_training = model.training
+    model.eval()
+    recorder = _ElementwiseRecorder(scope)
+    try:
+        with torch.no_grad(), recorder:
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return recorder.records
+
+
+def with_elementwise(
+    target: HardwareTarget, model: nn.Module, input_shape: tuple[int, ...], layers: list[LayerSpec] | None
+) -> list[LayerSpec]:
+    """``target.layers_of(...)`` plus the functional ops, unless the caller's list has them."""
+    described = target.layers_of(model, input_shape, layers)
+    if any(layer.module_type == "functional" for layer in described):
+        return described
+    functional = describe_elementwise(model, input_shape)
+    # A functional op runs at the activation precision of the block it belongs to (the
+    # quantization method sets bit-widths on modules only): the lowest in that block.
+    for op in functional:
+        scope = op.name.rsplit(".", 1)[0] + "." if "." in op.name else ""
+        bits = [layer.act_bits for layer in described if scope and layer.name.startswith(scope)]
+        if bits:
+            op.act_bits = min(bits)
+    return list(described) + functional
+
+
+def memory_of(layers: Iterable[LayerSpec]) -> dict[str, int]:
+    """Weight bytes (at each layer's weight bit-width) and the largest input+output of a layer."""
+    layers = list(layers)
+    weight_bytes = sum(layer.weight_bytes for layer in layers if layer.op not in ("add", "mul"))
+    peak = max((layer.input_bytes + layer.output_bytes for layer in layers), default=0)
+    return {"peak_activation_bytes": int(peak), "weight_bytes": int(weight_bytes)}
+

@@ -41,8 +41,7 @@ from typing import Any
 
 from torch import nn
 
-from hardware.layers import LayerSpec
-from hardware.opcost import FUSED_ACTIVATIONS, _case, memory_of, with_elementwise
+from hardware.layers import FUSED_ACTIVATIONS, LayerSpec, memory_of, with_elementwise
 from hardware.target import HardwareError, HardwareTarget, LatencyReport, ValidationCase
 
 #: Efficiency keys: what kind of op a layer is, for the per-op efficiency factor.
@@ -300,7 +299,7 @@ class Roofline(HardwareTarget):
         for anchor in self.anchors:
             predicted = self.report(self.anchor_layers(anchor)).latency_ms
             cases.append(
-                _case(
+                ValidationCase(
                     anchor["name"],
                     predicted,
                     float(anchor["latency_ms"]),
@@ -338,8 +337,7 @@ def _bits_table(value: dict[int, float] | float, key: str, compute: str) -> dict
 def anchor_layers(anchor: dict[str, Any]) -> list[LayerSpec]:
     """Layers of a published measurement: a timm model or a MobileNetV1 channel plan,
     at the anchor's batch size, input size and uniform bit-widths."""
-    from hardware.layers import describe_layers
-    from hardware.opcost import describe_elementwise
+    from hardware.layers import describe_elementwise, describe_layers
 
     batch = int(anchor.get("batch_size", 1))
     size = int(anchor.get("input_size", 224))

@@ -76,6 +76,11 @@ class ReferenceModel:
     published_ms: float | None = None
 
     @property
+    def name(self) -> str:
+        """The profiled network, as validation reports name it."""
+        return f"mobilenetv1-{self.prefix}"
+
+    @property
     def measured_ms(self) -> float:
         """Whole-model latency: mean over runs of the "no stats" averages."""
         return mean(p.whole_model_ms for p in self.profiles)

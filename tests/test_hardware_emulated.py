@@ -10,8 +10,8 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from hardware.layers import LayerSpec, describe_layers
-from hardware.opcost import OpCostModel, Pixel1, describe_elementwise
+from hardware.layers import LayerSpec, describe_elementwise, describe_layers
+from hardware.opcost import OpCostModel
 from hardware.roofline import Roofline, anchor_layers
 from hardware.target import HardwareError, LatencyReport
 from hardware.tflite_profiles import load_reference, mobilenetv1_layers, parse_channel_plans, parse_profile
@@ -82,7 +82,7 @@ def mobilenetv2():
 def pixel1():
     if not REFERENCE.is_dir():
         pytest.skip("pixel1 reference profiles are absent")
-    return Pixel1(reference_dir=REFERENCE)
+    return registry.instantiate("pixel1", {"reference_dir": str(REFERENCE)})
 
 
 # --------------------------------------------------------------------------- roofline
@@ -300,9 +300,9 @@ def test_pixel1_yaml_finds_the_reference_without_the_run_config(monkeypatch, tmp
 
 def test_pixel1_without_its_reference_folder_is_a_clear_error(tmp_path):
     with pytest.raises(HardwareError, match="reference_dir"):
-        Pixel1(reference_dir=tmp_path / "missing")
+        registry.instantiate("pixel1", {"reference_dir": str(tmp_path / "missing")})
     with pytest.raises(HardwareError, match="reference_dir"):
-        Pixel1(reference_dir=None)
+        registry.instantiate("pixel1", {"reference_dir": None})
     cfg = _config("pixel1")
     cfg.hw.reference_dir = str(tmp_path / "missing")
     with pytest.raises(Exception, match="reference_dir"):  # Hydra wraps the HardwareError

@@ -1,0 +1,239 @@
+"""The lookup-table target: a network's latency is the sum of its units' table entries."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from hardware.layers import LayerSpec, memory_footprint
+from hardware.lookup import calibration
+from hardware.lookup.profiling import time_unit
+from hardware.lookup.table import LatencyTable
+from hardware.lookup.units import Unit, trace_units
+from hardware.paths import resolve_path
+from hardware.protocol import TimingProtocol
+from hardware.target import HardwareError, HardwareTarget, LatencyReport, ValidationCase
+
+
+class TableTarget(HardwareTarget):
+    """Latency predicted as the sum of a lookup table's per-unit entries."""
+
+    source = "table"
+
+    def __init__(
+        self,
+        name: str = "local_cpu_table",
+        calibration: str = "measured",
+        batch_size: int = 1,
+        table: str = "hardware/tables/local_cpu.json",
+        on_missing: str = "profile",
+        known_rmspe: float | None = None,
+        validation: dict[str, Any] | None = None,
+        statistic: str = "median",
+        **kwargs: Any,
+    ) -> None:
+        kwargs.pop("source", None)
+        super().__init__(name=name, calibration=calibration, batch_size=batch_size, **kwargs)
+        if on_missing not in ("profile", "error"):
+            raise ValueError(f"hw.on_missing must be 'profile' or 'error', got {on_missing!r}")
+        self.table_path = resolve_path(table)
+        if not self.table_path.is_file():
+            raise HardwareError(
+                f"hw {name!r}: latency table {self.table_path} does not exist. Build it with "
+                f"`python -m hardware profile --hw local_cpu --threads 1 --space mobilenetv2 --space resnet "
+                f"--out {table}` (see hardware/tables/README.md)."
+            )
+        self.table = LatencyTable.load(self.table_path)
+        self.granularity = self.table.metadata.get("granularity", "block")
+        self.on_missing = on_missing
+        if statistic not in ("median", "min"):
+            raise ValueError(f"hw.statistic must be 'median' or 'min', got {statistic!r}")
+        self.statistic = statistic
+        self._field = "ms" if statistic == "median" else "min_ms"
+        self.known_rmspe = known_rmspe
+        self.validation = dict(validation or {})
+        self._reference = None
+
+    # -- the measured device the table stands for -------------------------------------
+    def reference_target(self, **overrides: Any):
+        """The measured target (LocalCPU, the table's thread count) this table emulates."""
+        from hardware.measured import LocalCPU
+
+        meta = self.table.metadata
+        options = {
+            "name": meta.get("hw", "local_cpu"),
+            "threads": meta.get("threads"),
+            "per_layer": False,
+            "clock": meta.get("clock", "wall"),
+            **overrides,
+        }
+        return LocalCPU(**options)
+
+    def _profile_protocol(self) -> TimingProtocol:
+        return TimingProtocol(**self.table.metadata.get("protocol", {}))
+
+    def latency(
+        self,
+        model: nn.Module,
+        input_shape: tuple[int, ...],
+        layers: list[LayerSpec] | None = None,
+        deployables: Mapping[str, Path] | None = None,
+    ) -> LatencyReport:
+        input_shape = tuple(int(s) for s in input_shape)
+        units, unmodelled = trace_units(model, input_shape, self.granularity)
+        counts = {"exact": 0, "interpolated": 0, "measured_now": 0}
+        values: list[float] = []
+        minima: list[float] = []
+        per_layer: dict[str, float] = {}
+        missing: list[Unit] = []
+        scale, overhead = self.sequence_calibration()
+        for unit in units:
+            ms, how = self.table.lookup(unit, self._field)
+            low, _ = self.table.lookup(unit, "min_ms")
+            if ms is None:
+                if self.on_missing == "error":
+                    missing.append(unit)
+                    continue
+                measured = time_unit(
+                    unit,
+                    self._profile_protocol(),
+                    int(self.table.metadata.get("threads") or 1),
+                    int(self.table.metadata.get("rotate_bytes") or 0),
+                )
+                ms, low, how = measured[self._field], measured["min_ms"], "measured_now"
+            counts[how] += 1
+            values.append(ms)
+            minima.append(low if low is not None else ms)
+            for layer in unit.layers[:1]:
+                per_layer[layer] = per_layer.get(layer, 0.0) + scale * ms
+        if missing:
+            raise HardwareError(
+                f"hw {self.name!r}: {len(missing)} layer configurations are not in {self.table_path} and cannot be "
+                f"interpolated (first: {missing[0].key}). Add them with `python -m hardware profile --hw local_cpu "
+                f"--threads {self.table.metadata.get('threads')} --model <model> --input-size <size> --out {self.table_path}` "
+                f"(it merges into the table), or set hw.on_missing=profile."
+            )
+        latency_ms = scale * math.fsum(values) + overhead * len(values)
+        notes = []
+        if counts["measured_now"]:
+            notes.append(
+                f"{counts['measured_now']} of {len(units)} table units were outside the table and were measured now "
+                "on this machine (not from the table)"
+            )
+        if unmodelled:
+            notes.append(f"not modelled by the table (counted as 0 ms): {'; '.join(unmodelled[:5])}")
+        if layers is not None and any(spec.weight_bits != 32 or spec.act_bits != 32 for spec in layers):
+            notes.append("the table was profiled in fp32; per-layer bit-widths are ignored")
+        layers = self.layers_of(model, input_shape, layers)
+        meta = self.table.metadata
+        return LatencyReport(
+            hw=self.name,
+            latency_ms=latency_ms,
+            source=self.source,
+            calibration=self.calibration,
+            spread_ms=latency_ms * self.known_rmspe if self.known_rmspe else 0.0,
+            memory=memory_footprint(layers),
+            per_layer_ms=per_layer,
+            provenance={
+                "table": str(self.table_path),
+                "table_device": meta.get("device"),
+                "table_hw": meta.get("hw"),
+                "table_runtime": meta.get("runtime"),
+                "threads": meta.get("threads"),
+                "table_date": meta.get("date"),
+                "table_versions": meta.get("versions"),
+                "table_protocol": meta.get("protocol"),
+                "granularity": self.granularity,
+                "units": len(units),
+                **{f"units_{k}": v for k, v in counts.items()},
+                "known_rmspe": self.known_rmspe,
+                "statistic": self.statistic,
+                "sum_of_minima_ms": scale * math.fsum(minima) + overhead * len(minima),
+                "sum_of_entries_ms": math.fsum(values),
+                "sequence_scale": scale,
+                "per_unit_overhead_ms": overhead,
+                "input_shape": list(input_shape),
+            },
+            notes=notes,
+        )
+
+    def validation_cases(
+        self,
+        n: int = 50,
+        seed: int = 1,
+        spaces: tuple[str, ...] | list[str] | None = None,
+        progress: Callable[[str], None] | None = None,
+        repeat_measurements: int = 10,
+        **_: Any,
+    ) -> list[ValidationCase]:
+        """Predicted (table) against measured (the reference target) on ``n`` random architectures.
+
+        The architectures come from ``hardware.search_space`` with a seed other than the
+        profile's, so most of their channel counts are interpolated, never looked up.
+        The first ``repeat_measurements`` architectures are measured twice: how far two
+        measurements of one network disagree is the floor under the emulator's error.
+        """
+        from hardware import search_space
+
+        spaces = tuple(
+            spaces or self.validation.get("spaces") or self.table.metadata.get("spaces") or ("mobilenetv2", "resnet")
+        )
+        reference = self.reference_target(**self.validation.get("reference", {}))
+        cases = []
+        for name, config in search_space.sample_architectures(spaces, int(n), seed):
+            model = search_space.build(config)
+            shape = search_space.input_shape_of(config, self.batch_size)
+            predicted = self.latency(model, shape)
+            measured = reference.latency(model, shape)
+            again = reference.latency(model, shape) if len(cases) < repeat_measurements else None
+            cases.append(
+                ValidationCase(
+                    name=name,
+                    predicted_ms=predicted.latency_ms,
+                    measured_ms=measured.latency_ms,
+                    group=config["space"],
+                    info={
+                        "units": predicted.provenance["units"],
+                        "interpolated": predicted.provenance["units_interpolated"],
+                        "measured_now": predicted.provenance["units_measured_now"],
+                        "measured_cv": measured.provenance["cv"],
+                        "predicted_min_ms": predicted.provenance["sum_of_minima_ms"],
+                        "measured_min_ms": measured.provenance["min_ms"],
+                        "measured_iqr_ms": measured.spread_ms,
+                        "input_size": config["input_size"],
+                        **({"measured_again_ms": again.latency_ms} if again is not None else {}),
+                    },
+                )
+            )
+            if progress is not None:
+                progress(
+                    f"{name}: predicted {predicted.latency_ms:.3f} ms, measured {measured.latency_ms:.3f} ms "
+                    f"({predicted.provenance['units_interpolated']} units interpolated, "
+                    f"{predicted.provenance['units_measured_now']} measured now, of {predicted.provenance['units']})"
+                )
+        return cases
+
+    def calibrate(
+        self, n: int = 40, seed: int | None = None, progress: Callable[[str], None] | None = None
+    ) -> dict[str, Any]:
+        """Fit how units run in sequence (see :func:`hardware.lookup.calibration.calibrate`)."""
+        return calibration.calibrate(self, n, seed, progress)
+
+    def sequence_calibration(self) -> tuple[float, float]:
+        """(scale, per-unit overhead in ms) of :meth:`calibrate`; (1, 0) for an uncalibrated table."""
+        return calibration.sequence_calibration(self.table)
+
+    def describe(self) -> dict[str, Any]:
+        scale, overhead = self.sequence_calibration()
+        return {
+            **super().describe(),
+            "table": str(self.table_path),
+            "threads": self.table.metadata.get("threads"),
+            "clock": self.table.metadata.get("clock", "wall"),
+            "sequence_scale": round(scale, 4),
+            "per_unit_overhead_ms": round(overhead, 6),
+        }

@@ -1,0 +1,245 @@
+"""A device emulated by a per-operator cost model fitted to its per-layer profiles.
+
+ProxylessNAS (Cai et al., ICLR 2019) and AMC (He et al., ECCV 2018) steer by the latency
+of a phone CPU. Without the phone, a folder of its real per-operator profiles is enough:
+the target fits :class:`~hardware.opcost.model.OpCostModel` on them at construction
+(milliseconds) and predicts any network from its layer description. Everything about the
+device (its name, the profiles, their format, the hold-out figures, the citation) comes
+from its yaml (``conf/hw/pixel1.yaml``): a second phone is a yaml and its data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from hardware.layers import FUSED_ACTIVATIONS, LayerSpec, memory_of, with_elementwise
+from hardware.opcost.fit import FitReport, fit_report, samples
+from hardware.opcost.model import OpCostModel
+from hardware.paths import resolve_path
+from hardware.target import HardwareError, HardwareTarget, LatencyReport, ValidationCase
+
+
+def _tflite_benchmark_model(folder: Path) -> list[Any]:
+    from hardware.tflite_profiles import load_reference
+
+    return load_reference(folder)
+
+
+#: Profile formats a device's ``profile_format`` names: a loader of profiled models from a folder.
+PROFILE_FORMATS: dict[str, Callable[[Path], list[Any]]] = {"tflite_benchmark_model": _tflite_benchmark_model}
+
+
+class OpProfileTarget(HardwareTarget):
+    """A device emulated by a per-operator cost model fitted on its per-layer profiles.
+
+    ``reference_dir`` holds the profiles in ``profile_format`` (one of PROFILE_FORMATS);
+    ``device`` and ``citation`` say what they measured and where they come from (every
+    report's provenance carries them); ``holdout_file`` lists published whole-model
+    latencies of other networks, never fitted, that ``validation_cases(holdout=True)``
+    replays; ``profile_set`` names the validation groups of the profiled models.
+    """
+
+    source = "analytical"
+
+    def __init__(
+        self,
+        name: str,
+        device: str,
+        citation: str,
+        reference_dir: str | Path | None,
+        profile_format: str = "tflite_benchmark_model",
+        profile_set: str = "profiles",
+        profiled: str = "",
+        calibration: str = "published",
+        batch_size: int = 1,
+        cache_bytes: float = 1.0e6,
+        simd_channels: int = 16,
+        small_m_rows: int = 100,
+        holdout_file: str | Path | None = None,
+        validation: dict[str, bool] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.pop("source", None)
+        super().__init__(name=name, calibration=calibration, batch_size=batch_size, **kwargs)
+        if profile_format not in PROFILE_FORMATS:
+            raise ValueError(f"hw.profile_format {profile_format!r} is unknown; use one of {sorted(PROFILE_FORMATS)}")
+        self.device, self.citation, self.profiled, self.profile_set = device, citation, profiled, profile_set
+        self.reference_dir = _resolve_reference_dir(name, reference_dir)
+        try:
+            self.references = PROFILE_FORMATS[profile_format](self.reference_dir)
+        except FileNotFoundError as err:
+            raise HardwareError(f"hw.reference_dir: {err}") from err
+        self.settings = {"cache_bytes": cache_bytes, "simd_channels": simd_channels, "small_m_rows": small_m_rows}
+        self.holdout_file = resolve_path(holdout_file) if holdout_file else None
+        self.validation = {"lomo": True, "per_layer": True, "holdout": False}
+        for key, value in dict(validation or {}).items():
+            if key not in self.validation:
+                raise ValueError(f"hw.validation.{key} is unknown; use {sorted(self.validation)}")
+            self.validation[key] = bool(value)
+        self.cost_model = OpCostModel.fit(samples(self.references), **self.settings)
+        self.fit_report: FitReport = fit_report(self.references, self.cost_model, self.settings)
+
+    # ----- the HardwareTarget interface
+    def latency(
+        self,
+        model: nn.Module,
+        input_shape: tuple[int, ...],
+        layers: list[LayerSpec] | None = None,
+        deployables: Mapping[str, Path] | None = None,
+    ) -> LatencyReport:
+        described = with_elementwise(self, model, input_shape, layers)
+        return self.report(described)
+
+    def report(self, layers: list[LayerSpec]) -> LatencyReport:
+        """The latency report of a layer list (no torch model needed)."""
+        per_layer = self.cost_model.predict(layers)
+        total = float(sum(per_layer.values()))
+        notes = [
+            f"calibrated on {self.profiled or 'per-operator'} profiles; batch > 1 scales the activation terms only",
+            f"energy: not modelled (no {self.name} power measurements to calibrate on)",
+        ]
+        if any(layer.weight_bits < 32 or layer.act_bits < 32 for layer in layers if self.cost_model.family(layer)):
+            notes.append("bit-widths < 32 shrink the byte terms only: integer kernels were not profiled")
+        if any(layer.sparsity > 0.05 for layer in layers if layer.op in ("conv", "dwconv", "linear")):
+            notes.append("unstructured sparsity ignored: the profiled kernels are dense")
+        unfused = sorted(
+            {layer.module_type for layer in layers if layer.op == "act" and layer.module_type not in FUSED_ACTIVATIONS}
+        )
+        if unfused:
+            notes.append(f"{', '.join(unfused)} costed as streaming elementwise ops (not in the profiles)")
+        if input_shape_batch(layers) > 1:
+            notes.append("profiles are batch 1: larger batches are extrapolated")
+        known_error = max(self.fit_report.max_whole_model_error_lomo, self.fit_report.max_whole_model_error)
+        return LatencyReport(
+            hw=self.name,
+            latency_ms=total,
+            source=self.source,
+            calibration=self.calibration,
+            spread_ms=total * known_error,
+            energy_mj=None,
+            memory=memory_of(layers),
+            per_layer_ms=per_layer,
+            provenance=self.provenance(),
+            notes=notes,
+        )
+
+    def provenance(self) -> dict[str, Any]:
+        fit = self.fit_report
+        return {
+            "profile": f"{self.device} (per-operator cost model)",
+            "calibration_source": str(self.reference_dir),
+            "reference": self.citation,
+            "fit": "NNLS on relative per-layer error; families gemm / depthwise / elementwise",
+            "coefficients": self.cost_model.as_dict(),
+            "known_error": {
+                "whole_model_max_abs": fit.max_whole_model_error,
+                "whole_model_max_abs_leave_one_model_out": fit.max_whole_model_error_lomo,
+                "per_layer_rmspe": fit.per_layer_rmspe,
+                "per_layer_rmspe_leave_one_model_out": fit.per_layer_rmspe_lomo,
+            },
+        }
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "device": self.device, "reference_dir": str(self.reference_dir)}
+
+    # ----- validation
+    def validation_cases(
+        self,
+        lomo: bool | None = None,
+        per_layer: bool | None = None,
+        holdout: bool | None = None,
+        **_: Any,
+    ) -> list[ValidationCase]:
+        """Whole-model predicted against measured latency of each profiled model (group
+        ``<profile_set>``), and by default (``hw.validation``) also:
+
+        ``lomo``: each model predicted by a fit without it (group ``<profile_set>-lomo``);
+        ``per_layer``: one case per profiled operator (group ``per-layer``);
+        ``holdout``: the published figures of ``holdout_file`` (builds timm models).
+        """
+        lomo = self.validation["lomo"] if lomo is None else lomo
+        per_layer = self.validation["per_layer"] if per_layer is None else per_layer
+        holdout = self.validation["holdout"] if holdout is None else holdout
+        cases = []
+        names = {ref.prefix: ref.name for ref in self.references}
+        for prefix, row in self.fit_report.whole_model.items():
+            cases.append(ValidationCase(names[prefix], row["predicted_ms"], row["measured_ms"], self.profile_set, {}))
+        if lomo:
+            for prefix, row in self.fit_report.whole_model.items():
+                cases.append(
+                    ValidationCase(
+                        f"{names[prefix]} (lomo)",
+                        row["lomo_predicted_ms"],
+                        row["measured_ms"],
+                        f"{self.profile_set}-lomo",
+                        {},
+                    )
+                )
+        if per_layer:
+            for row in self.fit_report.per_layer:
+                cases.append(
+                    ValidationCase(
+                        f"{row['model']}/{row['layer']}",
+                        row["predicted_ms"],
+                        row["measured_ms"],
+                        "per-layer",
+                        {"op": row["op"]},
+                    )
+                )
+        if holdout:
+            cases.extend(self.holdout_cases())
+        return cases
+
+    def per_layer_validation(self) -> list[dict[str, Any]]:
+        """Per-operator rows: model, layer, op, measured and predicted ms, error (in-sample and LOMO)."""
+        return list(self.fit_report.per_layer)
+
+    def holdout_cases(self) -> list[ValidationCase]:
+        """Published whole-model latencies of other networks on this device, never used in the fit."""
+        import timm
+        import yaml
+
+        if self.holdout_file is None or not self.holdout_file.is_file():
+            raise HardwareError(
+                f"hw {self.name!r}: hold-out file {self.holdout_file} is missing; set hw.holdout_file to a yaml of "
+                "published latencies (see hardware/devices/pixel1_published.yaml)"
+            )
+        entries = [e for e in yaml.safe_load(self.holdout_file.read_text())["models"] if e.get("timm")]
+        predicted = []
+        for entry in entries:
+            size = int(entry.get("input_size", 224))
+            model = timm.create_model(entry["timm"], pretrained=False, **entry.get("kwargs", {}))
+            predicted.append(self.latency(model, (1, 3, size, size)).latency_ms)
+        # Each paper used its own TF-Lite build: compare ratios to that paper's reference model too.
+        reference = {
+            e.get("group"): (p, float(e["latency_ms"]))
+            for e, p in zip(entries, predicted, strict=True)
+            if e.get("reference")
+        }
+        cases = []
+        for entry, pred in zip(entries, predicted, strict=True):
+            measured = float(entry["latency_ms"])
+            info: dict[str, Any] = {"source": entry.get("source", ""), "timm": entry["timm"]}
+            if entry.get("group") in reference:
+                ref_pred, ref_meas = reference[entry["group"]]
+                info["same_paper_ratio_error"] = (pred / ref_pred) / (measured / ref_meas) - 1
+            cases.append(ValidationCase(entry["name"], pred, measured, f"holdout-{entry.get('group', 'published')}", info))
+        return cases
+
+
+def _resolve_reference_dir(name: str, reference_dir: str | Path | None) -> Path:
+    """The profile folder: absolute as given; relative from the working directory, else the project root."""
+    if reference_dir is None or not str(reference_dir).strip() or str(reference_dir).startswith("None"):
+        raise HardwareError(
+            f"hw.reference_dir of {name!r} is unset ({reference_dir!r}): point it at the folder of the device's "
+            f"profiles (conf/hw/{name}.yaml says which), e.g. +hw.reference_dir=/path/to/profiles"
+        )
+    return resolve_path(reference_dir)
+
+
+def input_shape_batch(layers: list[LayerSpec]) -> int:
+    return int(layers[0].input_shape[0]) if layers and layers[0].input_shape else 1
