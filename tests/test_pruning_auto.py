@@ -24,9 +24,8 @@ from benchmarks.context import make_context
 from benchmarks.data import MNISTDataModule
 from benchmarks.models import build_model
 from benchmarks.schema import RecipeConfig, TrainerConfig
-from hardware import registry
 from hardware.layers import count_macs
-from hardware.opcost import OpProfileTarget
+from hardware.opcost import Pixel1
 from methods.base import MethodConfigError
 from methods.pruning.amc import AMC, ChannelSelector, _feature_columns, _weight_matrix
 from methods.pruning.channel_space import ChannelSpace
@@ -34,7 +33,7 @@ from methods.pruning.compactnet import CompactNet, compactnet_sub_targets
 from methods.pruning.netadapt import NetAdapt
 from methods.pruning.structured import load_pruned
 from methods.search.ddpg import DDPGAgent, DDPGConfig
-from methods.search.resource import LatencyResource, MacsResource, make_resource
+from methods.search.resource import LatencyResource, MacsResource
 from methods.search.threads import search_threads
 from tests.conftest import SHARED_DATA, needs_shared_data
 
@@ -54,10 +53,10 @@ def mnist(tmp_path_factory: pytest.TempPathFactory) -> MNISTDataModule:
 
 
 @pytest.fixture(scope="module")
-def pixel1() -> OpProfileTarget:
+def pixel1() -> Pixel1:
     if not PIXEL1_PROFILES.is_dir():
         pytest.skip(f"no Pixel-1 profiles at {PIXEL1_PROFILES}")
-    return registry.instantiate("pixel1", {"reference_dir": str(PIXEL1_PROFILES)})
+    return Pixel1(name="pixel1", source="analytical", calibration="published", reference_dir=str(PIXEL1_PROFILES))
 
 
 @pytest.fixture(scope="module")
@@ -95,11 +94,6 @@ def test_shrink_matches_torch_pruning_in_place_removal(lenet):
     for (k, a), (_, b) in zip(fast.state_dict().items(), reference.state_dict().items(), strict=False):
         assert a.shape == b.shape and torch.equal(a, b), k
     assert lenet.conv1.out_channels == 20  # the original is untouched
-
-
-def test_resource_names_the_key_when_unknown(pixel1):
-    with pytest.raises(MethodConfigError, match="method.resource"):
-        make_resource("energy", pixel1, INPUT)
 
 
 # -- AMC ------------------------------------------------------------------------------------
@@ -192,7 +186,7 @@ def test_amc_refuses_impossible_requests(lenet, mnist, pixel1, tmp_path):
 
 
 def test_ddpg_explores_inside_the_bounds_and_narrows(one_thread):
-    agent = DDPGAgent(state_dim=10, n_layers=3, lbound=0.2, rbound=0.8, config=DDPGConfig(batch_size=8), seed=0)
+    agent = DDPGAgent(state_dim=10, n_layers=3, low=0.2, high=0.8, config=DDPGConfig(batch_size=8), seed=0)
     state = np.zeros(10, dtype=np.float32)
     actions = [agent.explore_action(state) for _ in range(200)]
     assert 0.2 <= min(actions) and max(actions) <= 0.8

@@ -65,7 +65,7 @@ from hardware.layers import count_macs
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
 from methods.pruning.channel_space import ChannelSpace, PrunableUnit
 from methods.pruning.structured import load_pruned, save_pruned
-from methods.search.ddpg import DDPGAgent, DDPGConfig
+from methods.search.ddpg import DDPGAgent, DDPGConfig, Policy, Transition
 from methods.search.resource import Resource, make_resource
 from methods.search.threads import search_threads
 
@@ -320,7 +320,7 @@ class AMCEnvironment:
         macs = float(count_macs(pruned, self.resource.input_shape))
         return self.reward_fn(top1, macs), top1, macs
 
-    def run_episode(self, choose) -> tuple[list[int], list[tuple[np.ndarray, float, np.ndarray, bool]]]:
+    def run_episode(self, choose: Policy) -> tuple[list[int], list[Transition]]:
         """Walk the layers; ``choose(state) -> preserve ratio``; returns kept counts and transitions."""
         kept: list[int] = []
         transitions = []
@@ -476,25 +476,18 @@ class AMC(CompressionMethod):
             return SearchOutcome(self._episode(env, 0, False, kept))
         agent = DDPGAgent(env.state_dim, len(env.units), self.lbound, self.rbound, self.ddpg, seed=seed)
         history: list[Episode] = []
-        best: Episode | None = None
-        for index in range(self.warmup_episodes + self.episodes):
-            warmup = index < self.warmup_episodes
-            choose = (lambda s: agent.random_action()) if warmup else agent.explore_action
+
+        def play(choose: Policy, index: int, warmup: bool) -> tuple[list[Transition], float]:
             kept, transitions = env.run_episode(choose)
             episode = self._episode(env, index, warmup, kept)
-            agent.observe_episode(transitions, episode.reward)
-            if not warmup:
-                for _ in transitions:
-                    agent.update()
-                agent.end_episode()
             history.append(episode)
-            if best is None or episode.reward > best.reward:
-                best = episode
             log.info("[amc] episode %d%s: reward %.4f top-1 %.2f %s %.3f of original, best %.4f",
                      index, " (warm-up)" if warmup else "", episode.reward, episode.top1, env.resource.kind,
-                     episode.cost_ratio, best.reward)
-        assert best is not None
-        return SearchOutcome(best, history)
+                     episode.cost_ratio, max(e.reward for e in history))
+            return transitions, episode.reward
+
+        agent.search(play, self.episodes, self.warmup_episodes)
+        return SearchOutcome(max(history, key=lambda e: e.reward), history)
 
     @staticmethod
     def _episode(env: AMCEnvironment, index: int, warmup: bool, kept: list[int]) -> Episode:

@@ -1,21 +1,24 @@
-"""A small DDPG agent for AMC's layer-by-layer preserve-ratio search.
+"""A small DDPG agent for layer-by-layer searches: one continuous action per layer.
 
 Implements the agent of He et al., "AMC: AutoML for Model Compression and Acceleration
 on Mobile Devices" (ECCV 2018), section 3.2, with the hyper-parameters of the authors'
-public code (../shared/reference/method-notes/amc.md):
+public code (../shared/reference/method-notes/amc.md). HAQ (Wang et al., CVPR 2019,
+section 3) uses the same agent for per-layer bit-widths: the family gives the state
+size and the action bounds (AMC: a preserve ratio in [lbound, rbound]; HAQ: a value it
+maps onto bits) and plays the episodes; nothing here knows what an action means.
 
 - actor mu(s) and critic Q(s, a), each with two hidden layers of 300 units; the actor
-  ends in a sigmoid that is mapped onto the action range [lbound, rbound];
+  ends in a sigmoid that is mapped onto the action range [low, high];
 - Adam with lr 1e-4 (actor) and 1e-3 (critic); soft target updates with tau = 0.01;
 - discount 1: the one reward of an episode, given at its end, is the return of every
   transition of that episode (the Bellman target still bootstraps from the next state);
-- replay memory of ``replay_per_layer`` transitions per prunable layer, batches of 64;
-- exploration by a normal distribution around mu(s), truncated to [lbound, rbound],
+- replay memory of ``replay_per_layer`` transitions per layer (step of an episode), batches of 64;
+- exploration by a normal distribution around mu(s), truncated to [low, high],
   whose sigma starts at 0.5 and is multiplied by 0.95 after every training episode;
 - a moving-average baseline subtracted from the rewards before they enter the memory
   (variance reduction).
 
-Why our own agent rather than an RL library: AMC's loop is not a Gym environment with
+Why our own agent rather than an RL library: AMC's and HAQ's loop is not a Gym environment with
 per-step rewards. Its reward arrives once per episode, is shared by all the episode's
 transitions, is baseline-corrected, and exploration uses a decaying truncated normal.
 Stable-Baselines3's DDPG would need gymnasium plus wrappers that rewrite its buffer and
@@ -24,6 +27,7 @@ noise, which is more code than this module and hides the paper's choices.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,7 +66,7 @@ class DDPGConfig:
 
 
 class Actor(nn.Module):
-    """mu(s): state -> an action in (0, 1), later mapped onto [lbound, rbound]."""
+    """mu(s): state -> an action in (0, 1), later mapped onto [low, high]."""
 
     def __init__(self, state_dim: int, hidden: int) -> None:
         super().__init__()
@@ -115,15 +119,29 @@ class ReplayMemory:
                      (self.states, self.actions, self.rewards, self.next_states, self.terminals))
 
 
-class DDPGAgent:
-    """Actor-critic agent acting in [lbound, rbound], one action per prunable layer."""
+#: One step of an episode: (state, action taken, next state, whether it was the last step).
+Transition = tuple[np.ndarray, float, np.ndarray, bool]
+#: How an episode picks its action from a state.
+Policy = Callable[[np.ndarray], float]
+#: A family's episode: ``play(policy, index, warmup) -> (transitions, reward)``.
+Play = Callable[[Policy, int, bool], tuple[list[Transition], float]]
 
-    def __init__(self, state_dim: int, n_layers: int, lbound: float, rbound: float, config: DDPGConfig,
+
+class DDPGAgent:
+    """Actor-critic agent acting in [low, high], one action per layer of an episode of ``n_layers``.
+
+    ``state_dim`` is the size of the family's state vector; ``n_layers`` sizes the replay
+    memory (``config.replay_per_layer`` transitions per layer).
+    """
+
+    def __init__(self, state_dim: int, n_layers: int, low: float, high: float, config: DDPGConfig,
                  seed: int = 0) -> None:
-        if not 0 < lbound <= rbound <= 1:
-            raise ValueError(f"need 0 < method.lbound <= method.rbound <= 1, got {lbound} and {rbound}")
+        if not (np.isfinite(low) and np.isfinite(high) and low <= high):
+            raise ValueError(f"the DDPG action bounds need low <= high (both finite), got low={low}, high={high}")
+        if state_dim < 1 or n_layers < 1:
+            raise ValueError(f"the DDPG agent needs state_dim >= 1 and n_layers >= 1, got {state_dim} and {n_layers}")
         self.config = config
-        self.lbound, self.rbound = lbound, rbound
+        self.low, self.high = float(low), float(high)
         self.rng = np.random.default_rng(seed)
         torch.manual_seed(seed)
         self.actor, self.actor_target = Actor(state_dim, config.hidden), Actor(state_dim, config.hidden)
@@ -138,11 +156,11 @@ class DDPGAgent:
 
     # -- acting ---------------------------------------------------------------------------
     def _to_range(self, unit_action: float) -> float:
-        return self.lbound + (self.rbound - self.lbound) * unit_action
+        return self.low + (self.high - self.low) * unit_action
 
     def _to_unit(self, action: float) -> float:
-        span = self.rbound - self.lbound
-        return 0.0 if span == 0 else (action - self.lbound) / span
+        span = self.high - self.low
+        return 0.0 if span == 0 else (action - self.low) / span
 
     def greedy_action(self, state: np.ndarray) -> float:
         with torch.no_grad():
@@ -150,13 +168,13 @@ class DDPGAgent:
 
     def random_action(self) -> float:
         """Warm-up: a uniform action over the whole range."""
-        return float(self.rng.uniform(self.lbound, self.rbound))
+        return float(self.rng.uniform(self.low, self.high))
 
     def explore_action(self, state: np.ndarray) -> float:
-        """A sample of N(mu(s), sigma^2) truncated to [lbound, rbound]."""
+        """A sample of N(mu(s), sigma^2) truncated to [low, high]."""
         mean = self.greedy_action(state)
-        scale = max(self.sigma * (self.rbound - self.lbound), 1e-6)
-        a, b = (self.lbound - mean) / scale, (self.rbound - mean) / scale
+        scale = max(self.sigma * (self.high - self.low), 1e-6)
+        a, b = (self.low - mean) / scale, (self.high - mean) / scale
         return float(truncnorm.rvs(a, b, loc=mean, scale=scale, random_state=self.rng))
 
     def end_episode(self) -> None:
@@ -164,7 +182,7 @@ class DDPGAgent:
         self.sigma *= self.config.sigma_decay
 
     # -- learning ---------------------------------------------------------------------------
-    def observe_episode(self, transitions: list[tuple[np.ndarray, float, np.ndarray, bool]], reward: float) -> float:
+    def observe_episode(self, transitions: list[Transition], reward: float) -> float:
         """Store an episode's transitions, each with the episode's baseline-corrected reward."""
         if self.reward_baseline is None:
             self.reward_baseline = reward
@@ -197,3 +215,26 @@ class DDPGAgent:
             for p, tp_ in zip(net.parameters(), target.parameters(), strict=False):
                 tp_.data.mul_(1 - cfg.tau).add_(cfg.tau * p.data)
         return critic_loss.item(), actor_loss.item()
+
+    # -- the search loop ----------------------------------------------------------------------
+    def search(self, play: Play, episodes: int, warmup_episodes: int) -> list[float]:
+        """``warmup_episodes`` of uniform random actions, then ``episodes`` that explore and learn.
+
+        After each learning episode the agent takes one update per transition and its
+        exploration narrows (AMC's schedule). Returns every episode's reward; with
+        ``episodes=0`` this is random search with the same evaluation.
+        """
+        if episodes < 0 or warmup_episodes < 0:
+            raise ValueError(f"episodes and warm-up episodes must be >= 0, got {episodes} and {warmup_episodes}")
+        rewards = []
+        for index in range(warmup_episodes + episodes):
+            warmup = index < warmup_episodes
+            choose: Policy = (lambda _state: self.random_action()) if warmup else self.explore_action
+            transitions, reward = play(choose, index, warmup)
+            self.observe_episode(transitions, reward)
+            if not warmup:
+                for _ in transitions:
+                    self.update()
+                self.end_episode()
+            rewards.append(reward)
+        return rewards
