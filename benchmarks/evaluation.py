@@ -9,6 +9,7 @@ computed from two reports made the same way in the same run, so they are exact.
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,7 @@ def evaluate_model(
     *,
     split: str = "test",
     layer_bits: dict[str, tuple[int, int]] | None = None,
-    onnx_file: Path | None = None,
+    deployables: Mapping[str, Path] | None = None,
     local_target: HardwareTarget | None = None,
 ) -> ModelReport:
     """Measure ``model`` as every run does; ``local_target`` adds a measured CPU latency."""
@@ -74,9 +75,9 @@ def evaluate_model(
         nonzero_params=nonzero,
         macs=count_macs(model, (1, *input_shape[1:])),
         stored_bytes=stored_bytes,
-        latency=target.latency(model, input_shape, layers=layers, onnx_file=onnx_file),
+        latency=target.latency(model, input_shape, layers=layers, deployables=deployables),
         layers=layers,
-        local_latency=None if local_target is None else local_target.latency(model, input_shape, onnx_file=onnx_file),
+        local_latency=None if local_target is None else local_target.latency(model, input_shape, deployables=deployables),
     )
 
 

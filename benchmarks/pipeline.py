@@ -135,7 +135,7 @@ def _run_recorded(cfg: DictConfig, recipe: RecipeConfig, trainer_cfg: TrainerCon
         base_report = evaluate_model(baseline.model, datamodule, target, input_shape, baseline.file.stat().st_size,
                                      split=split, local_target=local_target)
         report = evaluate_model(result.model, datamodule, target, input_shape, result.stored_bytes, split=split,
-                                layer_bits=result.layer_bits, onnx_file=result.onnx_file, local_target=local_target)
+                                layer_bits=result.layer_bits, deployables=result.deployables, local_target=local_target)
 
     with stage("record"):
         _record(cfg, recorder, report, base_report, result, workdir)
@@ -203,8 +203,8 @@ def _record(cfg: DictConfig, recorder: RunRecorder, report: ModelReport, base_re
     if cfg.evaluation.per_layer_table:
         recorder.artifact(write_layer_table(report, workdir / "layers.csv"))
     recorder.artifact(result.stored_file, "model")
-    if result.onnx_file is not None:
-        recorder.artifact(result.onnx_file, "model")
+    for path in result.deployables.values():
+        recorder.artifact(path, "model")
     for path in result.artifacts:
         recorder.artifact(path, "method")
 

@@ -11,7 +11,7 @@ themselves (their own provenance label is in the table), accuracy from the test 
 
 The stored files are decoded exactly as the run pipeline decodes them: the baseline
 with :func:`methods.baseline.load_dense`, the trimmed models with
-:func:`methods.pruning.structured.load_pruned` onto the unpruned architecture of the
+:func:`methods.storage.load_model` onto the unpruned architecture of the
 composed config (``model=...``, ``dataset=...`` overrides select it).
 """
 
@@ -32,7 +32,7 @@ from benchmarks.training import evaluate
 from hardware.protocol import summarise
 from hardware.target import HardwareTarget
 from methods.baseline import load_dense
-from methods.pruning.structured import load_pruned
+from methods.storage import load_model
 
 
 def exchange_rows(baseline: nn.Module, trimmed: dict[str, nn.Module], targets: dict[str, HardwareTarget],
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     trimmed = {}
     for item in args.trimmed:
         name, path = item.split("=", 1)
-        trimmed[name] = load_pruned(Path(path), template)
+        trimmed[name] = load_model(Path(path), template)
     input_shape = (1, *datamodule.input_shape)
     rows = exchange_rows(baseline, trimmed, targets, input_shape, args.rounds)
     top1 = {"baseline": evaluate(baseline, datamodule, "test")["top1"],

@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -115,9 +115,10 @@ class MeasuredTarget(HardwareTarget):
 
     # -- what subclasses provide -------------------------------------------------------
     def measure(
-        self, model: nn.Module, input_shape: tuple[int, ...], onnx_file: Path | None = None
+        self, model: nn.Module, input_shape: tuple[int, ...], deployable: Path | None = None
     ) -> tuple[TimingResult, dict[str, Any]]:
-        """Time one forward pass of ``input_shape``; return the timing and runtime provenance."""
+        """Time one forward pass of ``input_shape`` (of ``deployable``, the file of the format this
+        target executes, when the method wrote one); return the timing and runtime provenance."""
         raise NotImplementedError
 
     def runtime_provenance(self) -> dict[str, Any]:
@@ -129,11 +130,12 @@ class MeasuredTarget(HardwareTarget):
         model: nn.Module,
         input_shape: tuple[int, ...],
         layers: list[LayerSpec] | None = None,
-        onnx_file: Path | None = None,
+        deployables: Mapping[str, Path] | None = None,
     ) -> LatencyReport:
         input_shape = tuple(int(s) for s in input_shape)
         layers = self.layers_of(_on_device(model, torch.device("cpu")), input_shape, layers)
-        timing, runtime_info = self.measure(model, input_shape, onnx_file)
+        deployable = self.deployable(deployables)
+        timing, runtime_info = self.measure(model, input_shape, deployable)
         provenance = {
             **machine_provenance(),
             "device": self.device_name(),
@@ -152,12 +154,12 @@ class MeasuredTarget(HardwareTarget):
             calibration=self.calibration,
             spread_ms=timing.iqr_ms,
             memory=memory_footprint(layers),
-            per_layer_ms=self._per_layer(model, input_shape, onnx_file),
+            per_layer_ms=self._per_layer(model, input_shape, deployable),
             provenance=provenance,
             notes=timing.notes(),
         )
 
-    def _per_layer(self, model: nn.Module, input_shape: tuple[int, ...], onnx_file: Path | None) -> dict[str, float]:
+    def _per_layer(self, model: nn.Module, input_shape: tuple[int, ...], deployable: Path | None) -> dict[str, float]:
         """Per-layer breakdown in ms; targets that cannot attribute time to layers return {}."""
         return {}
 
@@ -188,17 +190,14 @@ class LocalCPU(MeasuredTarget):
             "interop_threads": torch.get_num_interop_threads(),
         }
 
-    def measure(self, model, input_shape, onnx_file=None):
+    def measure(self, model, input_shape, deployable=None):
         cpu_model = _on_device(model, torch.device("cpu"))
         x = torch.randn(input_shape)
         with torch_threads(self.threads), _eval_mode(cpu_model), torch.no_grad():
             timing = time_callable(lambda: cpu_model(x), self.protocol)
-        info: dict[str, Any] = {}
-        if onnx_file is not None:
-            info["onnx_file_ignored"] = str(onnx_file)
-        return timing, info
+        return timing, {}
 
-    def _per_layer(self, model, input_shape, onnx_file=None):
+    def _per_layer(self, model, input_shape, deployable=None):
         if not self.per_layer:
             return {}
         cpu_model = _on_device(model, torch.device("cpu"))
@@ -297,6 +296,7 @@ class OnnxRuntimeCPU(MeasuredTarget):
     """ONNX Runtime's CPU execution provider on this machine."""
 
     runtime = "onnxruntime"
+    executes = "onnx"
 
     def __init__(
         self,
@@ -341,15 +341,15 @@ class OnnxRuntimeCPU(MeasuredTarget):
         options.log_severity_level = 3
         return ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
 
-    def measure(self, model, input_shape, onnx_file=None):
+    def measure(self, model, input_shape, deployable=None):
         import numpy as np
 
         with tempfile.TemporaryDirectory(prefix="hw_onnx_") as tmp:
-            if onnx_file is not None:
-                onnx_path = Path(onnx_file)
+            if deployable is not None:
+                onnx_path = Path(deployable)
                 if not onnx_path.is_file():
-                    raise HardwareError(f"hw {self.name!r}: onnx_file {onnx_path} does not exist")
-                info: dict[str, Any] = {"onnx_file": str(onnx_path), "exported": False}
+                    raise HardwareError(f"hw {self.name!r}: the deployable onnx file {onnx_path} does not exist")
+                info: dict[str, Any] = {"deployable": str(onnx_path), "exported": False}
             else:
                 onnx_path = export_onnx(model, input_shape, Path(tmp) / "model.onnx", self.exporter, self.opset)
                 info = {"exported": True, "exporter": self.exporter, "opset": self.opset}
@@ -401,7 +401,7 @@ class CUDA(MeasuredTarget):
             "capability": ".".join(map(str, torch.cuda.get_device_capability(self.device))),
         }
 
-    def measure(self, model, input_shape, onnx_file=None):
+    def measure(self, model, input_shape, deployable=None):
         gpu_model = _on_device(model, self.device)
         x = torch.randn(input_shape, device=self.device)
 
@@ -420,4 +420,4 @@ class CUDA(MeasuredTarget):
                 timing = time_callable(lambda: gpu_model(x), self.protocol, time_one_ms)
         finally:
             torch.backends.cudnn.benchmark = old_benchmark
-        return timing, {"onnx_file_ignored": str(onnx_file)} if onnx_file is not None else {}
+        return timing, {}

@@ -35,6 +35,7 @@ parameters fitted to published latencies (``anchors`` in the yaml, fitted with
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -216,7 +217,7 @@ class Roofline(HardwareTarget):
         model: nn.Module,
         input_shape: tuple[int, ...],
         layers: list[LayerSpec] | None = None,
-        onnx_file: Path | None = None,
+        deployables: Mapping[str, Path] | None = None,
     ) -> LatencyReport:
         return self.report(with_elementwise(self, model, input_shape, layers))
 

@@ -7,6 +7,7 @@ comes from. It never knows which method produced the model (DESIGN.md, "seams").
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,9 @@ class HardwareTarget(ABC):
 
     #: the source kind of this target's figures (one of SOURCES)
     source: str = "measured"
+    #: the deployable format this target executes (a key of a method's ``deployables``, e.g.
+    #: ``"onnx"``); None: it runs (or models) the PyTorch model itself
+    executes: str | None = None
 
     def __init__(self, name: str, calibration: str = "measured", batch_size: int = 1, **_: Any) -> None:
         if batch_size < 1:
@@ -90,15 +94,22 @@ class HardwareTarget(ABC):
         model: nn.Module,
         input_shape: tuple[int, ...],
         layers: list[LayerSpec] | None = None,
-        onnx_file: Path | None = None,
+        deployables: Mapping[str, Path] | None = None,
     ) -> LatencyReport:
         """Latency of ``model`` for one batch of ``input_shape`` (batch dim included).
 
         ``layers`` lets the caller pass a description it already has (with per-layer
         bit-widths, for example); targets that need one build it otherwise.
-        ``onnx_file`` is the deployed model when a method wrote one (an int8 QDQ model):
-        targets that execute ONNX run it instead of exporting ``model``.
+        ``deployables`` are the files a method wrote for runtimes (``{"onnx": int8 QDQ model}``):
+        a target that executes one of them (:attr:`executes`) runs that file instead of ``model``;
+        other targets ignore them.
         """
+
+    def deployable(self, deployables: Mapping[str, Path] | None) -> Path | None:
+        """The file of ``deployables`` this target executes, if any."""
+        if self.executes is None or not deployables:
+            return None
+        return deployables.get(self.executes)
 
     def layers_of(self, model: nn.Module, input_shape: tuple[int, ...], layers: list[LayerSpec] | None) -> list[LayerSpec]:
         return layers if layers is not None else describe_layers(model, input_shape)

@@ -59,8 +59,9 @@ class CompressionResult:
     metrics: dict[str, float] = field(default_factory=dict)
     #: extra files worth keeping with the run (policy.json, schedules, plots)
     artifacts: list[Path] = field(default_factory=list)
-    #: an ONNX file of the deployed model (int8 QDQ, say) for targets that execute ONNX
-    onnx_file: Path | None = None
+    #: deployable files of the model by runtime format (``{"onnx": int8 QDQ model}``): a target
+    #: whose ``executes`` names one of them runs that file instead of the PyTorch model
+    deployables: dict[str, Path] = field(default_factory=dict)
 
     @property
     def stored_bytes(self) -> int:

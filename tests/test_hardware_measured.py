@@ -118,14 +118,14 @@ def test_onnxruntime_report_carries_its_provenance() -> None:
     assert report.latency_ms > 0 and report.memory["weight_bytes"] > 0
 
 
-def test_onnxruntime_runs_a_given_onnx_file(tmp_path: Path) -> None:
+def test_onnxruntime_runs_the_onnx_deployable(tmp_path: Path) -> None:
     model = _tiny_cnn()
     onnx_file = export_onnx(model, (1, 3, 16, 16), tmp_path / "m.onnx")
     target = OnnxRuntimeCPU(threads=1, **FAST)
-    report = target.latency(model, (1, 3, 16, 16), onnx_file=onnx_file)
-    assert report.provenance["exported"] is False and report.provenance["onnx_file"] == str(onnx_file)
+    report = target.latency(model, (1, 3, 16, 16), deployables={"torchscript": tmp_path / "x.pt", "onnx": onnx_file})
+    assert report.provenance["exported"] is False and report.provenance["deployable"] == str(onnx_file)
     with pytest.raises(HardwareError, match="does not exist"):
-        target.latency(model, (1, 3, 16, 16), onnx_file=tmp_path / "absent.onnx")
+        target.latency(model, (1, 3, 16, 16), deployables={"onnx": tmp_path / "absent.onnx"})
 
 
 # -- cuda ---------------------------------------------------------------------------------

@@ -31,10 +31,10 @@ from methods.pruning.amc import AMC, ChannelSelector, _feature_columns, _weight_
 from methods.pruning.channel_space import ChannelSpace
 from methods.pruning.compactnet import CompactNet, compactnet_sub_targets
 from methods.pruning.netadapt import NetAdapt
-from methods.pruning.structured import load_pruned
 from methods.search.ddpg import DDPGAgent, DDPGConfig
 from methods.search.resource import LatencyResource, MacsResource
 from methods.search.threads import search_threads
+from methods.storage import load_model
 from tests.conftest import SHARED_DATA, needs_shared_data
 
 PIXEL1_PROFILES = SHARED_DATA.parent / "reference" / "pixel1-amc-tflite"
@@ -153,7 +153,7 @@ def test_short_amc_search_gives_a_runnable_model_within_budget(lenet, mnist, pix
     assert pixel1.latency(result.model, INPUT).latency_ms <= 0.5 * base + 1e-9
     assert result.metrics["budget_met"] == 1.0
     # the model returned is the one decoded from the stored file
-    decoded = load_pruned(result.stored_file, lenet)
+    decoded = load_model(result.stored_file, lenet)
     for a, b in zip(decoded.state_dict().values(), result.model.state_dict().values(), strict=False):
         assert torch.equal(a, b)
     policy = json.loads((ctx.workdir / "amc_policy.json").read_text())

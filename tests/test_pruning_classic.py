@@ -28,28 +28,19 @@ from methods.base import MethodConfigError
 from methods.pruning.agp import AGPSchedule, AutomatedGradualPruning
 from methods.pruning.criteria import CRITERIA, greedy_removal_scores, make_criterion
 from methods.pruning.filter import FilterPruning
-from methods.pruning.magnitude import MagnitudePruning
+from methods.pruning.magnitude import MagnitudePruning, store_sparse
 from methods.pruning.masks import WeightMasks, magnitude_masks, prunable_layers
-from methods.pruning.sparse_storage import (
-    FORMATS,
-    absolute_positions,
-    decode_sparse,
-    encode_sparse,
-    format_of,
-    load_sparse_state_dict,
-    relative_index,
-    save_sparse_state_dict,
-)
 from methods.pruning.ssl import GroupLasso, StructuredSparsityLearning, dead_channels, group_lasso_terms
 from methods.pruning.structured import (
     ChannelPruner,
     channels_to_remove,
-    load_pruned,
     prune_counts,
     prune_layers,
     read_pruned,
     save_pruned,
 )
+from methods.storage import load_model, part_sizes, read_state
+from methods.storage.sparse import FORMATS
 
 torch.set_num_threads(1)  # tiny tensors: threads only contend on the shared cores
 
@@ -105,42 +96,16 @@ def run_onnx(model: nn.Module, x: torch.Tensor, path) -> np.ndarray:
     return session.run(None, {"input": x.numpy()})[0]
 
 
-# -- sparse storage ------------------------------------------------------------------------------
-def test_relative_index_inserts_filler_zeros_when_a_gap_exceeds_the_bits() -> None:
-    gaps, entries = relative_index(np.array([0, 3, 40]), index_bits=4)  # 4 bits reach 16 positions ahead
-    # 0: gap 0; 3: skip 2; 40: 36 zeros to skip -> fillers at 19 and 35, then skip 4
-    assert gaps.tolist() == [0, 2, 15, 15, 4]
-    assert entries.tolist() == [0, 3, 19, 35, 40]
-    assert absolute_positions(gaps).tolist() == entries.tolist()
-
-
-@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 0.999, 1.0])
-def test_sparse_encoding_round_trips_exactly_and_picks_the_smallest(sparsity: float) -> None:
-    g = torch.Generator().manual_seed(1)
-    w = torch.randn(32, 16, 3, 3, generator=g)
-    w[torch.rand(w.shape, generator=g) < sparsity] = 0.0
-    sizes = {}
-    for fmt in FORMATS:
-        blob = encode_sparse(w, [fmt])
-        assert torch.equal(decode_sparse(blob), w), fmt
-        sizes[fmt] = len(blob)
-    best = encode_sparse(w)
-    assert len(best) == min(sizes.values()) and format_of(best) == min(sizes, key=sizes.get)
-    if sparsity >= 0.9:
-        assert len(best) < w.numel() * 4 / 4  # really smaller than the dense fp32 tensor
-
-
+# -- sparse storage (the codec itself: tests/test_storage.py) -------------------------------------
 def test_sparse_file_round_trips_and_its_size_is_the_sum_of_its_tensors(tmp_path) -> None:
     model = SmallConvNet()
     masks = WeightMasks(prunable_layers(model, (1, 3, 8, 8)))
     masks.update(0.8)
     path = tmp_path / "model.sparse"
-    report = save_sparse_state_dict(model.state_dict(), path)
-    decoded = load_sparse_state_dict(path)
-    assert decoded.keys() == model.state_dict().keys()
-    assert all(torch.equal(decoded[k], v) for k, v in model.state_dict().items())
-    header = len(b"CBSPARSE1") + 4 + sum(6 + len(k.encode()) for k in report)
-    assert path.stat().st_size == header + sum(r["bytes"] for r in report.values())
+    decoded, report = store_sparse(model, SmallConvNet(), path, FORMATS)
+    assert all(torch.equal(decoded.state_dict()[k], v) for k, v in model.state_dict().items())
+    sizes = part_sizes(path)
+    assert path.stat().st_size == sizes["header"] + sum(r["bytes"] for r in report.values())
     assert report["conv2.weight"]["format"] in ("csr", "rel4", "rel8")
     assert report["conv2.weight"]["bytes"] < report["conv2.weight"]["dense_bytes"] / 2
 
@@ -177,7 +142,7 @@ def test_magnitude_pruning_reaches_the_sparsity_and_masks_survive_finetuning(tmp
     WeightMasks({"conv2": one_shot.conv2}).update(0.75)
     assert not torch.equal(one_shot.conv2.weight, pruned.conv2.weight)
     # the returned model is the stored file decoded, and the file is smaller than dense fp32
-    decoded = load_sparse_state_dict(result.stored_file)
+    decoded = read_state(result.stored_file).tensors
     assert all(torch.equal(decoded[k], v) for k, v in pruned.state_dict().items())
     assert result.stored_bytes == result.stored_file.stat().st_size < result.metrics["dense_bytes"]
     assert result.metrics["macs_after"] == result.metrics["macs_before"]  # no speedup on dense hardware
@@ -314,7 +279,7 @@ def test_timm_mobilenets_prune_and_export(arch, criterion, tmp_path) -> None:
     # and the stored file rebuilds the same network from a fresh unpruned one
     path = save_pruned(model, pruner.history, (1, 3, 32, 32), tmp_path / "m.pt")
     with torch.no_grad():
-        assert torch.allclose(load_pruned(path, base).eval()(x), model(x), atol=1e-6)
+        assert torch.allclose(load_model(path, base).eval()(x), model(x), atol=1e-6)
 
 
 def test_thinet_greedy_removes_the_channels_that_cancel_or_vanish() -> None:
@@ -424,14 +389,14 @@ def test_pruned_checkpoint_round_trips_through_its_weights_only_file(resnet20, t
     pruner = ChannelPruner(model, (1, 3, 32, 32))
     prune_layers(pruner, make_criterion("l2"), {"layer1.0.conv1": 0.25, "layer3.1.conv1": 0.75})
     path = save_pruned(model, pruner.history, (1, 3, 32, 32), tmp_path / "pruned.pt")
-    payload = read_pruned(path)  # torch.load(weights_only=True) inside
+    payload = read_pruned(path)  # the JSON header: no pickle
     assert payload["channels"]["layer3.1.conv1"] == 16
-    loaded = load_pruned(path, resnet20)
+    loaded = load_model(path, resnet20)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded.eval()(x), model(x))
     with pytest.raises(ValueError, match="other widths|not a pruned-model"):
-        load_pruned(path, timm.create_model("resnet32_cifar", num_classes=10))
+        load_model(path, timm.create_model("resnet32_cifar", num_classes=10))
 
 
 @pytest.mark.parametrize("criterion", ["l1", "taylor"])
@@ -446,7 +411,7 @@ def test_filter_method_meets_a_macs_target_and_returns_the_decoded_model(criteri
     assert m["macs_after"] <= 0.6 * m["macs_before"] and m["macs_after"] > 0.4 * m["macs_before"]
     assert m["params_after"] < m["params_before"] and 0 < m["sparsity"] < 1
     assert result.stored_file.exists() and m["stored_bytes"] == result.stored_bytes
-    stored = load_pruned(result.stored_file, base)
+    stored = load_model(result.stored_file, base)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(stored.eval()(x), result.model.eval()(x))
@@ -560,5 +525,5 @@ def test_registered_models_prune_round_trip_and_export(arch, shape, tmp_path) ->
     x = torch.randn(*shape)
     with torch.no_grad():
         expected = model(x)
-        assert torch.equal(load_pruned(path, base).eval()(x), expected)
+        assert torch.equal(load_model(path, base).eval()(x), expected)
     np.testing.assert_allclose(run_onnx(model, x, tmp_path / "m.onnx"), expected.numpy(), rtol=1e-4, atol=1e-4)

@@ -16,16 +16,9 @@ from benchmarks.schema import RecipeConfig, TrainerConfig
 from benchmarks.training import fit
 from hardware.measured import LocalCPU
 from methods.base import MethodConfigError
-from methods.quantization.compressed_file import load_into, read_model
 from methods.quantization.deep_compression import DeepCompression
-from methods.quantization.fixed_point import DynamicFixedPoint, FixedPoint, load_fixed_point, to_fixed_point
-from methods.quantization.huffman import (
-    HuffmanCoding,
-    HuffmanStream,
-    fixed_length_bits,
-    huffman_decode,
-    huffman_encode,
-)
+from methods.quantization.fixed_point import DynamicFixedPoint, FixedPoint, to_fixed_point
+from methods.quantization.huffman import HuffmanCoding
 from methods.quantization.kmeans import (
     KMeansQuantization,
     SharedWeights,
@@ -33,8 +26,9 @@ from methods.quantization.kmeans import (
     kmeans_1d,
     share_layer,
 )
-from methods.quantization.packing import load_parts
 from methods.quantization.pq import ProductQuantization, product_quantize
+from methods.storage import load_model, read_entries, read_state
+from methods.storage.huffman import HuffmanStream, fixed_length_bits, huffman_decode, huffman_encode
 
 
 # ------------------------------------------------------------------------------ a tiny task
@@ -137,7 +131,7 @@ def test_fixed_point_file_decodes_to_the_evaluated_model(task) -> None:
     model = task[3]
     result = FixedPoint(word_length=12, integer_bits=4, fraction_bits=8, rounding="nearest",
                         finetune_epochs=0.25).compress(model, _ctx(task, "fxp"))
-    again = load_fixed_point(model, result.stored_file)
+    again = load_model(result.stored_file, model)
     _same_outputs(result.model, again)
     weight = again[1].weight
     assert torch.equal(weight, torch.round(weight * 256) / 256)  # on the <4, 8> grid
@@ -151,7 +145,7 @@ def test_fixed_point_file_decodes_to_the_evaluated_model(task) -> None:
 def test_dynamic_fixed_point_per_channel_scales_are_stored(task) -> None:
     model = task[3]
     result = DynamicFixedPoint(word_length=6, group="channel", finetune_epochs=0).compress(model, _ctx(task, "dfxp"))
-    _same_outputs(result.model, load_fixed_point(model, result.stored_file))
+    _same_outputs(result.model, load_model(result.stored_file, model))
     assert result.metrics["size_scale_bytes"] == 256 + 10  # one int8 FL per output channel
     ref = model(torch.zeros(1, 1, 8, 8))
     assert torch.isfinite(ref).all()
@@ -173,7 +167,7 @@ def test_kmeans_with_2_to_the_b_clusters_keeps_at_most_2_to_the_b_values(task, i
         model, _ctx(task, f"km_{init}"))
     assert len(torch.unique(result.model[1].weight)) <= 8
     assert len(torch.unique(result.model[3].weight)) <= 4
-    _same_outputs(result.model, load_into(model, result.stored_file))
+    _same_outputs(result.model, load_model(result.stored_file, model))
     # codes are bit-packed at b bits: 64*256 weights at 3 bits, 256*10 at 2 bits
     assert result.metrics["size_weights_bytes"] == 64 * 256 * 3 // 8 + 256 * 10 * 2 // 8
     assert result.metrics["size_codebook_bytes"] == (8 + 4) * 4
@@ -232,12 +226,13 @@ def test_pq_reconstructs_and_uses_the_codebook_size_it_claims(task) -> None:
     model = task[3]
     result = ProductQuantization(bits=4, subvector_length=8, bits_per_layer={"3": 3}, subvector_length_per_layer={"3": 16},
                                  max_iterations=20, finetune_epochs=0.25).compress(model, _ctx(task, "pq"))
-    _header, parts = load_parts(result.stored_file)
+    _header, entries = read_entries(result.stored_file)
+    stored = {e.name: e for e in entries}
     # layer 1: 256 rows x 64 columns, d = 8: 8 sub-spaces of 16 codewords of 8 floats; 256 * 8 codes of 4 bits
-    assert parts["1.weight:codebook"].nbytes == 8 * 16 * 8 * 4 and parts["1.weight:codes"].nbytes == 256 * 8 * 4 // 8
+    assert stored["1.weight"].nbytes("codebook") == 8 * 16 * 8 * 4 and stored["1.weight"].nbytes("codes") == 256 * 8 * 4 // 8
     # layer 3: 10 rows x 256 columns, d = 16: 16 sub-spaces of 8 codewords; 10 * 16 codes of 3 bits
-    assert parts["3.weight:codebook"].nbytes == 16 * 8 * 16 * 4 and parts["3.weight:codes"].nbytes == 10 * 16 * 3 // 8
-    _same_outputs(result.model, load_into(model, result.stored_file))
+    assert stored["3.weight"].nbytes("codebook") == 16 * 8 * 16 * 4 and stored["3.weight"].nbytes("codes") == 10 * 16 * 3 // 8
+    _same_outputs(result.model, load_model(result.stored_file, model))
     with pytest.raises(MethodConfigError, match="pq.bits_per_layer.3.*only 10 sub-vectors"):
         ProductQuantization(bits_per_layer={"3": 4}, subvector_length=8).compress(model, _ctx(task, "pq_bad"))
     with pytest.raises(MethodConfigError, match="subvector_length.*does not divide"):
@@ -284,7 +279,7 @@ def test_huffman_method_stores_smaller_than_fixed_length(task) -> None:
     result = HuffmanCoding(bits=4, finetune_epochs=0).compress(model, _ctx(task, "huff"))
     assert result.stored_bytes <= result.metrics["size_fixed_length_bytes"]
     assert result.metrics["size_table_bytes"] > 0
-    packed = load_into(model, result.artifacts[0])
+    packed = load_model(result.artifacts[0], model)
     _same_outputs(result.model, packed)  # Huffman coding is lossless
 
 
@@ -304,9 +299,9 @@ def test_deep_compression_runs_every_stage_and_each_shrinks(task) -> None:
     weight = result.model[1].weight
     assert (weight == 0).float().mean() >= 0.89
     assert len(torch.unique(weight[weight != 0])) <= 15  # 2**4 codes, one of them the pruned zero
-    _meta, tensors = read_model(result.stored_file)
+    tensors = read_state(result.stored_file).tensors
     torch.testing.assert_close(tensors["1.weight"], weight, rtol=0, atol=0)
-    _same_outputs(result.model, load_into(model, result.stored_file))
+    _same_outputs(result.model, load_model(result.stored_file, model))
     for stage in ("dense", "pruning", "quantization", "huffman"):
         assert f"{stage}/top1_val" in m
     assert result.layer_bits == {"1": (4, 32), "3": (4, 32)}

@@ -1,4 +1,4 @@
-"""Uniform quantization, observers and bit-packing (methods.quantization.uniform / .packing)."""
+"""Uniform quantization, observers, the quantized model file, PTQ, QAT, PACT and half precision."""
 
 from __future__ import annotations
 
@@ -6,18 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from methods.quantization.packing import (
-    PackingError,
-    array_part,
-    load_parts,
-    pack_bits,
-    packed_nbytes,
-    packed_part,
-    part_array,
-    part_sizes,
-    save_parts,
-    unpack_bits,
-)
 from methods.quantization.uniform import (
     MinMaxObserver,
     MSEObserver,
@@ -163,55 +151,6 @@ def test_unknown_observer_and_empty_observer_are_refused() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# packing
-# --------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("bits", range(1, 9))
-@pytest.mark.parametrize("signed", [False, True])
-def test_packing_round_trips_for_every_bit_width(bits: int, signed: bool) -> None:
-    rng = np.random.default_rng(bits)
-    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1)) if signed else (0, 2**bits)
-    for count in (1, 7, 8, 9, 1001):
-        values = rng.integers(lo, hi, size=count)
-        values[0], values[-1] = lo, hi - 1  # the extremes are always there
-        data = pack_bits(values, bits, signed)
-        assert len(data) == packed_nbytes(count, bits) == -(-count * bits // 8)
-        assert np.array_equal(unpack_bits(data, bits, count, signed), values)
-
-
-def test_packing_refuses_codes_that_do_not_fit() -> None:
-    with pytest.raises(PackingError, match="do not fit 3-bit unsigned"):
-        pack_bits(np.array([0, 8]), 3)
-    with pytest.raises(PackingError, match="do not fit 4-bit signed"):
-        pack_bits(np.array([-9]), 4, signed=True)
-    with pytest.raises(PackingError, match="bits must be an integer in 1..8"):
-        pack_bits(np.array([0]), 9)
-    with pytest.raises(PackingError, match="integer codes"):
-        pack_bits(np.array([0.5]), 4)
-
-
-def test_container_round_trips_and_accounts_for_every_byte(tmp_path) -> None:
-    codes = torch.randint(-8, 8, (4, 3, 3, 3))
-    scale = torch.rand(4)
-    half = torch.randn(5, dtype=torch.bfloat16)
-    parts = [
-        packed_part("w", codes, 4, signed=True),
-        array_part("w.scale", scale, kind="scales"),
-        array_part("h", half, kind="weights16"),
-    ]
-    size = save_parts(tmp_path / "m.bin", parts, {"model": "tiny"})
-    meta, loaded = load_parts(tmp_path / "m.bin")
-    assert meta == {"model": "tiny"}
-    assert torch.equal(part_array(loaded["w"]), codes.long())
-    assert torch.equal(part_array(loaded["w.scale"]), scale)
-    assert torch.equal(part_array(loaded["h"]), half)
-    sizes = part_sizes(tmp_path / "m.bin")
-    assert sizes["codes"] == 54 and sizes["scales"] == 16 and sizes["weights16"] == 10
-    assert sizes["total"] == size == sum(v for k, v in sizes.items() if k != "total")
-
-
-# --------------------------------------------------------------------------------------------
 # fake-quant models, the stored file, PTQ and the int8 ONNX deployment
 # --------------------------------------------------------------------------------------------
 
@@ -227,12 +166,12 @@ from methods.quantization.fakequant import (  # noqa: E402
     freeze,
     layer_bits,
     layer_plan,
-    load_quantized,
     prepare,
     quant_layers,
     save_quantized,
 )
 from methods.quantization.ptq import PostTrainingQuantization  # noqa: E402
+from methods.storage import load_model, part_sizes  # noqa: E402
 
 
 def tiny_conv_net(in_chans: int = 3, classes: int = 4) -> nn.Module:
@@ -280,14 +219,14 @@ def test_batchnorm_folding_keeps_the_function() -> None:
 def test_stored_model_decodes_to_the_evaluated_one(tmp_path: Path, bits: int, per_channel: bool) -> None:
     net, model, plan, folded, batches = quantized_tiny(bits, per_channel)
     x = torch.randn(5, 3, 12, 12)
-    size = save_quantized(model, tmp_path / "m.cbq", plan, folded)
-    decoded = load_quantized(net, tmp_path / "m.cbq")
+    written = save_quantized(model, tmp_path / "m.cbq", plan, folded)
+    decoded = load_model(tmp_path / "m.cbq", net)
     assert torch.equal(decoded(x), model(x))  # identical, not merely close
     sizes = part_sizes(tmp_path / "m.cbq")
     n_weights = sum(layer.weight.numel() for layer in quant_layers(decoded).values())
     assert sizes["weight_codes"] == sum(-(-layer.weight.numel() * bits // 8) for layer in quant_layers(decoded).values())
     assert sizes["weight_codes"] < n_weights * 4 * bits / 32 + 8
-    assert size == sizes["total"]
+    assert written == sizes and sizes["total"] == (tmp_path / "m.cbq").stat().st_size
     for layer in quant_layers(decoded).values():  # at most 2^bits distinct values per scale group
         rows = layer.weight.detach().reshape(layer.weight.shape[0], -1) if per_channel else layer.weight.reshape(1, -1)
         assert max(len(torch.unique(r)) for r in rows) <= 2**bits
@@ -322,7 +261,7 @@ def test_int8_onnx_runs_in_onnx_runtime_and_agrees_with_fake_quant(tmp_path: Pat
     # 7-bit weights where this CPU's u8 x s8 kernels saturate on 8-bit ones (reduce_range)
     net, model, plan, folded, batches = quantized_tiny(8, weight_bits=7 if int8_saturates(127, 255) else 8)
     save_quantized(model, tmp_path / "m.cbq", plan, folded)
-    decoded = load_quantized(net, tmp_path / "m.cbq")
+    decoded = load_model(tmp_path / "m.cbq", net)
     path = export_int8(decoded, batches, tmp_path / "m_int8.onnx")
     ops = onnx_ops(path)
     assert ops.get("QLinearConv") == 2, ops  # executed with integer kernels, not float
@@ -356,7 +295,7 @@ def test_int8_export_refuses_other_bit_widths(tmp_path: Path) -> None:
 # QAT, PACT and half precision through a real (tiny) context
 # --------------------------------------------------------------------------------------------
 
-from methods.quantization.half import HalfPrecision, HalfPrecisionModel, load_half  # noqa: E402
+from methods.quantization.half import HalfPrecision, HalfPrecisionModel  # noqa: E402
 from methods.quantization.pact import PACT, AlphaL2, PACTFunction, PACTQuantizer  # noqa: E402
 from methods.quantization.qat import QuantizationAwareTraining  # noqa: E402
 from tests.conftest import SHARED_DATA, needs_shared_data  # noqa: E402
@@ -422,7 +361,7 @@ def test_trained_quantization_stores_and_decodes(method, tiny_context) -> None:
     result = method.compress(net, ctx)
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # the baseline is untouched
     x = torch.randn(8, 1, 28, 28)
-    assert torch.equal(load_quantized(net, result.stored_file)(x), result.model(x))
+    assert torch.equal(load_model(result.stored_file, net)(x), result.model(x))
     bits = method.config.act_bits
     assert all(a == bits for _, a in result.layer_bits.values())
     assert result.metrics["bytes_weight_codes"] < sum(p.numel() for p in net.parameters()) * 4 / 3
@@ -430,7 +369,7 @@ def test_trained_quantization_stores_and_decodes(method, tiny_context) -> None:
         assert result.metrics["pact_layers"] == 2  # the first layer sees signed inputs: not PACT's
         assert result.metrics["mean_alpha"] > 0
     else:  # 8/8: deployed for real, both accuracies recorded
-        assert result.onnx_file is not None and result.onnx_file.is_file()
+        assert result.deployables["onnx"].is_file()
         assert abs(result.metrics["deployed_minus_simulated_top1"]) <= 10.0
 
 
@@ -453,7 +392,7 @@ def test_half_precision_runs_in_16_bits_and_halves_storage(dtype: str, tiny_cont
     params32 = sum(t.numel() * 4 for t in net.state_dict().values() if t.is_floating_point())
     assert result.metrics["bytes_weights16"] == params32 // 2
     x = torch.randn(4, 1, 28, 28)
-    assert torch.equal(load_half(net, result.stored_file)(x), result.model(x))
+    assert torch.equal(load_model(result.stored_file, net)(x), result.model(x))
     assert result.metrics["max_abs_logit_diff_vs_fp32"] < 0.1
     with pytest.raises(MethodConfigError, match="method.dtype"):
         HalfPrecision(dtype="fp8")

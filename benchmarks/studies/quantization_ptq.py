@@ -49,7 +49,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def latency(target: OnnxRuntimeCPU, onnx_path: Path) -> dict[str, float]:
-    report = target.latency(torch.nn.Identity(), (target.batch_size, 3, 32, 32), layers=[], onnx_file=onnx_path)
+    report = target.latency(torch.nn.Identity(), (target.batch_size, 3, 32, 32), layers=[], deployables={"onnx": onnx_path})
     return {"ms": report.latency_ms, "iqr_ms": report.spread_ms}
 
 
@@ -278,11 +278,12 @@ def main() -> None:
                  "layer_bits": sorted({tuple(v) for v in result.layer_bits.values()}), **result.metrics}
         if "simulated_top1" not in entry:  # not deployed: evaluate the decoded (simulated) model here
             entry["simulated_top1"] = evaluate(result.model, dm, "test")["top1"]
-        if result.onnx_file is not None and not args.accuracy_only:
-            entry["int8_latency"] = {b: latency(t, result.onnx_file) for b, t in targets.items()}
+        onnx_int8 = result.deployables.get("onnx")
+        if onnx_int8 is not None and not args.accuracy_only:
+            entry["int8_latency"] = {b: latency(t, onnx_int8) for b, t in targets.items()}
             entry["speedup_vs_fp32"] = {b: figures["fp32_latency"][b]["ms"] / entry["int8_latency"][b]["ms"]
                                         for b in targets}
-            entry["int8_ops"] = onnx_ops(result.onnx_file)
+            entry["int8_ops"] = onnx_ops(onnx_int8)
         figures["variants"][name] = entry
         print(name, json.dumps(entry, indent=1, default=str), flush=True)
     figures["total_seconds"] = time.perf_counter() - start

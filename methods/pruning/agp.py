@@ -37,8 +37,8 @@ from torch import nn
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
 from methods.pruning.magnitude import check_formats, store_sparse, unstructured_metrics
 from methods.pruning.masks import SCOPES, MaskCallback, WeightMasks, check_sparsity, prunable_layers
-from methods.pruning.sparse_storage import FORMATS
 from methods.reporting import plot_policy, write_json
+from methods.storage.sparse import FORMATS
 
 log = logging.getLogger(__name__)
 

@@ -64,10 +64,11 @@ from torch import nn
 from hardware.layers import count_macs
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
 from methods.pruning.channel_space import ChannelSpace, PrunableUnit
-from methods.pruning.structured import load_pruned, save_pruned
+from methods.pruning.structured import save_pruned
 from methods.search.ddpg import DDPGAgent, DDPGConfig, Policy, Transition
 from methods.search.resource import Resource, make_resource
 from methods.search.threads import search_threads
+from methods.storage import load_model
 
 log = logging.getLogger(__name__)
 
@@ -512,7 +513,7 @@ class AMC(CompressionMethod):
         path = ctx.workdir / "model.pt"
         save_pruned(pruned, env.space.history(env.selected_channels(best.kept)), ctx.input_shape, path,
                     extra={"method": self.name, "policy": [n / u.channels for n, u in zip(best.kept, env.units, strict=False)]})
-        decoded = load_pruned(path, model)
+        decoded = load_model(path, model)
         final_cost = env.resource(decoded)
 
         policy = {

@@ -60,9 +60,10 @@ from hardware.layers import count_macs
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
 from methods.pruning.channel_space import ChannelSpace, PrunableUnit
 from methods.pruning.criteria import L2FilterNorm
-from methods.pruning.structured import load_pruned, save_pruned
+from methods.pruning.structured import save_pruned
 from methods.search.resource import Resource, make_resource
 from methods.search.threads import search_threads
+from methods.storage import load_model
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +242,7 @@ class ProgressiveTrimming(CompressionMethod):
             ctx.finetune(trimmed, self.retrain.epochs, lr=self.retrain.lr)
         path = ctx.workdir / "model.pt"
         save_pruned(trimmed, history, ctx.input_shape, path, extra={"method": self.name})
-        decoded = load_pruned(path, model)
+        decoded = load_model(path, model)
         final_cost = resource(decoded)
         target_cost = base_cost / self.target_speedup
 

@@ -27,7 +27,7 @@ What is pruned and how much:
 Removal goes through :class:`methods.pruning.structured.ChannelPruner` (Torch-Pruning's
 dependency graph: residual adds, depthwise convs, concatenations, batch norm and the
 classifier stay consistent). The stored file is the pruning history plus the pruned state
-dict; the returned model is decoded from it (:func:`methods.pruning.structured.load_pruned`).
+dict; the returned model is decoded from it (:func:`methods.storage.load_model`).
 """
 
 from __future__ import annotations
@@ -49,12 +49,12 @@ from methods.pruning.structured import (
     channel_plan,
     channels_to_remove,
     count_params,
-    load_pruned,
     out_channels,
     prune_counts,
     save_pruned,
 )
 from methods.reporting import plot_policy, write_json
+from methods.storage import load_model
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +271,7 @@ class FilterPruning(CompressionMethod):
 
         stored = save_pruned(model, pruner.history, trace_shape, ctx.workdir / "model.pruned.pt",
                              extra={"method": self.name, "criterion": self.criterion})
-        decoded = load_pruned(stored, baseline)
+        decoded = load_model(stored, baseline)
         metrics["top1_after_finetune"] = ctx.evaluate(decoded, "val")["top1"]
         metrics.update(structured_metrics(decoded, baseline, trace_shape))
         metrics["stored_bytes"] = float(stored.stat().st_size)

@@ -11,7 +11,7 @@ the remaining ones with the removed ones held at zero; iterate (Aswani survey, S
   standard deviation; a sparsity target is what benchmarks compare at.
 * ``iterations: k`` prunes to s*i/k at step i and retrains after each step (one-shot: k=1).
 * Pruned weights stay zero during retraining (:class:`methods.pruning.masks.MaskCallback`).
-* The stored file is the sparse state dict (:mod:`methods.pruning.sparse_storage`: per
+* The stored file is the sparse state dict (:mod:`methods.storage.sparse`: per
   tensor CSR or relative-index, whichever is smaller); the returned model is decoded from it.
   Unstructured zeros save storage, not time on dense hardware: MACs are reported dense
   (``macs_after`` equals ``macs_before``), the sparse count only as ``macs_nonzero_after``.
@@ -36,8 +36,9 @@ from methods.pruning.masks import (
     check_sparsity,
     prunable_layers,
 )
-from methods.pruning.sparse_storage import FORMATS, load_sparse_state_dict, save_sparse_state_dict
 from methods.reporting import plot_policy, write_json
+from methods.storage import load_model, save_model
+from methods.storage.sparse import FORMATS, sparse_entry, stored_format
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +53,12 @@ def check_formats(formats: Sequence[str]) -> list[str]:
 
 def store_sparse(model: nn.Module, template: nn.Module, path: Path, formats: Sequence[str]) -> tuple[nn.Module, dict]:
     """Write ``model``'s weights sparsely to ``path`` and decode them into a copy of ``template``."""
-    report = save_sparse_state_dict(model.state_dict(), path, formats)
-    decoded = copy.deepcopy(template)
-    decoded.load_state_dict(load_sparse_state_dict(path), strict=True)
-    return decoded, report
+    state = model.state_dict()
+    entries = [sparse_entry(name, tensor, formats) for name, tensor in state.items()]
+    save_model(path, entries)
+    report = {e.name: {"format": stored_format(e), "bytes": sum(len(data) for _kind, data in e.parts.values()),
+                       "dense_bytes": state[e.name].numel() * state[e.name].element_size()} for e in entries}
+    return load_model(path, template), report
 
 
 def unstructured_metrics(decoded: nn.Module, baseline: nn.Module, layer_names: Sequence[str],

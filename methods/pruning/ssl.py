@@ -33,8 +33,9 @@ from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
 from methods.pruning.filter import layer_policy, structured_metrics
-from methods.pruning.structured import ChannelPruner, channel_plan, load_pruned, save_pruned
+from methods.pruning.structured import ChannelPruner, channel_plan, save_pruned
 from methods.reporting import plot_policy, write_json
+from methods.storage import load_model
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ class StructuredSparsityLearning(CompressionMethod):
 
         stored = save_pruned(model, pruner.history, trace_shape, ctx.workdir / "model.pruned.pt",
                              extra={"method": self.name})
-        decoded = load_pruned(stored, baseline)
+        decoded = load_model(stored, baseline)
         metrics["top1_after_finetune"] = ctx.evaluate(decoded, "val")["top1"]
         metrics.update(structured_metrics(decoded, baseline, trace_shape))
         metrics["stored_bytes"] = float(stored.stat().st_size)

@@ -22,11 +22,12 @@ Departures and guards:
   channel padding are therefore refused; on the CIFAR ResNets this leaves the first conv
   of every residual block prunable and the residual streams intact, which is exactly the
   protocol of Li et al. 2017 (Sec. 4.2) and of AMC for ResNets.
-* The stored file is the unpruned architecture's name-free recipe: the *pruning history*
-  (root layer, out/in, removed indices, in order) plus the pruned state dict, loaded with
-  ``torch.load(weights_only=True)``. :func:`load_pruned` replays the history on a fresh
-  copy of the unpruned model (the same dependency graph, so the same surgery) and loads
-  the weights strictly; no pickled modules, no code path of the method.
+* The stored file (:mod:`methods.storage`'s container, architecture ``pruned_channels``)
+  is the unpruned architecture's name-free recipe: the *pruning history* (root layer,
+  out/in, removed indices, in order) in the JSON header, plus the pruned state dict's
+  tensors. :func:`methods.storage.load_model` replays the history on a fresh copy of the
+  unpruned model (the same dependency graph, so the same surgery) and loads the weights
+  strictly; no pickled modules, no code path of the method.
 """
 
 from __future__ import annotations
@@ -43,10 +44,11 @@ from torch import nn
 
 from hardware.layers import count_macs
 from methods.base import MethodConfigError
+from methods.storage import StoredState, load_state_into, read_entries, register_architecture, save_model
+from methods.storage.codecs import raw_entry
 
-#: The ``format`` key of a file written by :func:`save_pruned`.
-PRUNED_FORMAT = "compressbench/pruned-channels"
-PRUNED_VERSION = 1
+#: The architecture name of a file written by :func:`save_pruned` (:func:`methods.storage.load_model` reads it).
+PRUNED_ARCHITECTURE = "pruned_channels"
 
 #: Modules that may be the root of a pruning group (their output channels are removed).
 ROOT_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
@@ -130,7 +132,7 @@ class ChannelPruner:
         ignored_layers: names of conv/linear layers whose output channels must stay.
 
     ``history`` is the ordered list of removals; :func:`save_pruned` stores it with the
-    weights and :func:`load_pruned` replays it.
+    weights and :func:`methods.storage.load_model` replays it.
     ``graph`` is the traced Torch-Pruning graph and ``module_names`` names the modules its
     groups hold (public, so no caller reads the graph's private tables).
     """
@@ -334,29 +336,25 @@ def channel_plan(model: nn.Module) -> dict[str, int]:
 # -- the stored file -------------------------------------------------------------------
 def save_pruned(model: nn.Module, history: Sequence[PruningStep], input_shape: Sequence[int], path: Path,
                 extra: Mapping[str, Any] | None = None) -> Path:
-    """Write the pruned model as (pruning history, state dict) in one weights-only file."""
-    payload = {
-        "format": PRUNED_FORMAT,
-        "version": PRUNED_VERSION,
+    """Write the pruned model as its pruning history (header) and its state dict's tensors."""
+    meta = {
         "input_shape": [int(s) for s in input_shape],
         "history": [[str(n), bool(o), [int(i) for i in idxs]] for n, o, idxs in history],
         "channels": channel_plan(model),
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "extra": dict(extra or {}),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(payload, path)
-    return path
+    entries = [raw_entry(k, v) for k, v in model.state_dict().items()]
+    save_model(path, entries, meta, architecture=PRUNED_ARCHITECTURE)
+    return Path(path)
 
 
 def read_pruned(path: Path) -> dict[str, Any]:
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != PRUNED_FORMAT:
-        raise ValueError(f"{path} is not a pruned-model file ({PRUNED_FORMAT}); was it written by save_pruned?")
-    if payload.get("version") != PRUNED_VERSION:
-        raise ValueError(f"{path}: unsupported pruned-model file version {payload.get('version')}")
-    return payload
+    """The header of a file of :func:`save_pruned`: input_shape, history, channels, extra."""
+    header, _entries = read_entries(path)
+    if header["architecture"] != PRUNED_ARCHITECTURE:
+        raise ValueError(f"{path} is not a pruned-model file (architecture {header['architecture']!r}, expected "
+                         f"{PRUNED_ARCHITECTURE!r}); was it written by save_pruned?")
+    return header["meta"]
 
 
 def apply_history(model: nn.Module, history: Sequence[PruningStep], input_shape: Sequence[int]) -> nn.Module:
@@ -366,14 +364,13 @@ def apply_history(model: nn.Module, history: Sequence[PruningStep], input_shape:
     return model
 
 
-def load_pruned(path: Path, template: nn.Module) -> nn.Module:
-    """Decode a file of :func:`save_pruned` onto a copy of the *unpruned* ``template``."""
-    payload = read_pruned(Path(path))
-    model = apply_history(copy.deepcopy(template), payload["history"], payload["input_shape"])
+@register_architecture(PRUNED_ARCHITECTURE)
+def _pruned_model(template: nn.Module, state: StoredState) -> nn.Module:
+    """Replay the stored pruning history on a copy of the *unpruned* ``template``, then load the weights."""
+    model = apply_history(copy.deepcopy(template), state.meta["history"], state.meta["input_shape"])
     channels = channel_plan(model)
-    if channels != payload["channels"]:
-        diff = {k: (channels.get(k), v) for k, v in payload["channels"].items() if channels.get(k) != v}
-        raise ValueError(f"{path}: replaying the pruning history on the template gives other widths {diff}; "
+    if channels != state.meta["channels"]:
+        diff = {k: (channels.get(k), v) for k, v in state.meta["channels"].items() if channels.get(k) != v}
+        raise ValueError(f"{state.path}: replaying the pruning history on the template gives other widths {diff}; "
                          "is the template the same unpruned architecture?")
-    model.load_state_dict(payload["state_dict"], strict=True)
-    return model
+    return load_state_into(model, state)

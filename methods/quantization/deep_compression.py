@@ -43,7 +43,6 @@ from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
 from methods.pruning.magnitude import MagnitudePruning
-from methods.quantization.compressed_file import load_into, state_entries, write_model
 from methods.quantization.kmeans import (
     SharedLayer,
     SharingConfig,
@@ -52,6 +51,8 @@ from methods.quantization.kmeans import (
     share_weights,
     shared_entry,
 )
+from methods.storage import load_model, read_entries, save_model, size_metrics
+from methods.storage.codecs import state_entries
 
 
 def _plain(value: Any) -> Any:
@@ -73,11 +74,11 @@ def _check_index_bits(value: Any, key: str) -> int:
 
 
 def write_shared_model(path: Path, model: nn.Module, layers: Mapping[str, SharedLayer], coding: str,
-                       index_bits: Mapping[str, int], meta: dict[str, Any]) -> dict[str, int]:
-    """Write ``model`` with its shared layers stored sparsely (codes + relative indices)."""
+                       index_bits: Mapping[str, int], meta: dict[str, Any]) -> dict[str, float]:
+    """Write ``model`` with its shared layers stored sparsely (codes + relative indices); its ``size_*_bytes``."""
     encoded = {layer.name: shared_entry(layer, "sparse", coding, index_bits[module])
                for module, layer in layers.items()}
-    return write_model(path, state_entries(model, encoded), meta)
+    return size_metrics(save_model(path, state_entries(model.state_dict(), encoded), meta))
 
 
 class DeepCompression(CompressionMethod):
@@ -130,18 +131,18 @@ class DeepCompression(CompressionMethod):
         meta = {"method": self.name}  # bits and index bits are in each tensor's fields
         quantized_path = workdir / "2_quantized.cbq"
         quantized_sizes = write_shared_model(quantized_path, shared, layers, "packed", index_bits, meta)
-        quantized = load_into(model, quantized_path)
-        stages.append({"stage": "quantization", "bytes": quantized_sizes["size_total_bytes"],
+        quantized = load_model(quantized_path, model)
+        stages.append({"stage": "quantization", "bytes": int(quantized_sizes["size_total_bytes"]),
                        **ctx.evaluate(quantized, "val")})
 
         # 3. Huffman coding of codes and relative indices (lossless)
         final_path = workdir / "3_huffman.cbq"
         final_sizes = write_shared_model(final_path, shared, layers, "huffman", index_bits, meta)
-        final = load_into(model, final_path)
+        final = load_model(final_path, model)
         for key, tensor in quantized.state_dict().items():
             if not torch.equal(tensor, final.state_dict()[key]):
                 raise AssertionError(f"Huffman coding changed {key}: the stage-3 file does not decode to stage 2")
-        stages.append({"stage": "huffman", "bytes": final_sizes["size_total_bytes"], **ctx.evaluate(final, "val")})
+        stages.append({"stage": "huffman", "bytes": int(final_sizes["size_total_bytes"]), **ctx.evaluate(final, "val")})
 
         for stage, sizes in (("quantized", quantized_sizes), ("huffman", final_sizes)):
             metrics.update({f"{stage}/{k}": float(v) for k, v in sizes.items()})
@@ -164,18 +165,15 @@ class DeepCompression(CompressionMethod):
     @staticmethod
     def _per_layer(path: Path, layers: Mapping[str, SharedLayer]) -> dict[str, float]:
         """Average stored bits per nonzero weight of each layer's codes and indices (Table 2's columns)."""
-        from methods.quantization.packing import load_parts
-
-        header, parts = load_parts(path)
+        _header, entries = read_entries(path)
         out: dict[str, float] = {}
-        for entry in header["tensors"]:
-            module = entry["name"].rsplit(".", 1)[0]
-            if entry["codec"] != "codebook" or module not in layers:
+        for entry in entries:
+            module = entry.name.rsplit(".", 1)[0]
+            if entry.codec != "codebook" or module not in layers:
                 continue
             nonzero = max(int((layers[module].codes != 0).sum()), 1)
-            roles = entry["parts"]
             out[f"layer/{module}/kept"] = nonzero / layers[module].codes.numel()
-            out[f"layer/{module}/bits_per_weight"] = 8 * parts[roles["codes"]].nbytes / nonzero
-            if "index" in roles:
-                out[f"layer/{module}/bits_per_index"] = 8 * parts[roles["index"]].nbytes / nonzero
+            out[f"layer/{module}/bits_per_weight"] = 8 * entry.nbytes("codes") / nonzero
+            if "index" in entry.parts:
+                out[f"layer/{module}/bits_per_index"] = 8 * entry.nbytes("index") / nonzero
         return out

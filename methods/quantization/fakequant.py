@@ -14,9 +14,10 @@ device.
 * :func:`prepare` wraps a model's layers; :func:`calibrate` runs batches through the activation
   observers; :func:`freeze` fixes the weight parameters.
 * :func:`save_quantized` writes the real storage format (bit-packed integer weights, their scales
-  and zero-points, fp32 biases, activation scales, everything else fp32) with
-  :mod:`.packing`; :func:`load_quantized` decodes it into a fake-quant model whose weights are the
-  dequantized stored integers and whose activation quantizers carry the stored scales.
+  and zero-points, fp32 biases, activation scales, everything else fp32) in
+  :mod:`methods.storage`'s container; :func:`methods.storage.load_model` decodes it (architecture
+  ``fakequant``) into a fake-quant model whose weights are the dequantized stored integers and
+  whose activation quantizers carry the stored scales.
 
 Departure: Jacob et al. keep batch normalisation unfolded during training and correct the folded
 weights with batch statistics; here BN is folded once, from the baseline's running statistics,
@@ -37,19 +38,16 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from methods.quantization.packing import Part, array_part, load_parts, packed_part, part_array, save_parts
 from methods.quantization.uniform import (
     MinMaxObserver,
     QuantizationError,
     QuantScheme,
-    dequantize,
     fake_quantize,
     make_observer,
     quantize,
 )
-
-FORMAT = "compressbench-uniform/1"
-
+from methods.storage import StoredState, TensorEntry, load_state_into, register_architecture, save_model
+from methods.storage.codecs import affine_entry, fill_entry, packed_entry, raw_entry
 
 # --------------------------------------------------------------------------------------------
 # Quantizers
@@ -403,75 +401,56 @@ def _expand_plan(compact: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def save_quantized(model: nn.Module, path: str | Path, plan: dict[str, dict[str, Any]],
-                   folded: list[tuple[str, str]], meta: dict[str, Any] | None = None) -> int:
+                   folded: list[tuple[str, str]], meta: dict[str, Any] | None = None) -> dict[str, int]:
     """Write ``model`` (prepared by :func:`prepare`, weights frozen) in its real storage format.
 
     Per quantized layer: the weight's integers bit-packed to ``bits`` bits (``weight_codes``),
     their float32 scales (``scales``) and, for asymmetric schemes, their zero-points packed to the
     same width (``zero_points``), the float32 bias (``biases``), the input activation's float32
     scale and int32 zero-point (``act_qparams``). Every other tensor of the state dict is stored
-    as it is (``float_rest``: unfolded BN, embeddings, ...). Returns the file size in bytes.
+    as it is (``float_rest``: unfolded BN, embeddings, ...). Returns the bytes of each kind,
+    ``header`` and ``total`` (:func:`methods.storage.save_model`).
     """
     layers = quant_layers(model)
     covered: set[str] = set()
-    parts: list[Part] = []
+    entries: list[TensorEntry] = []
     for name, layer in layers.items():
         wq = layer.weight_quantizer
         if not wq.frozen:
             raise QuantizationError(f"layer {name!r}: freeze() the weights before saving")
         scheme = wq.scheme
-        codes = wq.integer_weight(layer.weight)
-        parts.append(packed_part(f"{name}.weight", codes, scheme.bits, scheme.signed, kind="weight_codes"))
-        parts.append(array_part(f"{name}.weight_quantizer.scale", wq.scale.float(), kind="scales"))
-        if not scheme.symmetric:
-            parts.append(packed_part(f"{name}.weight_quantizer.zero_point", wq.zero_point, scheme.bits, scheme.signed,
-                                     kind="zero_points"))
-        covered |= {f"{name}.weight", f"{name}.weight_quantizer.scale", f"{name}.weight_quantizer.zero_point"}
+        scale, zero_point = f"{name}.weight_quantizer.scale", f"{name}.weight_quantizer.zero_point"
+        entries.append(raw_entry(scale, wq.scale, "scales", torch.float32))
+        entries.append(fill_entry(zero_point, tuple(wq.zero_point.shape), 0, wq.zero_point.dtype) if scheme.symmetric
+                       else packed_entry(zero_point, wq.zero_point, scheme.bits, scheme.signed, "zero_points"))
+        entries.append(affine_entry(f"{name}.weight", wq.integer_weight(layer.weight), scheme.bits, scheme.signed,
+                                    scale, zero_point, wq.axis, "weight_codes"))
+        covered |= {f"{name}.weight", scale, zero_point}
         if layer.bias is not None:
-            parts.append(array_part(f"{name}.bias", layer.bias.float(), kind="biases"))
+            entries.append(raw_entry(f"{name}.bias", layer.bias, "biases", torch.float32))
             covered.add(f"{name}.bias")
         # only the activation's scale and zero-point are stored: a learned clipping level (PACT)
         # is training state, its effect is entirely in the scale
         for buf_name, buf in layer.input_quantizer.named_buffers():
-            parts.append(array_part(f"{name}.input_quantizer.{buf_name}", buf, kind="act_qparams"))
+            entries.append(raw_entry(f"{name}.input_quantizer.{buf_name}", buf, "act_qparams"))
         covered |= {f"{name}.input_quantizer.{k}" for k in layer.input_quantizer.state_dict()}
     for key, tensor in model.state_dict().items():
         if key not in covered:
-            parts.append(array_part(key, tensor, kind="float_rest"))
-    header = {"format": FORMAT, "plan": _compact_plan(plan), "folded": [list(p) for p in folded], **(meta or {})}
-    return save_parts(path, parts, header)
+            entries.append(raw_entry(key, tensor, "float_rest"))
+    header = {"plan": _compact_plan(plan), "folded": [list(p) for p in folded], **(meta or {})}
+    return save_model(path, entries, header, architecture="fakequant")
 
 
+@register_architecture("fakequant")
 @torch.no_grad()
-def load_quantized(template: nn.Module, path: str | Path) -> nn.Module:
-    """Decode a file of :func:`save_quantized` into a fake-quant copy of the float ``template``."""
-    header, parts = load_parts(path)
-    if header.get("format") != FORMAT:
-        raise QuantizationError(f"{path} is not a uniform-quantization file (format {header.get('format')!r})")
+def _fakequant_model(template: nn.Module, state: StoredState) -> nn.Module:
+    """The float ``template`` with its stored BN folding and fake-quant layers, the stored tensors loaded."""
     model = copy.deepcopy(template).eval()
-    fold_batchnorm(model, header["folded"])
-    prepare(model, _expand_plan(header["plan"]))
-    state = {}
-    for name, layer in quant_layers(model).items():
-        wq = layer.weight_quantizer
-        scale = part_array(parts[f"{name}.weight_quantizer.scale"])
-        zp_key = f"{name}.weight_quantizer.zero_point"
-        zero_point = part_array(parts[zp_key]).to(torch.int32) if zp_key in parts else torch.zeros_like(scale, dtype=torch.int32)
-        codes = part_array(parts[f"{name}.weight"])
-        if wq.scheme.per_channel:
-            weight = dequantize(codes, scale, zero_point, wq.axis)
-        else:
-            weight = dequantize(codes, scale[0], zero_point[0])
-        state[f"{name}.weight"] = weight
-        state[f"{name}.weight_quantizer.scale"] = scale
-        state[f"{name}.weight_quantizer.zero_point"] = zero_point
-    for key, part in parts.items():
-        if part.info.get("kind") in ("biases", "act_qparams", "float_rest"):
-            state[key] = part_array(part)
-    model.load_state_dict(state, strict=True)
+    fold_batchnorm(model, state.meta["folded"])
+    prepare(model, _expand_plan(state.meta["plan"]))
+    load_state_into(model, state)
     for layer in quant_layers(model).values():
         layer.weight_quantizer.frozen = True
     for q in act_quantizers(model):
         q.mode = "quantize"
     return model.eval()  # the quantizers prepare() added start in training mode
-

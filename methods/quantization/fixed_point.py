@@ -26,10 +26,10 @@ weights) and updated during training from the overflow rate: the group takes the
 FL for which at most ``max_overflow_rate`` of its values overflow the range.
 
 Storage: the integers are written at exactly their word length (16-bit words take 2 bytes,
-12-bit words 1.5 bytes; :func:`methods.quantization.compressed_file.pack_wide`), with the
+12-bit words 1.5 bytes; :func:`methods.storage.codecs.fixed_point_entry`), with the
 group FLs (int8) for dynamic fixed point; the activation formats are in the file's header.
-The returned model is decoded from that file (:func:`load_fixed_point`), its activation
-quantizers included.
+The returned model is decoded from that file (:func:`methods.storage.load_model`, architecture
+``fixed_point``), its activation quantizers included.
 
 Departures: evaluation (``model.eval()``) rounds activations to nearest, so that a
 stored model's accuracy is deterministic; stochastic rounding of activations is used
@@ -50,17 +50,8 @@ import torch
 from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
-from methods.quantization.compressed_file import (
-    TensorEntry,
-    load_into,
-    pack_wide,
-    read_model,
-    register_codec,
-    state_entries,
-    unpack_wide,
-    write_model,
-)
-from methods.quantization.packing import Part
+from methods.storage import StoredState, load_model, load_state_into, register_architecture, save_model, size_metrics
+from methods.storage.codecs import fixed_point_entry, state_entries
 
 ROUNDINGS = ("nearest", "stochastic")
 GROUPS = ("tensor", "channel")
@@ -219,37 +210,12 @@ class ParameterRounding(L.Callback):
 
 
 # ------------------------------------------------------------------------------ storage
-@register_codec("fixed_point")
-def _decode_fixed_point(fields: dict[str, Any], parts: dict[str, Part]) -> torch.Tensor:
-    count = int(np.prod(fields["shape"])) if fields["shape"] else 1
-    q = torch.from_numpy(unpack_wide(parts["values"].data, fields["word_length"], count)).float()
-    q = q.reshape(fields["shape"])
-    if "fraction_bits" in parts:  # one FL per channel
-        fraction = torch.from_numpy(np.frombuffer(parts["fraction_bits"].data, dtype=np.int8).astype(np.float32))
-        return q * torch.pow(2.0, -_along(fraction, q, fields["axis"]))
-    return q * 2.0 ** -fields["fraction_bits"]
-
-
-def fixed_point_entry(name: str, tensor: torch.Tensor, word_length: int, fraction_bits: torch.Tensor | int,
-                      axis: int | None) -> TensorEntry:
-    """A tensor already on its grid, stored as ``word_length``-bit integers (+ per-channel FLs)."""
-    q = fixed_point_codes(tensor, word_length, fraction_bits, "nearest", axis)  # exact: already on the grid
-    fields: dict[str, Any] = {"word_length": word_length, "axis": axis}
-    entry = TensorEntry(name, "fixed_point", tuple(tensor.shape), fields)
-    entry.add_bytes("values", pack_wide(q, word_length), "weights")
-    fraction = torch.as_tensor(fraction_bits)
-    if fraction.dim() == 0:
-        fields["fraction_bits"] = int(fraction)
-    else:
-        entry.add_bytes("fraction_bits", fraction.numpy().astype(np.int8).tobytes(), "scale")
-    return entry
-
-
-def load_fixed_point(template: nn.Module, path: Path) -> nn.Module:
-    """Decode a fixed-point model: parameters from their integers, activation quantizers from the header."""
-    meta, _ = read_model(path)
-    model = load_into(template, path)
-    attach_activation_quantizers(model, meta.get("activations", {}), "nearest")
+@register_architecture("fixed_point")
+def _fixed_point_model(template: nn.Module, state: StoredState) -> nn.Module:
+    """The template's architecture with the stored parameters and, from the header, the
+    activation quantizers on the input of each quantized layer."""
+    model = load_state_into(copy.deepcopy(template), state)
+    attach_activation_quantizers(model, state.meta.get("activations", {}), "nearest")
     return model
 
 
@@ -319,15 +285,18 @@ class _FixedPointMethod(CompressionMethod):
             ctx.finetune(work, self.finetune_epochs, lr=self.finetune_lr, callbacks=[rounding])
         act_formats = {name: {"word_length": q.word_length, "fraction_bits": q.fraction_bits}
                        for name, q in quantizers.items()}
-        encoded = {name: fixed_point_entry(name, p.detach(), formats[name]["word_length"],
-                                           formats[name]["fraction_bits"], formats[name]["axis"])
-                   for name, p in params.items()}
+        encoded = {}
+        for name, p in params.items():
+            fmt = formats[name]  # the parameters are on their grid: rounding to nearest is exact
+            codes = fixed_point_codes(p.detach(), fmt["word_length"], fmt["fraction_bits"], "nearest", fmt["axis"])
+            encoded[name] = fixed_point_entry(name, codes, fmt["word_length"], fmt["fraction_bits"], fmt["axis"])
         path = Path(ctx.workdir) / f"{self.name}.cbq"
-        sizes = write_model(path, state_entries(work, encoded), {"method": self.name, "activations": act_formats})
-        decoded = load_fixed_point(model, path)
+        sizes = save_model(path, state_entries(work.state_dict(), encoded),
+                           {"method": self.name, "activations": act_formats}, architecture="fixed_point")
+        decoded = load_model(path, model)
         act_bits = self.activation_word_length if self.quantize_activations else 32
-        metrics = {k: float(v) for k, v in sizes.items()}
-        metrics["compression_ratio"] = sum(t.numel() * 4 for t in model.state_dict().values()) / sizes["size_total_bytes"]
+        metrics = size_metrics(sizes)
+        metrics["compression_ratio"] = sum(t.numel() * 4 for t in model.state_dict().values()) / sizes["total"]
         return CompressionResult(model=decoded, stored_file=path,
                                  layer_bits={name: (self.word_length, act_bits) for name in layers},
                                  metrics=metrics)

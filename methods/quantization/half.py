@@ -22,10 +22,10 @@ import torch
 from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
-from methods.quantization.packing import array_part, load_parts, part_array, part_sizes, save_parts
+from methods.storage import StoredState, load_model, load_state_into, register_architecture, save_model
+from methods.storage.codecs import dtype_name, raw_entry
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-FORMAT = "compressbench-half/1"
 
 
 class HalfPrecisionModel(nn.Module):
@@ -40,25 +40,23 @@ class HalfPrecisionModel(nn.Module):
         return self.model(x.to(self.dtype)).float()
 
 
-def save_half(model: nn.Module, path: Any, dtype_name: str) -> int:
-    """Floating tensors of the state dict in ``dtype_name`` (``weights16``), the rest as they are."""
-    dtype = DTYPES[dtype_name]
-    parts = []
-    for key, tensor in model.state_dict().items():
-        if tensor.is_floating_point():
-            parts.append(array_part(key, tensor.detach().to(dtype), kind="weights16"))
-        else:
-            parts.append(array_part(key, tensor, kind="other"))
-    return save_parts(path, parts, {"format": FORMAT, "dtype": dtype_name})
+def save_half(model: nn.Module, path: Any, dtype_key: str) -> dict[str, int]:
+    """Floating tensors of the state dict in ``dtype_key`` (kind ``weights16``), the rest as they are."""
+    dtype = DTYPES[dtype_key]
+    entries = [raw_entry(key, tensor, "weights16", dtype) if tensor.is_floating_point() else raw_entry(key, tensor)
+               for key, tensor in model.state_dict().items()]
+    return save_model(path, entries, architecture="half")
 
 
-def load_half(template: nn.Module, path: Any) -> HalfPrecisionModel:
-    header, parts = load_parts(path)
-    if header.get("format") != FORMAT:
-        raise MethodConfigError(f"{path} is not a half-precision model file (format {header.get('format')!r})")
-    dtype = DTYPES[header["dtype"]]
-    model = copy.deepcopy(template).cpu().eval().to(dtype)
-    model.load_state_dict({key: part_array(part) for key, part in parts.items()}, strict=True)
+@register_architecture("half")
+def _half_model(template: nn.Module, state: StoredState) -> HalfPrecisionModel:
+    """The template cast to the stored 16-bit dtype, computing in it (:class:`HalfPrecisionModel`)."""
+    dtypes = {t.dtype for t in state.tensors.values() if t.is_floating_point()}
+    dtype = next(iter(dtypes)) if len(dtypes) == 1 else None
+    if dtype not in DTYPES.values():
+        raise MethodConfigError(f"{state.path}: a half-precision file holds one 16-bit float dtype, found "
+                                f"{sorted(dtype_name(d) for d in dtypes)}")
+    model = load_state_into(copy.deepcopy(template).cpu().eval().to(dtype), state)
     return HalfPrecisionModel(model, dtype).eval()
 
 
@@ -72,15 +70,15 @@ class HalfPrecision(CompressionMethod):
         self.dtype_name = dtype
 
     def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
-        if self.dtype_name == "bf16" and getattr(ctx.target, "runtime", None) == "onnxruntime":
+        if self.dtype_name == "bf16" and ctx.target.executes == "onnx":
             raise MethodConfigError(
                 f"method.dtype=bf16 cannot run on hw {ctx.target.name!r}: ONNX Runtime's CPU provider has no bfloat16 "
                 "Conv kernel (the session refuses the graph); use method.dtype=fp16 there (ONNX Runtime may run ops "
                 "without fp16 CPU kernels through inserted fp32 casts) or a torch target such as hw=local_cpu"
             )
         path = ctx.workdir / f"{self.name}_{self.dtype_name}.cbq"
-        save_half(model, path, self.dtype_name)
-        decoded = load_half(model, path)
+        sizes = save_half(model, path, self.dtype_name)
+        decoded = load_model(path, model)
         sample = torch.randn(ctx.input_shape)
         try:
             with torch.no_grad():
@@ -94,6 +92,6 @@ class HalfPrecision(CompressionMethod):
             out32 = copy.deepcopy(model).cpu().eval()(sample)
         bits = 16
         layer_bits = {name: (bits, bits) for name, m in decoded.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
-        metrics = {f"bytes_{kind}": float(size) for kind, size in part_sizes(path).items()}
+        metrics = {f"bytes_{kind}": float(size) for kind, size in sizes.items()}
         metrics["max_abs_logit_diff_vs_fp32"] = float((out16 - out32).abs().max())
         return CompressionResult(model=decoded, stored_file=path, layer_bits=layer_bits, metrics=metrics)

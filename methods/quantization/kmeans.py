@@ -8,7 +8,7 @@ and Aswani et al. (Sec. B):
 * the weights of each layer are clustered into ``k = 2**b`` clusters (``b`` = ``bits``,
   per layer through ``bits_per_layer``) by 1-D k-means (Lloyd iterations to convergence);
   each weight is replaced by its centroid, so a layer stores ``b``-bit cluster indices
-  (bit-packed, :mod:`methods.quantization.packing`) plus a ``k``-entry float32 codebook:
+  (bit-packed, :mod:`methods.storage.bits`) plus a ``k``-entry float32 codebook:
   compression ``n*32 / (n*b + k*32)`` (Deep Compression, Eq. 1);
 * centroid initialization (Deep Compression Sec. 3.1, Fig. 4): ``linear`` (evenly spaced
   between the layer's min and max weight, their best), ``density`` (evenly spaced on the
@@ -24,7 +24,7 @@ Pruned layers: when a layer has zero weights (a pruned model, as in Deep Compres
 0 is reserved for the exact value 0 and the nonzero weights are clustered into
 ``2**b - 1`` centroids, so pruned connections stay pruned through fine-tuning. With
 ``layout: sparse`` (what ``deep_compression`` uses) only the nonzero weights get codes and
-their positions are stored by :mod:`methods.pruning.sparse_storage`.
+their positions are stored as relative indices (:mod:`methods.storage.codebook`).
 
 Departures: the paper clusters with Caffe's own k-means; we run Lloyd iterations on the
 sorted 1-D values (assignments by nearest-centroid midpoints, empty clusters keep their
@@ -46,19 +46,11 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
-from methods.pruning.sparse_storage import absolute_positions, relative_index
-from methods.quantization.compressed_file import (
-    TensorEntry,
-    load_into,
-    register_codec,
-    state_entries,
-    write_model,
-)
-from methods.quantization.packing import Part, pack_bits, unpack_bits
+from methods.storage import TensorEntry, load_model, save_model, size_metrics
+from methods.storage.codebook import codebook_entry
+from methods.storage.codecs import state_entries
 
 INITS = ("linear", "density", "random")
-LAYOUTS = ("dense", "sparse")
-CODINGS = ("packed", "huffman")
 _LAYER_TYPES = {"linear": nn.Linear, "conv": nn.Conv2d}
 
 
@@ -206,71 +198,13 @@ def shareable_layers(model: nn.Module, layer_types: tuple[str, ...]) -> dict[str
 
 
 # ------------------------------------------------------------------------------ storage
-@register_codec("codebook")
-def _decode_codebook(fields: dict[str, Any], parts: dict[str, Part]) -> torch.Tensor:
-    centroids = torch.from_numpy(np.frombuffer(parts["codebook"].data, dtype="<f4").copy())
-    if fields["zero_code"]:
-        centroids = torch.cat([torch.zeros(1), centroids])
-    values = centroids[torch.as_tensor(_read_stream(fields, parts, "codes"), dtype=torch.long)]
-    if fields["layout"] == "dense":
-        return values.reshape(fields["shape"])
-    gaps = _read_stream(fields, parts, "index")
-    dense = torch.zeros(int(np.prod(fields["shape"])))
-    if len(gaps):
-        dense[torch.from_numpy(absolute_positions(gaps))] = values
-    return dense.reshape(fields["shape"])
-
-
-def _read_stream(fields: dict[str, Any], parts: dict[str, Part], role: str) -> np.ndarray:
-    """A stored integer stream (codes or relative indices), bit-packed or Huffman-coded."""
-    if fields["coding"] == "packed":
-        bits = fields["bits"] if role == "codes" else fields["index_bits"]
-        return unpack_bits(parts[role].data, bits, fields[f"n_{role}"])
-    from methods.quantization.huffman import read_huffman
-
-    return read_huffman(parts[role], parts[f"{role}_table"])
-
-
-def _write_stream(entry: TensorEntry, role: str, values: np.ndarray, bits: int, coding: str, kind: str) -> None:
-    values = np.asarray(values, dtype=np.int64)
-    entry.fields[f"n_{role}"] = int(values.size)
-    if coding == "packed":
-        entry.add_bytes(role, pack_bits(values, bits), kind)
-    elif coding == "huffman":
-        from methods.quantization.huffman import add_huffman
-
-        add_huffman(entry, role, values, kind)
-    else:
-        raise MethodConfigError(f"coding must be one of {CODINGS}, got {coding!r}")
-
-
 def shared_entry(layer: SharedLayer, layout: str = "dense", coding: str = "packed",
                  index_bits: int | None = None) -> TensorEntry:
-    """A shared layer as stored: its codebook, and its codes, bit-packed at ``layer.bits``
-    or Huffman-coded.
-
-    ``layout: dense``: one code per weight. ``layout: sparse`` (Deep Compression, Sec. 2,
-    Fig. 2): only nonzero weights get a code; their positions are relative indices of
-    ``index_bits`` bits with filler zeros (a layer without zeros is stored densely) (:func:`methods.pruning.sparse_storage.relative_index`),
-    stored next to the codes, bit-packed or Huffman-coded like them.
-    """
-    if layout not in LAYOUTS:
-        raise MethodConfigError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    if not layer.zero_code:  # no zeros, nothing to skip: a dense layer is stored densely
-        layout = "dense"
-    fields: dict[str, Any] = {"bits": layer.bits, "zero_code": layer.zero_code, "layout": layout, "coding": coding}
-    entry = TensorEntry(layer.name, "codebook", layer.shape, fields)
-    entry.add_bytes("codebook", layer.centroids.numpy().astype("<f4").tobytes(), "codebook")
-    codes = layer.codes.numpy()
-    if layout == "sparse":
-        if index_bits is None or not 1 <= index_bits <= 8:
-            raise MethodConfigError(f"index_bits must be in 1..8 for the sparse layout of {layer.name}, got {index_bits!r}")
-        gaps, entries = relative_index(np.flatnonzero(codes), index_bits)
-        fields["index_bits"] = index_bits
-        _write_stream(entry, "index", gaps, index_bits, coding, "index")
-        codes = codes[entries]  # fillers sit on zeros: code 0
-    _write_stream(entry, "codes", codes, layer.bits, coding, "weights")
-    return entry
+    """A shared layer as stored (:func:`methods.storage.codebook.codebook_entry`): its codebook and its
+    codes, bit-packed at ``layer.bits`` or Huffman-coded; ``layout: sparse`` codes only the nonzero
+    weights and stores their positions as ``index_bits``-bit relative indices (Deep Compression, Fig. 2)."""
+    return codebook_entry(layer.name, layer.shape, layer.centroids, layer.codes, layer.bits, layer.zero_code,
+                          layout, coding, index_bits)
 
 
 def dense_entry(layer: SharedLayer, coding: str = "packed") -> TensorEntry:
@@ -381,10 +315,10 @@ class KMeansQuantization(CompressionMethod):
         layers = share_weights(shared_model, self.config, ctx)
         encoded = {layer.name: dense_entry(layer) for layer in layers.values()}
         path = Path(ctx.workdir) / "kmeans.cbq"
-        sizes = write_model(path, state_entries(shared_model, encoded),
-                            {"method": self.name, "bits": {k: v.bits for k, v in layers.items()}})
-        decoded = load_into(model, path)
-        metrics = {k: float(v) for k, v in sizes.items()}
-        metrics["compression_ratio"] = dense_bytes(model) / sizes["size_total_bytes"]
+        sizes = save_model(path, state_entries(shared_model.state_dict(), encoded),
+                           {"method": self.name, "bits": {k: v.bits for k, v in layers.items()}})
+        decoded = load_model(path, model)
+        metrics = size_metrics(sizes)
+        metrics["compression_ratio"] = dense_bytes(model) / sizes["total"]
         return CompressionResult(model=decoded, stored_file=path, layer_bits=codebook_bits(model, layers),
                                  metrics=metrics)

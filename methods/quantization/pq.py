@@ -28,17 +28,16 @@ import copy
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
-from methods.quantization.compressed_file import TensorEntry, load_into, register_codec, state_entries, write_model
 from methods.quantization.kmeans import check_bits, dense_bytes, shareable_layers
-from methods.quantization.packing import Part, pack_bits, unpack_bits
+from methods.storage import load_model, save_model, size_metrics
+from methods.storage.codebook import pq_entry, reconstruct
+from methods.storage.codecs import state_entries
 
 
 def kmeans_vectors(vectors: torch.Tensor, k: int, iterations: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,13 +78,6 @@ class ProductQuantizedLayer:
         return reconstruct(self.codebooks, self.codes).reshape(self.shape)
 
 
-def reconstruct(codebooks: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """The (m, s * d) matrix whose sub-vector (row r, sub-space i) is ``codebooks[i, codes[r, i]]``."""
-    s = codebooks.shape[0]
-    parts = codebooks[torch.arange(s)[None, :], codes]  # (m, s, d)
-    return parts.reshape(codes.shape[0], -1)
-
-
 def product_quantize(name: str, weight: torch.Tensor, bits: int, subvector_length: int, iterations: int,
                      generator: torch.Generator, key: str) -> ProductQuantizedLayer:
     matrix = weight.detach().float().reshape(weight.shape[0], -1)
@@ -124,23 +116,6 @@ class _ProductWeights(nn.Module):
 
     def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
         return self._initial.clone().to(weight.dtype)
-
-
-@register_codec("pq")
-def _decode_pq(fields: dict[str, Any], parts: dict[str, Part]) -> torch.Tensor:
-    s, k, d, m = fields["subspaces"], 2 ** fields["bits"], fields["subvector_length"], fields["rows"]
-    codebooks = torch.from_numpy(np.frombuffer(parts["codebook"].data, dtype="<f4").copy()).reshape(s, k, d)
-    codes = torch.from_numpy(unpack_bits(parts["codes"].data, fields["bits"], m * s)).reshape(m, s)
-    return reconstruct(codebooks, codes).reshape(fields["shape"])
-
-
-def pq_entry(layer: ProductQuantizedLayer) -> TensorEntry:
-    s, k, d = layer.codebooks.shape
-    entry = TensorEntry(layer.name, "pq", layer.shape,
-                        {"bits": layer.bits, "subspaces": s, "subvector_length": d, "rows": layer.codes.shape[0]})
-    entry.add_bytes("codebook", layer.codebooks.numpy().astype("<f4").tobytes(), "codebook")
-    entry.add_bytes("codes", pack_bits(layer.codes.numpy().ravel(), layer.bits), "weights")
-    return entry
 
 
 class ProductQuantization(CompressionMethod):
@@ -206,11 +181,12 @@ class ProductQuantization(CompressionMethod):
                 layer.codebooks = modules[name].parametrizations.weight.original.detach().clone().float()
                 parametrize.remove_parametrizations(modules[name], "weight", leave_parametrized=True)
         path = Path(ctx.workdir) / "pq.cbq"
-        encoded = {layer.name: pq_entry(layer) for layer in layers.values()}
-        sizes = write_model(path, state_entries(work, encoded), {"method": self.name})
-        metrics = {k: float(v) for k, v in sizes.items()}
-        metrics["compression_ratio"] = dense_bytes(model) / sizes["size_total_bytes"]
-        return CompressionResult(model=load_into(model, path), stored_file=path,
+        encoded = {layer.name: pq_entry(layer.name, layer.shape, layer.codebooks, layer.codes, layer.bits)
+                   for layer in layers.values()}
+        sizes = save_model(path, state_entries(work.state_dict(), encoded), {"method": self.name})
+        metrics = size_metrics(sizes)
+        metrics["compression_ratio"] = dense_bytes(model) / sizes["total"]
+        return CompressionResult(model=load_model(path, model), stored_file=path,
                                  layer_bits={name: (math.ceil(layer.bits / layer.codebooks.shape[2]), 32)
                                              for name, layer in layers.items()},
                                  metrics=metrics)

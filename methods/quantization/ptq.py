@@ -37,12 +37,11 @@ from methods.quantization.fakequant import (
     freeze,
     layer_bits,
     layer_plan,
-    load_quantized,
     prepare,
     save_quantized,
 )
-from methods.quantization.packing import part_sizes
 from methods.quantization.uniform import OBSERVERS, QuantScheme
+from methods.storage import load_model
 
 log = logging.getLogger(__name__)
 
@@ -198,10 +197,10 @@ def store_and_decode(
     """Freeze, write the real file, decode it, and (8-bit) deploy it to int8 ONNX and evaluate both."""
     freeze(quantized)
     path = ctx.workdir / f"{name}.cbq"
-    save_quantized(quantized, path, plan, folded, {"method": name, "config": config.as_dict()})
-    decoded = load_quantized(template, path)
+    sizes = save_quantized(quantized, path, plan, folded, {"method": name, "config": config.as_dict()})
+    decoded = load_model(path, template)
     metrics = dict(metrics or {})
-    for kind, size in part_sizes(path).items():
+    for kind, size in sizes.items():
         metrics[f"bytes_{kind}"] = float(size)
     bits = layer_bits(decoded)
     policy = ctx.workdir / f"{name}_layer_bits.json"
@@ -231,7 +230,7 @@ def _deploy_int8(name: str, decoded: nn.Module, config: UniformQuantizationConfi
         "deployed_loss": deployed["loss"],
         "bytes_onnx_int8": float(onnx_path.stat().st_size),
     })
-    result.onnx_file = onnx_path
+    result.deployables["onnx"] = onnx_path
     log.info("%s: simulated top-1 %.2f%%, deployed (ONNX Runtime int8) %.2f%%", name, simulated["top1"], deployed["top1"])
 
 
