@@ -84,10 +84,10 @@ class ChannelSpace:
         #: conv/linear layer -> the unit whose removal shrinks its output channels / its input
         self.out_unit: dict[str, int] = {}
         self.in_unit: dict[str, int] = {}
-        for unit, (_, consumers, _, out_members) in zip(self.units, found, strict=False):
+        for unit, (_, _, _, out_members) in zip(self.units, found, strict=False):
             for name in out_members:
                 self.out_unit[name] = unit.index
-            for name in consumers:
+            for name in unit.consumers:
                 self.in_unit[name] = unit.index
 
     def min_keep(self, unit: PrunableUnit, ratio: float, channel_round: int) -> int:

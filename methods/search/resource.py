@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 def architecture_key(model: nn.Module) -> tuple:
     """The channel count of every conv/linear layer: equal keys mean equal cost."""
-    key = []
+    key: list[tuple] = []
     for name, module in model.named_modules():
         if isinstance(module, nn.Conv2d):
             key.append((name, module.in_channels, module.out_channels, module.groups))
