@@ -52,10 +52,10 @@ def save_half(model: nn.Module, path: Any, dtype_key: str) -> dict[str, int]:
 def _half_model(template: nn.Module, state: StoredState) -> HalfPrecisionModel:
     """The template cast to the stored 16-bit dtype, computing in it (:class:`HalfPrecisionModel`)."""
     dtypes = {t.dtype for t in state.tensors.values() if t.is_floating_point()}
-    dtype = next(iter(dtypes)) if len(dtypes) == 1 else None
-    if dtype not in DTYPES.values():
+    if len(dtypes) != 1 or not dtypes <= set(DTYPES.values()):
         raise MethodConfigError(f"{state.path}: a half-precision file holds one 16-bit float dtype, found "
                                 f"{sorted(dtype_name(d) for d in dtypes)}")
+    (dtype,) = dtypes
     model = load_state_into(copy.deepcopy(template).cpu().eval().to(dtype), state)
     return HalfPrecisionModel(model, dtype).eval()
 
