@@ -6,7 +6,7 @@ it was trimmed for and less on the other. Every figure comes from the targets
 themselves (their own provenance label is in the table), accuracy from the test split.
 
     python -m benchmarks.platform_exchange --baseline BASE.pt \\
-        --trimmed pixel1=outputs/work/<run>/model.pt --trimmed local_cpu=outputs/work/<run>/model.pt \\
+        --trimmed pixel1=outputs/work/<run>/model.pruned.cbm --trimmed local_cpu=outputs/work/<run>/model.pruned.cbm \\
         --hw pixel1 --hw local_cpu --out results/pruning_platform_exchange.md [hydra overrides ...]
 
 The stored files are decoded exactly as the run pipeline decodes them: the baseline
@@ -96,7 +96,7 @@ def layer_widths(model: nn.Module) -> dict[str, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", required=True, type=Path, help="the dense baseline file")
-    parser.add_argument("--trimmed", action="append", required=True, help="NAME=model.pt, once per trimmed model")
+    parser.add_argument("--trimmed", action="append", required=True, help="NAME=model.pruned.cbm, once per trimmed model")
     parser.add_argument("--hw", action="append", required=True, help="a conf/hw option to evaluate on (repeat)")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--title", default="CompactNet platform exchange")

@@ -510,7 +510,7 @@ class AMC(CompressionMethod):
         if self.finetune_epochs > 0:
             pruned.train()  # Lightning keeps the modes it is given; batch norm must train
             ctx.finetune(pruned, self.finetune_epochs, lr=self.finetune_lr)
-        path = ctx.workdir / "model.pt"
+        path = ctx.workdir / "model.pruned.cbm"
         save_pruned(pruned, env.space.history(env.selected_channels(best.kept)), ctx.input_shape, path,
                     extra={"method": self.name, "policy": [n / u.channels for n, u in zip(best.kept, env.units, strict=False)]})
         decoded = load_model(path, model)

@@ -240,7 +240,7 @@ class ProgressiveTrimming(CompressionMethod):
         if self.retrain.epochs > 0:
             trimmed.train()
             ctx.finetune(trimmed, self.retrain.epochs, lr=self.retrain.lr)
-        path = ctx.workdir / "model.pt"
+        path = ctx.workdir / "model.pruned.cbm"
         save_pruned(trimmed, history, ctx.input_shape, path, extra={"method": self.name})
         decoded = load_model(path, model)
         final_cost = resource(decoded)

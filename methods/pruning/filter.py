@@ -269,7 +269,7 @@ class FilterPruning(CompressionMethod):
                      self.iterations, macs / self._macs_before, pruned_top1, finetuned_top1)
         metrics["top1_before_finetune"] = pruned_top1
 
-        stored = save_pruned(model, pruner.history, trace_shape, ctx.workdir / "model.pruned.pt",
+        stored = save_pruned(model, pruner.history, trace_shape, ctx.workdir / "model.pruned.cbm",
                              extra={"method": self.name, "criterion": self.criterion})
         decoded = load_model(stored, baseline)
         metrics["top1_after_finetune"] = ctx.evaluate(decoded, "val")["top1"]

@@ -129,14 +129,14 @@ class DeepCompression(CompressionMethod):
             raise MethodConfigError(f"{self.name}.index_bits_per_layer names {unknown}, not shared layers {sorted(layers)}")
         index_bits = {m: self.index_bits_per_layer.get(m, self.index_bits) for m in layers}
         meta = {"method": self.name}  # bits and index bits are in each tensor's fields
-        quantized_path = workdir / "2_quantized.cbq"
+        quantized_path = workdir / "2_quantized.cbm"
         quantized_sizes = write_shared_model(quantized_path, shared, layers, "packed", index_bits, meta)
         quantized = load_model(quantized_path, model)
         stages.append({"stage": "quantization", "bytes": int(quantized_sizes["size_total_bytes"]),
                        **ctx.evaluate(quantized, "val")})
 
         # 3. Huffman coding of codes and relative indices (lossless)
-        final_path = workdir / "3_huffman.cbq"
+        final_path = workdir / "3_huffman.cbm"
         final_sizes = write_shared_model(final_path, shared, layers, "huffman", index_bits, meta)
         final = load_model(final_path, model)
         for key, tensor in quantized.state_dict().items():

@@ -290,7 +290,7 @@ class _FixedPointMethod(CompressionMethod):
             fmt = formats[name]  # the parameters are on their grid: rounding to nearest is exact
             codes = fixed_point_codes(p.detach(), fmt["word_length"], fmt["fraction_bits"], "nearest", fmt["axis"])
             encoded[name] = fixed_point_entry(name, codes, fmt["word_length"], fmt["fraction_bits"], fmt["axis"])
-        path = Path(ctx.workdir) / f"{self.name}.cbq"
+        path = Path(ctx.workdir) / f"{self.name}.cbm"
         sizes = save_model(path, state_entries(work.state_dict(), encoded),
                            {"method": self.name, "activations": act_formats}, architecture="fixed_point")
         decoded = load_model(path, model)

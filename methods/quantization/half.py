@@ -76,7 +76,7 @@ class HalfPrecision(CompressionMethod):
                 "Conv kernel (the session refuses the graph); use method.dtype=fp16 there (ONNX Runtime may run ops "
                 "without fp16 CPU kernels through inserted fp32 casts) or a torch target such as hw=local_cpu"
             )
-        path = ctx.workdir / f"{self.name}_{self.dtype_name}.cbq"
+        path = ctx.workdir / f"{self.name}_{self.dtype_name}.cbm"
         sizes = save_half(model, path, self.dtype_name)
         decoded = load_model(path, model)
         sample = torch.randn(ctx.input_shape)

@@ -70,7 +70,7 @@ class HuffmanCoding(CompressionMethod):
         for coding in ("packed", "huffman"):
             encoded = {layer.name: shared_entry(layer, "sparse" if layer.zero_code else "dense", coding, self.index_bits)
                        for layer in layers.values()}
-            path = workdir / f"{self.name}_{coding}.cbq"
+            path = workdir / f"{self.name}_{coding}.cbm"
             files[coding] = (path, save_model(path, state_entries(shared.state_dict(), encoded),
                                               {"method": self.name, "coding": coding}))
         path, sizes = files["huffman"]

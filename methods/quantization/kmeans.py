@@ -314,7 +314,7 @@ class KMeansQuantization(CompressionMethod):
         shared_model = copy.deepcopy(model)
         layers = share_weights(shared_model, self.config, ctx)
         encoded = {layer.name: dense_entry(layer) for layer in layers.values()}
-        path = Path(ctx.workdir) / "kmeans.cbq"
+        path = Path(ctx.workdir) / "kmeans.cbm"
         sizes = save_model(path, state_entries(shared_model.state_dict(), encoded),
                            {"method": self.name, "bits": {k: v.bits for k, v in layers.items()}})
         decoded = load_model(path, model)

@@ -180,7 +180,7 @@ class ProductQuantization(CompressionMethod):
             for name, layer in layers.items():
                 layer.codebooks = modules[name].parametrizations.weight.original.detach().clone().float()
                 parametrize.remove_parametrizations(modules[name], "weight", leave_parametrized=True)
-        path = Path(ctx.workdir) / "pq.cbq"
+        path = Path(ctx.workdir) / "pq.cbm"
         encoded = {layer.name: pq_entry(layer.name, layer.shape, layer.codebooks, layer.codes, layer.bits)
                    for layer in layers.values()}
         sizes = save_model(path, state_entries(work.state_dict(), encoded), {"method": self.name})

@@ -196,7 +196,7 @@ def store_and_decode(
 ) -> CompressionResult:
     """Freeze, write the real file, decode it, and (8-bit) deploy it to int8 ONNX and evaluate both."""
     freeze(quantized)
-    path = ctx.workdir / f"{name}.cbq"
+    path = ctx.workdir / f"{name}.cbm"
     sizes = save_quantized(quantized, path, plan, folded, {"method": name, "config": config.as_dict()})
     decoded = load_model(path, template)
     metrics = dict(metrics or {})

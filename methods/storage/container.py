@@ -6,6 +6,8 @@ this container:
 
     b"CBS1" | uint32 little-endian header length | zlib-compressed UTF-8 JSON header | parts' bytes
 
+(files named ``*.cbm``, CompressBench model)
+
 The header is compressed with a preset dictionary of the words headers are made of
 (:data:`HEADER_WORDS`, part of the format like Brotli's built-in dictionary), so that a
 small model's header costs tens of bytes rather than hundreds.
