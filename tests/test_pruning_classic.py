@@ -101,7 +101,7 @@ def test_sparse_file_round_trips_and_its_size_is_the_sum_of_its_tensors(tmp_path
     model = SmallConvNet()
     masks = WeightMasks(prunable_layers(model, (1, 3, 8, 8)))
     masks.update(0.8)
-    path = tmp_path / "model.sparse"
+    path = tmp_path / "model.sparse.cbm"
     decoded, report = store_sparse(model, SmallConvNet(), path, FORMATS)
     assert all(torch.equal(decoded.state_dict()[k], v) for k, v in model.state_dict().items())
     sizes = part_sizes(path)
@@ -388,7 +388,7 @@ def test_pruned_checkpoint_round_trips_through_its_weights_only_file(resnet20, t
     model = copy.deepcopy(resnet20)
     pruner = ChannelPruner(model, (1, 3, 32, 32))
     prune_layers(pruner, make_criterion("l2"), {"layer1.0.conv1": 0.25, "layer3.1.conv1": 0.75})
-    path = save_pruned(model, pruner.history, (1, 3, 32, 32), tmp_path / "pruned.pt")
+    path = save_pruned(model, pruner.history, (1, 3, 32, 32), tmp_path / "pruned.cbm")
     payload = read_pruned(path)  # the JSON header: no pickle
     assert payload["channels"]["layer3.1.conv1"] == 16
     loaded = load_model(path, resnet20)

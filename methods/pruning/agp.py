@@ -218,7 +218,7 @@ class AutomatedGradualPruning(CompressionMethod):
             raise RuntimeError(f"AGP: training stopped before the schedule's last step {schedule.end_step} "
                                f"(last update at {callback.history[-1][0] if callback.history else None})")
 
-        stored = ctx.workdir / "model.sparse"
+        stored = ctx.workdir / "model.sparse.cbm"
         decoded, report = store_sparse(model, baseline, stored, self.storage_formats)
         metrics["top1_after_finetune"] = ctx.evaluate(decoded, "val")["top1"]
         metrics.update(unstructured_metrics(decoded, baseline, list(layers), input_shape, stored, report))

@@ -157,7 +157,7 @@ class MagnitudePruning(CompressionMethod):
                      steps[-1]["sparsity"], pruned_top1, steps[-1]["top1_finetuned"])
         metrics["top1_before_finetune"] = steps[-1]["top1_pruned"]
 
-        stored = ctx.workdir / "model.sparse"
+        stored = ctx.workdir / "model.sparse.cbm"
         decoded, report = store_sparse(model, baseline, stored, self.storage_formats)
         metrics["top1_after_finetune"] = ctx.evaluate(decoded, "val")["top1"]
         metrics.update(unstructured_metrics(decoded, baseline, list(layers), input_shape, stored, report))

@@ -174,7 +174,7 @@ class StructuredSparsityLearning(CompressionMethod):
         if self.finetune_epochs > 0:
             ctx.finetune(model, self.finetune_epochs, lr=self.lr)
 
-        stored = save_pruned(model, pruner.history, trace_shape, ctx.workdir / "model.pruned.pt",
+        stored = save_pruned(model, pruner.history, trace_shape, ctx.workdir / "model.pruned.cbm",
                              extra={"method": self.name})
         decoded = load_model(stored, baseline)
         metrics["top1_after_finetune"] = ctx.evaluate(decoded, "val")["top1"]
