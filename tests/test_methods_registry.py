@@ -30,10 +30,21 @@ def test_every_method_builds_from_its_yaml_alone(name):
     assert f"{type(method).__module__}.{type(method).__qualname__}" == target
 
 
-def test_the_yaml_not_the_class_gives_the_defaults_and_overrides_replace_them():
+def test_create_method_builds_the_method_a_run_composes(compose_cfg):
+    """Same yaml, same overrides: the method equals the one `+method=magnitude method.sparsity=0.9` instantiates."""
+    from hydra.utils import instantiate
+
+    run = instantiate(compose_cfg("+method=magnitude", "method.sparsity=0.9", "method.iterations=3").method,
+                      _convert_="all")
+    assert vars(create_method("magnitude", sparsity=0.9, iterations=3)) == vars(run)
+    assert vars(create_method("magnitude")) != vars(run)
+
+
+def test_the_yaml_not_the_class_gives_the_defaults():
     yaml_sparsity = yaml.safe_load((CONF_METHOD / "magnitude.yaml").read_text())["sparsity"]
-    assert create_method("magnitude").sparsity == yaml_sparsity
-    assert create_method("magnitude", sparsity=0.9, iterations=3).iterations == 3
+    method = create_method("magnitude")
+    assert vars(method) == vars(create_method("magnitude", sparsity=yaml_sparsity))
+    assert vars(method) != vars(type(method)(name="magnitude"))  # the class's own defaults differ from the yaml's
 
 
 def test_a_nested_override_keeps_the_yamls_other_nested_keys():
