@@ -45,6 +45,12 @@ INPUT = (1, 1, 28, 28)
 SIZES: dict[str, Any] = {"train_subset": 10000, "val_subset": 1000, "test_subset": 2000}
 #: CompactNet's target for both models; LeNet-5's fixed per-layer costs cap this CPU near 1.5x
 EXCHANGE_SPEEDUP = 1.4
+#: what every AMC run of the study overrides in conf/method/amc.yaml (episode counts come from the command line)
+AMC_OVERRIDES: dict[str, Any] = {"calibration_batches": 4, "finetune_epochs": 1.0, "finetune_lr": 0.01}
+#: CompactNet's settings in the exchange (conf/method/compactnet.yaml otherwise)
+COMPACTNET_OVERRIDES: dict[str, Any] = {"resource": "latency", "target_speedup": EXCHANGE_SPEEDUP, "iterations": 4,
+                                        "decay": 0.96, "eval_batches": 2, "finetune": {"epochs": 0.05, "lr": 0.01},
+                                        "retrain": {"epochs": 1.0, "lr": 0.01}}
 EXCHANGE_ROUNDS = 9  # interleaved measurements per model and target (a VM's speed drifts within a minute)
 
 
@@ -105,7 +111,7 @@ def main() -> int:
 
     rows: list[dict[str, Any]] = []
     amc_common = dict(episodes=args.episodes, warmup_episodes=args.warmup, reward_batches=args.reward_batches,
-                      calibration_batches=4, finetune_epochs=1.0, finetune_lr=0.01)
+                      **AMC_OVERRIDES)
     fr = args.flops_ratio
     runs = [] if "amc" not in args.parts else [
         ("AMC, 0.5x pixel1 latency", create_method("amc", resource="latency", target_ratio=0.5, **amc_common), pixel1)]
@@ -121,9 +127,7 @@ def main() -> int:
 
     trimmed, trimmed_rows = {}, []
     for hw, target in trim_targets.items():
-        method = create_method("compactnet", resource="latency", target_speedup=EXCHANGE_SPEEDUP, iterations=4,
-                               decay=0.96, eval_batches=2, finetune={"epochs": 0.05, "lr": 0.01},
-                               retrain={"epochs": 1.0, "lr": 0.01})
+        method = create_method("compactnet", **COMPACTNET_OVERRIDES)
         t = time.perf_counter()
         result = method.compress(copy.deepcopy(base), ctx(target, f"compactnet_{hw}"))
         trimmed[hw] = result.model.eval()

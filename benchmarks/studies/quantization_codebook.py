@@ -38,6 +38,7 @@ from benchmarks.schema import RecipeConfig, TrainerConfig
 from benchmarks.training import fit
 from hardware.measured import LocalCPU
 from methods import create_method
+from methods.base import CompressionMethod
 from methods.registry import method_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,11 +74,22 @@ def run_baseline(name: str, seed: int) -> dict:
     return {"model": name, "seed": seed, **ctx.evaluate(model, "test")}
 
 
-def run_deep_compression(name: str, seed: int, preset: str, overrides: str | None = None, tag: str = "") -> dict:
+def deep_compression_overrides(preset: str | Path, overrides: str | Path | None = None) -> dict[str, Any]:
+    """The ``method:`` block of a preset, with an overrides file's merged over it: what the study changes."""
     settings = OmegaConf.select(OmegaConf.load(preset), "method")
     if overrides:
         settings = OmegaConf.merge(settings, OmegaConf.select(OmegaConf.load(overrides), "method"))
-    changes = cast(dict[str, Any], OmegaConf.to_container(settings))
+    return cast(dict[str, Any], OmegaConf.to_container(settings))
+
+
+def fixed_point_method(fraction_bits: int, rounding: str, finetune_epochs: float, lr: float) -> CompressionMethod:
+    """16-bit ``<16 - fraction_bits, fraction_bits>`` fixed point (conf/method/fixed_point.yaml otherwise)."""
+    return create_method("fixed_point", word_length=16, integer_bits=16 - fraction_bits, fraction_bits=fraction_bits,
+                         rounding=rounding, finetune_epochs=finetune_epochs, finetune_lr=lr)
+
+
+def run_deep_compression(name: str, seed: int, preset: str, overrides: str | None = None, tag: str = "") -> dict:
+    changes = deep_compression_overrides(preset, overrides)
     cfg = cast(dict[str, Any], OmegaConf.to_container(method_config("deep_compression", **changes)))
     cfg.pop("_target_")
     _, _, _, ctx = context(OUT / f"dc_{name}_s{seed}{tag}", seed)
@@ -99,8 +111,7 @@ def run_fixed_point(name: str, seed: int, finetune_epochs: float = 0.5, lr: floa
                                  (12, "nearest", finetune_epochs), (4, "nearest", 0), (4, "nearest", finetune_epochs),
                                  (4, "stochastic", finetune_epochs), (2, "nearest", 0), (2, "nearest", finetune_epochs),
                                  (2, "stochastic", finetune_epochs)]:
-        result = create_method("fixed_point", word_length=16, integer_bits=16 - fl, fraction_bits=fl, rounding=rounding,
-                               finetune_epochs=epochs, finetune_lr=lr).compress(model, ctx)
+        result = fixed_point_method(fl, rounding, epochs, lr).compress(model, ctx)
         rows.append({"config": f"<{16 - fl},{fl}> {rounding}, fine-tune {epochs}", "fraction_bits": fl,
                      "rounding": rounding, "finetune_epochs": epochs,
                      "test_top1": ctx.evaluate(result.model, "test")["top1"], "stored_bytes": result.stored_bytes})

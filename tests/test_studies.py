@@ -1,0 +1,46 @@
+"""The studies in benchmarks/studies build their methods from the yamls: every setting they override must exist.
+
+A renamed yaml key (or a removed method) fails here, not half an hour into a study's run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchmarks.studies.pruning_auto import AMC_OVERRIDES, COMPACTNET_OVERRIDES
+from benchmarks.studies.quantization_codebook import deep_compression_overrides, fixed_point_method
+from benchmarks.studies.quantization_ptq import VARIANTS
+from methods import create_method
+from methods.base import CompressionMethod
+
+PRESETS = sorted((Path(__file__).resolve().parents[1] / "conf" / "experiment").glob("deep_compression_*.yaml"))
+
+
+@pytest.mark.parametrize("search", ["ddpg", "uniform"])
+@pytest.mark.parametrize("resource", ["latency", "flops"])
+def test_pruning_auto_amc_settings(resource, search):
+    method = create_method("amc", resource=resource, target_ratio=0.5, search=search, episodes=2, warmup_episodes=1,
+                           reward_batches=1, **AMC_OVERRIDES)
+    assert isinstance(method, CompressionMethod)
+
+
+def test_pruning_auto_compactnet_settings():
+    assert isinstance(create_method("compactnet", **COMPACTNET_OVERRIDES), CompressionMethod)
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_quantization_codebook_deep_compression_presets(preset):
+    assert PRESETS and isinstance(create_method("deep_compression", **deep_compression_overrides(preset)),
+                                  CompressionMethod)
+
+
+@pytest.mark.parametrize(("fraction_bits", "rounding"), [(12, "stochastic"), (4, "nearest"), (2, "nearest")])
+def test_quantization_codebook_fixed_point_grid(fraction_bits, rounding):
+    assert isinstance(fixed_point_method(fraction_bits, rounding, 0.5, 0.01), CompressionMethod)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_quantization_ptq_variants(variant):
+    assert isinstance(create_method("ptq", calibration_batches=16, **VARIANTS[variant]), CompressionMethod)
