@@ -6,7 +6,8 @@ measured ONNX Runtime latency of the int8 model against the fp32 one on this CPU
 Uses the real pieces: the datamodule and model zoo of the benchmark, the ``ptq`` method
 (``methods.create_method``: conf/method/ptq.yaml with a variant's overrides) with a context built
 by ``benchmarks.context.make_context``, and the ``onnxruntime_cpu`` target
-(``hardware.measured.OnnxRuntimeCPU``) for latency. Writes one JSON file of figures.
+(``hardware.measured.OnnxRuntimeCPU``) for latency. Writes one JSON file of figures;
+``python -m benchmarks.studies.report quantization_ptq`` renders results/quantization_ptq.md from them.
 """
 
 from __future__ import annotations
