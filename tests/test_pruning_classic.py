@@ -25,11 +25,12 @@ from benchmarks.schema import RecipeConfig, TrainerConfig
 from hardware.layers import count_macs
 from hardware.measured import LocalCPU
 from methods.base import MethodConfigError
+from methods.config import LayerSelection, select_layers
 from methods.pruning.agp import AGPSchedule, AutomatedGradualPruning
 from methods.pruning.criteria import CRITERIA, greedy_removal_scores, make_criterion
 from methods.pruning.filter import FilterPruning
 from methods.pruning.magnitude import MagnitudePruning, store_sparse
-from methods.pruning.masks import WeightMasks, magnitude_masks, prunable_layers
+from methods.pruning.masks import WeightMasks, magnitude_masks
 from methods.pruning.ssl import GroupLasso, StructuredSparsityLearning, dead_channels, group_lasso_terms
 from methods.pruning.structured import (
     ChannelPruner,
@@ -99,7 +100,7 @@ def run_onnx(model: nn.Module, x: torch.Tensor, path) -> np.ndarray:
 # -- sparse storage (the codec itself: tests/test_storage.py) -------------------------------------
 def test_sparse_file_round_trips_and_its_size_is_the_sum_of_its_tensors(tmp_path) -> None:
     model = SmallConvNet()
-    masks = WeightMasks(prunable_layers(model, (1, 3, 8, 8)))
+    masks = WeightMasks(select_layers(model, (1, 3, 8, 8), LayerSelection()))
     masks.update(0.8)
     path = tmp_path / "model.sparse.cbm"
     decoded, report = store_sparse(model, SmallConvNet(), path, FORMATS)
@@ -127,7 +128,7 @@ def test_magnitude_masks_meet_the_sparsity_layerwise_and_globally() -> None:
 def test_magnitude_pruning_reaches_the_sparsity_and_masks_survive_finetuning(tmp_path) -> None:
     ctx = context(tmp_path, shape=(3, 8, 8))
     model = SmallConvNet()
-    method = MagnitudePruning(sparsity=0.75, iterations=2, finetune_epochs=2.0, include_last=False)
+    method = MagnitudePruning(sparsity=0.75, iterations=2, finetune={"epochs": 2.0}, layers={"last": False})
     before = copy.deepcopy(model.state_dict())
     result = method.compress(model, ctx)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # baseline untouched
@@ -165,7 +166,7 @@ def test_agp_schedule_is_zhu_and_gupta_cubic() -> None:
 def test_agp_masks_follow_the_formula_during_finetuning(tmp_path) -> None:
     ctx = context(tmp_path, shape=(3, 8, 8))  # 64 samples / 16 = 4 steps per epoch
     method = AutomatedGradualPruning(final_sparsity=0.8, initial_sparsity=0.0, start_step=1, frequency=2,
-                                     num_pruning_steps=4, finetune_epochs=3.0)  # 12 steps; schedule ends at 9
+                                     num_pruning_steps=4, finetune={"epochs": 3.0})  # 12 steps; schedule ends at 9
     result = method.compress(SmallConvNet(), ctx)
     rows = list(csv.DictReader((tmp_path / "agp_schedule.csv").open()))
     assert [int(r["step"]) for r in rows] == [1, 3, 5, 7, 9]
@@ -510,7 +511,7 @@ def test_impossible_requests_on_a_model_name_the_layer(tmp_path) -> None:
     with pytest.raises(MethodConfigError, match="cannot be reached"):
         FilterPruning(target_macs_ratio=0.01, finetune_epochs=0).compress(SmallConvNet(), ctx)
     with pytest.raises(MethodConfigError, match="fine-tuning has only"):
-        AutomatedGradualPruning(frequency=5, num_pruning_steps=10, finetune_epochs=1.0).compress(SmallConvNet(), ctx)
+        AutomatedGradualPruning(frequency=5, num_pruning_steps=10, finetune={"epochs": 1.0}).compress(SmallConvNet(), ctx)
 
 
 @pytest.mark.parametrize("arch, shape", [("lenet_300_100", (1, 1, 28, 28)), ("mobilenetv1", (1, 3, 32, 32))])

@@ -287,7 +287,7 @@ def test_huffman_method_stores_smaller_than_fixed_length(task) -> None:
 def test_deep_compression_runs_every_stage_and_each_shrinks(task) -> None:
     model = task[3]
     method = DeepCompression(
-        pruning={"sparsity": 0.9, "layer_sparsity": {"3": 0.6}, "iterations": 2, "finetune_epochs": 0.5},
+        pruning={"sparsity": 0.9, "layer_sparsity": {"3": 0.6}, "iterations": 2, "finetune": {"epochs": 0.5}},
         sharing={"bits": 4, "finetune_epochs": 0.25, "finetune_lr": 1e-3},
         index_bits=4,
     )

@@ -81,7 +81,7 @@ def _trials(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
 @pytest.mark.e2e
 def test_multi_objective_study_resumes_after_sigkill(run_env: dict[str, str], tmp_path: Path) -> None:
     storage, name = f"sqlite:///{tmp_path}/optuna.db", "mo_resume"
-    command = [sys.executable, "-m", "benchmarks", "-m", "sweep=nsga2_magnitude", *TRIAL, "method.finetune_epochs=0",
+    command = [sys.executable, "-m", "benchmarks", "-m", "sweep=nsga2_magnitude", *TRIAL, "method.finetune.epochs=0",
                f"hydra.sweeper.study_name={name}", "hydra.sweeper.n_trials=3",
                "hydra.sweeper.sampler.population_size=2"]
     first = subprocess.Popen(command, cwd=REPO_ROOT, env=run_env, stdout=subprocess.DEVNULL,

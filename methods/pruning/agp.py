@@ -15,7 +15,7 @@ is written as ``agp_schedule.csv`` and plotted in ``agp_schedule.png``.
 
 Config: ``initial_sparsity`` (s_i), ``final_sparsity`` (s_f), ``start_step`` (t0),
 ``frequency`` (Delta t), ``num_pruning_steps`` (n; null derives it so the schedule ends at
-``end_fraction`` of the fine-tuning steps), ``finetune_epochs``; layer choice and storage as
+``end_fraction`` of the fine-tuning steps), ``finetune.epochs``; ``layers`` and storage as
 in :mod:`methods.pruning.magnitude`. Departure: the paper prunes while training from
 scratch or continuing training; here it runs during the method's fine-tuning of the trained
 baseline, which is the setting of the paper's pruning of pretrained models.
@@ -35,8 +35,9 @@ import lightning as L
 from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
-from methods.pruning.magnitude import check_formats, store_sparse, unstructured_metrics
-from methods.pruning.masks import SCOPES, MaskCallback, WeightMasks, check_sparsity, prunable_layers
+from methods.config import FineTuning, LayerSelection, fail, finetune, option, parse_config, select_layers
+from methods.pruning.magnitude import store_sparse, unstructured_metrics
+from methods.pruning.masks import SCOPES, MaskCallback, WeightMasks
 from methods.reporting import plot_policy, write_json
 from methods.storage.sparse import FORMATS
 
@@ -94,13 +95,13 @@ class AGPCallback(MaskCallback):
                 raise MethodConfigError(
                     f"AGP: {total} fine-tuning steps leave no room for a pruning step every {d['frequency']} steps "
                     f"after step {d['start_step']}; lower method.frequency or method.start_step, or raise "
-                    "method.finetune_epochs")
+                    "method.finetune.epochs")
             self.schedule = AGPSchedule(float(d["initial_sparsity"]), float(d["final_sparsity"]), int(d["start_step"]),
                                         int(d["frequency"]), n)
         if self.schedule.end_step >= total:
             raise MethodConfigError(
                 f"AGP schedule ends at step {self.schedule.end_step} but fine-tuning has only {total} steps; "
-                "lower method.num_pruning_steps or method.frequency, or raise method.finetune_epochs")
+                "lower method.num_pruning_steps or method.frequency, or raise method.finetune.epochs")
         super().on_train_start(trainer, pl_module)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
@@ -141,76 +142,65 @@ def write_schedule(history: Sequence[tuple[int, float, float]], schedule: AGPSch
     return paths
 
 
+@dataclass
+class AGPConfig:
+    """conf/method/agp.yaml."""
+
+    final_sparsity: float = option(0.8, ge=0, lt=1, why="s_f, the fraction of weights set to zero")
+    initial_sparsity: float = option(0.0, ge=0, lt=1, why="s_i")
+    start_step: int = option(0, ge=0, why="t0, in optimizer steps")
+    frequency: int = option(10, ge=1, why="Delta t, steps between mask updates")
+    num_pruning_steps: int | None = option(None, ge=1, why="n; null: derived from end_fraction")
+    end_fraction: float = option(0.75, gt=0, le=1)
+    scope: str = option("layer", choices=SCOPES)
+    finetune: FineTuning = option(factory=finetune(2.0))
+    layers: LayerSelection = option(factory=LayerSelection)
+    storage_formats: list[str] = option(factory=lambda: list(FORMATS), choices=FORMATS)
+
+    def check(self, key: str) -> None:
+        if self.initial_sparsity > self.final_sparsity:
+            fail(f"{key}.initial_sparsity", f"({self.initial_sparsity}) must not exceed {key}.final_sparsity "
+                                            f"({self.final_sparsity})")
+        if self.finetune.epochs <= 0:
+            fail(f"{key}.finetune.epochs", f"must be > 0: AGP prunes during training, got {self.finetune.epochs}")
+        if not self.storage_formats:
+            fail(f"{key}.storage_formats", f"is empty; choose among {list(FORMATS)}")
+
+
 class AutomatedGradualPruning(CompressionMethod):
     """Zhu & Gupta 2017: masks updated every ``frequency`` steps along the cubic schedule."""
 
-    def __init__(
-        self,
-        name: str = "agp",
-        final_sparsity: float = 0.8,
-        initial_sparsity: float = 0.0,
-        start_step: int = 0,
-        frequency: int = 10,
-        num_pruning_steps: int | None = None,
-        end_fraction: float = 0.75,
-        scope: str = "layer",
-        finetune_epochs: float = 2.0,
-        lr: float | None = None,
-        include_first: bool = True,
-        include_last: bool = True,
-        exclude: Sequence[str] = (),
-        storage_formats: Sequence[str] = FORMATS,
-    ) -> None:
+    Config = AGPConfig
+
+    def __init__(self, name: str = "agp", **options: Any) -> None:
         super().__init__(name)
-        self.final_sparsity = check_sparsity(final_sparsity, "method.final_sparsity")
-        self.initial_sparsity = check_sparsity(initial_sparsity, "method.initial_sparsity")
-        if self.initial_sparsity > self.final_sparsity:
-            raise MethodConfigError(f"method.initial_sparsity ({initial_sparsity}) must not exceed "
-                                    f"method.final_sparsity ({final_sparsity})")
-        if int(start_step) != start_step or start_step < 0:
-            raise MethodConfigError(f"method.start_step must be an integer >= 0, got {start_step}")
-        if int(frequency) != frequency or frequency < 1:
-            raise MethodConfigError(f"method.frequency (Delta t) must be an integer >= 1, got {frequency}")
-        if num_pruning_steps is not None and (int(num_pruning_steps) != num_pruning_steps or num_pruning_steps < 1):
-            raise MethodConfigError(f"method.num_pruning_steps (n) must be an integer >= 1 or null, got {num_pruning_steps}")
-        if not 0.0 < end_fraction <= 1.0:
-            raise MethodConfigError(f"method.end_fraction must be in (0, 1], got {end_fraction}")
-        if scope not in SCOPES:
-            raise MethodConfigError(f"method.scope must be one of {SCOPES}, got {scope!r}")
-        if finetune_epochs <= 0:
-            raise MethodConfigError(f"method.finetune_epochs must be > 0: AGP prunes during training, got {finetune_epochs}")
-        if lr is not None and lr <= 0:
-            raise MethodConfigError(f"method.lr must be > 0 (or null for the recipe's), got {lr}")
-        self.start_step, self.frequency = int(start_step), int(frequency)
-        self.num_pruning_steps = None if num_pruning_steps is None else int(num_pruning_steps)
-        self.end_fraction, self.scope = float(end_fraction), scope
-        self.finetune_epochs, self.lr = float(finetune_epochs), lr
-        self.include_first, self.include_last, self.exclude = include_first, include_last, list(exclude)
-        self.storage_formats = check_formats(storage_formats)
+        self.config = parse_config(self.Config, options)
 
     def schedule(self) -> AGPSchedule | None:
         """The schedule when n is given; None when it is derived from the number of steps."""
-        if self.num_pruning_steps is None:
+        c = self.config
+        if c.num_pruning_steps is None:
             return None
-        return AGPSchedule(self.initial_sparsity, self.final_sparsity, self.start_step, self.frequency, self.num_pruning_steps)
+        return AGPSchedule(c.initial_sparsity, c.final_sparsity, c.start_step, c.frequency, c.num_pruning_steps)
 
     def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
         baseline = model
         model = copy.deepcopy(baseline)
         input_shape = tuple(ctx.input_shape)
-        layers = prunable_layers(model, input_shape, self.include_first, self.include_last, self.exclude)
+        c = self.config
+        layers = select_layers(model, input_shape, c.layers)
         masks = WeightMasks(layers)
         metrics: dict[str, float] = {"top1_baseline": ctx.evaluate(model, "val")["top1"]}
         # accuracy of the final sparsity applied at once, without training: AGP's "before fine-tuning"
         one_shot = copy.deepcopy(model)
-        one_shot_masks = WeightMasks(prunable_layers(one_shot, input_shape, self.include_first, self.include_last, self.exclude))
-        one_shot_masks.update(self.final_sparsity, self.scope)
+        one_shot_masks = WeightMasks(select_layers(one_shot, input_shape, c.layers))
+        one_shot_masks.update(c.final_sparsity, c.scope)
         metrics["top1_before_finetune"] = ctx.evaluate(one_shot, "val")["top1"]
         del one_shot, one_shot_masks
 
-        callback = AGPCallback(masks, self.schedule(), self.scope, self.end_fraction, self.initial_sparsity,
-                               self.final_sparsity, self.start_step, self.frequency)
-        ctx.finetune(model, self.finetune_epochs, lr=self.lr, callbacks=[callback])
+        callback = AGPCallback(masks, self.schedule(), c.scope, c.end_fraction, c.initial_sparsity,
+                               c.final_sparsity, c.start_step, c.frequency)
+        ctx.finetune(model, c.finetune.epochs, lr=c.finetune.lr, callbacks=[callback])
         masks.apply()
         schedule = callback.schedule
         assert schedule is not None  # set at the start of training
@@ -219,14 +209,14 @@ class AutomatedGradualPruning(CompressionMethod):
                                f"(last update at {callback.history[-1][0] if callback.history else None})")
 
         stored = ctx.workdir / "model.sparse.cbm"
-        decoded, report = store_sparse(model, baseline, stored, self.storage_formats)
+        decoded, report = store_sparse(model, baseline, stored, c.storage_formats)
         metrics["top1_after_finetune"] = ctx.evaluate(decoded, "val")["top1"]
         metrics.update(unstructured_metrics(decoded, baseline, list(layers), input_shape, stored, report))
         metrics.update({"agp_start_step": float(schedule.start_step), "agp_frequency": float(schedule.frequency),
                         "agp_num_pruning_steps": float(schedule.num_pruning_steps)})
         achieved = {n: metrics[f"sparsity/{n}"] for n in layers}
         policy = {
-            "method": self.name, "scope": self.scope,
+            "method": self.name, "scope": c.scope,
             "schedule": {"initial_sparsity": schedule.initial_sparsity, "final_sparsity": schedule.final_sparsity,
                          "start_step": schedule.start_step, "frequency": schedule.frequency,
                          "num_pruning_steps": schedule.num_pruning_steps},

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,26 +30,13 @@ from torch import nn
 
 from hardware.layers import count_macs, describe_layers
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
-from methods.pruning.masks import (
-    SCOPES,
-    MaskCallback,
-    WeightMasks,
-    check_sparsity,
-    prunable_layers,
-)
+from methods.config import FineTuning, LayerSelection, fail, finetune, option, parse_config, select_layers
+from methods.pruning.masks import SCOPES, MaskCallback, WeightMasks
 from methods.reporting import plot_policy, write_json
 from methods.storage import load_model, save_model
 from methods.storage.sparse import FORMATS, sparse_entry, stored_format
 
 log = logging.getLogger(__name__)
-
-
-def check_formats(formats: Sequence[str]) -> list[str]:
-    formats = list(formats)
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown or not formats:
-        raise MethodConfigError(f"method.storage_formats: unknown {unknown}; choose among {list(FORMATS)}")
-    return formats
 
 
 def store_sparse(model: nn.Module, template: nn.Module, path: Path, formats: Sequence[str]) -> tuple[nn.Module, dict]:
@@ -90,80 +78,73 @@ def unstructured_metrics(decoded: nn.Module, baseline: nn.Module, layer_names: S
     return metrics
 
 
+@dataclass
+class MagnitudeConfig:
+    """conf/method/magnitude.yaml (and Deep Compression's ``pruning`` stage)."""
+
+    sparsity: float = option(0.5, ge=0, lt=1, why="the fraction of weights set to zero")
+    scope: str = option("layer", choices=SCOPES)
+    layer_sparsity: dict[str, float] = option(factory=dict, ge=0, lt=1)
+    iterations: int = option(1, ge=1)
+    finetune: FineTuning = option(factory=finetune(1.0))
+    layers: LayerSelection = option(factory=LayerSelection)
+    storage_formats: list[str] = option(factory=lambda: list(FORMATS), choices=FORMATS)
+
+    def check(self, key: str) -> None:
+        if self.layer_sparsity and self.scope == "global":
+            fail(f"{key}.layer_sparsity", f"needs {key}.scope=layer (global pruning has one threshold)")
+        if not self.storage_formats:
+            fail(f"{key}.storage_formats", f"is empty; choose among {list(FORMATS)}")
+
+
 class MagnitudePruning(CompressionMethod):
     """Han et al. 2015: prune below a magnitude threshold, retrain with masks; one-shot or iterative."""
 
-    def __init__(
-        self,
-        name: str = "magnitude",
-        sparsity: float = 0.5,
-        scope: str = "layer",
-        layer_sparsity: Mapping[str, float] | None = None,
-        iterations: int = 1,
-        finetune_epochs: float = 1.0,
-        lr: float | None = None,
-        include_first: bool = True,
-        include_last: bool = True,
-        exclude: Sequence[str] = (),
-        storage_formats: Sequence[str] = FORMATS,
-    ) -> None:
+    Config = MagnitudeConfig
+
+    def __init__(self, name: str = "magnitude", **options: Any) -> None:
         super().__init__(name)
-        self.sparsity = check_sparsity(sparsity, "method.sparsity")
-        if scope not in SCOPES:
-            raise MethodConfigError(f"method.scope must be one of {SCOPES}, got {scope!r}")
-        self.scope = scope
-        self.layer_sparsity = {str(k): check_sparsity(v, f"method.layer_sparsity.{k}") for k, v in (layer_sparsity or {}).items()}
-        if self.layer_sparsity and scope == "global":
-            raise MethodConfigError("method.layer_sparsity needs method.scope=layer (global pruning has one threshold)")
-        if int(iterations) != iterations or iterations < 1:
-            raise MethodConfigError(f"method.iterations must be an integer >= 1, got {iterations}")
-        self.iterations = int(iterations)
-        if finetune_epochs < 0:
-            raise MethodConfigError(f"method.finetune_epochs must be >= 0, got {finetune_epochs}")
-        self.finetune_epochs = float(finetune_epochs)
-        if lr is not None and lr <= 0:
-            raise MethodConfigError(f"method.lr must be > 0 (or null for the recipe's), got {lr}")
-        self.lr = lr
-        self.include_first, self.include_last, self.exclude = include_first, include_last, list(exclude)
-        self.storage_formats = check_formats(storage_formats)
+        self.config = parse_config(self.Config, options)
 
     def _targets(self, names: Sequence[str], fraction: float) -> float | dict[str, float]:
-        if self.scope == "global":
-            return self.sparsity * fraction
-        return {n: self.layer_sparsity.get(n, self.sparsity) * fraction for n in names}
+        c = self.config
+        if c.scope == "global":
+            return c.sparsity * fraction
+        return {n: c.layer_sparsity.get(n, c.sparsity) * fraction for n in names}
 
     def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
         baseline = model
         model = copy.deepcopy(baseline)
         input_shape = tuple(ctx.input_shape)
-        layers = prunable_layers(model, input_shape, self.include_first, self.include_last, self.exclude)
-        unknown = sorted(set(self.layer_sparsity) - set(layers))
+        c = self.config
+        layers = select_layers(model, input_shape, c.layers)
+        unknown = sorted(set(c.layer_sparsity) - set(layers))
         if unknown:
             raise MethodConfigError(f"method.layer_sparsity names layer(s) {unknown} that are not pruned; "
                                     f"pruned layers: {list(layers)}")
         masks = WeightMasks(layers)
         metrics: dict[str, float] = {"top1_baseline": ctx.evaluate(model, "val")["top1"]}
         steps = []
-        for step in range(1, self.iterations + 1):
-            masks.update(self._targets(list(layers), step / self.iterations), self.scope)
+        for step in range(1, c.iterations + 1):
+            masks.update(self._targets(list(layers), step / c.iterations), c.scope)
             pruned_top1 = ctx.evaluate(model, "val")["top1"]
-            epochs = self.finetune_epochs / self.iterations
+            epochs = c.finetune.epochs / c.iterations
             if epochs > 0:
-                ctx.finetune(model, epochs, lr=self.lr, callbacks=[MaskCallback(masks)])
+                ctx.finetune(model, epochs, lr=c.finetune.lr, callbacks=[MaskCallback(masks)])
             masks.apply()
             steps.append({"step": step, "sparsity": masks.sparsity(), "top1_pruned": pruned_top1,
                           "top1_finetuned": ctx.evaluate(model, "val")["top1"]})
-            log.info("magnitude step %d/%d: sparsity %.3f, top1 %.2f -> %.2f", step, self.iterations,
+            log.info("magnitude step %d/%d: sparsity %.3f, top1 %.2f -> %.2f", step, c.iterations,
                      steps[-1]["sparsity"], pruned_top1, steps[-1]["top1_finetuned"])
         metrics["top1_before_finetune"] = steps[-1]["top1_pruned"]
 
         stored = ctx.workdir / "model.sparse.cbm"
-        decoded, report = store_sparse(model, baseline, stored, self.storage_formats)
+        decoded, report = store_sparse(model, baseline, stored, c.storage_formats)
         metrics["top1_after_finetune"] = ctx.evaluate(decoded, "val")["top1"]
         metrics.update(unstructured_metrics(decoded, baseline, list(layers), input_shape, stored, report))
         achieved = {n: metrics[f"sparsity/{n}"] for n in layers}
         policy = {
-            "method": self.name, "scope": self.scope, "iterations": self.iterations,
+            "method": self.name, "scope": c.scope, "iterations": c.iterations,
             "requested": self._targets(list(layers), 1.0), "achieved": achieved, "steps": steps,
         }
         artifacts = [write_json(ctx.workdir / "policy.json", policy), write_json(ctx.workdir / "storage.json", report),

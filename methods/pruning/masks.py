@@ -15,7 +15,7 @@ re-applied after it (momentum or weight decay would otherwise revive them).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, cast
 
 import lightning as L
@@ -29,7 +29,6 @@ def weight_of(module: nn.Module) -> torch.Tensor:
     return cast(torch.Tensor, module.weight)
 
 
-PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
 SCOPES = ("layer", "global")
 
 
@@ -37,49 +36,6 @@ def check_sparsity(sparsity: float, key: str = "method.sparsity") -> float:
     if not isinstance(sparsity, (int, float)) or not 0.0 <= float(sparsity) < 1.0:
         raise MethodConfigError(f"{key} must be in [0, 1) (the fraction of weights set to zero), got {sparsity!r}")
     return float(sparsity)
-
-
-def forward_order(model: nn.Module, input_shape: Sequence[int]) -> list[str]:
-    """Names of conv/linear layers in the order a forward pass calls them."""
-    order: list[str] = []
-    handles = [m.register_forward_hook(lambda *_, name=n: order.append(name))
-               for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(tuple(input_shape), device=device))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return list(dict.fromkeys(order))
-
-
-def prunable_layers(model: nn.Module, input_shape: Sequence[int], include_first: bool = True,
-                    include_last: bool = True, exclude: Sequence[str] = ()) -> dict[str, nn.Module]:
-    """Conv and linear layers whose weights are pruned, in forward order.
-
-    ``include_first``/``include_last``: whether the first layer (it sees the raw image) and the
-    last (the classifier) are pruned; ``exclude``: further layer names to leave dense.
-    """
-    modules = dict(model.named_modules())
-    unknown = [n for n in exclude if n not in modules]
-    if unknown:
-        raise MethodConfigError(f"method.exclude names unknown layer(s) {unknown}")
-    order = forward_order(model, input_shape)
-    if not order:
-        raise MethodConfigError("the model has no Conv2d/Linear layer to prune")
-    skip = set(exclude)
-    if not include_first:
-        skip.add(order[0])
-    if not include_last:
-        skip.add(order[-1])
-    layers = {n: modules[n] for n in order if n not in skip}
-    if not layers:
-        raise MethodConfigError("include_first/include_last/exclude leave no layer to prune")
-    return layers
 
 
 def magnitude_masks(weights: Mapping[str, torch.Tensor], sparsity: float | Mapping[str, float],

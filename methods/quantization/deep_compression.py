@@ -97,8 +97,8 @@ class DeepCompression(CompressionMethod):
         pruning.setdefault("name", f"{name}.pruning")
         try:
             self.pruning = MagnitudePruning(**pruning)
-        except TypeError as error:
-            raise MethodConfigError(f"{name}.pruning: {error} (keys are MagnitudePruning's arguments)") from error
+        except MethodConfigError as error:
+            raise MethodConfigError(f"{name}.pruning: {error} (the keys of methods.pruning.magnitude.MagnitudeConfig)") from None
         sharing = dict(_plain(sharing) or {})
         try:
             self.sharing = SharingConfig(**sharing, prefix=f"{name}.sharing")
