@@ -269,3 +269,11 @@ def select_layers(model: nn.Module, input_shape: Sequence[int], selection: Layer
     if not chosen:
         fail(key, f"{dataclasses.asdict(selection)} leaves no layer; the model's: {', '.join(order)}")
     return chosen
+
+
+def excluded_layers(model: nn.Module, input_shape: Sequence[int], selection: LayerSelection,
+                    key: str = "method.layers") -> list[str]:
+    """The conv/linear layers ``selection`` leaves out, in forward order: a structured pruner's ignored layers."""
+    chosen = select_layers(model, input_shape, selection, key)
+    every = forward_order(model, input_shape, tuple(c for classes in LAYER_TYPES.values() for c in classes))
+    return [n for n in every if n not in chosen]

@@ -22,7 +22,7 @@ What is pruned and how much:
   search prunes scratch copies by index and the criterion then picks the channels once).
 * ``iterations: k``: at step i, a fraction i/k of the final removal (or MACs reduction) is
   reached, scores are recomputed on the current model, and the model is fine-tuned for
-  ``finetune_epochs / k`` epochs (Li et al.'s "prune and retrain iteratively").
+  ``finetune.epochs / k`` epochs (Li et al.'s "prune and retrain iteratively").
 
 Removal goes through :class:`methods.pruning.structured.ChannelPruner` (Torch-Pruning's
 dependency graph: residual adds, depthwise convs, concatenations, batch norm and the
@@ -35,7 +35,8 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -43,6 +44,7 @@ from torch import nn
 
 from hardware.layers import count_macs
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
+from methods.config import FineTuning, LayerSelection, excluded_layers, fail, finetune, option, parse_config
 from methods.pruning.criteria import CRITERIA, ChannelImportance, layer_normalised, make_criterion
 from methods.pruning.structured import (
     ChannelPruner,
@@ -83,74 +85,49 @@ def layer_policy(before: Mapping[str, int], after: Mapping[str, int]) -> dict[st
             for name in before if name in after}
 
 
+@dataclass
+class FilterConfig:
+    """conf/method/filter.yaml."""
+
+    criterion: str = option("l1", choices=tuple(sorted(CRITERIA)))
+    pruning_ratio: float | None = option(0.5, ge=0, lt=1, why="1 would remove every channel")
+    layer_ratios: dict[str, float] = option(factory=dict, ge=0, lt=1, why="1 would remove every channel")
+    target_macs_ratio: float | None = option(None, gt=0, le=1, why="MACs after / before")
+    iterations: int = option(1, ge=1)
+    finetune: FineTuning = option(factory=finetune(1.0))
+    calibration_batches: int = option(4, ge=1)
+    layers: LayerSelection = option(factory=LayerSelection)
+    round_to: int = option(1, ge=1)
+    criterion_options: dict[str, Any] = option(factory=dict)
+    scope: str = option("layer", choices=("layer", "global"), why="layer: each layer loses its ratio; "
+                                                                 "global: one ranking over all layers")
+
+    def check(self, key: str) -> None:
+        if self.scope == "global" and (self.layer_ratios or self.target_macs_ratio is not None):
+            fail(f"{key}.scope=global", f"ranks all channels against one {key}.pruning_ratio; "
+                                        f"it excludes {key}.layer_ratios and {key}.target_macs_ratio")
+        if self.target_macs_ratio is not None and self.layer_ratios:
+            fail(f"{key}.target_macs_ratio", f"and {key}.layer_ratios exclude each other; set one")
+        if self.target_macs_ratio is None and self.pruning_ratio is None and not self.layer_ratios:
+            fail(key, "sets no removal: set pruning_ratio, layer_ratios or target_macs_ratio")
+
+
 class FilterPruning(CompressionMethod):
     """Prune filters by a criterion (l1, l2, taylor, fpgm, thinet); remove them physically."""
 
-    def __init__(
-        self,
-        name: str = "filter",
-        criterion: str = "l1",
-        pruning_ratio: float | None = 0.5,
-        layer_ratios: Mapping[str, float] | None = None,
-        target_macs_ratio: float | None = None,
-        iterations: int = 1,
-        finetune_epochs: float = 1.0,
-        lr: float | None = None,
-        calibration_batches: int = 4,
-        ignored_layers: Sequence[str] = (),
-        round_to: int = 1,
-        criterion_options: Mapping[str, Any] | None = None,
-        scope: str = "layer",
-    ) -> None:
+    Config = FilterConfig
+
+    def __init__(self, name: str = "filter", **options: Any) -> None:
         super().__init__(name)
-        if scope not in ("layer", "global"):
-            raise MethodConfigError(f"method.scope must be 'layer' (each layer loses its ratio) or 'global' "
-                                    f"(one ranking over all layers), got {scope!r}")
-        if scope == "global" and (layer_ratios or target_macs_ratio is not None):
-            raise MethodConfigError("method.scope=global ranks all channels against one method.pruning_ratio; "
-                                    "it excludes method.layer_ratios and method.target_macs_ratio")
-        self.scope = scope
-        if criterion not in CRITERIA:
-            raise MethodConfigError(f"method.criterion: unknown criterion {criterion!r}; choose one of {sorted(CRITERIA)}")
-        self.criterion = criterion
-        if target_macs_ratio is not None:
-            if not 0.0 < target_macs_ratio <= 1.0:
-                raise MethodConfigError(f"method.target_macs_ratio must be in (0, 1] (MACs after / before), got {target_macs_ratio}")
-            if layer_ratios:
-                raise MethodConfigError("method.target_macs_ratio and method.layer_ratios exclude each other; set one")
-            pruning_ratio = None
-        elif pruning_ratio is None and not layer_ratios:
-            raise MethodConfigError("set method.pruning_ratio, method.layer_ratios or method.target_macs_ratio")
-        if pruning_ratio is not None and not 0.0 <= pruning_ratio < 1.0:
-            raise MethodConfigError(f"method.pruning_ratio must be in [0, 1) (1 would remove every channel), got {pruning_ratio}")
-        self.layer_ratios = {str(k): float(v) for k, v in (layer_ratios or {}).items()}
-        for layer, ratio in self.layer_ratios.items():
-            if not 0.0 <= ratio < 1.0:
-                raise MethodConfigError(f"method.layer_ratios.{layer} must be in [0, 1) (1 would remove every channel), got {ratio}")
-        self.pruning_ratio = pruning_ratio
-        self.target_macs_ratio = target_macs_ratio
-        if int(iterations) != iterations or iterations < 1:
-            raise MethodConfigError(f"method.iterations must be an integer >= 1, got {iterations}")
-        self.iterations = int(iterations)
-        if finetune_epochs < 0:
-            raise MethodConfigError(f"method.finetune_epochs must be >= 0, got {finetune_epochs}")
-        self.finetune_epochs, self.lr = float(finetune_epochs), lr
-        if lr is not None and lr <= 0:
-            raise MethodConfigError(f"method.lr must be > 0 (or null for the recipe's), got {lr}")
-        if calibration_batches < 1:
-            raise MethodConfigError(f"method.calibration_batches must be >= 1, got {calibration_batches}")
-        self.calibration_batches = int(calibration_batches)
-        self.ignored_layers = list(ignored_layers)
-        if round_to < 1:
-            raise MethodConfigError(f"method.round_to must be >= 1, got {round_to}")
-        self.round_to = int(round_to)
-        self.criterion_options = dict(criterion_options or {})
-        make_criterion(self.criterion, **self._criterion_kwargs())  # fail early on bad options
+        self.config = parse_config(self.Config, options)
+        if self.config.target_macs_ratio is not None:  # the MACs target replaces the ratio
+            self.config = replace(self.config, pruning_ratio=None)
+        make_criterion(self.config.criterion, **self._criterion_kwargs())  # fail early on bad options
 
     def _criterion_kwargs(self) -> dict[str, Any]:
-        options = dict(self.criterion_options)
-        if CRITERIA[self.criterion].requires_data:
-            options.setdefault("max_batches", self.calibration_batches)
+        options = dict(self.config.criterion_options)
+        if CRITERIA[self.config.criterion].requires_data:
+            options.setdefault("max_batches", self.config.calibration_batches)
         return options
 
     # -- how many channels go ------------------------------------------------------------------
@@ -159,8 +136,8 @@ class FilterPruning(CompressionMethod):
         """Channels to remove now so that ``fraction`` of the final removal is reached."""
         counts = {}
         for name, channels in original.items():
-            ratio = uniform if uniform is not None else self.layer_ratios.get(name, self.pruning_ratio or 0.0)
-            final = channels_to_remove(channels, ratio, name, self.round_to)
+            ratio = uniform if uniform is not None else self.config.layer_ratios.get(name, self.config.pruning_ratio or 0.0)
+            final = channels_to_remove(channels, ratio, name, self.config.round_to)
             target_removed = int(round(final * fraction))
             counts[name] = max(0, target_removed - (channels - current[name]))
         return counts
@@ -179,7 +156,7 @@ class FilterPruning(CompressionMethod):
 
         def macs_at(ratio: float) -> int:
             scratch = copy.deepcopy(model)
-            scratch_pruner = ChannelPruner(scratch, pruner.input_shape, self.ignored_layers)
+            scratch_pruner = ChannelPruner(scratch, pruner.input_shape, pruner.ignored_layers)
             for name, count in self._removal_counts(original, current, 1.0, ratio).items():
                 if count:
                     scratch_pruner.prune(name, list(range(count)))
@@ -190,7 +167,7 @@ class FilterPruning(CompressionMethod):
         smallest = macs_at(grid[-1])
         if smallest > target_macs:
             raise MethodConfigError(
-                f"method.target_macs_ratio={self.target_macs_ratio} cannot be reached: the largest uniform ratio "
+                f"method.target_macs_ratio={self.config.target_macs_ratio} cannot be reached: the largest uniform ratio "
                 f"({max_ratio:.3f}, leaving the narrowest prunable layer one channel) gives "
                 f"{smallest / self._macs_before:.3f} of the baseline MACs (the layers that are not prunable cost "
                 "the rest); use layer_ratios or a higher target")
@@ -208,7 +185,7 @@ class FilterPruning(CompressionMethod):
         """One ranking of all channels (scores L2-normalised per layer, Molchanov et al. 2017,
         Sec. 2.2): the lowest ``pruning_ratio`` of all original channels go, every layer keeping one."""
         total_removed = sum(original.values()) - sum(current.values())
-        to_remove = int(round(sum(original.values()) * (self.pruning_ratio or 0.0) * fraction)) - total_removed
+        to_remove = int(round(sum(original.values()) * (self.config.pruning_ratio or 0.0) * fraction)) - total_removed
         pool = sorted(
             (float(score), name, index)
             for name, group in pruner.groups().items()
@@ -229,48 +206,48 @@ class FilterPruning(CompressionMethod):
         model = copy.deepcopy(baseline)
         input_shape = tuple(ctx.input_shape)
         trace_shape = (1, *input_shape[1:])
-        pruner = ChannelPruner(model, trace_shape, self.ignored_layers)
+        pruner = ChannelPruner(model, trace_shape, excluded_layers(model, trace_shape, self.config.layers))
         original = {layer.name: layer.channels for layer in pruner.layers()}
         if not original:
             raise MethodConfigError("the model has no prunable layer (all ignored or tied to the output)")
-        unknown = sorted(set(self.layer_ratios) - set(original))
+        unknown = sorted(set(self.config.layer_ratios) - set(original))
         if unknown:
             raise MethodConfigError(f"method.layer_ratios names layer(s) {unknown} that are not prunable; "
                                     f"prunable layers: {list(original)}")
         plan_before = channel_plan(model)
         self._macs_before = count_macs(model, trace_shape)
         metrics: dict[str, float] = {"top1_baseline": ctx.evaluate(model, "val")["top1"]}
-        criterion: ChannelImportance = make_criterion(self.criterion, **self._criterion_kwargs())
+        criterion: ChannelImportance = make_criterion(self.config.criterion, **self._criterion_kwargs())
         steps = []
-        for step in range(1, self.iterations + 1):
-            fraction = step / self.iterations
+        for step in range(1, self.config.iterations + 1):
+            fraction = step / self.config.iterations
             modules = dict(model.named_modules())
             current = {name: out_channels(modules[name]) for name in original}
             uniform = None
-            if self.target_macs_ratio is not None:
-                step_target = self._macs_before * (1.0 - (1.0 - self.target_macs_ratio) * fraction)
+            if self.config.target_macs_ratio is not None:
+                step_target = self._macs_before * (1.0 - (1.0 - self.config.target_macs_ratio) * fraction)
                 uniform = self._uniform_ratio_for_macs(model, pruner, original, current, step_target)
                 counts = self._removal_counts(original, current, 1.0, uniform)
             if criterion.requires_data:
-                criterion.calibrate(model, pruner.groups(), calibration_batches(ctx, self.calibration_batches))
-            if self.scope == "global":
+                criterion.calibrate(model, pruner.groups(), calibration_batches(ctx, self.config.calibration_batches))
+            if self.config.scope == "global":
                 counts = self._global_counts(pruner, criterion, original, current, fraction)
-            elif self.target_macs_ratio is None:
+            elif self.config.target_macs_ratio is None:
                 counts = self._removal_counts(original, current, fraction)
             prune_counts(pruner, criterion, counts)
             pruned_top1 = ctx.evaluate(model, "val")["top1"]
-            epochs = self.finetune_epochs / self.iterations
+            epochs = self.config.finetune.epochs / self.config.iterations
             if epochs > 0:
-                ctx.finetune(model, epochs, lr=self.lr)
+                ctx.finetune(model, epochs, lr=self.config.finetune.lr)
             macs, finetuned_top1 = count_macs(model, trace_shape), ctx.evaluate(model, "val")["top1"]
             steps.append({"step": step, "uniform_ratio": uniform, "macs": macs,
                           "top1_pruned": pruned_top1, "top1_finetuned": finetuned_top1})
-            log.info("filter/%s step %d/%d: MACs %.3f of baseline, top1 %.2f -> %.2f", self.criterion, step,
-                     self.iterations, macs / self._macs_before, pruned_top1, finetuned_top1)
+            log.info("filter/%s step %d/%d: MACs %.3f of baseline, top1 %.2f -> %.2f", self.config.criterion, step,
+                     self.config.iterations, macs / self._macs_before, pruned_top1, finetuned_top1)
         metrics["top1_before_finetune"] = pruned_top1
 
         stored = save_pruned(model, pruner.history, trace_shape, ctx.workdir / "model.pruned.cbm",
-                             extra={"method": self.name, "criterion": self.criterion})
+                             extra={"method": self.name, "criterion": self.config.criterion})
         decoded = load_model(stored, baseline)
         metrics["top1_after_finetune"] = ctx.evaluate(decoded, "val")["top1"]
         metrics.update(structured_metrics(decoded, baseline, trace_shape))
@@ -280,9 +257,9 @@ class FilterPruning(CompressionMethod):
         for name, row in prunable_policy.items():
             metrics[f"pruned_ratio/{name}"] = row["pruned_ratio"]
         artifacts = [write_json(ctx.workdir / "policy.json", {
-            "method": self.name, "criterion": self.criterion, "scope": self.scope, "iterations": self.iterations,
-            "pruning_ratio": self.pruning_ratio, "layer_ratios": self.layer_ratios,
-            "target_macs_ratio": self.target_macs_ratio, "layers": prunable_policy, "steps": steps,
+            "method": self.name, "criterion": self.config.criterion, "scope": self.config.scope, "iterations": self.config.iterations,
+            "pruning_ratio": self.config.pruning_ratio, "layer_ratios": self.config.layer_ratios,
+            "target_macs_ratio": self.config.target_macs_ratio, "layers": prunable_policy, "steps": steps,
         }), *plot_policy({n: r["pruned_ratio"] for n, r in prunable_policy.items()}, "pruned channel ratio",
                          ctx.workdir / "policy.png")]
         return CompressionResult(model=decoded, stored_file=stored, metrics=metrics, artifacts=artifacts)
