@@ -237,11 +237,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
             extra += stability_lines([1, None], ["wall", "thread_cpu"])
         if args.note:
             extra += [args.note, ""]
-        md, png = validation.write_report(args.hw, cases, target.describe(), Path(args.results), extra)
-    summary = validation.summarise(cases)
-    _log(
-        f"{args.hw}: {summary['n']} cases, {summary['within']:.1%} within ±10%, RMSPE {summary['rmspe']:.1%}; wrote {md} and {png}"
-    )
+        md, png = validation.write_report(
+            args.hw, cases, target.describe(), Path(args.results), extra, target.stated_error_file
+        )
+    _log(f"{args.hw}: {len(cases)} cases; " + " ".join(validation.headline(cases)) + f" Wrote {md} and {png}")
     return 0
 
 

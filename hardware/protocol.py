@@ -177,6 +177,18 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_mismatch(recorded: str | None, what: str) -> str | None:
+    """A warning when this machine's CPU is not ``recorded``, the CPU ``what`` was measured on.
+
+    Figures measured on one CPU (a latency table, a calibration) do not transfer to another
+    model of CPU; None when they match or nothing was recorded.
+    """
+    current = cpu_model()
+    if not recorded or recorded == current:
+        return None
+    return f"{what} was measured on {recorded!r}, this machine is {current!r}: its figures may not hold here"
+
+
 def machine_provenance() -> dict[str, Any]:
     """What a reader needs to know about the machine a figure was measured on."""
     return {

@@ -27,22 +27,32 @@ energy model, one configuration (``conf/hw/<device>.yaml``) per device:
 
 Calibration: ``spec-sheet`` devices use datasheet figures and stated efficiency
 assumptions (uncalibrated, every report says so). ``published`` devices had some
-parameters fitted to published latencies (``anchors`` in the yaml, fitted with
-``python -m hardware.roofline calibrate conf/hw/<device>.yaml``);
-``validation_cases()`` replays those anchors so that the fit's error is visible.
+parameters (``calibrated_parameters``) fitted to published latencies (``anchors`` in the
+yaml, fitted with ``python -m hardware.roofline calibrate conf/hw/<device>.yaml``).
+``validation_cases()`` replays each anchor twice: with the yaml's fit (in-sample: it was
+fitted on it) and with a fit of the same parameters on the other anchors only
+(leave-one-out). ``python -m hardware validate --hw <device>`` stores the leave-one-out
+RMSPE beside the device data (``hardware/devices/<device>.validation.json``); every
+report states it as its error, and flags a model outside the anchors' domain.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
+import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from hardware import validation
+from hardware.domain import FittedDomain
 from hardware.layers import FUSED_ACTIVATIONS, LayerSpec, memory_of, with_elementwise
+from hardware.paths import resolve_path
 from hardware.target import HardwareError, HardwareTarget, LatencyReport, ValidationCase
 
 #: Efficiency keys: what kind of op a layer is, for the per-op efficiency factor.
@@ -50,6 +60,9 @@ OP_KINDS = ("conv", "pointwise", "dwconv", "linear", "elementwise")
 _FREE_WHEN_FUSED = frozenset({"bn"})
 #: Below this fraction of zeros a layer is dense (zero-initialised biases are not pruning).
 SPARSITY_NOTE_THRESHOLD = 0.05
+#: Parameters ``calibrate`` can fit, besides ``efficiency.<kind>``: every peak scaled, the
+#: bandwidth scaled, the per-op overhead, and the conv and pointwise efficiency together.
+CALIBRATABLE = ("compute_scale", "bandwidth", "overhead_us", "efficiency.gemm")
 
 
 def _numel(shape) -> int:
@@ -97,11 +110,14 @@ class Roofline(HardwareTarget):
         sparse_index_bits: int = 4,
         fuse_bn_act: bool = True,
         reference: str = "",
-        known_error: float | None = None,
         anchors: list[dict[str, Any]] | None = None,
+        calibrated_parameters: list[str] | None = None,
+        stated_error_file: str | Path | None = None,
         device: str = "",
         **kwargs: Any,
     ) -> None:
+        # The device's own settings, to refit its calibrated parameters without one anchor.
+        self.config = {k: _plain(v) for k, v in locals().items() if k not in ("self", "kwargs", "__class__")}
         super().__init__(name=name, calibration=calibration, batch_size=batch_size, **kwargs)
         if compute not in ("fixed", "bit_serial"):
             raise ValueError(f"hw.compute must be 'fixed' or 'bit_serial', got {compute!r}")
@@ -128,8 +144,15 @@ class Roofline(HardwareTarget):
         self.sparse_index_bits = int(sparse_index_bits)
         self.fuse_bn_act = bool(fuse_bn_act)
         self.reference = reference
-        self.known_error = known_error
         self.anchors = [_plain(a) for a in (anchors or [])]
+        self.calibrated_parameters = list(_plain(calibrated_parameters) or [])
+        for parameter in self.calibrated_parameters:
+            if parameter not in CALIBRATABLE and not parameter.startswith("efficiency."):
+                raise ValueError(f"hw.calibrated_parameters: {parameter!r} is not one of {CALIBRATABLE} or efficiency.<kind>")
+        self.stated_error_file = (
+            resolve_path(stated_error_file) if stated_error_file else validation.stated_error_path(name)
+        )
+        self.stated_error = validation.StatedError.load(self.stated_error_file) if self.anchors else None
         self.device = device
 
     # ----- per-op model
@@ -250,13 +273,11 @@ class Roofline(HardwareTarget):
             rounded = sorted(b for b in requested if self.executed_bits(b) != b)
             if rounded:
                 notes.append(f"bit-widths {rounded} run at the device's supported precisions {sorted(self.peak)}")
-        if self.compute == "bit_serial" and any(
-            max(layer.weight_bits, layer.act_bits) > 8 for layer in layers if self.kind_of(layer)
-        ):
-            notes.append("layers above 8 bits on a bit-serial device: quantize the model (its anchors are 4-8-bit)")
         notes.append(f"{bounds['compute']} ops compute-bound, {bounds['memory']} memory-bound")
         notes.append("energy: per-op energies (Horowitz ISSCC 2014 class) + static power x time; uncalibrated")
-        spread = total * self.known_error if self.known_error else 0.0
+        if self.anchors:
+            notes += validation.fitted_notes(self.name, self.stated_error, self.fitted_domain, layers, self.kind_of)
+        spread = total * self.stated_error.fraction() if self.stated_error else 0.0
         return LatencyReport(
             hw=self.name,
             latency_ms=total,
@@ -275,7 +296,8 @@ class Roofline(HardwareTarget):
             "profile": f"roofline model of {self.device or self.name} ({self.compute} precision)",
             "calibration_source": self.calibration,
             "reference": self.reference,
-            "known_error": self.known_error,
+            "stated_error": self.stated_error.provenance() if self.stated_error else None,
+            "fitted_domain": self.fitted_domain.as_dict() if self.anchors else None,
             "peak_macs_per_s": {str(k): v for k, v in self.peak.items()},
             "memory_bandwidth_gb_s": self.bandwidth / 1e9,
             "efficiency": dict(self.efficiency),
@@ -290,25 +312,44 @@ class Roofline(HardwareTarget):
     def anchor_layers(self, anchor: dict[str, Any]) -> list[LayerSpec]:
         return anchor_layers(anchor)
 
+    @functools.cached_property
+    def fitted_domain(self) -> FittedDomain:
+        """Input sizes, batches, bits, operator kinds and channels of the anchors (built once, at batch 1)."""
+        if not self.anchors:
+            raise HardwareError(f"hw {self.name!r} has no anchors: it was not fitted, so it has no fitted domain")
+        networks = [anchor_layers({**anchor, "batch_size": 1}) for anchor in self.anchors]
+        domain = FittedDomain.of(f"{len(self.anchors)} published anchors", networks, self.kind_of)
+        batches = [int(anchor.get("batch_size", 1)) for anchor in self.anchors]
+        return replace(domain, batch=(min(batches), max(batches)))
+
     def validation_cases(self, **_: Any) -> list[ValidationCase]:
-        """Predicted against published latency for each anchor of the yaml."""
+        """Predicted against published latency for each anchor: in-sample with the yaml's
+        fit, and leave-one-out (the calibrated parameters refitted on the other anchors)."""
         if not self.anchors:
             raise HardwareError(
                 f"hw {self.name!r} has no published anchors: it is {self.calibration}, nothing to validate against"
             )
+        layers = [self.anchor_layers(anchor) for anchor in self.anchors]
         cases = []
-        for anchor in self.anchors:
-            predicted = self.report(self.anchor_layers(anchor)).latency_ms
-            cases.append(
-                ValidationCase(
-                    anchor["name"],
-                    predicted,
-                    float(anchor["latency_ms"]),
-                    f"{self.name}-anchors",
-                    {"source": anchor.get("source", "")},
-                )
-            )
+        for anchor, anchor_specs in zip(self.anchors, layers, strict=True):
+            cases.append(self._case(anchor, self.report(anchor_specs).latency_ms, "in-sample"))
+        if len(self.anchors) > len(self.calibrated_parameters) and self.calibrated_parameters:
+            for i, anchor in enumerate(self.anchors):
+                others = [j for j in range(len(self.anchors)) if j != i]
+                config = {**self.config, "anchors": [self.anchors[j] for j in others]}
+                refit, _ = fit(config, self.calibrated_parameters, [layers[j] for j in others])
+                cases.append(self._case(anchor, refit.report(layers[i]).latency_ms, "leave-one-out"))
         return cases
+
+    def _case(self, anchor: dict[str, Any], predicted: float, fit_kind: str) -> ValidationCase:
+        return ValidationCase(
+            anchor["name"],
+            float(predicted),
+            float(anchor["latency_ms"]),
+            group=f"{self.name}-anchors",
+            info={"source": anchor.get("source", "")},
+            fit=fit_kind,
+        )
 
 
 def _plain(value: Any) -> Any:
@@ -338,8 +379,6 @@ def _bits_table(value: dict[int, float] | float, key: str, compute: str) -> dict
 def anchor_layers(anchor: dict[str, Any]) -> list[LayerSpec]:
     """Layers of a published measurement: a timm model or a MobileNetV1 channel plan,
     at the anchor's batch size, input size and uniform bit-widths."""
-    from hardware.layers import describe_elementwise, describe_layers
-
     batch = int(anchor.get("batch_size", 1))
     size = int(anchor.get("input_size", 224))
     if "plan" in anchor:
@@ -354,11 +393,7 @@ def anchor_layers(anchor: dict[str, Any]) -> list[LayerSpec]:
             batch_size=batch,
         )
     elif "timm" in anchor:
-        import timm
-
-        model = timm.create_model(anchor["timm"], pretrained=False, **anchor.get("kwargs", {}))
-        shape = (batch, 3, size, size)
-        layers = describe_layers(model, shape) + describe_elementwise(model, shape)
+        layers = copy.deepcopy(_timm_layers(anchor["timm"], size, batch, json.dumps(anchor.get("kwargs", {}))))
     else:
         raise ValueError(f"anchor {anchor.get('name')!r} needs 'timm' (a model name) or 'plan' (a MobileNetV1 plan)")
     bits = anchor.get("bits")
@@ -369,23 +404,54 @@ def anchor_layers(anchor: dict[str, Any]) -> list[LayerSpec]:
     return layers
 
 
+@functools.lru_cache(maxsize=16)
+def _timm_layers(name: str, size: int, batch: int, kwargs: str) -> list[LayerSpec]:
+    """Layers of a timm model (built once per process: anchors share models across bit-widths)."""
+    import timm
+
+    from hardware.layers import describe_elementwise, describe_layers
+
+    model = timm.create_model(name, pretrained=False, **json.loads(kwargs))
+    shape = (batch, 3, size, size)
+    return describe_layers(model, shape) + describe_elementwise(model, shape)
+
+
 # --------------------------------------------------------------------------- calibration
 def calibrate(config: dict[str, Any], parameters: list[str]) -> dict[str, Any]:
     """Fit the named parameters of a device config to its anchors (log-space least squares).
 
     ``parameters``: keys among ``compute_scale`` (multiplies every peak), ``bandwidth``,
-    ``overhead_us``, ``efficiency.<kind>``, ``efficiency.gemm`` (conv and pointwise). Returns the fitted config values and the
-    per-anchor errors before and after. Used offline; the yaml stores the result.
+    ``overhead_us``, ``efficiency.<kind>``, ``efficiency.gemm`` (conv and pointwise). Returns the fitted
+    config values and the per-anchor errors before and after. Used offline; the yaml stores the result.
+    """
+    anchors = config.get("anchors") or []
+    target, result = fit(config, parameters, [anchor_layers(a) for a in anchors])
+    return {
+        **result,
+        "peak_macs_per_s": dict(target.peak),
+        "memory_bandwidth_gb_s": target.bandwidth / 1e9,
+        "overhead_us": target.overhead_s * 1e6,
+        "efficiency": target.efficiency,
+        "anchors": [a["name"] for a in anchors],
+    }
+
+
+def fit(
+    config: dict[str, Any], parameters: list[str], layers: list[list[LayerSpec]]
+) -> tuple[Roofline, dict[str, Any]]:
+    """The device of ``config`` with ``parameters`` fitted to its anchors (``layers``: each anchor's layers).
+
+    Returns the fitted target and the fitted values with the per-anchor errors before and after.
     """
     import numpy as np
     from scipy.optimize import least_squares
 
-    config = {k: v for k, v in config.items() if k != "_target_"}
     anchors = config.get("anchors") or []
     if not anchors:
         raise ValueError("the config has no anchors to calibrate on")
-    cached = [anchor_layers(a) for a in anchors]
     measured = np.array([float(a["latency_ms"]) for a in anchors])
+    # The candidates carry no anchors: they are priced, not validated (no stated error, no domain).
+    config = {k: v for k, v in config.items() if k not in ("_target_", "source", "calibrated_parameters", "anchors")}
 
     def build(x: np.ndarray) -> Roofline:
         cfg = dict(config)
@@ -410,7 +476,7 @@ def calibrate(config: dict[str, Any], parameters: list[str]) -> dict[str, Any]:
 
     def residuals(x: np.ndarray) -> np.ndarray:
         target = build(x)
-        pred = np.array([target.report(layers).latency_ms for layers in cached])
+        pred = np.array([target.report(specs).latency_ms for specs in layers])
         return np.log(pred / measured)
 
     x0 = []
@@ -425,17 +491,11 @@ def calibrate(config: dict[str, Any], parameters: list[str]) -> dict[str, Any]:
             x0.append(0.0)
     before = residuals(np.array(x0))
     upper = [0.0 if p.startswith("efficiency.") else np.inf for p in parameters]
-    fit = least_squares(residuals, np.array(x0), bounds=([-np.inf] * len(x0), upper))
-    target = build(fit.x)
-    return {
-        "parameters": dict(zip(parameters, np.exp(fit.x).tolist(), strict=True)),
-        "peak_macs_per_s": {k: v for k, v in target.peak.items()},
-        "memory_bandwidth_gb_s": target.bandwidth / 1e9,
-        "overhead_us": target.overhead_s * 1e6,
-        "efficiency": target.efficiency,
+    solution = least_squares(residuals, np.array(x0), bounds=([-np.inf] * len(x0), upper))
+    return build(solution.x), {
+        "parameters": dict(zip(parameters, np.exp(solution.x).tolist(), strict=True)),
         "errors_before": (np.exp(before) - 1).tolist(),
-        "errors_after": (np.exp(fit.fun) - 1).tolist(),
-        "anchors": [a["name"] for a in anchors],
+        "errors_after": (np.exp(solution.fun) - 1).tolist(),
     }
 
 

@@ -34,7 +34,7 @@ class LatencyReport:
     latency_ms: float
     source: str
     calibration: str
-    spread_ms: float = 0.0  # inter-quartile range for measured, known error for emulated
+    spread_ms: float = 0.0  # inter-quartile range for measured; for emulated, the stated (out-of-sample) error
     energy_mj: float | None = None
     memory: dict[str, int] | None = None  # peak_activation_bytes, weight_bytes
     per_layer_ms: dict[str, float] = field(default_factory=dict)
@@ -55,6 +55,15 @@ class LatencyReport:
         return f"{self.source}/{self.calibration}"
 
 
+#: How a validation case relates to the data its target was fitted on. Only the last two
+#: measure the error on models the target has not seen; an untagged case counts as in-sample,
+#: so forgetting the tag can never inflate a headline.
+FITS = ("in-sample", "leave-one-out", "held-out")
+OUT_OF_SAMPLE = ("leave-one-out", "held-out")
+#: What one case predicts: a whole network, or one operator of a network.
+SCOPES = ("network", "operator")
+
+
 @dataclass
 class ValidationCase:
     """One architecture's emulated latency against its measured latency."""
@@ -64,10 +73,22 @@ class ValidationCase:
     measured_ms: float
     group: str = ""  # a subset to report separately (search space, network family, ...)
     info: dict[str, Any] = field(default_factory=dict)  # per-case details for the report
+    fit: str = "in-sample"  # in-sample | leave-one-out (refitted without it) | held-out (never fitted on)
+    scope: str = "network"  # network | operator
+
+    def __post_init__(self) -> None:
+        if self.fit not in FITS:
+            raise ValueError(f"ValidationCase.fit {self.fit!r} is not one of {FITS}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"ValidationCase.scope {self.scope!r} is not one of {SCOPES}")
 
     @property
     def relative_error(self) -> float:
         return (self.predicted_ms - self.measured_ms) / self.measured_ms
+
+    @property
+    def out_of_sample(self) -> bool:
+        return self.fit in OUT_OF_SAMPLE
 
 
 class HardwareTarget(ABC):
@@ -75,6 +96,8 @@ class HardwareTarget(ABC):
 
     #: the source kind of this target's figures (one of SOURCES)
     source: str = "measured"
+    #: where ``python -m hardware validate`` stores the error this target states (emulated targets)
+    stated_error_file: Path | None = None
     #: the deployable format this target executes (a key of a method's ``deployables``, e.g.
     #: ``"onnx"``); None: it runs (or models) the PyTorch model itself
     executes: str | None = None

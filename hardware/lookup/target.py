@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -9,14 +10,17 @@ from typing import Any
 
 from torch import nn
 
+from hardware import validation as _validation
 from hardware.layers import LayerSpec, memory_footprint
 from hardware.lookup import calibration
 from hardware.lookup.profiling import time_unit
 from hardware.lookup.table import LatencyTable
 from hardware.lookup.units import Unit, trace_units
 from hardware.paths import resolve_path
-from hardware.protocol import TimingProtocol
+from hardware.protocol import TimingProtocol, cpu_mismatch
 from hardware.target import HardwareError, HardwareTarget, LatencyReport, ValidationCase
+
+log = logging.getLogger(__name__)
 
 
 class TableTarget(HardwareTarget):
@@ -31,7 +35,6 @@ class TableTarget(HardwareTarget):
         batch_size: int = 1,
         table: str = "hardware/tables/local_cpu.json",
         on_missing: str = "profile",
-        known_rmspe: float | None = None,
         validation: dict[str, Any] | None = None,
         statistic: str = "median",
         **kwargs: Any,
@@ -54,8 +57,13 @@ class TableTarget(HardwareTarget):
             raise ValueError(f"hw.statistic must be 'median' or 'min', got {statistic!r}")
         self.statistic = statistic
         self._field = "ms" if statistic == "median" else "min_ms"
-        self.known_rmspe = known_rmspe
         self.validation = dict(validation or {})
+        # The stated error lives beside the table it was measured with (``validate`` writes it).
+        self.stated_error_file = self.table_path.with_suffix(".validation.json")
+        self.stated_error = _validation.StatedError.load(self.stated_error_file)
+        self.cpu_warning = cpu_mismatch(self.table.metadata.get("device"), f"the table {self.table_path.name}")
+        if self.cpu_warning:
+            log.warning("hw %r: %s", name, self.cpu_warning)
         self._reference = None
 
     # -- the measured device the table stands for -------------------------------------
@@ -128,6 +136,9 @@ class TableTarget(HardwareTarget):
             notes.append(f"not modelled by the table (counted as 0 ms): {'; '.join(unmodelled[:5])}")
         if layers is not None and any(spec.weight_bits != 32 or spec.act_bits != 32 for spec in layers):
             notes.append("the table was profiled in fp32; per-layer bit-widths are ignored")
+        if self.cpu_warning:
+            notes.append(self.cpu_warning)
+        notes.append(_validation.stated_error_note(self.name, self.stated_error))
         layers = self.layers_of(model, input_shape, layers)
         meta = self.table.metadata
         return LatencyReport(
@@ -135,7 +146,7 @@ class TableTarget(HardwareTarget):
             latency_ms=latency_ms,
             source=self.source,
             calibration=self.calibration,
-            spread_ms=latency_ms * self.known_rmspe if self.known_rmspe else 0.0,
+            spread_ms=latency_ms * self.stated_error.fraction() if self.stated_error else 0.0,
             memory=memory_footprint(layers),
             per_layer_ms=per_layer,
             provenance={
@@ -150,7 +161,7 @@ class TableTarget(HardwareTarget):
                 "granularity": self.granularity,
                 "units": len(units),
                 **{f"units_{k}": v for k, v in counts.items()},
-                "known_rmspe": self.known_rmspe,
+                "stated_error": self.stated_error.provenance() if self.stated_error else None,
                 "statistic": self.statistic,
                 "sum_of_minima_ms": scale * math.fsum(minima) + overhead * len(minima),
                 "sum_of_entries_ms": math.fsum(values),
@@ -173,7 +184,9 @@ class TableTarget(HardwareTarget):
         """Predicted (table) against measured (the reference target) on ``n`` random architectures.
 
         The architectures come from ``hardware.search_space`` with a seed other than the
-        profile's, so most of their channel counts are interpolated, never looked up.
+        profile's, so most of their channel counts are interpolated, never looked up: the
+        cases are held-out. With the seed of the profile or of the calibration they are
+        in-sample (the table was built or calibrated on those very architectures).
         The first ``repeat_measurements`` architectures are measured twice: how far two
         measurements of one network disagree is the floor under the emulator's error.
         """
@@ -183,6 +196,10 @@ class TableTarget(HardwareTarget):
             spaces or self.validation.get("spaces") or self.table.metadata.get("spaces") or ("mobilenetv2", "resnet")
         )
         reference = self.reference_target(**self.validation.get("reference", {}))
+        meta = self.table.metadata
+        fitted_seeds = {s["seed"] for s in meta.get("sources", []) if "seed" in s}
+        fitted_seeds |= {meta["calibration"]["seed"]} if "seed" in meta.get("calibration", {}) else set()
+        fit = "in-sample" if seed in fitted_seeds else "held-out"
         cases = []
         for name, config in search_space.sample_architectures(spaces, int(n), seed):
             model = search_space.build(config)
@@ -207,6 +224,7 @@ class TableTarget(HardwareTarget):
                         "input_size": config["input_size"],
                         **({"measured_again_ms": again.latency_ms} if again is not None else {}),
                     },
+                    fit=fit,
                 )
             )
             if progress is not None:

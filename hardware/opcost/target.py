@@ -10,12 +10,15 @@ from its yaml (``conf/hw/pixel1.yaml``): a second phone is a yaml and its data.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from hardware import validation as _validation
+from hardware.domain import FittedDomain
 from hardware.layers import FUSED_ACTIVATIONS, LayerSpec, memory_of, with_elementwise
 from hardware.opcost.fit import FitReport, fit_report, samples
 from hardware.opcost.model import OpCostModel
@@ -82,6 +85,22 @@ class OpProfileTarget(HardwareTarget):
             self.validation[key] = bool(value)
         self.cost_model = OpCostModel.fit(samples(self.references), **self.settings)
         self.fit_report: FitReport = fit_report(self.references, self.cost_model, self.settings)
+        self.stated_error_file = _validation.stated_error_path(name)
+        self.stated_error = _validation.StatedError.load(self.stated_error_file)
+
+    def domain_kind(self, layer: LayerSpec) -> str | None:
+        """Operator kind for the fitted domain: the cost-model family of a matrix product or
+        depthwise conv, the op itself for the elementwise family (None: free, folded or fused)."""
+        family = self.cost_model.family(layer)
+        if family in (None, "gemm", "depthwise"):
+            return family
+        return f"act:{layer.module_type}" if layer.op == "act" else layer.op
+
+    @functools.cached_property
+    def fitted_domain(self) -> FittedDomain:
+        names = ", ".join(ref.name for ref in self.references)
+        label = f"{len(self.references)} profiled models ({names})"
+        return FittedDomain.of(label, [ref.layers() for ref in self.references], self.domain_kind)
 
     # ----- the HardwareTarget interface
     def latency(
@@ -113,13 +132,13 @@ class OpProfileTarget(HardwareTarget):
             notes.append(f"{', '.join(unfused)} costed as streaming elementwise ops (not in the profiles)")
         if input_shape_batch(layers) > 1:
             notes.append("profiles are batch 1: larger batches are extrapolated")
-        known_error = max(self.fit_report.max_whole_model_error_lomo, self.fit_report.max_whole_model_error)
+        notes += _validation.fitted_notes(self.name, self.stated_error, self.fitted_domain, layers, self.domain_kind)
         return LatencyReport(
             hw=self.name,
             latency_ms=total,
             source=self.source,
             calibration=self.calibration,
-            spread_ms=total * known_error,
+            spread_ms=total * self.stated_error.fraction() if self.stated_error else 0.0,
             energy_mj=None,
             memory=memory_of(layers),
             per_layer_ms=per_layer,
@@ -135,7 +154,9 @@ class OpProfileTarget(HardwareTarget):
             "reference": self.citation,
             "fit": "NNLS on relative per-layer error; families gemm / depthwise / elementwise",
             "coefficients": self.cost_model.as_dict(),
-            "known_error": {
+            "stated_error": self.stated_error.provenance() if self.stated_error else None,
+            "fitted_domain": self.fitted_domain.as_dict(),
+            "fit_error": {  # on the profiles themselves: in-sample, and leave-one-model-out
                 "whole_model_max_abs": fit.max_whole_model_error,
                 "whole_model_max_abs_leave_one_model_out": fit.max_whole_model_error_lomo,
                 "per_layer_rmspe": fit.per_layer_rmspe,
@@ -155,11 +176,12 @@ class OpProfileTarget(HardwareTarget):
         **_: Any,
     ) -> list[ValidationCase]:
         """Whole-model predicted against measured latency of each profiled model (group
-        ``<profile_set>``), and by default (``hw.validation``) also:
+        ``<profile_set>``, in-sample), and by default (``hw.validation``) also:
 
-        ``lomo``: each model predicted by a fit without it (group ``<profile_set>-lomo``);
-        ``per_layer``: one case per profiled operator (group ``per-layer``);
-        ``holdout``: the published figures of ``holdout_file`` (builds timm models).
+        ``lomo``: each model predicted by a fit without it (group ``<profile_set>-lomo``, leave-one-out);
+        ``per_layer``: one case per profiled operator (group ``per-layer``, in-sample; with ``lomo``
+        also ``per-layer-lomo``, each operator predicted by the fit without its model);
+        ``holdout``: the published figures of ``holdout_file`` (held-out; builds timm models).
         """
         lomo = self.validation["lomo"] if lomo is None else lomo
         per_layer = self.validation["per_layer"] if per_layer is None else per_layer
@@ -167,7 +189,9 @@ class OpProfileTarget(HardwareTarget):
         cases = []
         names = {ref.prefix: ref.name for ref in self.references}
         for prefix, row in self.fit_report.whole_model.items():
-            cases.append(ValidationCase(names[prefix], row["predicted_ms"], row["measured_ms"], self.profile_set, {}))
+            cases.append(
+                ValidationCase(names[prefix], row["predicted_ms"], row["measured_ms"], self.profile_set, fit="in-sample")
+            )
         if lomo:
             for prefix, row in self.fit_report.whole_model.items():
                 cases.append(
@@ -176,7 +200,7 @@ class OpProfileTarget(HardwareTarget):
                         row["lomo_predicted_ms"],
                         row["measured_ms"],
                         f"{self.profile_set}-lomo",
-                        {},
+                        fit="leave-one-out",
                     )
                 )
         if per_layer:
@@ -188,8 +212,22 @@ class OpProfileTarget(HardwareTarget):
                         row["measured_ms"],
                         "per-layer",
                         {"op": row["op"]},
+                        fit="in-sample",
+                        scope="operator",
                     )
                 )
+                if lomo:
+                    cases.append(
+                        ValidationCase(
+                            f"{row['model']}/{row['layer']} (lomo)",
+                            row["measured_ms"] * (1 + row["lomo_error"]),
+                            row["measured_ms"],
+                            "per-layer-lomo",
+                            {"op": row["op"]},
+                            fit="leave-one-out",
+                            scope="operator",
+                        )
+                    )
         if holdout:
             cases.extend(self.holdout_cases())
         return cases
@@ -227,7 +265,8 @@ class OpProfileTarget(HardwareTarget):
             if entry.get("group") in reference:
                 ref_pred, ref_meas = reference[entry["group"]]
                 info["same_paper_ratio_error"] = (pred / ref_pred) / (measured / ref_meas) - 1
-            cases.append(ValidationCase(entry["name"], pred, measured, f"holdout-{entry.get('group', 'published')}", info))
+            group = f"holdout-{entry.get('group', 'published')}"
+            cases.append(ValidationCase(entry["name"], pred, measured, group, info, fit="held-out"))
         return cases
 
 
