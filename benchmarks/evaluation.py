@@ -1,9 +1,10 @@
 """The one evaluation every run gets, for the compressed model and for its baseline.
 
-Accuracy on the test split, parameters and nonzero parameters, MACs (PyTorch's flop
-counter via hardware.layers), the stored size of the file the method wrote, and the
-latency on the run's target with its provenance. Ratios against the baseline are
-computed from two reports made the same way in the same run, so they are exact.
+Accuracy on the report split (test) and on the selection split (val), parameters and
+nonzero parameters, MACs (PyTorch's flop counter via hardware.layers), the stored size of
+the file the method wrote, and the latency on the run's target with its provenance.
+Ratios against the baseline are computed from two reports made the same way in the same
+run, so they are exact. Two splits, because choosing and reporting must not share data (benchmarks.splits).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from torch import nn
 
+from benchmarks.splits import SELECTION_PREFIX
 from benchmarks.training import evaluate
 from hardware.layers import LayerSpec, count_macs, describe_layers
 from hardware.target import HardwareTarget, LatencyReport
@@ -25,7 +27,7 @@ from hardware.target import HardwareTarget, LatencyReport
 class ModelReport:
     """Everything measured about one model in one run."""
 
-    accuracy: dict[str, float]
+    accuracy: dict[str, float]  # on the report split (test)
     params: int
     nonzero_params: int
     macs: int
@@ -33,6 +35,7 @@ class ModelReport:
     latency: LatencyReport
     layers: list[LayerSpec] = field(default_factory=list)
     local_latency: LatencyReport | None = None
+    selection_accuracy: dict[str, float] | None = None  # on the selection split (val)
 
     def metrics(self, prefix: str = "") -> dict[str, float | None]:
         values: dict[str, float | None] = {
@@ -49,6 +52,8 @@ class ModelReport:
         }
         if self.local_latency is not None:
             values["local_cpu_latency_ms"] = self.local_latency.latency_ms
+        if self.selection_accuracy is not None:
+            values.update({f"{SELECTION_PREFIX}{k}": self.selection_accuracy[k] for k in ("top1", "top5", "loss")})
         return {f"{prefix}{k}": v for k, v in values.items()}
 
 
@@ -60,17 +65,22 @@ def evaluate_model(
     stored_bytes: int,
     *,
     split: str = "test",
+    selection_split: str | None = "val",
     layer_bits: dict[str, tuple[int, int]] | None = None,
     deployables: Mapping[str, Path] | None = None,
     local_target: HardwareTarget | None = None,
 ) -> ModelReport:
-    """Measure ``model`` as every run does; ``local_target`` adds a measured CPU latency."""
+    """Measure ``model`` as every run does; ``local_target`` adds a measured CPU latency.
+
+    Accuracy is measured on ``split`` (reported) and on ``selection_split`` (what choices use).
+    """
     model.eval()
     layers = describe_layers(model, input_shape, layer_bits)
     params = sum(p.numel() for p in model.parameters())
     nonzero = sum(int(p.count_nonzero()) for p in model.parameters())
     return ModelReport(
         accuracy=evaluate(model, datamodule, split),
+        selection_accuracy=None if selection_split is None else evaluate(model, datamodule, selection_split),
         params=params,
         nonzero_params=nonzero,
         macs=count_macs(model, (1, *input_shape[1:])),
@@ -89,6 +99,8 @@ def comparison(compressed: ModelReport, baseline: ModelReport) -> dict[str, floa
         "macs_reduction": baseline.macs / max(compressed.macs, 1),
         "top1_delta": compressed.accuracy["top1"] - baseline.accuracy["top1"],
     }
+    if compressed.selection_accuracy is not None and baseline.selection_accuracy is not None:
+        ratios[f"{SELECTION_PREFIX}top1_delta"] = compressed.selection_accuracy["top1"] - baseline.selection_accuracy["top1"]
     if compressed.local_latency is not None and baseline.local_latency is not None:
         ratios["local_cpu_speedup"] = baseline.local_latency.latency_ms / compressed.local_latency.latency_ms
     return ratios

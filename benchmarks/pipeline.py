@@ -28,6 +28,7 @@ from benchmarks.context import make_context
 from benchmarks.evaluation import ModelReport, comparison, evaluate_model, write_layer_table
 from benchmarks.models import build_model
 from benchmarks.schema import RecipeConfig, TrainerConfig, validated
+from benchmarks.splits import DEFAULT_OBJECTIVE, check_objectives
 from benchmarks.tracking import RunRecorder, git_state, mlflow_run
 from benchmarks.training import fit
 from benchmarks.trial_pruning import trial_pruning
@@ -80,8 +81,13 @@ def _provenance_tags(report: LatencyReport, prefix: str = "latency") -> dict[str
 
 
 def run(cfg: DictConfig) -> float | tuple[float, ...]:
-    """Run one composition end to end and record it; return the compressed top-1 (or ``cfg.objectives``)."""
+    """Run one composition end to end and record it; return the compressed model's validation top-1.
+
+    With ``cfg.objectives`` (a sweep's metrics) it returns those instead; test-split metrics
+    are refused there before any work, since choices are made on validation data.
+    """
     cfg = with_defaults(cfg)
+    check_objectives(cfg.get("objectives") or [])
     recipe = validated(RecipeConfig, cfg.recipe, "recipe")
     trainer_cfg = validated(TrainerConfig, cfg.trainer, "trainer")
     seed = int(cfg.seed)
@@ -130,11 +136,12 @@ def _run_recorded(cfg: DictConfig, recipe: RecipeConfig, trainer_cfg: TrainerCon
                            logger=_training_logger(cfg, recorder, "finetune"), callbacks=callbacks)
         result: CompressionResult = method.compress(copy.deepcopy(baseline.model), ctx)
 
-    split = cfg.evaluation.split
+    split, selection_split = cfg.evaluation.split, cfg.evaluation.selection_split
     with stage("evaluate"):
         base_report = evaluate_model(baseline.model, datamodule, target, input_shape, baseline.file.stat().st_size,
-                                     split=split, local_target=local_target)
+                                     split=split, selection_split=selection_split, local_target=local_target)
         report = evaluate_model(result.model, datamodule, target, input_shape, result.stored_bytes, split=split,
+                                selection_split=selection_split,
                                 layer_bits=result.layer_bits, deployables=result.deployables, local_target=local_target)
 
     with stage("record"):
@@ -146,13 +153,13 @@ def _run_recorded(cfg: DictConfig, recipe: RecipeConfig, trainer_cfg: TrainerCon
         base_report.latency.latency_ms / report.latency.latency_ms, report.stored_bytes,
         base_report.stored_bytes / report.stored_bytes,
     )
-    if cfg.get("objectives"):
-        recorded = {**report.metrics(), **comparison(report, base_report)}
-        unknown = [name for name in cfg.objectives if recorded.get(name) is None]
-        if unknown:
-            raise ValueError(f"objectives {unknown} are not metrics of this run; choose from {sorted(recorded)}")
-        return tuple(float(recorded[name]) for name in cfg.objectives)
-    return float(report.accuracy["top1"])
+    recorded = {**report.metrics(), **comparison(report, base_report)}
+    objectives = list(cfg.get("objectives") or [DEFAULT_OBJECTIVE])
+    unknown = [name for name in objectives if recorded.get(name) is None]
+    if unknown:
+        raise ValueError(f"objectives {unknown} are not metrics of this run; choose from {sorted(recorded)}")
+    values = tuple(float(recorded[name]) for name in objectives)
+    return values if cfg.get("objectives") else values[0]
 
 
 def _local_target(cfg: DictConfig, target: HardwareTarget) -> HardwareTarget | None:

@@ -10,6 +10,7 @@ itself: it asks ``ctx.target``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 from torch import nn
 
 from hardware.target import HardwareTarget
+from methods.losses import LossTerm
 
 
 class MethodConfigError(ValueError):
@@ -25,8 +27,14 @@ class MethodConfigError(ValueError):
 
 class FineTune(Protocol):
     def __call__(self, model: nn.Module, epochs: float, *, lr: float | None = None, callbacks: list[Any] | None = None,
-                 regularizer: Any = None) -> nn.Module:
-        """Train ``model`` in place on the training split with the run's recipe; return it."""
+                 loss_terms: Sequence[LossTerm] = (), task_loss: LossTerm | None = None,
+                 teacher: nn.Module | None = None) -> nn.Module:
+        """Train ``model`` in place on the training split with the run's recipe; return it.
+
+        The loss is ``task_loss`` (default: the recipe's cross-entropy) plus every term of
+        ``loss_terms`` (methods.losses); ``teacher``, when given, is frozen and its logits
+        reach the terms as ``step.teacher_logits``.
+        """
 
 
 class Evaluate(Protocol):

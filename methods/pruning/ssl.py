@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
+from methods.losses import TrainingStep
 from methods.pruning.filter import layer_policy, structured_metrics
 from methods.pruning.structured import ChannelPruner, channel_plan, save_pruned
 from methods.reporting import plot_policy, write_json
@@ -72,14 +73,17 @@ def channel_norms(module: nn.Module) -> torch.Tensor:
 
 
 class GroupLasso:
-    """Wen et al.'s Eq. (2) regulariser: lambda_n * sum of filter norms + lambda_c * sum of channel norms."""
+    """Wen et al.'s Eq. (2) regulariser: lambda_n * sum of filter norms + lambda_c * sum of channel norms.
+
+    A loss term of the training loop (methods.losses): it reads the layers it was built on.
+    """
 
     def __init__(self, filter_layers: Sequence[nn.Module], channel_layers: Sequence[nn.Module],
                  filter_decay: float, channel_decay: float) -> None:
         self.filter_layers, self.channel_layers = list(filter_layers), list(channel_layers)
         self.filter_decay, self.channel_decay = filter_decay, channel_decay
 
-    def __call__(self, _model: nn.Module) -> torch.Tensor:
+    def __call__(self, _step: TrainingStep | None = None) -> torch.Tensor:
         total = torch.zeros(())
         if self.filter_decay:
             for module in self.filter_layers:
@@ -161,9 +165,9 @@ class StructuredSparsityLearning(CompressionMethod):
         metrics: dict[str, float] = {"top1_baseline": ctx.evaluate(model, "val")["top1"]}
         filter_layers, channel_layers = group_lasso_terms(pruner)
         regularizer = GroupLasso(filter_layers, channel_layers, self.filter_decay, self.channel_decay)
-        metrics["group_lasso_before"] = float(regularizer(model).detach())
-        ctx.finetune(model, self.ssl_epochs, lr=self.lr, regularizer=regularizer)
-        metrics["group_lasso_after"] = float(regularizer(model).detach())
+        metrics["group_lasso_before"] = float(regularizer().detach())
+        ctx.finetune(model, self.ssl_epochs, lr=self.lr, loss_terms=[regularizer])
+        metrics["group_lasso_after"] = float(regularizer().detach())
         metrics["top1_after_ssl"] = ctx.evaluate(model, "val")["top1"]
 
         removed = dead_channels(pruner, self.threshold, self.min_channels)
