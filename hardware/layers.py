@@ -1,27 +1,34 @@
 """One layer description, extracted once from a model, shared by every consumer.
 
-MAC counting, lookup tables and roofline models all reason about the same per-layer
-record (DESIGN.md, "seams"): op type, shapes, kernel, stride, groups, channels,
-bit-widths and sparsity. Shapes come from forward hooks on a real forward pass;
-MACs come from PyTorch's own flop counter (``torch.utils.flop_counter``), not from
-formulas of ours.
+MAC counting, lookup tables, the per-operator cost model and roofline models all reason
+about the same per-layer record (DESIGN.md, "seams"): op type, shapes, kernel, stride,
+padding, dilation, groups, channels, bias, bit-widths and sparsity. One forward pass
+(:func:`trace_model`) produces it:
+
+- forward hooks describe every leaf module (conv, dwconv, linear, bn, act, pool) as a
+  :class:`LayerSpec`, and say which leaf a leaf ran inside (timm's BatchNormAct2d holds
+  its activation);
+- a ``TorchFunctionMode`` adds the functional ops that are not modules but cost time on
+  a device: tensor-tensor adds and multiplies (residuals, squeeze-excitation gates) and
+  spatial means, each named after the innermost module that ran it (``blocks.1.0.add``);
+- a ``TorchDispatchMode`` records, in order, every ATen operation run outside the leaf
+  layers and every container module call: the execution sequence a lookup table replays;
+- MACs come from PyTorch's own flop counter (``torch.utils.flop_counter``), not from
+  formulas of ours.
 """
 
 from __future__ import annotations
 
-import copy
 import math
-from collections.abc import Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
-
-if TYPE_CHECKING:
-    from hardware.target import HardwareTarget
 
 #: Modules that are leaves of the description: each becomes one LayerSpec.
 _LEAF_TYPES: dict[type[nn.Module], str] = {
@@ -41,6 +48,10 @@ _LEAF_TYPES: dict[type[nn.Module], str] = {
     nn.AvgPool2d: "pool",
     nn.AdaptiveAvgPool2d: "pool",
 }
+#: module_type of the ops the description adds that are not modules (add, mul, mean).
+FUNCTIONAL = "functional"
+#: Activations deployment converters (TF-Lite, accelerators' output stages) fuse into the previous op.
+FUSED_ACTIVATIONS = frozenset({"ReLU", "ReLU6", "Identity"})
 
 
 @dataclass
@@ -48,7 +59,7 @@ class LayerSpec:
     """What a cost model needs to know about one layer."""
 
     name: str
-    op: str  # conv, dwconv, linear, bn, act, pool
+    op: str  # conv, dwconv, linear, bn, act, pool; functional: add, mul, pool (a mean)
     module_type: str
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
@@ -57,13 +68,18 @@ class LayerSpec:
     kernel: tuple[int, int] = (1, 1)
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
     groups: int = 1
+    bias: bool = False
+    inplace: bool = False  # an activation that overwrites its input
+    ceil_mode: bool = False  # a pool that rounds its output size up
+    nested_in: str | None = None  # the leaf this one ran inside (BatchNormAct2d's activation)
     params: int = 0
     nonzero_params: int = 0
     macs: int = 0
     weight_bits: int = 32
     act_bits: int = 32
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # operand_shapes of an add/mul
 
     @property
     def sparsity(self) -> float:
@@ -85,16 +101,55 @@ class LayerSpec:
         row = asdict(self)
         row.pop("extra")
         row["sparsity"] = self.sparsity
-        for key in ("input_shape", "output_shape", "kernel", "stride", "padding"):
+        for key in ("input_shape", "output_shape", "kernel", "stride", "padding", "dilation"):
             row[key] = "x".join(str(v) for v in row[key])
         return row
 
 
+@dataclass(frozen=True)
+class TensorArg:
+    """A tensor argument of a recorded ATen call: its shape and dtype (the values are not kept)."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+@dataclass
+class AtenCall:
+    """One ATen operation run outside the leaf layers, tensors replaced by :class:`TensorArg`."""
+
+    op: str  # "aten::add.Tensor"
+    is_view: bool
+    args: list[Any]
+    kwargs: dict[str, Any]
+
+
+@dataclass
+class ModuleCall:
+    """The call of a container module (its Python ``forward``) outside the leaf layers."""
+
+    name: str
+
+
+#: What ran, in order: a leaf layer, an ATen call outside the leaves, or a container call.
+Step = LayerSpec | AtenCall | ModuleCall
+
+
+@dataclass
+class ModelTrace:
+    """The description of one forward pass.
+
+    ``layers``: every leaf layer (in the order they finished) then every functional op:
+    what cost models sum over. ``sequence``: what ran, in order (a leaf's step is its
+    LayerSpec, entered when it started): what a lookup table replays.
+    """
+
+    layers: list[LayerSpec]
+    sequence: list[Step]
+
+
 def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
+    return math.prod(int(s) for s in shape)
 
 
 def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
@@ -115,114 +170,43 @@ def _param_counts(module: nn.Module) -> tuple[int, int]:
     return sum(t.numel() for t in tensors), sum(int(t.count_nonzero()) for t in tensors)
 
 
-def describe_layers(
-    model: nn.Module,
-    input_shape: tuple[int, ...],
-    bit_widths: dict[str, tuple[int, int]] | None = None,
-) -> list[LayerSpec]:
-    """Run one forward pass of ``input_shape`` (batch included) and describe each leaf.
-
-    ``bit_widths`` maps a layer name to (weight_bits, act_bits); quantization methods
-    pass it so that emulated targets see the precision of every layer.
-    """
-    bit_widths = bit_widths or {}
-    specs: list[LayerSpec] = []
-    handles = []
-
-    def hook(name: str, module: nn.Module, op: str):
-        def _record(_mod: nn.Module, inputs: tuple, output: Any) -> None:
-            x = inputs[0]
-            params, nonzero = _param_counts(module)
-            w_bits, a_bits = bit_widths.get(name, (32, 32))
-            spec = LayerSpec(
-                name=name,
-                op=op,
-                module_type=type(module).__name__,
-                input_shape=tuple(x.shape),
-                output_shape=tuple(output.shape),
-                params=params,
-                nonzero_params=nonzero,
-                weight_bits=w_bits,
-                act_bits=a_bits,
-            )
-            if isinstance(module, nn.Conv2d):
-                spec.in_channels, spec.out_channels = module.in_channels, module.out_channels
-                spec.kernel, spec.stride = _pair(module.kernel_size), _pair(module.stride)
-                spec.padding = _pair(module.padding) if not isinstance(module.padding, str) else (0, 0)
-                spec.groups = module.groups
-            elif isinstance(module, nn.Linear):
-                spec.in_channels, spec.out_channels = module.in_features, module.out_features
-            elif x.dim() >= 2:
-                spec.in_channels = spec.out_channels = int(x.shape[1])
-                if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
-                    spec.kernel, spec.stride = _pair(module.kernel_size), _pair(module.stride or module.kernel_size)
-            specs.append(spec)
-
-        return _record
-
-    for name, module in model.named_modules():
-        op = _op_of(module)
-        if op is not None:
-            handles.append(module.register_forward_hook(hook(name, module, op)))
-
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    was_training = model.training
-    model.eval()
-    flop_counter = FlopCounterMode(display=False)
-    try:
-        with torch.no_grad(), flop_counter:
-            model(torch.zeros(input_shape, device=device))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-
-    flops_by_module = flop_counter.get_flop_counts()
-    for spec in specs:
-        # The counter counts a multiply-add as two flops; keys are qualified with the root.
-        counts = flops_by_module.get(f"{type(model).__name__}.{spec.name}", {})
-        spec.macs = int(sum(counts.values()) // 2)
-    return specs
+def _shape(value: Any) -> tuple[int, ...]:
+    if isinstance(value, torch.Tensor):
+        return tuple(int(s) for s in value.shape)
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
+        return tuple(int(s) for s in value[0].shape)
+    return ()
 
 
-def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Total multiply-accumulates of one forward pass, from PyTorch's flop counter."""
-    counter = FlopCounterMode(display=False)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), counter:
-            model(torch.zeros(input_shape, device=device))
-    finally:
-        model.train(was_training)
-    return int(counter.get_total_flops() // 2)
+def _conv_padding(module: nn.Conv2d) -> tuple[int, int]:
+    if module.padding == "same":
+        return _pair(tuple((k - 1) * d // 2 for k, d in zip(module.kernel_size, module.dilation, strict=True)))
+    if module.padding == "valid":
+        return (0, 0)
+    return _pair(module.padding)
 
 
-def leaf_op(module: nn.Module) -> str | None:
-    """The op name of a module that ``describe_layers`` describes as one layer, else None."""
-    return _op_of(module)
+def _leaf_spec(name: str, module: nn.Module, op: str, input_shape: tuple[int, ...], nested_in: str | None) -> LayerSpec:
+    """A leaf's spec as its forward starts (the output shape and MACs are filled in later)."""
+    spec = LayerSpec(name, op, type(module).__name__, input_shape, (), nested_in=nested_in)
+    if isinstance(module, nn.Conv2d):
+        spec.in_channels, spec.out_channels = module.in_channels, module.out_channels
+        spec.kernel, spec.stride = _pair(module.kernel_size), _pair(module.stride)
+        spec.padding, spec.dilation = _conv_padding(module), _pair(module.dilation)
+        spec.groups, spec.bias = module.groups, module.bias is not None
+    elif isinstance(module, nn.Linear):
+        spec.in_channels, spec.out_channels = module.in_features, module.out_features
+        spec.bias = module.bias is not None
+    elif len(input_shape) >= 2:
+        spec.in_channels = spec.out_channels = int(input_shape[1])
+        if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
+            spec.kernel, spec.stride = _pair(module.kernel_size), _pair(module.stride or module.kernel_size)
+            spec.padding, spec.ceil_mode = _pair(module.padding), bool(module.ceil_mode)
+    spec.inplace = bool(getattr(module, "inplace", False))
+    return spec
 
 
-def memory_footprint(layers: list[LayerSpec]) -> dict[str, int]:
-    """Weight bytes and peak activation bytes of a described model.
-
-    ``weight_bytes`` sums every layer's parameters at its weight bit-width.
-    ``peak_activation_bytes`` is the largest input + output of any one layer (both are
-    resident while it runs): a lower bound that ignores tensors kept alive by
-    shortcuts, as the layer description has no liveness information.
-    """
-    weight_bytes = sum(layer.weight_bytes for layer in layers)
-    peak = max((layer.input_bytes + layer.output_bytes for layer in layers), default=0)
-    return {"peak_activation_bytes": int(peak), "weight_bytes": int(weight_bytes)}
-
-
-#: Activations deployment converters (TF-Lite, accelerators' output stages) fuse into the previous op.
-FUSED_ACTIVATIONS = frozenset({"ReLU", "ReLU6", "Identity"})
-
-
-# --------------------------------------------------------------------------- elementwise ops
-class _ElementwiseRecorder(TorchFunctionMode):
+class _FunctionalRecorder(TorchFunctionMode):
     """Records tensor-tensor add/mul and spatial means (ops that are not nn.Modules)."""
 
     _ADD = {
@@ -270,7 +254,7 @@ class _ElementwiseRecorder(TorchFunctionMode):
                 LayerSpec(
                     name=self._name(kind),
                     op=kind,
-                    module_type="functional",
+                    module_type=FUNCTIONAL,
                     input_shape=max(shapes, key=math.prod),
                     output_shape=tuple(out.shape),
                     in_channels=int(out.shape[1]),
@@ -283,7 +267,7 @@ class _ElementwiseRecorder(TorchFunctionMode):
                 LayerSpec(
                     name=self._name("mean"),
                     op="pool",
-                    module_type="functional",
+                    module_type=FUNCTIONAL,
                     input_shape=tuple(args[0].shape),
                     output_shape=tuple(out.shape),
                     in_channels=int(args[0].shape[1]),
@@ -293,79 +277,153 @@ class _ElementwiseRecorder(TorchFunctionMode):
         return out
 
 
-def _push(scope: list[str], name: str):
-    def hook(_module, _inputs) -> None:
-        scope.append(name)
-
-    return hook
-
-
-def _pop(scope: list[str]):
-    def hook(_module, _inputs, _output) -> None:
-        scope.pop()
-
-    return hook
+def _tensor_args(value: Any) -> Any:
+    """``value`` with every tensor replaced by its TensorArg (the trace keeps no activations alive)."""
+    if isinstance(value, torch.Tensor):
+        return TensorArg(tuple(int(s) for s in value.shape), value.dtype)
+    if isinstance(value, (list, tuple)):
+        return [_tensor_args(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _tensor_args(v) for k, v in value.items()}
+    return value
 
 
-def describe_elementwise(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerSpec]:
-    """The functional ops of one forward pass that ``describe_layers`` cannot see.
+class _SequenceRecorder(TorchDispatchMode):
+    """Appends every ATen call made outside the leaf layers to the sequence."""
 
-    Residual adds, squeeze-excitation multiplies and spatial means are plain tensor
-    operations, not modules; a latency model of a phone CPU must still pay for them.
-    Each is named after the innermost module that ran it (``blocks.1.0.add``).
+    def __init__(self, state: _TraceState) -> None:
+        super().__init__()
+        self.state = state
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if not self.state.leaves:
+            is_view = bool(getattr(func, "is_view", False))
+            self.state.sequence.append(AtenCall(func.name(), is_view, _tensor_args(list(args)), _tensor_args(kwargs)))
+        return func(*args, **kwargs)
+
+
+@dataclass
+class _TraceState:
+    sequence: list[Step] = field(default_factory=list)
+    leaves: list[LayerSpec] = field(default_factory=list)  # leaves running now, innermost last
+    finished: list[tuple[LayerSpec, nn.Module]] = field(default_factory=list)
+    scope: list[str] = field(default_factory=list)  # modules running now (functional op names)
+
+
+def _hooks(state: _TraceState, name: str, module: nn.Module) -> tuple[Callable, Callable]:
+    op = _op_of(module)
+
+    def pre(_m: nn.Module, inputs: tuple) -> None:
+        if op is not None:
+            nested = state.leaves[-1].name if state.leaves else None
+            spec = _leaf_spec(name, module, op, _shape(inputs), nested)
+            state.sequence.append(spec)
+            state.leaves.append(spec)
+        elif not state.leaves:
+            state.sequence.append(ModuleCall(name or "<root>"))
+        if name:
+            state.scope.append(name)
+
+    def post(_m: nn.Module, _inputs: tuple, output: Any) -> None:
+        if name:
+            state.scope.pop()
+        if op is not None:
+            spec = state.leaves.pop()
+            spec.output_shape = _shape(output)
+            state.finished.append((spec, module))
+
+    return pre, post
+
+
+def trace_model(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    bit_widths: dict[str, tuple[int, int]] | None = None,
+) -> ModelTrace:
+    """Run one forward pass of ``input_shape`` (batch included) and describe it.
+
+    ``bit_widths`` maps a layer name to (weight_bits, act_bits); quantization methods
+    pass it so that emulated targets see the precision of every layer. A functional op
+    runs at the activation precision of the block it belongs to (methods set bit-widths
+    on modules only): the lowest in that block.
     """
-    try:
-        # Shapes are all that matter: run a copy on the meta device (no arithmetic).
-        meta_model = copy.deepcopy(model).to("meta")
-        return _record_elementwise(meta_model, torch.zeros(input_shape, device="meta"))
-    except (NotImplementedError, RuntimeError, TypeError, ValueError):
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        return _record_elementwise(model, torch.zeros(input_shape, device=device))
-
-
-def _record_elementwise(model: nn.Module, example: torch.Tensor) -> list[LayerSpec]:
-    scope: list[str] = []
+    bit_widths = bit_widths or {}
+    state = _TraceState()
     handles = []
     for name, module in model.named_modules():
-        if not name:
-            continue
-        handles.append(module.register_forward_pre_hook(_push(scope, name)))
-        handles.append(module.register_forward_hook(_pop(scope)))
+        pre, post = _hooks(state, name, module)
+        handles.append(module.register_forward_pre_hook(pre))
+        handles.append(module.register_forward_hook(post))
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    x = torch.zeros(tuple(input_shape), device=device)
     was_training = model.training
     model.eval()
-    recorder = _ElementwiseRecorder(scope)
+    flop_counter = FlopCounterMode(display=False)
+    functional = _FunctionalRecorder(state.scope)
     try:
-        with torch.no_grad(), recorder:
-            model(example)
+        with torch.no_grad(), flop_counter, functional, _SequenceRecorder(state):
+            model(x)
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
-    return recorder.records
 
-
-def with_elementwise(
-    target: HardwareTarget, model: nn.Module, input_shape: tuple[int, ...], layers: list[LayerSpec] | None
-) -> list[LayerSpec]:
-    """``target.layers_of(...)`` plus the functional ops, unless the caller's list has them."""
-    described = target.layers_of(model, input_shape, layers)
-    if any(layer.module_type == "functional" for layer in described):
-        return described
-    functional = describe_elementwise(model, input_shape)
-    # A functional op runs at the activation precision of the block it belongs to (the
-    # quantization method sets bit-widths on modules only): the lowest in that block.
-    for op in functional:
+    flops_by_module = flop_counter.get_flop_counts()
+    layers = [spec for spec, _ in state.finished]
+    for spec, module in state.finished:
+        spec.params, spec.nonzero_params = _param_counts(module)  # outside the recorders: not part of the model
+        # The counter counts a multiply-add as two flops; keys are qualified with the root.
+        counts = flops_by_module.get(f"{type(model).__name__}.{spec.name}", {})
+        spec.macs = int(sum(counts.values()) // 2)
+        spec.weight_bits, spec.act_bits = bit_widths.get(spec.name, (32, 32))
+    for op in functional.records:
         scope = op.name.rsplit(".", 1)[0] + "." if "." in op.name else ""
-        bits = [layer.act_bits for layer in described if scope and layer.name.startswith(scope)]
+        bits = [spec.act_bits for spec in layers if scope and spec.name.startswith(scope)]
         if bits:
             op.act_bits = min(bits)
-    return list(described) + functional
+    return ModelTrace(layers=layers + functional.records, sequence=state.sequence)
 
 
-def memory_of(layers: Iterable[LayerSpec]) -> dict[str, int]:
-    """Weight bytes (at each layer's weight bit-width) and the largest input+output of a layer."""
-    layers = list(layers)
-    weight_bytes = sum(layer.weight_bytes for layer in layers if layer.op not in ("add", "mul"))
+def describe_layers(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    bit_widths: dict[str, tuple[int, int]] | None = None,
+) -> list[LayerSpec]:
+    """The layer description of one forward pass: leaf layers, then functional ops (see :func:`trace_model`)."""
+    return trace_model(model, input_shape, bit_widths).layers
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Total multiply-accumulates of one forward pass, from PyTorch's flop counter.
+
+    Searches call it in loops: it runs the counter alone, without describing layers.
+    """
+    counter = FlopCounterMode(display=False)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), counter:
+            model(torch.zeros(input_shape, device=device))
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops() // 2)
+
+
+def leaf_op(module: nn.Module) -> str | None:
+    """The op name of a module that ``describe_layers`` describes as one layer, else None."""
+    return _op_of(module)
+
+
+def memory_footprint(layers: list[LayerSpec]) -> dict[str, int]:
+    """Weight bytes and peak activation bytes of a described model.
+
+    ``weight_bytes`` sums every layer's parameters at its weight bit-width.
+    ``peak_activation_bytes`` is the largest input + output of any one layer (both are
+    resident while it runs): a lower bound that ignores tensors kept alive by
+    shortcuts, as the layer description has no liveness information.
+    """
+    weight_bytes = sum(layer.weight_bytes for layer in layers)
     peak = max((layer.input_bytes + layer.output_bytes for layer in layers), default=0)
     return {"peak_activation_bytes": int(peak), "weight_bytes": int(weight_bytes)}
-

@@ -51,7 +51,7 @@ from torch import nn
 
 from hardware import validation
 from hardware.domain import FittedDomain
-from hardware.layers import FUSED_ACTIVATIONS, LayerSpec, memory_of, with_elementwise
+from hardware.layers import FUSED_ACTIVATIONS, LayerSpec, memory_footprint
 from hardware.paths import resolve_path
 from hardware.target import HardwareError, HardwareTarget, LatencyReport, ValidationCase
 
@@ -242,7 +242,7 @@ class Roofline(HardwareTarget):
         layers: list[LayerSpec] | None = None,
         deployables: Mapping[str, Path] | None = None,
     ) -> LatencyReport:
-        return self.report(with_elementwise(self, model, input_shape, layers))
+        return self.report(self.layers_of(model, input_shape, layers))
 
     def report(self, layers: list[LayerSpec]) -> LatencyReport:
         """The latency report of a layer list (no torch model needed)."""
@@ -285,7 +285,7 @@ class Roofline(HardwareTarget):
             calibration=self.calibration,
             spread_ms=spread,
             energy_mj=energy * 1e3,
-            memory=memory_of(layers),
+            memory=memory_footprint(layers),
             per_layer_ms=per_layer,
             provenance=self.provenance(),
             notes=notes,
@@ -409,11 +409,11 @@ def _timm_layers(name: str, size: int, batch: int, kwargs: str) -> list[LayerSpe
     """Layers of a timm model (built once per process: anchors share models across bit-widths)."""
     import timm
 
-    from hardware.layers import describe_elementwise, describe_layers
+    from hardware.layers import describe_layers
 
     model = timm.create_model(name, pretrained=False, **json.loads(kwargs))
     shape = (batch, 3, size, size)
-    return describe_layers(model, shape) + describe_elementwise(model, shape)
+    return describe_layers(model, shape)
 
 
 # --------------------------------------------------------------------------- calibration

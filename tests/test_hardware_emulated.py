@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from hardware import registry, validation
-from hardware.layers import LayerSpec, describe_elementwise, describe_layers
+from hardware.layers import LayerSpec, describe_layers
 from hardware.opcost import OpCostModel
 from hardware.roofline import Roofline, anchor_layers, calibrate
 from hardware.target import HardwareError, LatencyReport, ValidationCase
@@ -72,7 +72,7 @@ def mobilenetv2():
     timm = pytest.importorskip("timm")
     model = timm.create_model("mobilenetv2_100", pretrained=False)
     shape = (1, 3, 224, 224)
-    layers = describe_layers(model, shape) + describe_elementwise(model, shape)
+    layers = describe_layers(model, shape)
     return model, shape, layers
 
 

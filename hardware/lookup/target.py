@@ -11,11 +11,11 @@ from typing import Any
 from torch import nn
 
 from hardware import validation as _validation
-from hardware.layers import LayerSpec, memory_footprint
+from hardware.layers import LayerSpec, memory_footprint, trace_model
 from hardware.lookup import calibration
 from hardware.lookup.profiling import time_unit
 from hardware.lookup.table import LatencyTable
-from hardware.lookup.units import Unit, trace_units
+from hardware.lookup.units import Unit, units_of
 from hardware.paths import resolve_path
 from hardware.protocol import TimingProtocol, cpu_mismatch
 from hardware.target import HardwareError, HardwareTarget, LatencyReport, ValidationCase
@@ -92,7 +92,8 @@ class TableTarget(HardwareTarget):
         deployables: Mapping[str, Path] | None = None,
     ) -> LatencyReport:
         input_shape = tuple(int(s) for s in input_shape)
-        units, unmodelled = trace_units(model, input_shape, self.granularity)
+        trace = trace_model(model, input_shape)
+        units, unmodelled = units_of(trace, self.granularity)
         counts = {"exact": 0, "interpolated": 0, "measured_now": 0}
         values: list[float] = []
         minima: list[float] = []
@@ -139,7 +140,7 @@ class TableTarget(HardwareTarget):
         if self.cpu_warning:
             notes.append(self.cpu_warning)
         notes.append(_validation.stated_error_note(self.name, self.stated_error))
-        layers = self.layers_of(model, input_shape, layers)
+        layers = trace.layers if layers is None else layers
         meta = self.table.metadata
         return LatencyReport(
             hw=self.name,

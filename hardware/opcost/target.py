@@ -19,7 +19,7 @@ from torch import nn
 
 from hardware import validation as _validation
 from hardware.domain import FittedDomain
-from hardware.layers import FUSED_ACTIVATIONS, LayerSpec, memory_of, with_elementwise
+from hardware.layers import FUSED_ACTIVATIONS, LayerSpec, memory_footprint
 from hardware.opcost.fit import FitReport, fit_report, samples
 from hardware.opcost.model import OpCostModel
 from hardware.paths import resolve_path
@@ -110,8 +110,7 @@ class OpProfileTarget(HardwareTarget):
         layers: list[LayerSpec] | None = None,
         deployables: Mapping[str, Path] | None = None,
     ) -> LatencyReport:
-        described = with_elementwise(self, model, input_shape, layers)
-        return self.report(described)
+        return self.report(self.layers_of(model, input_shape, layers))
 
     def report(self, layers: list[LayerSpec]) -> LatencyReport:
         """The latency report of a layer list (no torch model needed)."""
@@ -140,7 +139,7 @@ class OpProfileTarget(HardwareTarget):
             calibration=self.calibration,
             spread_ms=total * self.stated_error.fraction() if self.stated_error else 0.0,
             energy_mj=None,
-            memory=memory_of(layers),
+            memory=memory_footprint(layers),
             per_layer_ms=per_layer,
             provenance=self.provenance(),
             notes=notes,
