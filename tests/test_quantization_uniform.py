@@ -141,6 +141,20 @@ def test_impossible_bit_widths_are_refused(bad) -> None:
         QuantScheme(bits=bad)
 
 
+@pytest.mark.parametrize("signed", [True, False])
+def test_one_bit_asymmetric_schemes_have_two_levels_and_keep_zero(signed: bool) -> None:
+    scheme = QuantScheme(bits=1, symmetric=False, signed=signed)
+    assert scheme.qrange() == ((-1, 0) if signed else (0, 1))
+    x = torch.linspace(-0.2, 3.0, 101) if not signed else torch.linspace(-3.0, 0.2, 101)
+    qt = quantize_tensor(x, scheme)
+    values = torch.unique(qt.dequantize())
+    assert len(values) == 2 and 0.0 in values.tolist()
+    with pytest.raises(QuantizationError, match="symmetric"):
+        QuantScheme(bits=1, symmetric=True, signed=signed)
+    with pytest.raises(QuantizationError, match="single level"):
+        QuantScheme(bits=1, symmetric=False, signed=True, narrow_range=True)
+
+
 def test_unknown_observer_and_empty_observer_are_refused() -> None:
     with pytest.raises(QuantizationError, match="unknown observer 'median'.*minmax"):
         make_observer("median", QuantScheme())
@@ -161,6 +175,8 @@ from torch import nn  # noqa: E402
 
 from methods.base import MethodConfigError  # noqa: E402
 from methods.quantization.fakequant import (  # noqa: E402
+    ActQuantizer,
+    WeightQuantizer,
     calibrate,
     fold_batchnorm,
     freeze,
@@ -170,7 +186,9 @@ from methods.quantization.fakequant import (  # noqa: E402
     quant_layers,
     save_quantized,
 )
-from methods.quantization.ptq import PostTrainingQuantization  # noqa: E402
+from methods.quantization.pact import PACT, AlphaL2, PACTFunction, PACTQuantizer  # noqa: E402
+from methods.quantization.ptq import PostTrainingQuantization, quantize_for_inference  # noqa: E402
+from methods.quantization.quantizers import create_quantizer, list_quantizers  # noqa: E402
 from methods.storage import load_model, part_sizes  # noqa: E402
 
 
@@ -243,14 +261,85 @@ def test_quantization_error_of_the_decoded_model_shrinks_with_bits(tmp_path: Pat
 
 
 @pytest.mark.parametrize("options,key", [
-    ({"bits": 0}, "method.bits"), ({"bits": 33}, "method.bits"), ({"bits": 1}, "method.bits"), ({"bits": 9}, "method.bits"),
-    ({"act_bits": 33}, "method.act_bits"), ({"act_bits": 0}, "method.act_bits"), ({"observer": "median"}, "method.observer"),
+    ({"bits": 0}, "method.bits"), ({"bits": 33}, "method.bits"), ({"bits": 9}, r"method.bits: 9 .*'uniform'.*2\.\.8"),
+    ({"bits": 1}, r"method.bits: 1 bits .*'uniform' weight quantizer takes \(2\.\.8 with a symmetric scheme, 1\.\.8"),
+    ({"act_bits": 33}, "method.act_bits"), ({"act_bits": 0}, r"method.act_bits: .*1\.\.8.*or 32 keeps"),
+    ({"act_bits": 1, "act_symmetric": True}, r"method.act_bits: .*2\.\.8 with a symmetric"),
+    ({"observer": "median"}, "method.observer"),
     ({"calibration_batches": 0}, "method.calibration_batches"), ({"percentile": 30}, "method.percentile"),
     ({"bitz": 8}, "unknown key"),
+    ({"weight_quantizer": "pact"}, r"method.weight_quantizer: unknown weight quantizer 'pact'; registered: .*'uniform'"),
+    ({"act_quantizer": "sine"}, r"method.act_quantizer: unknown act quantizer 'sine'; registered: .*'pact'"),
+    ({"layer_bits": [4, 4]}, "method.layer_bits: must be a mapping"),
+    ({"layer_bits": {"3": 4}}, r"method.layer_bits.3: must be \[weight_bits, act_bits\]"),
+    ({"layer_bits": {"3": [1, 4]}}, r"method.layer_bits.3: 1 bits .*2\.\.8 with a symmetric"),
+    ({"layer_bits": {"3": [4, 9]}}, r"method.layer_bits.3: 9 bits .*'uniform' act quantizer"),
 ])
 def test_ptq_refuses_impossible_requests_naming_the_key(options: dict, key: str) -> None:
     with pytest.raises(MethodConfigError, match=key):
         PostTrainingQuantization(**options)
+
+
+def test_quantizer_registry_names_and_ranges() -> None:
+    assert {"uniform", "pact"} <= set(list_quantizers("act"))
+    assert "uniform" in list_quantizers("weight") and "pact" not in list_quantizers("weight")
+    assert isinstance(create_quantizer("uniform", "weight", QuantScheme(4), channels=3), WeightQuantizer)
+    assert isinstance(create_quantizer("pact", "act", QuantScheme(1, symmetric=False, signed=False)), PACTQuantizer)
+    with pytest.raises(QuantizationError, match=r"unknown weight quantizer 'pact'; registered: \[.*'uniform'"):
+        create_quantizer("pact", "weight", QuantScheme(4))
+    with pytest.raises(QuantizationError, match=r"9 bits .*'pact' act quantizer takes \(1\.\.8\)"):
+        create_quantizer("pact", "act", QuantScheme(9, symmetric=False, signed=False))
+    with pytest.raises(QuantizationError, match="unsigned and asymmetric"):
+        create_quantizer("pact", "act", QuantScheme(4, symmetric=True))
+
+
+def stored_and_decoded(method, tmp_path: Path, batches: list[torch.Tensor] | None = None):
+    """``method``'s config applied to the tiny net through the PTQ path, frozen, written and decoded."""
+    net = tiny_conv_net()
+    batches = batches or [torch.randn(8, 3, 12, 12) for _ in range(3)]
+    quantized, plan, folded = quantize_for_inference(net, method.config, batches)
+    freeze(quantized)
+    save_quantized(quantized, tmp_path / "m.cbq", plan, folded)
+    return net, quantized, load_model(tmp_path / "m.cbq", net)
+
+
+def test_per_layer_bit_widths_override_the_default_and_are_recorded(tmp_path: Path) -> None:
+    method = PostTrainingQuantization(bits=8, act_bits=8, onnx=False, layer_bits={"3": [4, 2], "8": [1, 32]},
+                                      symmetric=False)
+    net, quantized, decoded = stored_and_decoded(method, tmp_path)
+    assert layer_bits(decoded) == {"0": (8, 8), "3": (4, 2), "8": (1, 32)}
+    x = torch.randn(5, 3, 12, 12)
+    assert torch.equal(decoded(x), quantized(x))
+    layers = quant_layers(decoded)
+    for name, (w_bits, _) in layer_bits(decoded).items():
+        rows = layers[name].weight.detach().reshape(layers[name].weight.shape[0], -1)
+        assert max(len(torch.unique(r)) for r in rows) <= 2**w_bits
+    seen = {}
+    hook = layers["3"].input_quantizer.register_forward_hook(lambda _m, _i, out: seen.update(out=out))
+    decoded(x)
+    hook.remove()
+    assert len(torch.unique(seen["out"])) <= 4  # 2-bit activations into layer 3
+    assert isinstance(layers["8"].input_quantizer, nn.Identity)  # 32: its input stays float
+
+
+def test_per_layer_bits_must_name_quantized_layers() -> None:
+    with pytest.raises(MethodConfigError, match=r"method.layer_bits names \['9'\].*those are \['0', '3', '8'\]"):
+        PostTrainingQuantization(layer_bits={"9": [4, 4]}).config.plan(tiny_conv_net())
+    with pytest.raises(MethodConfigError, match=r"method.layer_bits names \['3'\].*those are \['0', '8'\]"):
+        PostTrainingQuantization(layer_bits={"3": [4, 4]}, skip_layers=["3"]).config.plan(tiny_conv_net())
+
+
+def test_one_bit_weights_and_activations_store_and_decode(tmp_path: Path) -> None:
+    method = PostTrainingQuantization(bits=1, act_bits=1, symmetric=False, onnx=False)
+    net, quantized, decoded = stored_and_decoded(method, tmp_path)
+    assert set(layer_bits(decoded).values()) == {(1, 1)}
+    x = torch.randn(5, 3, 12, 12)
+    assert torch.equal(decoded(x), quantized(x))
+    for layer in quant_layers(decoded).values():  # two values per output channel
+        for row in layer.weight.detach().reshape(layer.weight.shape[0], -1):
+            assert len(torch.unique(row)) <= 2
+    assert part_sizes(tmp_path / "m.cbq")["weight_codes"] == sum(
+        -(-layer.weight.numel() // 8) for layer in quant_layers(decoded).values())
 
 
 def test_int8_onnx_runs_in_onnx_runtime_and_agrees_with_fake_quant(tmp_path: Path) -> None:
@@ -295,8 +384,8 @@ def test_int8_export_refuses_other_bit_widths(tmp_path: Path) -> None:
 # QAT, PACT and half precision through a real (tiny) context
 # --------------------------------------------------------------------------------------------
 
+from methods.losses import TrainingStep  # noqa: E402
 from methods.quantization.half import HalfPrecision, HalfPrecisionModel  # noqa: E402
-from methods.quantization.pact import PACT, AlphaL2, PACTFunction, PACTQuantizer  # noqa: E402
 from methods.quantization.qat import QuantizationAwareTraining  # noqa: E402
 from tests.conftest import SHARED_DATA, needs_shared_data  # noqa: E402
 
@@ -309,12 +398,47 @@ def test_pact_gradients_are_the_papers() -> None:
     (y * torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])).sum().backward()
     assert torch.equal(x.grad, torch.tensor([0.0, 2.0, 3.0, 0.0, 0.0]))  # inside [0, alpha) only
     assert float(alpha.grad) == 9.0  # the upstream gradients where x >= alpha
-    q = PACTQuantizer(bits=2, alpha=1.0)
-    assert float(AlphaL2(0.5)(nn.Sequential(q))) == pytest.approx(0.5)
+
+
+def test_alpha_penalty_is_a_loss_term_over_the_learned_clipping_levels() -> None:
+    learned, kept = (PACTQuantizer(QuantScheme(2, symmetric=False, signed=False)) for _ in range(2))
+    learned.clip_at(3.0)
+    model = nn.Sequential(learned, kept)  # ``kept`` never started learning: not PACT's (signed inputs)
+    step = TrainingStep(inputs=torch.zeros(1), targets=torch.zeros(1), logits=torch.zeros(1, 2), model=model)
+    penalty = AlphaL2(0.5)(step)
+    assert penalty.item() == pytest.approx(0.5 * 9.0)
+    penalty.backward()
+    assert float(learned.alpha.grad) == pytest.approx(3.0) and kept.alpha.grad is None
+    assert float(AlphaL2(0.5)(TrainingStep(step.inputs, step.targets, step.logits, nn.Sequential(kept)))) == 0.0
+
+
+def test_pact_activations_come_through_the_plan_and_are_stored_as_uniform(tmp_path: Path) -> None:
+    method = PostTrainingQuantization(bits=4, act_bits=4, act_quantizer="pact", onnx=False)
+    net, quantized, decoded = stored_and_decoded(method, tmp_path)
+    pact = {name: layer.input_quantizer for name, layer in quant_layers(quantized).items()}
+    assert all(isinstance(q, PACTQuantizer) for q in pact.values())
+    assert not pact["0"].learning  # the normalised image has negative values: kept uniform, calibrated
+    assert pact["3"].learning and pact["8"].learning
+    assert float(pact["3"].alpha) == pytest.approx(float(pact["3"].observer.range()[1]))
+    assert int(pact["3"].zero_point) == 0
+    decoded_act = [layer.input_quantizer for layer in quant_layers(decoded).values()]
+    assert all(type(q) is ActQuantizer for q in decoded_act)  # alpha is training state, not stored
+    x = torch.randn(5, 3, 12, 12)
+    assert torch.equal(decoded(x), quantized(x))
+
+
+@pytest.mark.parametrize("options,key", [
+    ({"act_quantizer": "uniform"}, "method.act_quantizer: PACT learns"), ({"act_symmetric": True}, "method.act_symmetric"),
+    ({"act_bits": 32}, "method.act_bits"), ({"act_bits": 9}, r"method.act_bits: 9 bits .*'pact' act quantizer takes \(1\.\.8\)"),
+])
+def test_pact_refuses_what_it_cannot_learn(options: dict, key: str) -> None:
+    with pytest.raises(MethodConfigError, match=key):
+        PACT(**options)
 
 
 def test_pact_equals_uniform_quantization_with_its_scale() -> None:
-    q = PACTQuantizer(bits=4, alpha=2.5)
+    q = PACTQuantizer(QuantScheme(4, symmetric=False, signed=False))
+    q.clip_at(2.5)
     x = torch.linspace(-1, 4, 1001)
     y = q(x).detach()
     uniform = torch.fake_quantize_per_tensor_affine(x, q.scale, q.zero_point, 0, 15)

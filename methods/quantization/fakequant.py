@@ -28,7 +28,7 @@ epochs anyway).
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -38,12 +38,14 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
+from methods.quantization.quantizers import create_quantizer, quantizer_entry, register_quantizer
 from methods.quantization.uniform import (
     MinMaxObserver,
     QuantizationError,
     QuantScheme,
     fake_quantize,
     make_observer,
+    min_bits,
     quantize,
 )
 from methods.storage import StoredState, TensorEntry, load_state_into, register_architecture, save_model
@@ -54,6 +56,13 @@ from methods.storage.codecs import affine_entry, fill_entry, packed_entry, raw_e
 # --------------------------------------------------------------------------------------------
 
 
+def uniform_bit_range(symmetric: bool) -> tuple[int, int]:
+    """Widths of the uniform quantizers: from the scheme's fewest (1 asymmetric, 2 symmetric) to 8,
+    the widest the methods store and deploy."""
+    return min_bits(symmetric), 8
+
+
+@register_quantizer("uniform", "act", bits=uniform_bit_range)
 class ActQuantizer(nn.Module):
     """Fake-quantizes activations with calibrated ``scale`` / ``zero_point`` buffers.
 
@@ -106,6 +115,7 @@ class ActQuantizer(nn.Module):
         return f"bits={self.scheme.bits}, symmetric={self.scheme.symmetric}, observer={self.observer_name}, mode={self.mode}"
 
 
+@register_quantizer("uniform", "weight", bits=uniform_bit_range)
 class WeightQuantizer(nn.Module):
     """Fake-quantizes a weight: parameters recomputed from the weight at every forward (training),
     or fixed once :meth:`freeze` has been called (inference, decoded models)."""
@@ -270,9 +280,11 @@ def scheme_to_dict(scheme: QuantScheme) -> dict[str, Any]:
     return asdict(scheme)
 
 
-def _act_quantizer_from(spec: dict[str, Any]) -> ActQuantizer:
-    return ActQuantizer(QuantScheme(**spec["scheme"]), spec.get("observer", "minmax"), spec.get("observer_kwargs"),
-                        spec.get("ema"))
+def _quantizer_from(spec: dict[str, Any], role: str, **options: Any) -> nn.Module:
+    """The registered quantizer a plan entry names (entries written before the registry: ``uniform``)."""
+    return create_quantizer(spec.get("quantizer", "uniform"), role, QuantScheme(**spec["scheme"]),
+                            observer=spec.get("observer", "minmax"), observer_kwargs=spec.get("observer_kwargs"),
+                            **options)
 
 
 def layer_plan(
@@ -284,35 +296,62 @@ def layer_plan(
     observer_kwargs: dict[str, Any] | None = None,
     skip: Iterable[str] = (),
     ema: float | None = None,
+    weight_quantizer: str = "uniform",
+    act_quantizer: str = "uniform",
+    layer_schemes: Mapping[str, tuple[QuantScheme, QuantScheme | None]] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """What :func:`prepare` does to each conv/linear layer, as JSON-able data (kept in the file)."""
+    """What :func:`prepare` does to each conv/linear layer, as JSON-able data (kept in the file).
+
+    Every layer gets ``weight_scheme`` and ``act_scheme`` (None: float activations) with the
+    registered quantizers named, except the layers ``layer_schemes`` gives their own pair
+    (per-layer bit-widths).
+    """
     skip = set(skip)
-    names = {n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
-    unknown = skip - names
+    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    unknown = skip - set(layers)
     if unknown:
         raise QuantizationError(f"skip_layers names layers that are not conv/linear layers of the model: {sorted(unknown)}")
+    quantized = [n for n in layers if n not in skip]
+    misplaced = sorted(set(layer_schemes or {}) - set(quantized))
+    if misplaced:
+        raise QuantizationError(f"layer_bits names {misplaced}, which are not quantized conv/linear layers of the "
+                                f"model; those are {quantized}")
     plan = {}
     for name, module in model.named_modules():
-        if not isinstance(module, (nn.Conv2d, nn.Linear)) or name in skip:
+        if name not in quantized:
             continue
+        w_scheme, a_scheme = (layer_schemes or {}).get(name, (weight_scheme, act_scheme))
         plan[name] = {
             "op": "conv" if isinstance(module, nn.Conv2d) else "linear",
-            "weight": {"scheme": scheme_to_dict(weight_scheme), "observer": weight_observer,
+            "weight": {"quantizer": weight_quantizer, "scheme": scheme_to_dict(w_scheme), "observer": weight_observer,
                        "observer_kwargs": dict(observer_kwargs or {})},
-            "act": None if act_scheme is None else {"scheme": scheme_to_dict(act_scheme), "observer": act_observer,
-                                                    "observer_kwargs": dict(observer_kwargs or {}), "ema": ema},
+            "act": None if a_scheme is None else {"quantizer": act_quantizer, "scheme": scheme_to_dict(a_scheme),
+                                                  "observer": act_observer,
+                                                  "observer_kwargs": dict(observer_kwargs or {}), "ema": ema},
         }
     return plan
+
+
+def stored_plan(plan: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``plan`` with each quantizer replaced by the one its stored model is rebuilt with (the
+    registry's ``stored_as``: PACT's learned clipping is stored as the uniform scale it implies)."""
+
+    def stored(spec: dict[str, Any] | None, role: str) -> dict[str, Any] | None:
+        if spec is None:
+            return None
+        return {**spec, "quantizer": quantizer_entry(spec.get("quantizer", "uniform"), role).stored_as}
+
+    return {name: {**spec, "weight": stored(spec["weight"], "weight"), "act": stored(spec["act"], "act")}
+            for name, spec in plan.items()}
 
 
 def prepare(model: nn.Module, plan: dict[str, dict[str, Any]]) -> nn.Module:
     """Replace the planned conv/linear layers of ``model`` (in place) by fake-quant layers."""
     for name, spec in plan.items():
         module = model.get_submodule(name)
-        w = spec["weight"]
         channels = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
-        wq = WeightQuantizer(QuantScheme(**w["scheme"]), w["observer"], w.get("observer_kwargs"), channels)
-        aq: nn.Module = nn.Identity() if spec["act"] is None else _act_quantizer_from(spec["act"])
+        wq = _quantizer_from(spec["weight"], "weight", channels=channels)
+        aq = nn.Identity() if spec["act"] is None else _quantizer_from(spec["act"], "act", ema=spec["act"].get("ema"))
         cls = QuantConv2d if isinstance(module, nn.Conv2d) else QuantLinear
         model.set_submodule(name, cls.from_float(module, wq, aq))
     return model
@@ -437,7 +476,7 @@ def save_quantized(model: nn.Module, path: str | Path, plan: dict[str, dict[str,
     for key, tensor in model.state_dict().items():
         if key not in covered:
             entries.append(raw_entry(key, tensor, "float_rest"))
-    header = {"plan": _compact_plan(plan), "folded": [list(p) for p in folded], **(meta or {})}
+    header = {"plan": _compact_plan(stored_plan(plan)), "folded": [list(p) for p in folded], **(meta or {})}
     return save_model(path, entries, header, architecture="fakequant")
 
 

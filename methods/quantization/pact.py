@@ -9,10 +9,11 @@ is kept small by an L2 penalty ``lambda_alpha * sum(alpha^2)`` added to the loss
 place it among the reduced-precision methods that quantize activations as well as weights
 (Berthelier et al. 2020, Sec. 2.5; Aswani et al., Sec. C).
 
-Weights are quantized as in QAT (uniform, min-max each step, straight-through). Training goes
-through ``ctx.finetune`` with the penalty as its regularizer. At inference PACT is plain uniform
-quantization with ``scale = alpha / (2^k - 1)`` and zero-point 0, so the stored file (and the
-decoded model) holds only that scale, as PTQ's does.
+Weights are quantized as in QAT (uniform, min-max each step, straight-through); activations by
+the ``pact`` quantizer of the registry (:mod:`.quantizers`), which any method's plan may name
+(``act_quantizer: pact``). Training goes through ``ctx.finetune`` with the penalty as a loss term
+(:class:`AlphaL2`). At inference PACT is plain uniform quantization with ``scale = alpha / (2^k - 1)``
+and zero-point 0, so the stored file (and the decoded model) holds only that scale, as PTQ's does.
 
 Departures: ``alpha`` starts at each layer's calibrated activation range (the ``observer``'s
 upper end on calibration batches) rather than at 10, since training starts from a trained
@@ -24,15 +25,20 @@ weights use uniform (not DoReFa) quantization.
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
-from methods.quantization.fakequant import ActQuantizer, quant_layers
+from methods.losses import TrainingStep
+from methods.quantization.fakequant import ActQuantizer
 from methods.quantization.ptq import calibration_inputs, quantize_for_inference, store_and_decode, uniform_config
 from methods.quantization.qat import check_training
+from methods.quantization.quantizers import register_quantizer
+from methods.quantization.uniform import QuantizationError, QuantScheme
 
 
 class PACTFunction(torch.autograd.Function):
@@ -53,53 +59,71 @@ class PACTFunction(torch.autograd.Function):
         return grad_x, grad_alpha, None
 
 
-class PACTQuantizer(nn.Module):
+@register_quantizer("pact", "act", bits=(1, 8), stored_as="uniform")
+class PACTQuantizer(ActQuantizer):
     """A learned clipping level ``alpha`` (a parameter) and the uniform scale it implies.
 
-    Its ``scale`` / ``zero_point`` buffers follow ``alpha``, so storing a PACT layer stores the
-    same two numbers as any calibrated activation quantizer.
+    Calibrated like the uniform activation quantizer; :meth:`finish_calibration` then starts
+    ``alpha`` at the observed upper end where the inputs are non-negative (PACT's domain), and
+    keeps the calibrated uniform quantizer where they are not (``learning`` stays False). Its
+    ``scale`` / ``zero_point`` buffers follow ``alpha``, so storing a PACT layer stores the same
+    two numbers as any calibrated activation quantizer.
     """
 
-    def __init__(self, bits: int, alpha: float) -> None:
-        super().__init__()
-        if alpha <= 0:
-            raise MethodConfigError(f"PACT's clipping level must start > 0, got {alpha}")
-        self.bits = bits
-        self.levels = 2**bits - 1
-        self.alpha = nn.Parameter(torch.tensor(float(alpha)))
-        self.register_buffer("scale", torch.tensor(float(alpha) / self.levels))
-        self.register_buffer("zero_point", torch.tensor(0, dtype=torch.int32))
+    def __init__(self, scheme: QuantScheme, observer: str = "minmax", observer_kwargs: dict[str, Any] | None = None,
+                 ema: float | None = None) -> None:
+        if scheme.signed or scheme.symmetric:
+            raise QuantizationError("the 'pact' quantizer clips to [0, alpha]: its scheme must be unsigned and "
+                                    "asymmetric (act_symmetric: false)")
+        super().__init__(scheme, observer, observer_kwargs, ema)
+        self.levels = 2**scheme.bits - 1
+        self.alpha = nn.Parameter(torch.tensor(1.0))
+        self.learning = False
 
-    @property
-    def scheme(self) -> Any:  # what layer_bits and the int8 checks read
-        from methods.quantization.uniform import QuantScheme
+    def clip_at(self, alpha: float) -> None:
+        """Start learning the clipping level from ``alpha`` (> 0)."""
+        if not alpha > 0:
+            raise QuantizationError(f"PACT's clipping level must start > 0, got {alpha}")
+        with torch.no_grad():
+            self.alpha.fill_(float(alpha))
+        self.set_qparams(torch.tensor(float(alpha) / self.levels), torch.tensor(0, dtype=torch.int32))
+        self.learning = True
+        self.mode = "quantize"
 
-        return QuantScheme(bits=self.bits, symmetric=False, signed=False)
+    def finish_calibration(self) -> None:
+        lo, hi = self.observer.range()
+        if float(lo) >= 0 and float(hi) > 0:  # non-negative inputs: PACT's domain
+            self.clip_at(float(hi))
+        else:  # PACT's clip at 0 would erase the negative values: the calibrated uniform quantizer
+            super().finish_calibration()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.learning or self.mode != "quantize":
+            return super().forward(x)
         with torch.no_grad():
             self.alpha.clamp_(min=1e-3)  # a clipping level stays positive
             self.scale.copy_(self.alpha.detach() / self.levels)
         return PACTFunction.apply(x, self.alpha, self.levels)
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, alpha={float(self.alpha):.4f}"
+        return super().extra_repr() + (f", alpha={float(self.alpha):.4f}" if self.learning else ", alpha not learned")
 
 
 def pact_layers(model: nn.Module) -> dict[str, PACTQuantizer]:
-    return {name: m for name, m in model.named_modules() if isinstance(m, PACTQuantizer)}
+    """The quantizers of ``model`` that learn their clipping level, by module name."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, PACTQuantizer) and m.learning}
 
 
+@dataclass(frozen=True)
 class AlphaL2:
-    """PACT's regulariser: ``weight * sum(alpha^2)`` over the model's clipping levels."""
+    """PACT's penalty, a loss term: ``weight * sum(alpha^2)`` over the clipping levels of ``step.model``."""
 
-    def __init__(self, weight: float) -> None:
-        self.weight = weight
+    weight: float
 
-    def __call__(self, model: nn.Module) -> torch.Tensor:
-        alphas = [m.alpha for m in model.modules() if isinstance(m, PACTQuantizer)]
+    def __call__(self, step: TrainingStep) -> torch.Tensor:
+        alphas = [m.alpha for m in pact_layers(step.model).values()]
         if not alphas:
-            return torch.zeros(())
+            return torch.zeros((), device=step.logits.device)
         return self.weight * torch.stack([a.pow(2) for a in alphas]).sum()
 
 
@@ -110,9 +134,16 @@ class PACT(CompressionMethod):
                  **options: Any) -> None:
         super().__init__(name)
         options.setdefault("bits", 4)
+        options.setdefault("act_quantizer", "pact")
         self.config = uniform_config(options, extra=("name", "epochs", "lr", "alpha_decay"))
         if self.config.act_bits == 32:
             raise MethodConfigError("method.act_bits: PACT quantizes activations; 32 (float) leaves it nothing to learn")
+        if self.config.act_quantizer != "pact":
+            raise MethodConfigError(f"method.act_quantizer: PACT learns its clipping levels with the 'pact' quantizer, "
+                                    f"got {self.config.act_quantizer!r} (fine-tuning with another quantizer is "
+                                    "+method=qat)")
+        if self.config.act_symmetric:
+            raise MethodConfigError("method.act_symmetric: PACT clips activations to [0, alpha] (unsigned); set false")
         self.epochs, self.lr, _ = check_training(epochs, lr, 1.0)
         if not isinstance(alpha_decay, (int, float)) or alpha_decay < 0:
             raise MethodConfigError(f"method.alpha_decay: the L2 weight of alpha must be >= 0, got {alpha_decay!r}")
@@ -121,24 +152,14 @@ class PACT(CompressionMethod):
     def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
         calibration = calibration_inputs(ctx.datamodule, self.config.calibration_batches)
         quantized, plan, folded = quantize_for_inference(model, self.config, calibration)
-        swapped = 0
-        for layer in quant_layers(quantized).values():
-            q = layer.input_quantizer
-            if isinstance(q, ActQuantizer):
-                lo, hi = q.observer.range()
-                if float(lo) >= 0 and float(hi) > 0:  # non-negative inputs: PACT's domain
-                    layer.input_quantizer = PACTQuantizer(self.config.act_bits, float(hi))
-                    swapped += 1
         before = ctx.evaluate(quantized, "val")
-        ctx.finetune(quantized, self.epochs, lr=self.lr, regularizer=AlphaL2(self.alpha_decay))
+        ctx.finetune(quantized, self.epochs, lr=self.lr, loss_terms=[AlphaL2(self.alpha_decay)])
         quantized.eval()
         alphas = {name: float(m.alpha) for name, m in pact_layers(quantized).items()}
         metrics = {"val_top1_before_finetune": before["top1"], "finetune_epochs": self.epochs,
-                   "pact_layers": float(swapped), "mean_alpha": sum(alphas.values()) / max(len(alphas), 1)}
+                   "pact_layers": float(len(alphas)), "mean_alpha": sum(alphas.values()) / max(len(alphas), 1)}
         result = store_and_decode(self.name, quantized, model, plan, folded, self.config, ctx, calibration, metrics)
         alpha_file = ctx.workdir / f"{self.name}_alpha.json"
-        import json
-
         alpha_file.write_text(json.dumps(alphas, indent=1))
         result.artifacts.append(alpha_file)
         return result

@@ -6,7 +6,10 @@ and fully connected matrices): batch normalisation is folded into the convolutio
 conv/linear weight is mapped to ``bits``-bit integers (per tensor or per output channel,
 symmetric or asymmetric; Jacob et al. 2018, Sec. 2), and the input activation of every such
 layer gets a scale and zero-point from ``calibration_batches`` batches of the training split,
-observed by min-max, percentile or MSE (:mod:`.uniform`).
+observed by min-max, percentile or MSE (:mod:`.uniform`). The quantizers are the registry's
+(:mod:`.quantizers`) that ``weight_quantizer`` and ``act_quantizer`` name, at ``bits`` / ``act_bits``
+or, for the layers ``layer_bits`` lists, at their own ``[weight_bits, act_bits]`` (a mixed-precision
+policy such as HAQ's); the result's ``layer_bits`` records the widths applied.
 
 The model is written in its real storage format (:func:`.fakequant.save_quantized`: packed
 integer weights, scales, zero-points, fp32 biases) and the returned model is decoded from that
@@ -40,23 +43,34 @@ from methods.quantization.fakequant import (
     prepare,
     save_quantized,
 )
-from methods.quantization.uniform import OBSERVERS, QuantScheme
+from methods.quantization.quantizers import QuantizerEntry, quantizer_entry
+from methods.quantization.uniform import OBSERVERS, QuantizationError, QuantScheme
 from methods.storage import load_model
 
 log = logging.getLogger(__name__)
 
-#: Bit-widths the uniform methods accept for weights and activations.
-BITS_RANGE = (2, 8)
+#: An activation width that means "no activation quantizer": the layer's input stays float.
+FLOAT_BITS = 32
 
 
-def check_bits(value: Any, key: str, allow_float: bool = False) -> int:
-    """``value`` as a bit-width in 2..8 (or 32 = stay float when ``allow_float``), else a clear error."""
-    lo, hi = BITS_RANGE
-    ok = isinstance(value, int) and not isinstance(value, bool) and (lo <= value <= hi or (allow_float and value == 32))
-    if not ok:
-        extra = " or 32 (keep activations in float)" if allow_float else ""
-        raise MethodConfigError(f"method.{key}: must be an integer in {lo}..{hi}{extra}, got {value!r}")
-    return value
+def check_quantizer(name: Any, role: str, key: str) -> QuantizerEntry:
+    """The registered ``role`` quantizer ``name``, else an error naming ``method.<key>`` and the registered ones."""
+    try:
+        return quantizer_entry(name, role)
+    except QuantizationError as err:
+        raise MethodConfigError(f"method.{key}: {err}") from None
+
+
+def check_bits(value: Any, key: str, quantizer: QuantizerEntry, symmetric: bool, allow_float: bool = False) -> int:
+    """``value`` as a width ``quantizer`` takes (or 32 = stay float when ``allow_float``), else an
+    error naming ``method.<key>`` and that quantizer's range."""
+    if allow_float and value == FLOAT_BITS and not isinstance(value, bool):
+        return FLOAT_BITS
+    try:
+        return quantizer.check_bits(value, symmetric)
+    except QuantizationError as err:
+        extra = f"; or {FLOAT_BITS} keeps activations in float" if allow_float else ""
+        raise MethodConfigError(f"method.{key}: {err}{extra}") from None
 
 
 def check_choice(value: Any, key: str, choices: Any) -> Any:
@@ -83,12 +97,29 @@ class UniformQuantizationConfig:
         fold_bn: bool = True,
         onnx: bool = True,
         reduce_range: bool | str = "auto",
+        weight_quantizer: str = "uniform",
+        act_quantizer: str = "uniform",
+        layer_bits: dict[str, Any] | None = None,
     ) -> None:
-        self.bits = check_bits(bits, "bits")
-        self.act_bits = check_bits(bits if act_bits is None else act_bits, "act_bits", allow_float=True)
         self.per_channel = bool(per_channel)
         self.symmetric = bool(symmetric)
         self.act_symmetric = bool(act_symmetric)
+        self.weight_quantizer, self.act_quantizer = weight_quantizer, act_quantizer
+        wq = check_quantizer(weight_quantizer, "weight", "weight_quantizer")
+        aq = check_quantizer(act_quantizer, "act", "act_quantizer")
+        self.bits = check_bits(bits, "bits", wq, self.symmetric)
+        self.act_bits = check_bits(bits if act_bits is None else act_bits, "act_bits", aq, self.act_symmetric,
+                                   allow_float=True)
+        if not isinstance(layer_bits or {}, dict):
+            raise MethodConfigError(f"method.layer_bits: must be a mapping layer -> [weight_bits, act_bits], "
+                                    f"got {layer_bits!r}")
+        self.layer_bits: dict[str, tuple[int, int]] = {}
+        for layer, pair in (layer_bits or {}).items():
+            key = f"layer_bits.{layer}"
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                raise MethodConfigError(f"method.{key}: must be [weight_bits, act_bits], got {pair!r}")
+            self.layer_bits[str(layer)] = (check_bits(pair[0], key, wq, self.symmetric),
+                                           check_bits(pair[1], key, aq, self.act_symmetric, allow_float=True))
         self.observer = check_choice(observer, "observer", OBSERVERS)
         self.weight_observer = check_choice(weight_observer, "weight_observer", OBSERVERS)
         if not 50 < float(percentile) <= 100:
@@ -106,7 +137,8 @@ class UniformQuantizationConfig:
 
     @property
     def deploys_int8(self) -> bool:
-        return self.onnx and self.bits == 8 and self.act_bits == 8
+        pairs = {(self.bits, self.act_bits), *self.layer_bits.values()}
+        return self.onnx and pairs == {(8, 8)}
 
     @property
     def reduces_range(self) -> bool:
@@ -123,24 +155,30 @@ class UniformQuantizationConfig:
     def weight_bits(self) -> int:
         return self.bits - 1 if self.reduces_range else self.bits
 
-    def weight_scheme(self) -> QuantScheme:
-        return QuantScheme(bits=self.weight_bits, symmetric=self.symmetric, per_channel=self.per_channel, ch_axis=0, signed=True)
+    def weight_scheme(self, bits: int | None = None) -> QuantScheme:
+        """Weights at ``bits`` (default: the stored width of ``bits``; 8 becomes 7 where the range is reduced)."""
+        bits = self.weight_bits if bits is None else bits - int(self.reduces_range and bits == 8)
+        return QuantScheme(bits=bits, symmetric=self.symmetric, per_channel=self.per_channel, ch_axis=0, signed=True)
 
-    def act_scheme(self) -> QuantScheme | None:
-        """Activations: unsigned (uint8-style) when asymmetric, as ReLU outputs are non-negative."""
-        if self.act_bits == 32:
+    def act_scheme(self, bits: int | None = None) -> QuantScheme | None:
+        """Activations at ``bits`` (default ``act_bits``; 32: float, None): unsigned (uint8-style) when
+        asymmetric, as ReLU outputs are non-negative."""
+        bits = self.act_bits if bits is None else bits
+        if bits == FLOAT_BITS:
             return None
-        return QuantScheme(bits=self.act_bits, symmetric=self.act_symmetric, signed=self.act_symmetric)
+        return QuantScheme(bits=bits, symmetric=self.act_symmetric, signed=self.act_symmetric)
 
     def observer_kwargs(self, observer: str) -> dict[str, Any]:
         return {"percentile": self.percentile} if observer == "percentile" else {}
 
     def plan(self, model: nn.Module, ema: float | None = None) -> dict[str, dict[str, Any]]:
+        schemes = {layer: (self.weight_scheme(w), self.act_scheme(a)) for layer, (w, a) in self.layer_bits.items()}
         try:
             plan = layer_plan(model, self.weight_scheme(), self.act_scheme(), self.weight_observer, self.observer,
-                              skip=self.skip_layers, ema=ema)
-        except ValueError as err:
-            raise MethodConfigError(f"method.skip_layers: {err}") from None
+                              skip=self.skip_layers, ema=ema, weight_quantizer=self.weight_quantizer,
+                              act_quantizer=self.act_quantizer, layer_schemes=schemes)
+        except QuantizationError as err:  # its message starts with the key (skip_layers, layer_bits)
+            raise MethodConfigError(f"method.{err}") from None
         # weight and activation observers may differ: give each its own options
         for spec in plan.values():
             spec["weight"]["observer_kwargs"] = self.observer_kwargs(self.weight_observer)

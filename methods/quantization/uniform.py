@@ -49,6 +49,12 @@ class QuantizationError(ValueError):
     """An impossible quantization request (0 bits, an unknown observer, a bad axis)."""
 
 
+def min_bits(symmetric: bool) -> int:
+    """The fewest bits of a scheme: a symmetric one needs a level each side of its zero-point (2),
+    an asymmetric one takes 1 (two levels, one of them the exact zero)."""
+    return 2 if symmetric else 1
+
+
 @dataclass(frozen=True)
 class QuantScheme:
     """How a tensor is mapped to integers.
@@ -67,8 +73,13 @@ class QuantScheme:
     narrow_range: bool | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.bits, int) or isinstance(self.bits, bool) or not 2 <= self.bits <= 16:
-            raise QuantizationError(f"bits must be an integer in 2..16, got {self.bits!r}")
+        lo = min_bits(self.symmetric)
+        if not isinstance(self.bits, int) or isinstance(self.bits, bool) or not lo <= self.bits <= 16:
+            why = " (a symmetric scheme needs one level each side of zero; 1 bit is asymmetric)" if lo > 1 else ""
+            raise QuantizationError(f"bits must be an integer in {lo}..16{why}, got {self.bits!r}")
+        qmin, qmax = self.qrange()
+        if qmax <= qmin:
+            raise QuantizationError(f"{self.bits}-bit narrow_range leaves a single level ({qmin}); use narrow_range false")
 
     @property
     def narrow(self) -> bool:
