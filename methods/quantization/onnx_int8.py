@@ -167,7 +167,7 @@ def int8_saturates(weight_qmax: int, act_levels: int) -> bool:
 def check_int8(model: nn.Module) -> None:
     """Refuse, with the reason, models ONNX Runtime cannot run with 8-bit integer kernels.
 
-    Codes of fewer than 8 bits fit int8 and run exactly (no faster); activations must be 2..8 bits.
+    Codes of fewer than 8 bits fit int8 and run exactly (no faster); activations must be 1..8 bits.
     A model whose 8-bit codes would saturate this CPU's kernels is only warned about: its deployed
     accuracy shows the damage (set ``reduce_range`` to avoid it).
     """
