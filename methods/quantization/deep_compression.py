@@ -42,7 +42,8 @@ import torch
 from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
-from methods.pruning.magnitude import MagnitudePruning
+from methods.config import option, parse_config
+from methods.pruning.magnitude import MagnitudeConfig, MagnitudePruning
 from methods.quantization.kmeans import (
     SharedLayer,
     SharingConfig,
@@ -55,24 +56,6 @@ from methods.storage import load_model, read_entries, save_model, size_metrics
 from methods.storage.codecs import state_entries
 
 
-def _plain(value: Any) -> Any:
-    """Hydra DictConfig / ListConfig -> plain containers."""
-    try:
-        from omegaconf import OmegaConf
-
-        if OmegaConf.is_config(value):
-            return OmegaConf.to_container(value, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf ships with hydra
-        pass
-    return value
-
-
-def _check_index_bits(value: Any, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 8:
-        raise MethodConfigError(f"{key}: relative indices take 1..8 bits (the paper: 5 for the LeNets), got {value!r}")
-    return value
-
-
 def write_shared_model(path: Path, model: nn.Module, layers: Mapping[str, SharedLayer], coding: str,
                        index_bits: Mapping[str, int], meta: dict[str, Any]) -> dict[str, float]:
     """Write ``model`` with its shared layers stored sparsely (codes + relative indices); its ``size_*_bytes``."""
@@ -81,33 +64,25 @@ def write_shared_model(path: Path, model: nn.Module, layers: Mapping[str, Shared
     return size_metrics(save_model(path, state_entries(model.state_dict(), encoded), meta))
 
 
+@dataclasses.dataclass
+class DeepCompressionConfig:
+    """conf/method/deep_compression.yaml: each stage's keys are its own method's (magnitude, kmeans)."""
+
+    pruning: MagnitudeConfig = option(factory=MagnitudeConfig)
+    sharing: SharingConfig = option(factory=SharingConfig)
+    index_bits: int = option(5, ge=1, le=8, why="relative indices of the sparse layout; the paper: 5 for the LeNets")
+    index_bits_per_layer: dict[str, int] = option(factory=dict, ge=1, le=8, why="relative-index bits")
+
+
 class DeepCompression(CompressionMethod):
     """Prune + retrain, k-means sharing + centroid fine-tuning, Huffman coding; each stage's size recorded."""
 
-    def __init__(
-        self,
-        name: str = "deep_compression",
-        pruning: Mapping[str, Any] | None = None,
-        sharing: Mapping[str, Any] | None = None,
-        index_bits: int = 5,
-        index_bits_per_layer: Mapping[str, int] | None = None,
-    ) -> None:
+    Config = DeepCompressionConfig
+
+    def __init__(self, name: str = "deep_compression", **options: Any) -> None:
         super().__init__(name)
-        pruning = dict(_plain(pruning) or {})
-        pruning.setdefault("name", f"{name}.pruning")
-        try:
-            self.pruning = MagnitudePruning(**pruning)
-        except MethodConfigError as error:
-            raise MethodConfigError(f"{name}.pruning: {error} (the keys of methods.pruning.magnitude.MagnitudeConfig)") from None
-        sharing = dict(_plain(sharing) or {})
-        try:
-            self.sharing = SharingConfig(**sharing, prefix=f"{name}.sharing")
-        except TypeError as error:
-            raise MethodConfigError(f"{name}.sharing: {error} (keys are bits, bits_per_layer, init, max_iterations, "
-                                    f"finetune_epochs, finetune_lr, layer_types)") from error
-        self.index_bits = _check_index_bits(index_bits, f"{name}.index_bits")
-        self.index_bits_per_layer = {str(k): _check_index_bits(v, f"{name}.index_bits_per_layer.{k}")
-                                     for k, v in dict(_plain(index_bits_per_layer) or {}).items()}
+        self.config = parse_config(self.Config, options)
+        self.pruning = MagnitudePruning(f"{name}.pruning", **dataclasses.asdict(self.config.pruning))
 
     def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
         workdir = Path(ctx.workdir)
@@ -123,11 +98,11 @@ class DeepCompression(CompressionMethod):
 
         # 2. weight sharing of the surviving weights, centroids fine-tuned
         shared = copy.deepcopy(pruned.model)
-        layers = share_weights(shared, self.sharing, ctx)
-        unknown = sorted(set(self.index_bits_per_layer) - set(layers))
+        layers = share_weights(shared, self.config.sharing, ctx, "method.sharing")
+        unknown = sorted(set(self.config.index_bits_per_layer) - set(layers))
         if unknown:
-            raise MethodConfigError(f"{self.name}.index_bits_per_layer names {unknown}, not shared layers {sorted(layers)}")
-        index_bits = {m: self.index_bits_per_layer.get(m, self.index_bits) for m in layers}
+            raise MethodConfigError(f"method.index_bits_per_layer names {unknown}, not shared layers {sorted(layers)}")
+        index_bits = {m: self.config.index_bits_per_layer.get(m, self.config.index_bits) for m in layers}
         meta = {"method": self.name}  # bits and index bits are in each tensor's fields
         quantized_path = workdir / "2_quantized.cbm"
         quantized_sizes = write_shared_model(quantized_path, shared, layers, "packed", index_bits, meta)

@@ -15,11 +15,14 @@ relative indices, as Huffman bit streams. ``deep_compression`` runs the whole pi
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
-from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
+from methods.base import CompressionContext, CompressionMethod, CompressionResult
+from methods.config import FineTuning, finetune, option, parse_config
 from methods.quantization.kmeans import (
     SharingConfig,
     codebook_bits,
@@ -32,43 +35,38 @@ from methods.storage.codecs import state_entries
 
 
 # ------------------------------------------------------------------------------ the method
+@dataclass
+class HuffmanConfig(SharingConfig):
+    """conf/method/huffman.yaml: weight sharing (no fine-tuning by default) and the relative-index width."""
+
+    finetune: FineTuning = option(factory=finetune(0.0))
+    index_bits: int = option(5, ge=1, le=8, why="relative indices of the sparse layout")
+
+
 class HuffmanCoding(CompressionMethod):
     """k-means weight sharing whose codes, and for pruned layers relative indices, are Huffman-coded.
 
     Deep Compression's third stage on its own: the model's layers are shared into
     ``2**bits`` values (:mod:`methods.quantization.kmeans`; no fine-tuning unless
-    ``finetune_epochs`` > 0); a layer with zeros (a pruned baseline) is stored sparsely,
+    ``finetune.epochs`` > 0); a layer with zeros (a pruned baseline) is stored sparsely,
     its relative indices of ``index_bits`` bits Huffman-coded too. The file with
     fixed-length codes is written next to it, so the saving of the Huffman stage is
     measured, not estimated (``size_fixed_length_bytes``).
     """
 
-    def __init__(
-        self,
-        name: str = "huffman",
-        bits: int = 5,
-        bits_per_layer: dict[str, int] | None = None,
-        init: str = "linear",
-        max_iterations: int = 300,
-        finetune_epochs: float = 0.0,
-        finetune_lr: float | None = None,
-        layer_types: tuple[str, ...] | list[str] = ("linear", "conv"),
-        index_bits: int = 5,
-    ) -> None:
+    Config = HuffmanConfig
+
+    def __init__(self, name: str = "huffman", **options: Any) -> None:
         super().__init__(name)
-        self.sharing = SharingConfig(bits, dict(bits_per_layer or {}), init, max_iterations, finetune_epochs,
-                                     finetune_lr, tuple(layer_types), prefix=name)
-        if isinstance(index_bits, bool) or not isinstance(index_bits, int) or not 1 <= index_bits <= 8:
-            raise MethodConfigError(f"{name}.index_bits: relative indices take 1..8 bits, got {index_bits!r}")
-        self.index_bits = index_bits
+        self.config = parse_config(self.Config, options)
 
     def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
         shared = copy.deepcopy(model)
-        layers = share_weights(shared, self.sharing, ctx)
+        layers = share_weights(shared, self.config, ctx)
         workdir = Path(ctx.workdir)
         files = {}
         for coding in ("packed", "huffman"):
-            encoded = {layer.name: shared_entry(layer, "sparse" if layer.zero_code else "dense", coding, self.index_bits)
+            encoded = {layer.name: shared_entry(layer, "sparse" if layer.zero_code else "dense", coding, self.config.index_bits)
                        for layer in layers.values()}
             path = workdir / f"{self.name}_{coding}.cbm"
             files[coding] = (path, save_model(path, state_entries(shared.state_dict(), encoded),

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
+from methods.config import FineTuning, LayerSelection, finetune, option, parse_config, select_layers
 from methods.storage import TensorEntry, load_model, save_model, size_metrics
 from methods.storage.codebook import codebook_entry
 from methods.storage.codecs import state_entries
@@ -132,7 +133,7 @@ class SharedLayer:
 
 
 def share_layer(name: str, weight: torch.Tensor, bits: int, init: str, max_iterations: int,
-                generator: torch.Generator | None, key: str = "kmeans.bits") -> SharedLayer:
+                generator: torch.Generator | None, key: str = "method.bits") -> SharedLayer:
     """Cluster one weight tensor into ``2**bits`` shared values."""
     flat = weight.detach().float().flatten()
     k = 2**bits
@@ -232,60 +233,45 @@ def check_bits(bits: Any, key: str) -> int:
     return int(bits)
 
 
+_BITS_WHY = "2**bits clusters, indices packed at that width"
+
+
 @dataclass
 class SharingConfig:
-    """The knobs of weight sharing, validated once (shared with ``huffman`` and ``deep_compression``)."""
+    """conf/method/kmeans.yaml: the knobs of weight sharing (also huffman's, and deep_compression's ``sharing``)."""
 
-    bits: int = 5
-    bits_per_layer: dict[str, int] = field(default_factory=dict)
-    init: str = "linear"
-    max_iterations: int = 300
-    finetune_epochs: float = 1.0
-    finetune_lr: float | None = None
-    layer_types: tuple[str, ...] = ("linear", "conv")
-    prefix: str = "kmeans"
-
-    def __post_init__(self) -> None:
-        self.bits = check_bits(self.bits, f"{self.prefix}.bits")
-        self.bits_per_layer = {str(k): check_bits(v, f"{self.prefix}.bits_per_layer.{k}")
-                               for k, v in dict(self.bits_per_layer or {}).items()}
-        if self.init not in INITS:
-            raise MethodConfigError(f"{self.prefix}.init must be one of {INITS}, got {self.init!r}")
-        if self.max_iterations < 1:
-            raise MethodConfigError(f"{self.prefix}.max_iterations must be >= 1, got {self.max_iterations}")
-        if self.finetune_epochs < 0:
-            raise MethodConfigError(f"{self.prefix}.finetune_epochs must be >= 0, got {self.finetune_epochs}")
-        if self.finetune_lr is not None and self.finetune_lr <= 0:
-            raise MethodConfigError(f"{self.prefix}.finetune_lr must be > 0 or null, got {self.finetune_lr}")
-        self.layer_types = tuple(self.layer_types)
-        unknown = [t for t in self.layer_types if t not in _LAYER_TYPES]
-        if unknown:
-            raise MethodConfigError(f"{self.prefix}.layer_types: unknown {unknown}; choose from {sorted(_LAYER_TYPES)}")
+    bits: int = option(5, ge=1, le=8, why=_BITS_WHY)
+    bits_per_layer: dict[str, int] = option(factory=dict, ge=1, le=8, why=_BITS_WHY)
+    init: str = option("linear", choices=INITS)
+    max_iterations: int = option(300, ge=1)
+    finetune: FineTuning = option(factory=finetune(1.0))
+    layers: LayerSelection = option(factory=LayerSelection)
 
     def bits_for(self, module_name: str) -> int:
         return self.bits_per_layer.get(module_name, self.bits)
 
 
-def share_weights(model: nn.Module, config: SharingConfig, ctx: CompressionContext | None) -> dict[str, SharedLayer]:
-    """Cluster every shareable layer of ``model`` in place, fine-tune the centroids with
-    ``ctx.finetune`` when ``config.finetune_epochs`` > 0, and return the shared layers by module name."""
-    modules = shareable_layers(model, config.layer_types)
+def share_weights(model: nn.Module, config: SharingConfig, ctx: CompressionContext,
+                  key: str = "method") -> dict[str, SharedLayer]:
+    """Cluster the selected layers of ``model`` in place, fine-tune the centroids with ``ctx.finetune``
+    when ``config.finetune.epochs`` > 0, and return the shared layers by module name; errors name ``key.<field>``."""
+    modules = select_layers(model, (1, *tuple(ctx.input_shape)[1:]), config.layers, f"{key}.layers")
     unknown = sorted(set(config.bits_per_layer) - set(modules))
     if unknown:
-        raise MethodConfigError(f"{config.prefix}.bits_per_layer names {unknown}, not layers of the model; "
+        raise MethodConfigError(f"{key}.bits_per_layer names {unknown}, not layers of the model; "
                                 f"its layers are {sorted(modules)}")
-    generator = torch.Generator().manual_seed(ctx.seed if ctx is not None else 0)
+    generator = torch.Generator().manual_seed(ctx.seed)
     layers = {}
     for module_name, module in modules.items():
         layers[module_name] = share_layer(f"{module_name}.weight", module.weight, config.bits_for(module_name),
                                           config.init, config.max_iterations, generator,
-                                          key=f"{config.prefix}.bits_per_layer.{module_name}"
-                                          if module_name in config.bits_per_layer else f"{config.prefix}.bits")
+                                          key=f"{key}.bits_per_layer.{module_name}"
+                                          if module_name in config.bits_per_layer else f"{key}.bits")
     for module_name, module in modules.items():
         attach_shared(module, layers[module_name])
     try:
-        if ctx is not None and config.finetune_epochs > 0:
-            ctx.finetune(model, config.finetune_epochs, lr=config.finetune_lr)
+        if config.finetune.epochs > 0:
+            ctx.finetune(model, config.finetune.epochs, lr=config.finetune.lr)
     finally:
         for module_name, module in modules.items():
             detach_shared(module, layers[module_name])
@@ -295,20 +281,11 @@ def share_weights(model: nn.Module, config: SharingConfig, ctx: CompressionConte
 class KMeansQuantization(CompressionMethod):
     """Per-layer k-means weight sharing (2**bits centroids), centroids fine-tuned, codes bit-packed."""
 
-    def __init__(
-        self,
-        name: str = "kmeans",
-        bits: int = 5,
-        bits_per_layer: dict[str, int] | None = None,
-        init: str = "linear",
-        max_iterations: int = 300,
-        finetune_epochs: float = 1.0,
-        finetune_lr: float | None = None,
-        layer_types: tuple[str, ...] | list[str] = ("linear", "conv"),
-    ) -> None:
+    Config = SharingConfig
+
+    def __init__(self, name: str = "kmeans", **options: Any) -> None:
         super().__init__(name)
-        self.config = SharingConfig(bits, dict(bits_per_layer or {}), init, max_iterations, finetune_epochs,
-                                    finetune_lr, tuple(layer_types), prefix="kmeans")
+        self.config = parse_config(self.Config, options)
 
     def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
         shared_model = copy.deepcopy(model)
