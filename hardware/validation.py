@@ -368,10 +368,11 @@ def fitted_notes(
 
 
 def merge_section(markdown: str, hw: str, section: str) -> str:
-    """Replace ``hw``'s section of ``markdown`` (or append it), keeping every other section."""
+    """Replace ``hw``'s section of ``markdown`` (or append it), keeping every other section;
+    the text before the first section is the generator's ``HEADER``."""
     pattern = re.compile(rf"<!-- hw:{re.escape(hw)} start -->.*?<!-- hw:{re.escape(hw)} end -->\n?", re.S)
-    if not markdown.strip():
-        markdown = HEADER
+    first = markdown.find("<!-- hw:")
+    markdown = HEADER + ("\n" + markdown[first:] if first >= 0 else "")
     if pattern.search(markdown):
         return pattern.sub(lambda _m: section, markdown)
     return markdown.rstrip("\n") + "\n\n" + section
