@@ -270,6 +270,7 @@ def test_quantization_error_of_the_decoded_model_shrinks_with_bits(tmp_path: Pat
     ({"bitz": 8}, "unknown key"),
     ({"weight_quantizer": "pact"}, r"method.weight_quantizer: unknown weight quantizer 'pact'; registered: .*'uniform'"),
     ({"act_quantizer": "sine"}, r"method.act_quantizer: unknown act quantizer 'sine'; registered: .*'pact'"),
+    ({"act_quantizer": ["pact"]}, r"method.act_quantizer: a quantizer name is a string, got \['pact'\]"),
     ({"layer_bits": [4, 4]}, "method.layer_bits: must be a mapping"),
     ({"layer_bits": {"3": 4}}, r"method.layer_bits.3: must be \[weight_bits, act_bits\]"),
     ({"layer_bits": {"3": [1, 4]}}, r"method.layer_bits.3: 1 bits .*2\.\.8 with a symmetric"),

@@ -9,6 +9,10 @@ name (``weight_quantizer``, ``act_quantizer`` in their yaml) and get per-layer w
 layer plan. The uniform quantizers (:mod:`.fakequant`) and PACT's learned clipping (:mod:`.pact`)
 register here; sign (1 bit) and ternary (2 bits) quantizers join the same way.
 
+    create_quantizer("uniform", "weight", QuantScheme(bits=4, per_channel=True), channels=16)
+    create_quantizer("pact", "act", QuantScheme(bits=2, symmetric=False, signed=False))
+    list_quantizers("act")                                   # ['pact', 'uniform']
+
 ``stored_as`` names the quantizer a stored model is rebuilt with when the training-time module
 holds state the deployed one does not need: PACT's learned ``alpha`` deploys as the uniform
 quantizer with scale ``alpha / (2^k - 1)``, which is all its file stores.
@@ -100,6 +104,9 @@ def list_quantizers(role: str | None = None) -> list[str]:
 
 def quantizer_entry(name: str, role: str) -> QuantizerEntry:
     """The registered ``role`` quantizer ``name``; unknown names are refused with the registered ones."""
+    if not isinstance(name, str):
+        raise QuantizationError(f"a quantizer name is a string, got {name!r}; registered {role} quantizers: "
+                                f"{list_quantizers(role)}")
     if (role, name) not in _REGISTRY:
         _discover()
     if (role, name) not in _REGISTRY:
