@@ -327,7 +327,7 @@ class StatedError:
         """The stored error, or None when ``python -m hardware validate`` has not written one."""
         if not path.is_file():
             return None
-        return cls.from_record(json.loads(path.read_text(encoding="utf-8")), path)
+        return cls.from_record(json.loads(path.read_text(encoding="utf-8")), _shown_path(path))
 
     def fraction(self) -> float:
         """Relative error reported as ``spread_ms / latency_ms`` (0 when unknown)."""
