@@ -225,7 +225,7 @@ def test_pq_reconstructs_and_uses_the_codebook_size_it_claims(task) -> None:
 
     model = task[3]
     result = ProductQuantization(bits=4, subvector_length=8, bits_per_layer={"3": 3}, subvector_length_per_layer={"3": 16},
-                                 max_iterations=20, finetune_epochs=0.25).compress(model, _ctx(task, "pq"))
+                                 max_iterations=20, finetune={"epochs": 0.25}).compress(model, _ctx(task, "pq"))
     _header, entries = read_entries(result.stored_file)
     stored = {e.name: e for e in entries}
     # layer 1: 256 rows x 64 columns, d = 8: 8 sub-spaces of 16 codewords of 8 floats; 256 * 8 codes of 4 bits
@@ -233,7 +233,7 @@ def test_pq_reconstructs_and_uses_the_codebook_size_it_claims(task) -> None:
     # layer 3: 10 rows x 256 columns, d = 16: 16 sub-spaces of 8 codewords; 10 * 16 codes of 3 bits
     assert stored["3.weight"].nbytes("codebook") == 16 * 8 * 16 * 4 and stored["3.weight"].nbytes("codes") == 10 * 16 * 3 // 8
     _same_outputs(result.model, load_model(result.stored_file, model))
-    with pytest.raises(MethodConfigError, match="pq.bits_per_layer.3.*only 10 sub-vectors"):
+    with pytest.raises(MethodConfigError, match=r"method\.bits_per_layer\.3.*only 10 sub-vectors"):
         ProductQuantization(bits_per_layer={"3": 4}, subvector_length=8).compress(model, _ctx(task, "pq_bad"))
     with pytest.raises(MethodConfigError, match="subvector_length.*does not divide"):
         ProductQuantization(bits=2, subvector_length=7).compress(model, _ctx(task, "pq_bad2"))

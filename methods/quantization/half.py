@@ -16,12 +16,14 @@ ONNX Runtime's CPU provider loads fp16 graphs but refuses bfloat16 convolutions,
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
+from methods.config import option, parse_config
 from methods.storage import StoredState, load_model, load_state_into, register_architecture, save_model
 from methods.storage.codecs import dtype_name, raw_entry
 
@@ -60,24 +62,31 @@ def _half_model(template: nn.Module, state: StoredState) -> HalfPrecisionModel:
     return HalfPrecisionModel(model, dtype).eval()
 
 
+@dataclass
+class HalfConfig:
+    """conf/method/half.yaml."""
+
+    dtype: str = option("bf16", choices=tuple(sorted(DTYPES)))
+
+
 class HalfPrecision(CompressionMethod):
     """``half``: fp16 or bf16 storage and inference."""
 
-    def __init__(self, name: str = "half", dtype: str = "bf16") -> None:
+    Config = HalfConfig
+
+    def __init__(self, name: str = "half", **options: Any) -> None:
         super().__init__(name)
-        if dtype not in DTYPES:
-            raise MethodConfigError(f"method.dtype: must be one of {sorted(DTYPES)}, got {dtype!r}")
-        self.dtype_name = dtype
+        self.config = parse_config(self.Config, options)
 
     def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
-        if self.dtype_name == "bf16" and ctx.target.executes == "onnx":
+        if self.config.dtype == "bf16" and ctx.target.executes == "onnx":
             raise MethodConfigError(
                 f"method.dtype=bf16 cannot run on hw {ctx.target.name!r}: ONNX Runtime's CPU provider has no bfloat16 "
                 "Conv kernel (the session refuses the graph); use method.dtype=fp16 there (ONNX Runtime may run ops "
                 "without fp16 CPU kernels through inserted fp32 casts) or a torch target such as hw=local_cpu"
             )
-        path = ctx.workdir / f"{self.name}_{self.dtype_name}.cbm"
-        sizes = save_half(model, path, self.dtype_name)
+        path = ctx.workdir / f"{self.name}_{self.config.dtype}.cbm"
+        sizes = save_half(model, path, self.config.dtype)
         decoded = load_model(path, model)
         sample = torch.randn(ctx.input_shape)
         try:
@@ -85,8 +94,8 @@ class HalfPrecision(CompressionMethod):
                 out16 = decoded(sample)
         except (RuntimeError, NotImplementedError) as err:
             raise MethodConfigError(
-                f"method.dtype={self.dtype_name}: this torch ({torch.__version__}) cannot run the model in "
-                f"{DTYPES[self.dtype_name]} on CPU ({err}); use dtype=bf16 or the onnxruntime_cpu target"
+                f"method.dtype={self.config.dtype}: this torch ({torch.__version__}) cannot run the model in "
+                f"{DTYPES[self.config.dtype]} on CPU ({err}); use dtype=bf16 or the onnxruntime_cpu target"
             ) from err
         with torch.no_grad():
             out32 = copy.deepcopy(model).cpu().eval()(sample)

@@ -52,7 +52,6 @@ from methods.storage.codebook import codebook_entry
 from methods.storage.codecs import state_entries
 
 INITS = ("linear", "density", "random")
-_LAYER_TYPES = {"linear": nn.Linear, "conv": nn.Conv2d}
 
 
 # ------------------------------------------------------------------------------ clustering
@@ -189,15 +188,6 @@ def detach_shared(module: nn.Module, layer: SharedLayer) -> None:
     parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
 
 
-def shareable_layers(model: nn.Module, layer_types: tuple[str, ...]) -> dict[str, nn.Module]:
-    """Modules whose weight is shared: ``linear`` and/or ``conv`` layers, by module name."""
-    unknown = [t for t in layer_types if t not in _LAYER_TYPES]
-    if unknown:
-        raise MethodConfigError(f"layer_types: unknown {unknown}; choose from {sorted(_LAYER_TYPES)}")
-    classes = tuple(_LAYER_TYPES[t] for t in layer_types)
-    return {name: m for name, m in model.named_modules() if isinstance(m, classes)}
-
-
 # ------------------------------------------------------------------------------ storage
 def shared_entry(layer: SharedLayer, layout: str = "dense", coding: str = "packed",
                  index_bits: int | None = None) -> TensorEntry:
@@ -224,15 +214,6 @@ def dense_bytes(model: nn.Module) -> int:
 
 
 # ------------------------------------------------------------------------------ the method
-def check_bits(bits: Any, key: str) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= int(bits) <= 8:
-        raise MethodConfigError(
-            f"{key}: must be an integer number of bits in 1..8 (2**bits clusters, indices packed at that "
-            f"width), got {bits!r}"
-        )
-    return int(bits)
-
-
 _BITS_WHY = "2**bits clusters, indices packed at that width"
 
 

@@ -28,13 +28,15 @@ import copy
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
-from methods.quantization.kmeans import check_bits, dense_bytes, shareable_layers
+from methods.config import FineTuning, LayerSelection, finetune, option, parse_config, select_layers
+from methods.quantization.kmeans import dense_bytes
 from methods.storage import load_model, save_model, size_metrics
 from methods.storage.codebook import pq_entry, reconstruct
 from methods.storage.codecs import state_entries
@@ -118,64 +120,53 @@ class _ProductWeights(nn.Module):
         return self._initial.clone().to(weight.dtype)
 
 
+@dataclass
+class PQConfig:
+    """conf/method/pq.yaml."""
+
+    bits: int = option(8, ge=1, le=8, why="2**bits codewords per sub-space, codes packed at that width")
+    bits_per_layer: dict[str, int] = option(factory=dict, ge=1, le=8, why="codeword bits")
+    subvector_length: int = option(4, ge=1, why="values per sub-vector")
+    subvector_length_per_layer: dict[str, int] = option(factory=dict, ge=1, why="values per sub-vector")
+    max_iterations: int = option(50, ge=1)
+    finetune: FineTuning = option(factory=finetune(0.0))
+    layers: LayerSelection = option(factory=LayerSelection)
+
+
 class ProductQuantization(CompressionMethod):
     """Gong et al. PQ: per layer, ``s`` sub-spaces of ``subvector_length`` columns, ``2**bits`` codewords each."""
 
-    def __init__(
-        self,
-        name: str = "pq",
-        bits: int = 8,
-        bits_per_layer: dict[str, int] | None = None,
-        subvector_length: int = 4,
-        subvector_length_per_layer: dict[str, int] | None = None,
-        max_iterations: int = 50,
-        finetune_epochs: float = 0.0,
-        finetune_lr: float | None = None,
-        layer_types: tuple[str, ...] | list[str] = ("linear", "conv"),
-    ) -> None:
-        super().__init__(name)
-        self.bits = check_bits(bits, f"{name}.bits")
-        self.bits_per_layer = {str(k): check_bits(v, f"{name}.bits_per_layer.{k}") for k, v in dict(bits_per_layer or {}).items()}
-        for key, value in [(f"{name}.subvector_length", subvector_length)] + [
-                (f"{name}.subvector_length_per_layer.{k}", v) for k, v in dict(subvector_length_per_layer or {}).items()]:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise MethodConfigError(f"{key}: must be an integer >= 1 (values per sub-vector), got {value!r}")
-        self.subvector_length = subvector_length
-        self.subvector_length_per_layer = {str(k): int(v) for k, v in dict(subvector_length_per_layer or {}).items()}
-        if max_iterations < 1:
-            raise MethodConfigError(f"{name}.max_iterations must be >= 1, got {max_iterations}")
-        self.max_iterations = int(max_iterations)
-        if finetune_epochs < 0:
-            raise MethodConfigError(f"{name}.finetune_epochs must be >= 0, got {finetune_epochs}")
-        if finetune_lr is not None and finetune_lr <= 0:
-            raise MethodConfigError(f"{name}.finetune_lr must be > 0 or null, got {finetune_lr}")
-        self.finetune_epochs, self.finetune_lr = float(finetune_epochs), finetune_lr
-        self.layer_types = tuple(layer_types)
+    Config = PQConfig
 
-    def quantize_layers(self, model: nn.Module, seed: int) -> dict[str, ProductQuantizedLayer]:
-        modules = shareable_layers(model, self.layer_types)
-        for key, table in (("bits_per_layer", self.bits_per_layer), ("subvector_length_per_layer", self.subvector_length_per_layer)):
+    def __init__(self, name: str = "pq", **options: Any) -> None:
+        super().__init__(name)
+        self.config = parse_config(self.Config, options)
+
+    def quantize_layers(self, model: nn.Module, ctx: CompressionContext) -> dict[str, ProductQuantizedLayer]:
+        c = self.config
+        modules = select_layers(model, (1, *tuple(ctx.input_shape)[1:]), c.layers)
+        for key, table in (("bits_per_layer", c.bits_per_layer), ("subvector_length_per_layer", c.subvector_length_per_layer)):
             unknown = sorted(set(table) - set(modules))
             if unknown:
-                raise MethodConfigError(f"{self.name}.{key} names {unknown}, not layers of the model {sorted(modules)}")
-        generator = torch.Generator().manual_seed(seed)
+                raise MethodConfigError(f"method.{key} names {unknown}, not layers of the model {sorted(modules)}")
+        generator = torch.Generator().manual_seed(ctx.seed)
         return {
             name: product_quantize(
-                f"{name}.weight", module.weight, self.bits_per_layer.get(name, self.bits),
-                self.subvector_length_per_layer.get(name, self.subvector_length), self.max_iterations, generator,
-                f"{self.name}.bits_per_layer.{name}" if name in self.bits_per_layer else f"{self.name}.bits")
+                f"{name}.weight", module.weight, c.bits_per_layer.get(name, c.bits),
+                c.subvector_length_per_layer.get(name, c.subvector_length), c.max_iterations, generator,
+                f"method.bits_per_layer.{name}" if name in c.bits_per_layer else "method.bits")
             for name, module in modules.items()
         }
 
     def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
         work = copy.deepcopy(model)
-        layers = self.quantize_layers(work, ctx.seed)
+        layers = self.quantize_layers(work, ctx)
         modules = dict(work.named_modules())
         for name, layer in layers.items():
             parametrize.register_parametrization(modules[name], "weight", _ProductWeights(layer))
         try:
-            if self.finetune_epochs > 0:
-                ctx.finetune(work, self.finetune_epochs, lr=self.finetune_lr)
+            if self.config.finetune.epochs > 0:
+                ctx.finetune(work, self.config.finetune.epochs, lr=self.config.finetune.lr)
         finally:
             for name, layer in layers.items():
                 layer.codebooks = modules[name].parametrizations.weight.original.detach().clone().float()
