@@ -323,11 +323,12 @@ def layer_plan(
         w_scheme, a_scheme = (layer_schemes or {}).get(name, (weight_scheme, act_scheme))
         plan[name] = {
             "op": "conv" if isinstance(module, nn.Conv2d) else "linear",
-            "weight": {"quantizer": weight_quantizer, "scheme": scheme_to_dict(w_scheme), "observer": weight_observer,
-                       "observer_kwargs": dict(observer_kwargs or {})},
-            "act": None if a_scheme is None else {"quantizer": act_quantizer, "scheme": scheme_to_dict(a_scheme),
-                                                  "observer": act_observer,
-                                                  "observer_kwargs": dict(observer_kwargs or {}), "ema": ema},
+            # "quantizer" last: the stored header's compression dictionary starts specs with "scheme"
+            "weight": {"scheme": scheme_to_dict(w_scheme), "observer": weight_observer,
+                       "observer_kwargs": dict(observer_kwargs or {}), "quantizer": weight_quantizer},
+            "act": None if a_scheme is None else {"scheme": scheme_to_dict(a_scheme), "observer": act_observer,
+                                                  "observer_kwargs": dict(observer_kwargs or {}), "ema": ema,
+                                                  "quantizer": act_quantizer},
         }
     return plan
 
