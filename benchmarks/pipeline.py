@@ -1,4 +1,4 @@
-"""The flow of one run (DESIGN.md): data -> model -> target -> baseline -> method -> report -> MLflow.
+"""The flow of one run (docs/ARCHITECTURE.md): data -> model -> target -> baseline -> method -> report -> MLflow.
 
 ``run(cfg)`` is what ``python -m benchmarks`` calls for every point of a composition. It
 returns the compressed model's top-1, the objective of sweeps; when the config names

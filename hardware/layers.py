@@ -1,7 +1,7 @@
 """One layer description, extracted once from a model, shared by every consumer.
 
 MAC counting, lookup tables, the per-operator cost model and roofline models all reason
-about the same per-layer record (DESIGN.md, "seams"): op type, shapes, kernel, stride,
+about the same per-layer record (docs/ARCHITECTURE.md, "One layer tracer"): op type, shapes, kernel, stride,
 padding, dilation, groups, channels, bias, bit-widths and sparsity. One forward pass
 (:func:`trace_model`) produces it:
 

@@ -1,6 +1,6 @@
 """Devices are yaml files: discover them in conf/hw/, instantiate one by name.
 
-Adding a device is one yaml in ``conf/hw/`` (CONTRIBUTING.md): this module only reads
+Adding a device is one yaml in ``conf/hw/`` (docs/ARCHITECTURE.md, "Walk-through: add a device"): this module only reads
 what is there. Each yaml names its class (``_target_``), and may state ``name``,
 ``source`` (measured, table, analytical) and ``calibration`` (measured, published,
 spec-sheet); a yaml without ``source`` gets its class's ``source`` attribute, imported

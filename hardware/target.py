@@ -1,7 +1,7 @@
 """The one interface every hardware target implements, and the report it returns.
 
 A target answers "how long does this model take on you?" and says where the answer
-comes from. It never knows which method produced the model (DESIGN.md, "seams").
+comes from. It never knows which method produced the model (docs/ARCHITECTURE.md, Contracts).
 """
 
 from __future__ import annotations

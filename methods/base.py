@@ -3,7 +3,7 @@
 A method receives the trained baseline and a context (data, the run's hardware
 target, a fine-tuning loop, an evaluator, a work folder) and returns the compressed
 model *decoded from the file it wrote*, so that the stored size and the accuracy of a
-run both come from that one file (DESIGN.md). A method never measures latency
+run both come from that one file (docs/ARCHITECTURE.md, Contracts). A method never measures latency
 itself: it asks ``ctx.target``.
 """
 

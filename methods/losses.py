@@ -5,7 +5,7 @@ loss through terms it hands to ``ctx.finetune``. Each term sees one :class:`Trai
 (the batch, the logits, the model being trained and, when the fine-tuning was given a
 teacher, the frozen teacher's logits for the same batch), so group lasso (SSL), PACT's
 clipping penalty, distillation losses, binary training and NAS supernets all plug in
-without a loop of their own (DESIGN.md, "seams").
+without a loop of their own (docs/ARCHITECTURE.md, "Training loss and teacher").
 """
 
 from __future__ import annotations

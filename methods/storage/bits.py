@@ -1,6 +1,6 @@
 """Integers stored at exactly their bit width, and Deep Compression's relative sparse index.
 
-Storage size must be the size of the file a method really writes (DESIGN.md), so ``b``-bit
+Storage size must be the size of the file a method really writes (docs/ARCHITECTURE.md, Contracts), so ``b``-bit
 integers take ``b`` bits each, not a byte or a word: ``count`` values take
 ``ceil(count * b / 8)`` bytes for any ``b`` in 1..32. Layout: the ``b // 8`` whole low-order
 bytes of every value first (one column of bytes after the other), then the remaining

@@ -1,6 +1,6 @@
 """The one file format compressed models are stored in, its codec registry and its load function.
 
-DESIGN.md asks that the stored size of a compressed model be the size of the file the method
+docs/ARCHITECTURE.md (Contracts) asks that the stored size of a compressed model be the size of the file the method
 really writes, and that the evaluated model be decoded from that file. Every method writes
 this container:
 
