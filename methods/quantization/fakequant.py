@@ -281,8 +281,8 @@ def scheme_to_dict(scheme: QuantScheme) -> dict[str, Any]:
 
 
 def _quantizer_from(spec: dict[str, Any], role: str, **options: Any) -> nn.Module:
-    """The registered quantizer a plan entry names (entries written before the registry: ``uniform``)."""
-    return create_quantizer(spec.get("quantizer", "uniform"), role, QuantScheme(**spec["scheme"]),
+    """The registered quantizer a plan entry names, built for its scheme and observer."""
+    return create_quantizer(spec["quantizer"], role, QuantScheme(**spec["scheme"]),
                             observer=spec.get("observer", "minmax"), observer_kwargs=spec.get("observer_kwargs"),
                             **options)
 
@@ -340,7 +340,7 @@ def stored_plan(plan: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     def stored(spec: dict[str, Any] | None, role: str) -> dict[str, Any] | None:
         if spec is None:
             return None
-        return {**spec, "quantizer": quantizer_entry(spec.get("quantizer", "uniform"), role).stored_as}
+        return {**spec, "quantizer": quantizer_entry(spec["quantizer"], role).stored_as}
 
     return {name: {**spec, "weight": stored(spec["weight"], "weight"), "act": stored(spec["act"], "act")}
             for name, spec in plan.items()}
