@@ -11,8 +11,9 @@ evaluation the pipeline gives a method), on MNIST with the mnist_sgd recipe:
 The Deep Compression settings are conf/method/deep_compression.yaml with the preset's ``method:``
 block (and the overrides file's) merged in, built by ``methods.create_method``.
 
-Outputs go to outputs/quantization_codebook/ (JSON per run). Data: $COMPRESSBENCH_SOURCE_DATA
-(default ../shared/data). One torch thread: on a shared 2-core machine two threads made small
+Outputs go to outputs/quantization_codebook/ (JSON per run), except the fixed-point figures:
+results/quantization_fixed_point.json, rendered by ``python -m benchmarks.studies.report``.
+Data: $COMPRESSBENCH_SOURCE_DATA (default ../shared/data). One torch thread: on a shared 2-core machine two threads made small
 ops ~30x slower.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import datetime as _dt
 import json
 import os
 import time
@@ -43,6 +45,9 @@ from methods.registry import method_config
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "outputs" / "quantization_codebook"
+#: the fixed-point figures behind results/quantization_fixed_point.md (python -m benchmarks.studies.report)
+FIXED_POINT_JSON = ROOT / "results" / "quantization_fixed_point.json"
+FIXED_POINT_WORD = 16  #: bits of every fixed-point word of the study
 
 
 def context(workdir: Path, seed: int):
@@ -84,8 +89,8 @@ def deep_compression_overrides(preset: str | Path, overrides: str | Path | None 
 
 def fixed_point_method(fraction_bits: int, rounding: str, finetune_epochs: float, lr: float) -> CompressionMethod:
     """16-bit ``<16 - fraction_bits, fraction_bits>`` fixed point (conf/method/fixed_point.yaml otherwise)."""
-    return create_method("fixed_point", word_length=16, integer_bits=16 - fraction_bits, fraction_bits=fraction_bits,
-                         rounding=rounding, finetune_epochs=finetune_epochs, finetune_lr=lr)
+    return create_method("fixed_point", word_length=FIXED_POINT_WORD, integer_bits=FIXED_POINT_WORD - fraction_bits, fraction_bits=fraction_bits,
+                         rounding=rounding, finetune={"epochs": finetune_epochs, "lr": lr})
 
 
 def run_deep_compression(name: str, seed: int, preset: str, overrides: str | None = None, tag: str = "") -> dict:
@@ -101,21 +106,26 @@ def run_deep_compression(name: str, seed: int, preset: str, overrides: str | Non
             "seconds": time.time() - start, "metrics": result.metrics, "layer_bits": result.layer_bits}
 
 
-def run_fixed_point(name: str, seed: int, finetune_epochs: float = 0.5, lr: float = 0.01) -> list[dict]:
-    _, _, _, ctx = context(OUT / f"fxp_{name}_s{seed}", seed)
+def run_fixed_point(name: str, seed: int, finetune_epochs: float = 0.5, lr: float = 0.01) -> dict[str, Any]:
+    data, recipe, _, ctx = context(OUT / f"fxp_{name}_s{seed}", seed)
     model = load_baseline(name, seed)
-    rows = [{"config": "float baseline", "test_top1": ctx.evaluate(model, "test")["top1"]}]
+    rows = [{"config": "float baseline", "finetune_epochs": 0, "test_top1": ctx.evaluate(model, "test")["top1"]}]
     tuned = ctx.finetune(copy.deepcopy(model), finetune_epochs, lr=lr)
-    rows.append({"config": f"float fine-tuned {finetune_epochs} epoch", "test_top1": ctx.evaluate(tuned, "test")["top1"]})
+    rows.append({"config": f"float fine-tuned {finetune_epochs} epoch", "finetune_epochs": finetune_epochs,
+                 "test_top1": ctx.evaluate(tuned, "test")["top1"]})
     for fl, rounding, epochs in [(12, "stochastic", 0), (12, "nearest", 0), (12, "stochastic", finetune_epochs),
                                  (12, "nearest", finetune_epochs), (4, "nearest", 0), (4, "nearest", finetune_epochs),
                                  (4, "stochastic", finetune_epochs), (2, "nearest", 0), (2, "nearest", finetune_epochs),
                                  (2, "stochastic", finetune_epochs)]:
         result = fixed_point_method(fl, rounding, epochs, lr).compress(model, ctx)
-        rows.append({"config": f"<{16 - fl},{fl}> {rounding}, fine-tune {epochs}", "fraction_bits": fl,
+        rows.append({"config": f"<{FIXED_POINT_WORD - fl},{fl}> {rounding}, fine-tune {epochs}", "fraction_bits": fl,
                      "rounding": rounding, "finetune_epochs": epochs,
                      "test_top1": ctx.evaluate(result.model, "test")["top1"], "stored_bytes": result.stored_bytes})
-    return rows
+    return {"date": f"{_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC", "model": name, "seed": seed,
+            "word_length": FIXED_POINT_WORD, "finetune_epochs": finetune_epochs, "lr": lr,
+            "recipe": {"epochs": recipe.epochs, "scheduler": recipe.scheduler},
+            "images": {split: len(getattr(data, f"data_{split}")) for split in ("train", "val", "test")},
+            "float32_bytes": 4 * sum(p.numel() for p in model.parameters()), "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         runners: dict[str, Callable[[str, int], Any]] = {"baseline": run_baseline, "fixed_point": run_fixed_point}
         output = runners[args.kind](args.model, args.seed)
-    (OUT / f"{args.kind}_{args.model}_s{args.seed}{args.tag}.json").write_text(json.dumps(output, indent=1))
+    record = FIXED_POINT_JSON if args.kind == "fixed_point" else OUT / f"{args.kind}_{args.model}_s{args.seed}{args.tag}.json"
+    record.write_text(json.dumps(output, indent=1) + "\n")
     print(json.dumps(output)[:2000])
     return 0
 

@@ -41,21 +41,21 @@ et al. move FL by one step per update; we jump to the FL that their rule converg
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
+from methods.config import FineTuning, LayerSelection, fail, finetune, option, parse_config, select_layers
 from methods.storage import StoredState, load_model, load_state_into, register_architecture, save_model, size_metrics
 from methods.storage.codecs import fixed_point_entry, state_entries
 
 ROUNDINGS = ("nearest", "stochastic")
 GROUPS = ("tensor", "channel")
-_LAYER_TYPES = {"linear": nn.Linear, "conv": nn.Conv2d}
 
 
 # ------------------------------------------------------------------------------ arithmetic
@@ -220,44 +220,73 @@ def _fixed_point_model(template: nn.Module, state: StoredState) -> nn.Module:
 
 
 # ------------------------------------------------------------------------------ the methods
-def _check_word(value: Any, key: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not minimum <= int(value) <= 32:
-        raise MethodConfigError(f"{key}: must be an integer number of bits in {minimum}..32, got {value!r}")
-    return int(value)
+@dataclass
+class WordConfig:
+    """What the static and the dynamic format share (conf/method/fixed_point.yaml, dynamic_fixed_point.yaml)."""
+
+    rounding: str = option("stochastic", choices=ROUNDINGS)
+    quantize_activations: bool = True
+    finetune: FineTuning = option(factory=finetune(1.0))
+    layers: LayerSelection = option(factory=LayerSelection)
 
 
-def _layers(model: nn.Module, layer_types: tuple[str, ...]) -> dict[str, nn.Module]:
-    classes = tuple(_LAYER_TYPES[t] for t in layer_types)
-    return {name: m for name, m in model.named_modules() if isinstance(m, classes)}
+@dataclass
+class FixedPointConfig(WordConfig):
+    """Gupta et al.'s ``<IL, FL>``: ``integer_bits`` (sign included) + ``fraction_bits`` = ``word_length``."""
+
+    word_length: int = option(16, ge=2, le=32)
+    integer_bits: int = option(4, ge=1, why="the sign bit included")
+    fraction_bits: int = option(12, ge=0)
+    activation_integer_bits: int | None = option(None, ge=1, why="null: integer_bits")
+    activation_fraction_bits: int | None = option(None, ge=0, why="null: fraction_bits")
+
+    @property
+    def act_integer_bits(self) -> int:
+        return self.integer_bits if self.activation_integer_bits is None else self.activation_integer_bits
+
+    @property
+    def act_fraction_bits(self) -> int:
+        return self.fraction_bits if self.activation_fraction_bits is None else self.activation_fraction_bits
+
+    @property
+    def act_word_length(self) -> int:
+        return self.act_integer_bits + self.act_fraction_bits
+
+    def check(self, key: str) -> None:
+        if self.integer_bits + self.fraction_bits != self.word_length:
+            fail(f"{key}.integer_bits + {key}.fraction_bits",
+                 f"= {self.integer_bits} + {self.fraction_bits} = {self.integer_bits + self.fraction_bits} does not "
+                 f"match {key}.word_length = {self.word_length}; set integer_bits to {self.word_length - self.fraction_bits}")
+        if not 2 <= self.act_word_length <= 32:
+            fail(f"{key}.activation_integer_bits + {key}.activation_fraction_bits",
+                 f"= {self.act_word_length} bits, must be in 2..32")
+
+
+@dataclass
+class DynamicFixedPointConfig(WordConfig):
+    """Courbariaux et al.: ``word_length``-bit words, one scaling factor per ``group`` from its overflow rate."""
+
+    word_length: int = option(8, ge=2, le=32)
+    group: str = option("tensor", choices=GROUPS)
+    max_overflow_rate: float = option(1e-4, ge=0, lt=1)
+    update_interval: int = option(100, ge=1, why="optimizer steps between scaling-factor updates")
+    calibration_batches: int = option(4, ge=1)
+    activation_word_length: int | None = option(None, ge=2, le=32, why="null: word_length")
+
+    @property
+    def act_word_length(self) -> int:
+        return self.word_length if self.activation_word_length is None else self.activation_word_length
 
 
 class _FixedPointMethod(CompressionMethod):
     """What the static and the dynamic format share: validation, fine-tuning, storage."""
 
     dynamic = False
+    Config: type[FixedPointConfig] | type[DynamicFixedPointConfig]
 
-    def __init__(self, name: str, word_length: int, rounding: str, quantize_activations: bool,
-                 activation_word_length: int | None, finetune_epochs: float, finetune_lr: float | None,
-                 layer_types: tuple[str, ...] | list[str]) -> None:
+    def __init__(self, name: str, **options: Any) -> None:
         super().__init__(name)
-        self.word_length = _check_word(word_length, f"{name}.word_length", minimum=2)
-        if rounding not in ROUNDINGS:
-            raise MethodConfigError(f"{name}.rounding must be one of {ROUNDINGS}, got {rounding!r}")
-        self.rounding = rounding
-        self.quantize_activations = bool(quantize_activations)
-        self.activation_word_length = _check_word(
-            self.word_length if activation_word_length is None else activation_word_length,
-            f"{name}.activation_word_length", minimum=2)
-        if finetune_epochs < 0:
-            raise MethodConfigError(f"{name}.finetune_epochs must be >= 0, got {finetune_epochs}")
-        if finetune_lr is not None and finetune_lr <= 0:
-            raise MethodConfigError(f"{name}.finetune_lr must be > 0 or null, got {finetune_lr}")
-        self.finetune_epochs = float(finetune_epochs)
-        self.finetune_lr = finetune_lr
-        self.layer_types = tuple(layer_types)
-        unknown = [t for t in self.layer_types if t not in _LAYER_TYPES]
-        if unknown:
-            raise MethodConfigError(f"{name}.layer_types: unknown {unknown}; choose from {sorted(_LAYER_TYPES)}")
+        self.config = parse_config(self.Config, options)
 
     # subclasses say how each parameter and each layer input is formatted
     def parameter_format(self, name: str, param: torch.Tensor) -> dict[str, Any]:
@@ -271,18 +300,17 @@ class _FixedPointMethod(CompressionMethod):
 
     def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
         work = copy.deepcopy(model)
-        layers = _layers(work, self.layer_types)
-        if not layers:
-            raise MethodConfigError(f"{self.name}.layer_types {list(self.layer_types)}: the model has no such layers")
+        c = self.config
+        layers = select_layers(work, (1, *tuple(ctx.input_shape)[1:]), c.layers)
         params = {f"{m_name}.{p_name}": p for m_name, m in layers.items() for p_name, p in m.named_parameters(recurse=False)}
         formats = {name: self.parameter_format(name, p) for name, p in params.items()}
-        act_formats = self.activation_formats(work, layers, ctx) if self.quantize_activations else {}
-        quantizers = attach_activation_quantizers(work, act_formats, self.rounding, self.dynamic,
-                                                  getattr(self, "max_overflow_rate", 0.0))
-        rounding = ParameterRounding(params, formats, self.rounding, self.dynamic, **self.callback_options())
+        act_formats = self.activation_formats(work, layers, ctx) if c.quantize_activations else {}
+        quantizers = attach_activation_quantizers(work, act_formats, c.rounding, self.dynamic,
+                                                  getattr(c, "max_overflow_rate", 0.0))
+        rounding = ParameterRounding(params, formats, c.rounding, self.dynamic, **self.callback_options())
         rounding.round_all()
-        if self.finetune_epochs > 0:
-            ctx.finetune(work, self.finetune_epochs, lr=self.finetune_lr, callbacks=[rounding])
+        if c.finetune.epochs > 0:
+            ctx.finetune(work, c.finetune.epochs, lr=c.finetune.lr, callbacks=[rounding])
         act_formats = {name: {"word_length": q.word_length, "fraction_bits": q.fraction_bits}
                        for name, q in quantizers.items()}
         encoded = {}
@@ -294,58 +322,28 @@ class _FixedPointMethod(CompressionMethod):
         sizes = save_model(path, state_entries(work.state_dict(), encoded),
                            {"method": self.name, "activations": act_formats}, architecture="fixed_point")
         decoded = load_model(path, model)
-        act_bits = self.activation_word_length if self.quantize_activations else 32
+        act_bits = c.act_word_length if c.quantize_activations else 32
         metrics = size_metrics(sizes)
         metrics["compression_ratio"] = sum(t.numel() * 4 for t in model.state_dict().values()) / sizes["total"]
         return CompressionResult(model=decoded, stored_file=path,
-                                 layer_bits={name: (self.word_length, act_bits) for name in layers},
+                                 layer_bits={name: (c.word_length, act_bits) for name in layers},
                                  metrics=metrics)
 
 
 class FixedPoint(_FixedPointMethod):
     """Gupta et al. (2015) ``<IL, FL>`` fixed point for weights, biases and activations."""
 
-    def __init__(
-        self,
-        name: str = "fixed_point",
-        word_length: int = 16,
-        integer_bits: int = 4,
-        fraction_bits: int = 12,
-        rounding: str = "stochastic",
-        quantize_activations: bool = True,
-        activation_integer_bits: int | None = None,
-        activation_fraction_bits: int | None = None,
-        finetune_epochs: float = 1.0,
-        finetune_lr: float | None = None,
-        layer_types: tuple[str, ...] | list[str] = ("linear", "conv"),
-    ) -> None:
-        activation_integer_bits = integer_bits if activation_integer_bits is None else activation_integer_bits
-        activation_fraction_bits = fraction_bits if activation_fraction_bits is None else activation_fraction_bits
-        super().__init__(name, word_length, rounding, quantize_activations,
-                         activation_integer_bits + activation_fraction_bits, finetune_epochs, finetune_lr, layer_types)
-        for key, il, fl in ((f"{name}.integer_bits + {name}.fraction_bits", integer_bits, fraction_bits),
-                            (f"{name}.activation_integer_bits + {name}.activation_fraction_bits",
-                             activation_integer_bits, activation_fraction_bits)):
-            if isinstance(il, bool) or not isinstance(il, int) or il < 1:
-                raise MethodConfigError(f"{key}: integer bits must be an integer >= 1 (the sign bit), got {il!r}")
-            if isinstance(fl, bool) or not isinstance(fl, int) or fl < 0:
-                raise MethodConfigError(f"{key}: fraction bits must be an integer >= 0, got {fl!r}")
-        if integer_bits + fraction_bits != self.word_length:
-            raise MethodConfigError(
-                f"{name}.integer_bits + {name}.fraction_bits = {integer_bits} + {fraction_bits} = "
-                f"{integer_bits + fraction_bits} does not match {name}.word_length = {self.word_length}; "
-                f"set integer_bits to {self.word_length - fraction_bits}"
-            )
-        self.integer_bits = integer_bits
-        self.fraction_bits = fraction_bits
-        self.activation_fraction_bits = activation_fraction_bits
+    Config = FixedPointConfig
+
+    def __init__(self, name: str = "fixed_point", **options: Any) -> None:
+        super().__init__(name, **options)
 
     def parameter_format(self, name: str, param: torch.Tensor) -> dict[str, Any]:
-        return {"word_length": self.word_length, "fraction_bits": self.fraction_bits, "axis": None}
+        return {"word_length": self.config.word_length, "fraction_bits": self.config.fraction_bits, "axis": None}
 
     def activation_formats(self, model, layers, ctx) -> dict[str, dict[str, Any]]:
-        return {name: {"word_length": self.activation_word_length, "fraction_bits": self.activation_fraction_bits}
-                for name in layers}
+        c = self.config
+        return {name: {"word_length": c.act_word_length, "fraction_bits": c.act_fraction_bits} for name in layers}
 
 
 class DynamicFixedPoint(_FixedPointMethod):
@@ -354,43 +352,19 @@ class DynamicFixedPoint(_FixedPointMethod):
 
     dynamic = True
 
-    def __init__(
-        self,
-        name: str = "dynamic_fixed_point",
-        word_length: int = 8,
-        group: str = "tensor",
-        max_overflow_rate: float = 1e-4,
-        update_interval: int = 100,
-        calibration_batches: int = 4,
-        rounding: str = "stochastic",
-        quantize_activations: bool = True,
-        activation_word_length: int | None = None,
-        finetune_epochs: float = 1.0,
-        finetune_lr: float | None = None,
-        layer_types: tuple[str, ...] | list[str] = ("linear", "conv"),
-    ) -> None:
-        super().__init__(name, word_length, rounding, quantize_activations, activation_word_length,
-                         finetune_epochs, finetune_lr, layer_types)
-        if group not in GROUPS:
-            raise MethodConfigError(f"{name}.group must be one of {GROUPS}, got {group!r}")
-        if not 0.0 <= max_overflow_rate < 1.0:
-            raise MethodConfigError(f"{name}.max_overflow_rate must be in [0, 1), got {max_overflow_rate}")
-        if update_interval < 1:
-            raise MethodConfigError(f"{name}.update_interval must be >= 1 step, got {update_interval}")
-        if calibration_batches < 1:
-            raise MethodConfigError(f"{name}.calibration_batches must be >= 1, got {calibration_batches}")
-        self.group = group
-        self.max_overflow_rate = float(max_overflow_rate)
-        self.update_interval = int(update_interval)
-        self.calibration_batches = int(calibration_batches)
+    Config = DynamicFixedPointConfig
+
+    def __init__(self, name: str = "dynamic_fixed_point", **options: Any) -> None:
+        super().__init__(name, **options)
 
     def parameter_format(self, name: str, param: torch.Tensor) -> dict[str, Any]:
-        axis = 0 if self.group == "channel" and param.dim() > 1 else None
-        return {"word_length": self.word_length, "axis": axis,
-                "fraction_bits": overflow_fraction_bits(param, self.word_length, self.max_overflow_rate, axis)}
+        c = self.config
+        axis = 0 if c.group == "channel" and param.dim() > 1 else None
+        return {"word_length": c.word_length, "axis": axis,
+                "fraction_bits": overflow_fraction_bits(param, c.word_length, c.max_overflow_rate, axis)}
 
     def callback_options(self) -> dict[str, Any]:
-        return {"max_overflow_rate": self.max_overflow_rate, "update_interval": self.update_interval}
+        return {"max_overflow_rate": self.config.max_overflow_rate, "update_interval": self.config.update_interval}
 
     @torch.no_grad()
     def activation_formats(self, model, layers, ctx) -> dict[str, dict[str, Any]]:
@@ -402,14 +376,15 @@ class DynamicFixedPoint(_FixedPointMethod):
         model.eval()
         try:
             for i, (x, _y) in enumerate(ctx.datamodule.train_dataloader()):
-                if i >= self.calibration_batches:
+                if i >= self.config.calibration_batches:
                     break
                 model(x)
         finally:
             for h in handles:
                 h.remove()
             model.train(was_training)
-        return {name: {"word_length": self.activation_word_length,
-                       "fraction_bits": int(overflow_fraction_bits(torch.cat(values), self.activation_word_length,
-                                                                   self.max_overflow_rate))}
+        c = self.config
+        return {name: {"word_length": c.act_word_length,
+                       "fraction_bits": int(overflow_fraction_bits(torch.cat(values), c.act_word_length,
+                                                                   c.max_overflow_rate))}
                 for name, values in seen.items()}
