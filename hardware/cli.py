@@ -4,12 +4,15 @@
     python -m hardware predict --hw pixel1 --model mobilenetv2_100 --input-size 224 [--batch-size 1]
     python -m hardware profile --hw local_cpu --threads 1 --space mobilenetv2 --space resnet \\
         --out hardware/tables/local_cpu.json
-    python -m hardware profile --hw local_cpu --threads 1 --model resnet20_cifar --input-size 32 \\
-        --out hardware/tables/local_cpu.json          # merges into an existing table
+    python -m hardware profile --hw local_cpu --threads 1 --import benchmarks.models --model resnet20_cifar \\
+        --input-size 32 --out hardware/tables/local_cpu.json   # merges into an existing table
     python -m hardware calibrate --hw local_cpu_table [--n 40]   # in-sequence scale and per-unit overhead
     python -m hardware validate --hw local_cpu_table [--n 50]
 
-``--set key=value`` overrides any key of the device's yaml (``--set threads=1``). Only
+``--set key=value`` overrides any key of the device's yaml (``--set threads=1``). ``--model``
+names a timm model; ``--import MODULE`` first imports a module that registers more models
+into timm (``--import benchmarks.models``: the project's zoo; hardware itself never imports
+the packages above it). Only
 ``predict`` and ``list --json`` write to stdout (one JSON document); progress and logs go
 to stderr.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -48,17 +52,21 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 # -- predict ------------------------------------------------------------------------------
-def create_model(name: str, **kwargs: Any):
-    """A timm model (our zoo registered too, when ``benchmarks.models`` is importable), no pretrained weights."""
-    try:
-        import benchmarks.models  # noqa: F401  (registers the zoo into timm)
-    except ImportError as error:
-        _log(f"note: benchmarks.models not importable ({error}); only timm's own models are known")
+def create_model(name: str, imports: list[str] | None = None, **kwargs: Any):
+    """A timm model, no pretrained weights, after importing the ``imports`` that register models into timm."""
     import timm
 
+    for module in imports or []:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise HardwareError(f"--import {module}: {error}") from None
     if not timm.is_model(name):
         close = timm.list_models(f"*{name[:6]}*")[:8]
-        raise HardwareError(f"unknown model {name!r} (not registered in timm); similar: {close}")
+        raise HardwareError(
+            f"unknown model {name!r} (not registered in timm); similar: {close}. A model of another package needs "
+            "--import <the module that registers it>, e.g. --import benchmarks.models for the project's zoo"
+        )
     return timm.create_model(name, pretrained=False, **kwargs).eval()
 
 
@@ -70,7 +78,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         overrides["batch_size"] = args.batch_size
     with contextlib.redirect_stdout(sys.stderr):
         target = instantiate(args.hw, overrides, args.conf_dir)
-        model = create_model(args.model, in_chans=args.in_chans)
+        model = create_model(args.model, args.imports, in_chans=args.in_chans)
         shape = (target.batch_size, args.in_chans, args.input_size, args.input_size)
         report = target.latency(model, shape)
     result: dict[str, Any] = {
@@ -144,7 +152,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
             units += lookup.model_units(model, search_space.input_shape_of(config, target.batch_size), args.granularity)
         sources.append({"space": name, "samples": args.samples, "seed": args.seed, "input_size": space.input_size})
     if args.model:
-        model = create_model(args.model, in_chans=args.in_chans)
+        model = create_model(args.model, args.imports, in_chans=args.in_chans)
         shape = (target.batch_size, args.in_chans, args.input_size, args.input_size)
         units += lookup.model_units(model, shape, args.granularity)
         sources.append({"model": args.model, "input_size": args.input_size, "in_chans": args.in_chans})
@@ -179,16 +187,16 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 # -- validate -----------------------------------------------------------------------------
 def stability_lines(threads_options: list[int | None], clock_options: list[str]) -> list[str]:
-    """Coefficient of variation of a ResNet-20 (CIFAR, batch 1) measured with local_cpu."""
+    """Coefficient of variation of a ResNet-20 (CIFAR, batch 1) measured with local_cpu.
+
+    The network is hardware.search_space's ResNet-20 (He et al. 2016), so that the check
+    needs no model zoo of the packages above hardware.
+    """
+    from hardware import search_space
     from hardware.measured import LocalCPU
     from hardware.protocol import machine_provenance
 
-    try:
-        model, label = create_model("resnet20_cifar"), "resnet20_cifar (benchmarks.models)"
-    except HardwareError:
-        from hardware import search_space
-
-        model, label = search_space.build(search_space.RESNET20_CONFIG), "ResNet-20 of hardware.search_space"
+    model, label = search_space.build(search_space.RESNET20_CONFIG), "ResNet-20 of hardware.search_space"
     lines = [
         f"### Measured-latency stability: {label}, 1x3x32x32, batch 1",
         "",
@@ -263,6 +271,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 # -- parser -------------------------------------------------------------------------------
+IMPORT_HELP = "import a module that registers models into timm first (repeatable), e.g. benchmarks.models"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from hardware.lookup import DEFAULT_CHANNEL_GRID, GRANULARITIES
 
@@ -279,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="timm or registered model name, e.g. mobilenetv2_100")
     p.add_argument("--input-size", type=int, required=True, help="side of the square input image")
     p.add_argument("--in-chans", type=int, default=3, help="input channels (1 for MNIST models such as lenet5)")
+    p.add_argument("--import", dest="imports", action="append", metavar="MODULE", help=IMPORT_HELP)
     p.add_argument("--batch-size", type=int, default=None, help="default: the device's batch_size")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of the device yaml")
     p.add_argument("--provenance", action="store_true", help="include the report's provenance")
@@ -293,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="profile this timm/registered model's layers instead of (or besides) a space")
     p.add_argument("--input-size", type=int, default=None)
     p.add_argument("--in-chans", type=int, default=3, help="input channels of --model (1 for MNIST models)")
+    p.add_argument("--import", dest="imports", action="append", metavar="MODULE", help=IMPORT_HELP)
     p.add_argument("--out", required=True, help="table file (JSON); an existing one is extended")
     p.add_argument(
         "--grid", default=",".join(map(str, DEFAULT_CHANNEL_GRID)), help="channel counts profiled for interpolation"

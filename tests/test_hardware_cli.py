@@ -108,6 +108,20 @@ def test_predict_prints_one_json_object_for_a_timm_model() -> None:
     assert data["memory"]["weight_bytes"] > 10_000_000  # 3.5 M parameters in fp32
 
 
+def test_a_zoo_model_needs_the_module_that_registers_it() -> None:
+    # hardware imports nothing above it: the project's zoo comes in by --import, named by the caller
+    args = ("predict", "--hw", "titanxp", "--model", "lenet5", "--in-chans", "1", "--input-size", "28")
+    unknown = _run(*args)
+    assert unknown.returncode == 2 and "unknown model 'lenet5'" in unknown.stderr
+    assert "--import benchmarks.models" in unknown.stderr
+    known = _run(*args, "--import", "benchmarks.models")
+    assert known.returncode == 0, known.stderr
+    data = json.loads(known.stdout)
+    assert data["model"] == "lenet5" and data["latency_ms"] > 0 and data["source"] == "analytical"
+    missing = _run(*args, "--import", "no_such_package.models")
+    assert missing.returncode == 2 and "--import no_such_package.models" in missing.stderr
+
+
 def test_predict_with_a_table_device(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     table = LatencyTable({"threads": 1, "protocol": {"warmup": 1, "repeats": 3, "min_time_s": 0.0}})
     path = table.save(tmp_path / "empty.json")

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from torch import nn
 
 from hardware.lookup.table import LatencyTable
+from hardware.target import LatencyReport
 
-if TYPE_CHECKING:
-    from hardware.lookup.target import TableTarget
+#: A latency query: (model, input shape) -> report.
+Latency = Callable[[nn.Module, tuple[int, ...]], LatencyReport]
 
 
 def sequence_calibration(table: LatencyTable) -> tuple[float, float]:
@@ -19,7 +22,13 @@ def sequence_calibration(table: LatencyTable) -> tuple[float, float]:
 
 
 def calibrate(
-    target: TableTarget, n: int = 40, seed: int | None = None, progress: Callable[[str], None] | None = None
+    table: LatencyTable,
+    predict: Latency,
+    measure: Latency,
+    batch_size: int = 1,
+    n: int = 40,
+    seed: int | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Fit how units run in sequence, on the profile's own architectures.
 
@@ -30,22 +39,22 @@ def calibrate(
     sum(((a S_i + d U_i) - M_i) / M_i)^2 over ``n`` architectures sampled with the
     *profile's* seed (S_i: sum of entries, U_i: units, M_i: measured), so the
     architectures of ``validate`` (another seed) stay unseen. Stored in the table's
-    metadata["calibration"]; prediction = a x sum of entries + d x units.
+    metadata["calibration"]; prediction = a x sum of entries + d x units. ``predict`` is the
+    table target's latency, ``measure`` the measured device's it stands for.
     """
     from hardware import search_space
 
-    meta = target.table.metadata
+    meta = table.metadata
     spaces = tuple(meta.get("spaces") or ("mobilenetv2", "resnet"))
     seed = int(seed if seed is not None else next((s.get("seed", 0) for s in meta.get("sources", [])), 0))
-    reference = target.reference_target(**target.validation.get("reference", {}))
     saved = meta.pop("calibration", None)
     rows = []
     try:
         for name, config in search_space.sample_architectures(spaces, int(n), seed):
             model = search_space.build(config)
-            shape = search_space.input_shape_of(config, target.batch_size)
-            predicted = target.latency(model, shape)
-            measured = reference.latency(model, shape).latency_ms
+            shape = search_space.input_shape_of(config, batch_size)
+            predicted = predict(model, shape)
+            measured = measure(model, shape).latency_ms
             rows.append((name, predicted.provenance["sum_of_entries_ms"], predicted.provenance["units"], measured))
             if progress is not None:
                 progress(
@@ -70,5 +79,4 @@ def calibrate(
         "spaces": list(spaces),
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
-    target.table.save(target.table_path)
     return meta["calibration"]

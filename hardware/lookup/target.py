@@ -239,8 +239,11 @@ class TableTarget(HardwareTarget):
     def calibrate(
         self, n: int = 40, seed: int | None = None, progress: Callable[[str], None] | None = None
     ) -> dict[str, Any]:
-        """Fit how units run in sequence (see :func:`hardware.lookup.calibration.calibrate`)."""
-        return calibration.calibrate(self, n, seed, progress)
+        """Fit how units run in sequence (see :func:`hardware.lookup.calibration.calibrate`); saves the table."""
+        reference = self.reference_target(**self.validation.get("reference", {}))
+        fitted = calibration.calibrate(self.table, self.latency, reference.latency, self.batch_size, n, seed, progress)
+        self.table.save(self.table_path)
+        return fitted
 
     def sequence_calibration(self) -> tuple[float, float]:
         """(scale, per-unit overhead in ms) of :meth:`calibrate`; (1, 0) for an uncalibrated table."""
