@@ -462,8 +462,8 @@ def test_ssl_removes_zeroed_filters_and_dead_input_channels() -> None:
 
 def test_ssl_method_shrinks_group_norms_and_returns_a_consistent_model(tmp_path) -> None:
     ctx = context(tmp_path, shape=(3, 8, 8))
-    method = StructuredSparsityLearning(filter_decay=0.05, channel_decay=0.05, ssl_epochs=2.0, threshold=0.05,
-                                        finetune_epochs=0.5)
+    method = StructuredSparsityLearning(filter_decay=0.05, channel_decay=0.05, sparsify={"epochs": 2.0}, threshold=0.05,
+                                        finetune={"epochs": 0.5})
     result = method.compress(SmallConvNet(), ctx)
     m = result.metrics
     assert m["group_lasso_after"] < m["group_lasso_before"]

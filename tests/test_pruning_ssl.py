@@ -22,7 +22,7 @@ from tests.conftest import needs_shared_data
 def test_ssl_with_its_defaults_removes_channels_of_lenet5_on_mnist(compose_cfg: Callable[..., DictConfig],
                                                                    tmp_path) -> None:
     # every group-lasso setting is the yaml's; a third of MNIST in batches of 64 keeps the number of steps
-    cfg = compose_cfg("+method=ssl", "method.finetune_epochs=0", "dataset.train_subset=16384", "dataset.batch_size=64")
+    cfg = compose_cfg("+method=ssl", "method.finetune.epochs=0", "dataset.train_subset=16384", "dataset.batch_size=64")
     datamodule = instantiate(cfg.dataset)
     datamodule.prepare_data()
     datamodule.setup("fit")

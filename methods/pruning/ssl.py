@@ -26,12 +26,14 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Sequence
-from typing import cast
+from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import nn
 
-from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
+from methods.base import CompressionContext, CompressionMethod, CompressionResult
+from methods.config import FineTuning, LayerSelection, excluded_layers, fail, finetune, option, parse_config
 from methods.losses import TrainingStep
 from methods.pruning.filter import layer_policy, structured_metrics
 from methods.pruning.structured import ChannelPruner, channel_plan, save_pruned
@@ -122,61 +124,56 @@ def dead_channels(pruner: ChannelPruner, threshold: float, min_channels: int) ->
     return result
 
 
+@dataclass
+class SSLConfig:
+    """conf/method/ssl.yaml: the group-Lasso training (``sparsify``), the removal, the fine-tuning after it."""
+
+    filter_decay: float = option(1e-4, ge=0, why="lambda_n of Eq. (2)")
+    channel_decay: float = option(1e-4, ge=0, why="lambda_c")
+    sparsify: FineTuning = option(factory=finetune(1.0))
+    threshold: float = option(1e-3, gt=0, why="a group norm below it counts as zero")
+    min_channels: int = option(1, ge=1, why="0 would remove every channel")
+    finetune: FineTuning = option(factory=finetune(1.0))
+    layers: LayerSelection = option(factory=LayerSelection)
+
+    def check(self, key: str) -> None:
+        if self.filter_decay == 0 and self.channel_decay == 0:
+            fail(f"{key}.filter_decay and {key}.channel_decay", "are both 0: the group Lasso would remove nothing")
+        if self.sparsify.epochs <= 0:
+            fail(f"{key}.sparsify.epochs", f"must be > 0 (the group-Lasso training), got {self.sparsify.epochs}")
+
+
 class StructuredSparsityLearning(CompressionMethod):
     """Wen et al. 2016: group-Lasso training, removal of zeroed filters/channels, fine-tuning."""
 
-    def __init__(
-        self,
-        name: str = "ssl",
-        filter_decay: float = 1e-4,
-        channel_decay: float = 1e-4,
-        ssl_epochs: float = 1.0,
-        threshold: float = 1e-3,
-        min_channels: int = 1,
-        finetune_epochs: float = 1.0,
-        lr: float | None = None,
-        ignored_layers: Sequence[str] = (),
-    ) -> None:
+    Config = SSLConfig
+
+    def __init__(self, name: str = "ssl", **options: Any) -> None:
         super().__init__(name)
-        if filter_decay < 0 or channel_decay < 0 or (filter_decay == 0 and channel_decay == 0):
-            raise MethodConfigError(f"method.filter_decay and method.channel_decay (lambda_n, lambda_c) must be >= 0 "
-                                    f"and not both 0, got {filter_decay}, {channel_decay}")
-        if ssl_epochs <= 0:
-            raise MethodConfigError(f"method.ssl_epochs must be > 0 (group-Lasso training), got {ssl_epochs}")
-        if threshold <= 0:
-            raise MethodConfigError(f"method.threshold must be > 0 (a group norm below it counts as zero), got {threshold}")
-        if int(min_channels) != min_channels or min_channels < 1:
-            raise MethodConfigError(f"method.min_channels must be an integer >= 1 (0 would remove every channel), got {min_channels}")
-        if finetune_epochs < 0:
-            raise MethodConfigError(f"method.finetune_epochs must be >= 0, got {finetune_epochs}")
-        if lr is not None and lr <= 0:
-            raise MethodConfigError(f"method.lr must be > 0 (or null for the recipe's), got {lr}")
-        self.filter_decay, self.channel_decay = float(filter_decay), float(channel_decay)
-        self.ssl_epochs, self.threshold, self.min_channels = float(ssl_epochs), float(threshold), int(min_channels)
-        self.finetune_epochs, self.lr = float(finetune_epochs), lr
-        self.ignored_layers = list(ignored_layers)
+        self.config = parse_config(self.Config, options)
 
     def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
         baseline = model
         model = copy.deepcopy(baseline)
         trace_shape = (1, *tuple(ctx.input_shape)[1:])
-        pruner = ChannelPruner(model, trace_shape, self.ignored_layers)
+        c = self.config
+        pruner = ChannelPruner(model, trace_shape, excluded_layers(model, trace_shape, c.layers))
         plan_before = channel_plan(model)
         metrics: dict[str, float] = {"top1_baseline": ctx.evaluate(model, "val")["top1"]}
         filter_layers, channel_layers = group_lasso_terms(pruner)
-        regularizer = GroupLasso(filter_layers, channel_layers, self.filter_decay, self.channel_decay)
+        regularizer = GroupLasso(filter_layers, channel_layers, c.filter_decay, c.channel_decay)
         metrics["group_lasso_before"] = float(regularizer().detach())
-        ctx.finetune(model, self.ssl_epochs, lr=self.lr, loss_terms=[regularizer])
+        ctx.finetune(model, c.sparsify.epochs, lr=c.sparsify.lr, loss_terms=[regularizer])
         metrics["group_lasso_after"] = float(regularizer().detach())
         metrics["top1_after_ssl"] = ctx.evaluate(model, "val")["top1"]
 
-        removed = dead_channels(pruner, self.threshold, self.min_channels)
+        removed = dead_channels(pruner, c.threshold, c.min_channels)
         for name, indices in removed.items():
             pruner.prune(name, indices)
         metrics["channels_removed"] = float(sum(len(v) for v in removed.values()))
         metrics["top1_before_finetune"] = ctx.evaluate(model, "val")["top1"]
-        if self.finetune_epochs > 0:
-            ctx.finetune(model, self.finetune_epochs, lr=self.lr)
+        if c.finetune.epochs > 0:
+            ctx.finetune(model, c.finetune.epochs, lr=c.finetune.lr)
 
         stored = save_pruned(model, pruner.history, trace_shape, ctx.workdir / "model.pruned.cbm",
                              extra={"method": self.name})
@@ -189,8 +186,8 @@ class StructuredSparsityLearning(CompressionMethod):
         for name, row in layers.items():
             metrics[f"pruned_ratio/{name}"] = row["pruned_ratio"]
         artifacts = [write_json(ctx.workdir / "policy.json", {
-            "method": self.name, "filter_decay": self.filter_decay, "channel_decay": self.channel_decay,
-            "threshold": self.threshold, "layers": layers,
+            "method": self.name, "filter_decay": c.filter_decay, "channel_decay": c.channel_decay,
+            "threshold": c.threshold, "layers": layers,
         }), *plot_policy({n: r["pruned_ratio"] for n, r in layers.items()}, "pruned channel ratio",
                          ctx.workdir / "policy.png")]
         return CompressionResult(model=decoded, stored_file=stored, metrics=metrics, artifacts=artifacts)
