@@ -1,10 +1,12 @@
-"""Parser of the Pixel-1 TF-Lite per-operator profiles published with AMC.
+"""Parser of TF-Lite ``benchmark_model`` per-operator profiles of MobileNetV1 channel plans.
 
-The reference folder (``../shared/reference/pixel1-amc-tflite``) holds the output of
-TF-Lite's ``benchmark_model`` for four MobileNetV1 variants on a Google Pixel-1 (float,
-one thread, batch 1, 224x224), three runs each, and a README whose table gives the
-channel plan of each variant (He et al., "AMC", ECCV 2018, Sec. 4.3 and Table 3 of Han
-et al., "Design Automation for Efficient Deep Learning Computing", 2019).
+The ``tflite_benchmark_model`` profile format of ``hardware.opcost``: a folder holds the
+output of TF-Lite's ``benchmark_model`` for MobileNetV1 variants on one device,
+``<prefix>_run<N>.txt`` per run, and a README whose table gives the channel plan of each
+prefix. The Pixel-1 profiles published with AMC (``../shared/reference/pixel1-amc-tflite``:
+four variants, float, one thread, batch 1, 224x224, three runs each; He et al., "AMC",
+ECCV 2018, Sec. 4.3 and Table 3 of Han et al., "Design Automation for Efficient Deep
+Learning Computing", 2019) are one such folder; another device's profiles are another.
 
 This module only reads data: it parses the "Run Order" table of each profile (operator
 type, average ms, in run order), the whole-model "no stats" average, the channel plans
@@ -179,8 +181,8 @@ def load_reference(folder: str | Path) -> list[ReferenceModel]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(
-            f"pixel1 reference folder {str(folder)!r} does not exist: set hw.reference_dir to the "
-            "folder holding the AMC TF-Lite profiles (../shared/reference/pixel1-amc-tflite)"
+            f"profile folder {str(folder)!r} does not exist: set hw.reference_dir to the folder holding the "
+            "device's TF-Lite profiles (for pixel1: ../shared/reference/pixel1-amc-tflite)"
         )
     readme = folder / "README.md"
     if not readme.is_file():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -12,7 +13,8 @@ from torch import nn
 
 from hardware import lookup, search_space
 from hardware.cli import main as cli_main
-from hardware.lookup import LatencyTable, TableTarget, Unit, bracket_units, interpolate, trace_units
+from hardware.layers import describe_layers, trace_model
+from hardware.lookup import LatencyTable, TableTarget, Unit, bracket_units, interpolate, trace_units, units_of
 from hardware.measured import LocalCPU
 from hardware.protocol import TimingProtocol
 from hardware.target import HardwareError
@@ -83,6 +85,46 @@ def test_trace_reads_timm_batchnorm_with_nested_activation() -> None:
     assert len(conv) == 1 and conv[0].fields["bn"] and conv[0].fields["act"] == "ReLU6"
     assert not [u for u in units if u.kind in ("bn", "act")]
     assert not unmodelled
+
+
+def test_one_trace_gives_the_layer_description_and_the_table_units() -> None:
+    """The cost models' layers and the table's units come from the same forward pass."""
+    from timm.layers import BatchNormAct2d
+
+    class SqueezeExcite(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(16, 16, 3, padding="same", dilation=2, bias=False)
+            self.bn = BatchNormAct2d(16, act_layer=nn.ReLU6)
+            self.pool = nn.MaxPool2d(3, stride=1, padding=1, ceil_mode=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.pool(self.bn(self.conv(x)))
+            return x + y * y.mean((2, 3), keepdim=True)
+
+    trace = trace_model(SqueezeExcite(), (1, 16, 8, 8), {"conv": (4, 8)})
+    layers = {layer.name: layer for layer in trace.layers}
+    assert list(layers) == ["conv", "bn.act", "bn", "pool", "mean", "mul", "add"]  # leaves as they finish, then ops
+    conv = layers["conv"]
+    assert conv.padding == (2, 2) and conv.dilation == (2, 2) and not conv.bias and conv.macs == 64 * 16 * 16 * 9
+    assert (conv.weight_bits, conv.act_bits) == (4, 8) and layers["add"].act_bits == 32  # the root block: no scope
+    assert layers["bn.act"].nested_in == "bn" and layers["bn.act"].inplace  # timm builds it in place
+    assert layers["pool"].ceil_mode and layers["pool"].padding == (1, 1) and layers["pool"].kernel == (3, 3)
+    assert layers["mul"].module_type == "functional" and layers["mul"].extra["operand_shapes"] == [(1, 16, 8, 8), (1, 16, 1, 1)]
+    assert describe_layers(SqueezeExcite(), (1, 16, 8, 8)) == [
+        dataclasses.replace(layer, weight_bits=32, act_bits=32) for layer in trace.layers
+    ]
+    units, unmodelled = units_of(trace)
+    assert not unmodelled
+    (conv_unit,) = [u for u in units if u.kind == "conv"]
+    assert conv_unit.layers == ["conv", "bn"] and conv_unit.fields["act"] == "ReLU6"
+    assert conv_unit.fields["p"] == [2, 2] and conv_unit.fields["d"] == [2, 2]
+    (pool,) = [u for u in units if u.kind == "pool"]
+    assert pool.fields | pool.axes == {"type": "MaxPool2d", "shape": [1, "C", 8, 8], "k": [3, 3], "s": [1, 1],
+                                       "p": [1, 1], "ceil": True, "channels": 16}
+    funcs = [u.fields["op"] for u in units if u.kind == "func"]
+    assert funcs == ["aten::mean.dim", "aten::mul.Tensor", "aten::add.Tensor"]
+    assert lookup.unit_callable(pool)().shape == (1, 16, 8, 8)
 
 
 def test_unit_callable_rebuilds_the_traced_work() -> None:

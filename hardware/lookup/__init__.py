@@ -37,7 +37,7 @@ from hardware.lookup.interpolation import DEFAULT_CHANNEL_GRID, bracket_units, i
 from hardware.lookup.profiling import library_versions, profile, time_unit, unit_callable
 from hardware.lookup.table import TABLE_FORMAT, LatencyTable
 from hardware.lookup.target import TableTarget
-from hardware.lookup.units import AXES, GRANULARITIES, Unit, model_units, trace_units
+from hardware.lookup.units import AXES, GRANULARITIES, Unit, model_units, trace_units, units_of
 
 __all__ = [
     "AXES",
@@ -56,4 +56,5 @@ __all__ = [
     "time_unit",
     "trace_units",
     "unit_callable",
+    "units_of",
 ]

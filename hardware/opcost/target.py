@@ -243,7 +243,7 @@ class OpProfileTarget(HardwareTarget):
         if self.holdout_file is None or not self.holdout_file.is_file():
             raise HardwareError(
                 f"hw {self.name!r}: hold-out file {self.holdout_file} is missing; set hw.holdout_file to a yaml of "
-                "published latencies (see hardware/devices/pixel1_published.yaml)"
+                "published latencies (the format of hardware/devices/*_published.yaml)"
             )
         entries = [e for e in yaml.safe_load(self.holdout_file.read_text())["models"] if e.get("timm")]
         predicted = []
