@@ -118,6 +118,10 @@ def _coerce(value: Any, annotation: Any, key: str, default: Any = None) -> Any:
         if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
             fail(key, f"must be a list, got {_describe(value)}")
         return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:  # fixed length, tuple[X, Y]: a yaml list of that many values
+        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != len(args):
+            fail(key, f"must be a list of {len(args)} values, got {_describe(value)}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
     if origin is dict:
         if not isinstance(value, Mapping):
             fail(key, f"must be a mapping, got {_describe(value)}")

@@ -267,12 +267,12 @@ def test_quantization_error_of_the_decoded_model_shrinks_with_bits(tmp_path: Pat
     ({"act_bits": 1, "act_symmetric": True}, r"method.act_bits: .*2\.\.8 with a symmetric"),
     ({"observer": "median"}, "method.observer"),
     ({"calibration_batches": 0}, "method.calibration_batches"), ({"percentile": 30}, "method.percentile"),
-    ({"bitz": 8}, "unknown key"),
+    ({"bitz": 8}, r"method.bitz is not a key .*did you mean 'bits'"),
     ({"weight_quantizer": "pact"}, r"method.weight_quantizer: unknown weight quantizer 'pact'; registered: .*'uniform'"),
     ({"act_quantizer": "sine"}, r"method.act_quantizer: unknown act quantizer 'sine'; registered: .*'pact'"),
-    ({"act_quantizer": ["pact"]}, r"method.act_quantizer: a quantizer name is a string, got \['pact'\]"),
-    ({"layer_bits": [4, 4]}, "method.layer_bits: must be a mapping"),
-    ({"layer_bits": {"3": 4}}, r"method.layer_bits.3: must be \[weight_bits, act_bits\]"),
+    ({"act_quantizer": ["pact"]}, r"method.act_quantizer must be a string, got \['pact'\]"),
+    ({"layer_bits": [4, 4]}, "method.layer_bits must be a mapping"),
+    ({"layer_bits": {"3": 4}}, r"method.layer_bits.3 must be a list of 2 values"),
     ({"layer_bits": {"3": [1, 4]}}, r"method.layer_bits.3: 1 bits .*2\.\.8 with a symmetric"),
     ({"layer_bits": {"3": [4, 9]}}, r"method.layer_bits.3: 9 bits .*'uniform' act quantizer"),
 ])
@@ -325,9 +325,10 @@ def test_per_layer_bit_widths_override_the_default_and_are_recorded(tmp_path: Pa
 
 def test_per_layer_bits_must_name_quantized_layers() -> None:
     with pytest.raises(MethodConfigError, match=r"method.layer_bits names \['9'\].*those are \['0', '3', '8'\]"):
-        PostTrainingQuantization(layer_bits={"9": [4, 4]}).config.plan(tiny_conv_net())
+        PostTrainingQuantization(layer_bits={"9": [4, 4]}).config.plan(tiny_conv_net(), (1, 3, 12, 12))
     with pytest.raises(MethodConfigError, match=r"method.layer_bits names \['3'\].*those are \['0', '8'\]"):
-        PostTrainingQuantization(layer_bits={"3": [4, 4]}, skip_layers=["3"]).config.plan(tiny_conv_net())
+        PostTrainingQuantization(layer_bits={"3": [4, 4]}, layers={"exclude": ["3"]}).config.plan(tiny_conv_net(),
+                                                                                                 (1, 3, 12, 12))
 
 
 def test_one_bit_weights_and_activations_store_and_decode(tmp_path: Path) -> None:
@@ -429,7 +430,7 @@ def test_pact_activations_come_through_the_plan_and_are_stored_as_uniform(tmp_pa
 
 
 @pytest.mark.parametrize("options,key", [
-    ({"act_quantizer": "uniform"}, "method.act_quantizer: PACT learns"), ({"act_symmetric": True}, "method.act_symmetric"),
+    ({"act_quantizer": "uniform"}, "method.act_quantizer is 'uniform': PACT learns"), ({"act_symmetric": True}, "method.act_symmetric"),
     ({"act_bits": 32}, "method.act_bits"), ({"act_bits": 9}, r"method.act_bits: 9 bits .*'pact' act quantizer takes \(1\.\.8\)"),
 ])
 def test_pact_refuses_what_it_cannot_learn(options: dict, key: str) -> None:
@@ -476,9 +477,10 @@ def mnist_net() -> nn.Module:
 
 @needs_shared_data
 @pytest.mark.parametrize("method", [
-    QuantizationAwareTraining(epochs=1, lr=0.01, calibration_batches=2, bits=8, act_bits=8),
-    PACT(epochs=1, lr=0.01, calibration_batches=2, bits=4, act_bits=4, alpha_decay=0.01),
-    QuantizationAwareTraining(epochs=1, lr=0.01, calibration_batches=2, bits=4, act_bits=4, act_quantizer="pact"),
+    QuantizationAwareTraining(finetune={"epochs": 1, "lr": 0.01}, calibration_batches=2, bits=8, act_bits=8),
+    PACT(finetune={"epochs": 1, "lr": 0.01}, calibration_batches=2, bits=4, act_bits=4, alpha_decay=0.01),
+    QuantizationAwareTraining(finetune={"epochs": 1, "lr": 0.01}, calibration_batches=2, bits=4, act_bits=4,
+                              act_quantizer="pact"),
 ], ids=["qat8", "pact4", "qat4_pact_activations"])
 def test_trained_quantization_stores_and_decodes(method, tiny_context) -> None:
     net = mnist_net()

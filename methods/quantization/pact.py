@@ -32,11 +32,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
+from methods.base import CompressionContext, CompressionMethod, CompressionResult
+from methods.config import FineTuning, fail, finetune, option, parse_config
 from methods.losses import TrainingStep
 from methods.quantization.fakequant import ActQuantizer
-from methods.quantization.ptq import calibration_inputs, quantize_for_inference, store_and_decode, uniform_config
-from methods.quantization.qat import check_training
+from methods.quantization.ptq import (
+    UniformQuantizationConfig,
+    calibration_inputs,
+    quantize_for_inference,
+    store_and_decode,
+)
+from methods.quantization.qat import must_train
 from methods.quantization.quantizers import register_quantizer
 from methods.quantization.uniform import QuantizationError, QuantScheme
 
@@ -127,36 +133,45 @@ class AlphaL2:
         return self.weight * torch.stack([a.pow(2) for a in alphas]).sum()
 
 
+@dataclass
+class PACTConfig(UniformQuantizationConfig):
+    """conf/method/pact.yaml: PTQ's keys (4 bits, the 'pact' activation quantizer), the fine-tuning, alpha's penalty."""
+
+    bits: int = 4
+    act_quantizer: str = "pact"
+    finetune: FineTuning = option(factory=finetune(1.0, 0.001))
+    alpha_decay: float = option(2e-4, ge=0, why="the L2 weight of alpha")
+
+    def check(self, key: str) -> None:
+        super().check(key)
+        must_train(self.finetune, key)
+        if self.act_width == 32:
+            fail(f"{key}.act_bits", "is 32: PACT quantizes activations; float leaves it nothing to learn")
+        if self.act_quantizer != "pact":
+            fail(f"{key}.act_quantizer", f"is {self.act_quantizer!r}: PACT learns its clipping levels with the 'pact' "
+                                         "quantizer (fine-tuning with another quantizer is +method=qat)")
+        if self.act_symmetric:
+            fail(f"{key}.act_symmetric", "is true: PACT clips activations to [0, alpha] (unsigned); set false")
+
+
 class PACT(CompressionMethod):
     """``pact``: learned activation clipping with quantization-aware fine-tuning."""
 
-    def __init__(self, name: str = "pact", epochs: float = 1.0, lr: float | None = 0.001, alpha_decay: float = 2e-4,
-                 **options: Any) -> None:
+    Config = PACTConfig
+
+    def __init__(self, name: str = "pact", **options: Any) -> None:
         super().__init__(name)
-        options.setdefault("bits", 4)
-        options.setdefault("act_quantizer", "pact")
-        self.config = uniform_config(options, extra=("name", "epochs", "lr", "alpha_decay"))
-        if self.config.act_bits == 32:
-            raise MethodConfigError("method.act_bits: PACT quantizes activations; 32 (float) leaves it nothing to learn")
-        if self.config.act_quantizer != "pact":
-            raise MethodConfigError(f"method.act_quantizer: PACT learns its clipping levels with the 'pact' quantizer, "
-                                    f"got {self.config.act_quantizer!r} (fine-tuning with another quantizer is "
-                                    "+method=qat)")
-        if self.config.act_symmetric:
-            raise MethodConfigError("method.act_symmetric: PACT clips activations to [0, alpha] (unsigned); set false")
-        self.epochs, self.lr, _ = check_training(epochs, lr, 1.0)
-        if not isinstance(alpha_decay, (int, float)) or alpha_decay < 0:
-            raise MethodConfigError(f"method.alpha_decay: the L2 weight of alpha must be >= 0, got {alpha_decay!r}")
-        self.alpha_decay = float(alpha_decay)
+        self.config = parse_config(self.Config, options)
 
     def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
         calibration = calibration_inputs(ctx.datamodule, self.config.calibration_batches)
         quantized, plan, folded = quantize_for_inference(model, self.config, calibration)
         before = ctx.evaluate(quantized, "val")
-        ctx.finetune(quantized, self.epochs, lr=self.lr, loss_terms=[AlphaL2(self.alpha_decay)])
+        c = self.config
+        ctx.finetune(quantized, c.finetune.epochs, lr=c.finetune.lr, loss_terms=[AlphaL2(c.alpha_decay)])
         quantized.eval()
         alphas = {name: float(m.alpha) for name, m in pact_layers(quantized).items()}
-        metrics = {"val_top1_before_finetune": before["top1"], "finetune_epochs": self.epochs,
+        metrics = {"val_top1_before_finetune": before["top1"], "finetune_epochs": c.finetune.epochs,
                    "pact_layers": float(len(alphas)), "mean_alpha": sum(alphas.values()) / max(len(alphas), 1)}
         result = store_and_decode(self.name, quantized, model, plan, folded, self.config, ctx, calibration, metrics)
         alpha_file = ctx.workdir / f"{self.name}_alpha.json"

@@ -23,17 +23,20 @@ and the deployed (ONNX Runtime) top-1 on the test split are recorded, with their
 from __future__ import annotations
 
 import copy
-import inspect
+import dataclasses
 import itertools
 import json
 import logging
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
+from methods.config import LayerSelection, excluded_layers, option, parse_config
 from methods.quantization.fakequant import (
     calibrate,
     fold_batchnorm,
@@ -53,91 +56,67 @@ log = logging.getLogger(__name__)
 FLOAT_BITS = 32
 
 
-def check_quantizer(name: Any, role: str, key: str) -> QuantizerEntry:
-    """The registered ``role`` quantizer ``name``, else an error naming ``method.<key>`` and the registered ones."""
+def check_quantizer(name: str, role: str, key: str) -> QuantizerEntry:
+    """The registered ``role`` quantizer ``name``, else an error naming ``key`` and the registered ones."""
     try:
         return quantizer_entry(name, role)
     except QuantizationError as err:
-        raise MethodConfigError(f"method.{key}: {err}") from None
+        raise MethodConfigError(f"{key}: {err}") from None
 
 
-def check_bits(value: Any, key: str, quantizer: QuantizerEntry, symmetric: bool, allow_float: bool = False) -> int:
+def check_bits(value: int, key: str, quantizer: QuantizerEntry, symmetric: bool, allow_float: bool = False) -> int:
     """``value`` as a width ``quantizer`` takes (or 32 = stay float when ``allow_float``), else an
-    error naming ``method.<key>`` and that quantizer's range."""
-    if allow_float and value == FLOAT_BITS and not isinstance(value, bool):
+    error naming ``key`` and that quantizer's range."""
+    if allow_float and value == FLOAT_BITS:
         return FLOAT_BITS
     try:
         return quantizer.check_bits(value, symmetric)
     except QuantizationError as err:
         extra = f"; or {FLOAT_BITS} keeps activations in float" if allow_float else ""
-        raise MethodConfigError(f"method.{key}: {err}{extra}") from None
+        raise MethodConfigError(f"{key}: {err}{extra}") from None
 
 
-def check_choice(value: Any, key: str, choices: Any) -> Any:
-    if value not in choices:
-        raise MethodConfigError(f"method.{key}: must be one of {sorted(choices)}, got {value!r}")
-    return value
-
-
+@dataclass
 class UniformQuantizationConfig:
-    """The knobs PTQ, QAT and PACT share, validated once (errors name ``method.<key>``)."""
+    """conf/method/ptq.yaml: the keys PTQ, QAT and PACT share; widths are checked against the quantizers named.
 
-    def __init__(
-        self,
-        bits: int = 8,
-        act_bits: int | None = None,
-        per_channel: bool = True,
-        symmetric: bool = True,
-        act_symmetric: bool = False,
-        observer: str = "minmax",
-        weight_observer: str = "minmax",
-        percentile: float = 99.99,
-        calibration_batches: int = 16,
-        skip_layers: list[str] | None = None,
-        fold_bn: bool = True,
-        onnx: bool = True,
-        reduce_range: bool | str = "auto",
-        weight_quantizer: str = "uniform",
-        act_quantizer: str = "uniform",
-        layer_bits: dict[str, Any] | None = None,
-    ) -> None:
-        self.per_channel = bool(per_channel)
-        self.symmetric = bool(symmetric)
-        self.act_symmetric = bool(act_symmetric)
-        self.weight_quantizer, self.act_quantizer = weight_quantizer, act_quantizer
-        wq = check_quantizer(weight_quantizer, "weight", "weight_quantizer")
-        aq = check_quantizer(act_quantizer, "act", "act_quantizer")
-        self.bits = check_bits(bits, "bits", wq, self.symmetric)
-        self.act_bits = check_bits(bits if act_bits is None else act_bits, "act_bits", aq, self.act_symmetric,
-                                   allow_float=True)
-        if not isinstance(layer_bits or {}, dict):
-            raise MethodConfigError(f"method.layer_bits: must be a mapping layer -> [weight_bits, act_bits], "
-                                    f"got {layer_bits!r}")
-        self.layer_bits: dict[str, tuple[int, int]] = {}
-        for layer, pair in (layer_bits or {}).items():
-            key = f"layer_bits.{layer}"
-            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-                raise MethodConfigError(f"method.{key}: must be [weight_bits, act_bits], got {pair!r}")
-            self.layer_bits[str(layer)] = (check_bits(pair[0], key, wq, self.symmetric),
-                                           check_bits(pair[1], key, aq, self.act_symmetric, allow_float=True))
-        self.observer = check_choice(observer, "observer", OBSERVERS)
-        self.weight_observer = check_choice(weight_observer, "weight_observer", OBSERVERS)
-        if not 50 < float(percentile) <= 100:
-            raise MethodConfigError(f"method.percentile: must be in (50, 100], got {percentile!r}")
-        self.percentile = float(percentile)
-        if not isinstance(calibration_batches, int) or calibration_batches < 1:
-            raise MethodConfigError(f"method.calibration_batches: must be an integer >= 1, got {calibration_batches!r}")
-        self.calibration_batches = calibration_batches
-        self.skip_layers = list(skip_layers or [])
-        self.fold_bn = bool(fold_bn)
-        self.onnx = bool(onnx)
-        if reduce_range not in (True, False, "auto"):
-            raise MethodConfigError(f"method.reduce_range: must be true, false or auto, got {reduce_range!r}")
-        self.reduce_range = reduce_range
+    ``layer_bits``: ``{layer: [weight_bits, act_bits]}`` for the layers with their own widths.
+    """
+
+    bits: int = 8
+    act_bits: int | None = option(None, why="null: bits; 32 keeps activations in float")
+    per_channel: bool = True
+    symmetric: bool = True
+    act_symmetric: bool = False
+    observer: str = option("minmax", choices=OBSERVERS)
+    weight_observer: str = option("minmax", choices=OBSERVERS)
+    percentile: float = option(99.99, gt=50, le=100)
+    calibration_batches: int = option(16, ge=1)
+    layers: LayerSelection = option(factory=LayerSelection)
+    fold_bn: bool = True
+    onnx: bool = True
+    reduce_range: bool | str = option("auto", choices=(True, False, "auto"))
+    weight_quantizer: str = "uniform"
+    act_quantizer: str = "uniform"
+    layer_bits: dict[str, tuple[int, int]] = option(factory=dict)
+
+    def check(self, key: str) -> None:
+        wq = check_quantizer(self.weight_quantizer, "weight", f"{key}.weight_quantizer")
+        aq = check_quantizer(self.act_quantizer, "act", f"{key}.act_quantizer")
+        check_bits(self.bits, f"{key}.bits", wq, self.symmetric)
+        check_bits(self.act_width, f"{key}.act_bits", aq, self.act_symmetric, allow_float=True)
+        for layer, (weight_bits, act_bits) in self.layer_bits.items():
+            check_bits(weight_bits, f"{key}.layer_bits.{layer}", wq, self.symmetric)
+            check_bits(act_bits, f"{key}.layer_bits.{layer}", aq, self.act_symmetric, allow_float=True)
+
+    @property
+    def act_width(self) -> int:
+        """``act_bits``, ``bits`` where it is null."""
+        return self.bits if self.act_bits is None else self.act_bits
 
     @property
     def deploys_int8(self) -> bool:
-        pairs = {(self.bits, self.act_bits), *self.layer_bits.values()}
+        pairs = {(self.bits, self.act_width), *self.layer_bits.values()}
         return self.onnx and pairs == {(8, 8)}
 
     @property
@@ -148,7 +127,7 @@ class UniformQuantizationConfig:
         if self.reduce_range == "auto":
             from methods.quantization.onnx_int8 import int8_saturates
 
-            return self.deploys_int8 and int8_saturates(2 ** (self.bits - 1) - 1, 2**self.act_bits - 1)
+            return self.deploys_int8 and int8_saturates(2 ** (self.bits - 1) - 1, 2**self.act_width - 1)
         return bool(self.reduce_range) and self.bits == 8
 
     @property
@@ -163,7 +142,7 @@ class UniformQuantizationConfig:
     def act_scheme(self, bits: int | None = None) -> QuantScheme | None:
         """Activations at ``bits`` (default ``act_bits``; 32: float, None): unsigned (uint8-style) when
         asymmetric, as ReLU outputs are non-negative."""
-        bits = self.act_bits if bits is None else bits
+        bits = self.act_width if bits is None else bits
         if bits == FLOAT_BITS:
             return None
         return QuantScheme(bits=bits, symmetric=self.act_symmetric, signed=self.act_symmetric)
@@ -171,13 +150,15 @@ class UniformQuantizationConfig:
     def observer_kwargs(self, observer: str) -> dict[str, Any]:
         return {"percentile": self.percentile} if observer == "percentile" else {}
 
-    def plan(self, model: nn.Module, ema: float | None = None) -> dict[str, dict[str, Any]]:
+    def plan(self, model: nn.Module, input_shape: Sequence[int], ema: float | None = None) -> dict[str, dict[str, Any]]:
+        """Each selected layer's quantizers; the layers ``layers`` leaves out stay float."""
         schemes = {layer: (self.weight_scheme(w), self.act_scheme(a)) for layer, (w, a) in self.layer_bits.items()}
+        skip = excluded_layers(model, (1, *tuple(input_shape)[1:]), self.layers)
         try:
             plan = layer_plan(model, self.weight_scheme(), self.act_scheme(), self.weight_observer, self.observer,
-                              skip=self.skip_layers, ema=ema, weight_quantizer=self.weight_quantizer,
+                              skip=skip, ema=ema, weight_quantizer=self.weight_quantizer,
                               act_quantizer=self.act_quantizer, layer_schemes=schemes)
-        except QuantizationError as err:  # its message starts with the key (skip_layers, layer_bits)
+        except QuantizationError as err:  # its message starts with the key (layer_bits)
             raise MethodConfigError(f"method.{err}") from None
         # weight and activation observers may differ: give each its own options
         for spec in plan.values():
@@ -187,16 +168,7 @@ class UniformQuantizationConfig:
         return plan
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
-
-
-def uniform_config(options: dict[str, Any], extra: tuple[str, ...] = ()) -> UniformQuantizationConfig:
-    """Build the shared config from a method's options; unknown keys are refused by name."""
-    known = set(inspect.signature(UniformQuantizationConfig).parameters)
-    unknown = sorted(set(options) - known - set(extra))
-    if unknown:
-        raise MethodConfigError(f"method: unknown key(s) {unknown}; allowed: {sorted(known | set(extra))}")
-    return UniformQuantizationConfig(**{k: v for k, v in options.items() if k in known})
+        return dataclasses.asdict(self)
 
 
 def calibration_inputs(datamodule: Any, batches: int) -> list[torch.Tensor]:
@@ -215,7 +187,7 @@ def quantize_for_inference(model: nn.Module, config: UniformQuantizationConfig, 
     """
     quantized = copy.deepcopy(model).cpu().eval()
     folded = fold_batchnorm(quantized) if config.fold_bn else []
-    plan = config.plan(quantized, ema=ema)
+    plan = config.plan(quantized, calibration[0].shape, ema=ema)
     prepare(quantized, plan)
     calibrate(quantized, calibration, len(calibration))
     return quantized, plan, folded
@@ -275,9 +247,11 @@ def _deploy_int8(name: str, decoded: nn.Module, config: UniformQuantizationConfi
 class PostTrainingQuantization(CompressionMethod):
     """``ptq``: uniform affine quantization of a trained model, calibrated, no retraining."""
 
+    Config = UniformQuantizationConfig
+
     def __init__(self, name: str = "ptq", **options: Any) -> None:
         super().__init__(name)
-        self.config = uniform_config(options)
+        self.config = parse_config(self.Config, options)
 
     def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
         calibration = calibration_inputs(ctx.datamodule, self.config.calibration_batches)

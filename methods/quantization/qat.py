@@ -9,7 +9,7 @@ pass treats rounding as the identity inside the clipping range (the straight-thr
 be used to update the parameters", Berthelier et al. 2020, Sec. 2.5).
 
 Here the fine-tuning starts from the trained baseline, its activation ranges initialised by a PTQ
-calibration, and runs through ``ctx.finetune`` (the run's own recipe, shortened to ``epochs``).
+calibration, and runs through ``ctx.finetune`` (the run's own recipe, shortened to ``finetune.epochs``).
 The result is stored and decoded exactly as PTQ's (:func:`.ptq.store_and_decode`), with the
 int8 ONNX deployment for 8-bit models.
 
@@ -20,42 +20,54 @@ ones later); quantization is active from the first step (no quantization delay).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
-from methods.quantization.ptq import calibration_inputs, quantize_for_inference, store_and_decode, uniform_config
+from methods.base import CompressionContext, CompressionMethod, CompressionResult
+from methods.config import FineTuning, fail, finetune, option, parse_config
+from methods.quantization.ptq import (
+    UniformQuantizationConfig,
+    calibration_inputs,
+    quantize_for_inference,
+    store_and_decode,
+)
 
 
-def check_training(epochs: Any, lr: Any, ema: Any) -> tuple[float, float | None, float]:
-    """Validated (epochs, lr, ema) of a quantization-aware fine-tuning; errors name the key."""
-    if not isinstance(epochs, (int, float)) or isinstance(epochs, bool) or epochs <= 0:
-        raise MethodConfigError(f"method.epochs: fine-tuning epochs must be > 0, got {epochs!r}")
-    if lr is not None and (not isinstance(lr, (int, float)) or lr <= 0):
-        raise MethodConfigError(f"method.lr: must be > 0 or null (the recipe's), got {lr!r}")
-    if not isinstance(ema, (int, float)) or not 0 < ema <= 1:
-        raise MethodConfigError(f"method.ema: the activation-range averaging constant must be in (0, 1], got {ema!r}")
-    return float(epochs), None if lr is None else float(lr), float(ema)
+def must_train(training: FineTuning, key: str) -> None:
+    """Quantization-aware methods are their fine-tuning: ``epochs`` 0 would leave nothing of them."""
+    if training.epochs <= 0:
+        fail(f"{key}.finetune.epochs", f"must be > 0 (quantization-aware training is the method), got {training.epochs}")
+
+
+@dataclass
+class QATConfig(UniformQuantizationConfig):
+    """conf/method/qat.yaml: PTQ's keys, the fine-tuning, and the averaging constant of the activation ranges."""
+
+    finetune: FineTuning = option(factory=finetune(1.0, 0.001))
+    ema: float = option(0.01, gt=0, le=1, why="the activation-range averaging constant")
+
+    def check(self, key: str) -> None:
+        super().check(key)
+        must_train(self.finetune, key)
 
 
 class QuantizationAwareTraining(CompressionMethod):
     """``qat``: fake-quantized fine-tuning of the baseline (Jacob et al. 2018)."""
 
-    TRAINING_KEYS = ("epochs", "lr", "ema")
+    Config = QATConfig
 
-    def __init__(self, name: str = "qat", epochs: float = 1.0, lr: float | None = 0.001, ema: float = 0.01,
-                 **options: Any) -> None:
+    def __init__(self, name: str = "qat", **options: Any) -> None:
         super().__init__(name)
-        self.config = uniform_config(options, extra=("name", "epochs", "lr", "ema"))
-        self.epochs, self.lr, self.ema = check_training(epochs, lr, ema)
+        self.config = parse_config(self.Config, options)
 
     def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
         calibration = calibration_inputs(ctx.datamodule, self.config.calibration_batches)
-        quantized, plan, folded = quantize_for_inference(model, self.config, calibration, ema=self.ema)
+        quantized, plan, folded = quantize_for_inference(model, self.config, calibration, ema=self.config.ema)
         before = ctx.evaluate(quantized, "val")
-        ctx.finetune(quantized, self.epochs, lr=self.lr)
+        ctx.finetune(quantized, self.config.finetune.epochs, lr=self.config.finetune.lr)
         quantized.eval()
-        metrics = {"val_top1_before_finetune": before["top1"], "finetune_epochs": self.epochs,
+        metrics = {"val_top1_before_finetune": before["top1"], "finetune_epochs": self.config.finetune.epochs,
                    "calibration_batches": float(len(calibration))}
         return store_and_decode(self.name, quantized, model, plan, folded, self.config, ctx, calibration, metrics)
