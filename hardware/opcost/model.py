@@ -1,6 +1,8 @@
 """The per-operator cost model: features of a layer per operator family, and their NNLS fit.
-shapes, so instead this module fits a small, physically motivated cost model per operator
-family and uses it for any network:
+
+A lookup table of a device's profiled operators would only cover the profiled shapes (120
+operators of four MobileNetV1s for the Pixel-1), so this module fits a small, physically
+motivated cost model per operator family and uses it for any network:
 
 * ``gemm`` (1x1 and k x k convolutions, fully connected): TF-Lite runs them as a matrix
   product C[M, N] = A[M, K] B[K, N] (M output pixels, K = k*k*C_in/groups, N = C_out), with
