@@ -190,7 +190,12 @@ def parse_config(schema: type[S], options: Mapping[str, Any], key: str = "method
         if constraint is not None:
             _check(value, constraint, f"{key}.{name}")
         values[name] = value
-    config = schema(**values)
+    try:
+        config = schema(**values)
+    except MethodConfigError:
+        raise
+    except ValueError as err:  # a schema's own __post_init__ (methods.search's DDPGConfig); its message names the key
+        raise MethodConfigError(str(err)) from None
     check = getattr(config, "check", None)
     if check is not None:
         check(key)
@@ -205,7 +210,7 @@ class FineTuning:
     lr: float | None = option(None, gt=0, why="null: the recipe's learning rate")
 
 
-def finetune(epochs: float, lr: float | None = None) -> Callable[[], FineTuning]:
+def finetune_default(epochs: float, lr: float | None = None) -> Callable[[], FineTuning]:
     """A default factory for a method's ``finetune``-like field."""
     return lambda: FineTuning(epochs, lr)
 
@@ -227,11 +232,6 @@ class LayerSelection:
     exclude: list[str] = option(factory=list)
     first: bool = True
     last: bool = True
-
-
-def layers(*, types: Sequence[str] = ("conv", "linear"), first: bool = True, last: bool = True) -> Callable[[], LayerSelection]:
-    """A default factory for a method's ``layers`` field."""
-    return lambda: LayerSelection(list(types), [], first, last)
 
 
 def forward_order(model: nn.Module, input_shape: Sequence[int], classes: tuple[type[nn.Module], ...]) -> list[str]:

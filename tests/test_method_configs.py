@@ -10,6 +10,7 @@ import dataclasses
 import typing
 
 import pytest
+from hydra.utils import get_class
 from torch import nn
 
 from methods import create_method, list_methods
@@ -18,9 +19,13 @@ from methods.config import Constraint, FineTuning, LayerSelection, parse_config,
 from methods.registry import method_config
 
 
+def _class(name: str) -> type:
+    return get_class(str(method_config(name)._target_))
+
+
 def _schema(name: str) -> type | None:
     """The method class's ``Config`` schema (methods/config.py), None for a method without one."""
-    return getattr(type(create_method(name)), "Config", None)
+    return getattr(_class(name), "Config", None)
 
 
 TYPED = [name for name in list_methods() if _schema(name) is not None]
@@ -69,7 +74,7 @@ def test_every_method_yaml_builds_with_its_defaults(name: str) -> None:
 
 @pytest.mark.parametrize("name", TYPED)
 def test_bad_values_are_refused_naming_the_key(name: str) -> None:
-    cls = type(create_method(name))
+    cls = _class(name)
     schema = _schema(name)
     assert schema is not None
     cases = _violations(schema)
@@ -81,7 +86,7 @@ def test_bad_values_are_refused_naming_the_key(name: str) -> None:
 
 @pytest.mark.parametrize("name", TYPED)
 def test_unknown_and_renamed_keys_are_refused_with_the_fix(name: str) -> None:
-    cls = type(create_method(name))
+    cls = _class(name)
     with pytest.raises(MethodConfigError, match=r"method\.no_such_key is not a key .*its keys: "):
         cls(no_such_key=1)
     fields = {f.name for f in dataclasses.fields(_schema(name))}  # type: ignore[arg-type]

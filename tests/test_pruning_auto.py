@@ -145,7 +145,7 @@ def test_action_wall_keeps_every_episode_within_budget(lenet, mnist, pixel1, tmp
 
 def test_short_amc_search_gives_a_runnable_model_within_budget(lenet, mnist, pixel1, tmp_path):
     amc = AMC(resource="latency", target_ratio=0.5, episodes=3, warmup_episodes=2, reward_batches=1,
-              calibration_batches=1, finetune_epochs=0.25, ddpg={"batch_size": 4})
+              calibration_batches=1, finetune={"epochs": 0.25}, ddpg={"batch_size": 4})
     ctx = _ctx(mnist, pixel1, tmp_path)
     result = amc.compress(copy.deepcopy(lenet), ctx)
     assert result.model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
@@ -209,7 +209,7 @@ def test_compactnet_sub_targets_follow_eqs_1_and_2():
     assert sum(subs) == pytest.approx(1.5)
     assert subs[0] == pytest.approx(t_init / 24)
     assert all(b / a == pytest.approx(0.96) for a, b in zip(subs, subs[1:], strict=False))
-    assert CompactNet(t_init=2.0, target_speedup=None, iterations=24, decay=0.96).target_speedup == pytest.approx(
+    assert CompactNet(t_init=2.0, target_speedup=None, iterations=24, decay=0.96).config.speedup == pytest.approx(
         2.0 / 24 * sum(0.96 ** i for i in range(24)))
     with pytest.raises(MethodConfigError, match="t_init"):
         CompactNet(t_init=2.0, target_speedup=2.0)

@@ -35,7 +35,7 @@ import lightning as L
 from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
-from methods.config import FineTuning, LayerSelection, fail, finetune, option, parse_config, select_layers
+from methods.config import FineTuning, LayerSelection, fail, finetune_default, option, parse_config, select_layers
 from methods.pruning.magnitude import store_sparse, unstructured_metrics
 from methods.pruning.masks import SCOPES, MaskCallback, WeightMasks
 from methods.reporting import plot_policy, write_json
@@ -153,7 +153,7 @@ class AGPConfig:
     num_pruning_steps: int | None = option(None, ge=1, why="n; null: derived from end_fraction")
     end_fraction: float = option(0.75, gt=0, le=1)
     scope: str = option("layer", choices=SCOPES)
-    finetune: FineTuning = option(factory=finetune(2.0))
+    finetune: FineTuning = option(factory=finetune_default(2.0))
     layers: LayerSelection = option(factory=LayerSelection)
     storage_formats: list[str] = option(factory=lambda: list(FORMATS), choices=FORMATS)
 

@@ -63,10 +63,11 @@ from torch import nn
 
 from hardware.layers import count_macs
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
+from methods.config import FineTuning, LayerSelection, excluded_layers, fail, finetune_default, option, parse_config
 from methods.pruning.channel_space import ChannelSpace, PrunableUnit
 from methods.pruning.structured import save_pruned
 from methods.search.ddpg import DDPGAgent, DDPGConfig, Policy, Transition
-from methods.search.resource import Resource, make_resource
+from methods.search.resource import RESOURCES, Resource, make_resource
 from methods.search.threads import search_threads
 from methods.storage import load_model
 
@@ -400,82 +401,62 @@ def _plot_rewards(path: Path, history: list[Episode]) -> None:
     plt.close(fig)
 
 
+@dataclass
+class AMCConfig:
+    """conf/method/amc.yaml (the agent's keys: methods.search.ddpg.DDPGConfig)."""
+
+    resource: str = option("latency", choices=tuple(sorted(RESOURCES)))
+    target_ratio: float = option(0.5, gt=0, le=1, why="a fraction of the original resource")
+    lbound: float = option(0.2, gt=0, le=1, why="each layer keeps at least this fraction")
+    rbound: float = option(1.0, gt=0, le=1)
+    reward: str = option("acc", choices=REWARDS)
+    search: str = option("ddpg", choices=SEARCHES)
+    episodes: int = option(100, ge=1)
+    warmup_episodes: int = option(25, ge=0)
+    channel_selection: str = option("lstsq", choices=SELECTIONS)
+    channel_round: int = option(1, ge=1)
+    calibration_batches: int = option(4, ge=1)
+    points_per_layer: int = option(10, ge=1)
+    reward_batches: int = option(4, ge=1)
+    finetune: FineTuning = option(factory=finetune_default(1.0))
+    layers: LayerSelection = option(factory=LayerSelection)
+    search_threads: int | None = option(1, ge=1, why="null: torch's threads unchanged")
+    ddpg: DDPGConfig = option(factory=DDPGConfig)
+
+    def check(self, key: str) -> None:
+        if self.lbound > self.rbound:
+            fail(f"{key}.lbound", f"({self.lbound}) must not exceed {key}.rbound ({self.rbound})")
+
+
 class AMC(CompressionMethod):
     """AMC channel pruning: DDPG-searched per-layer preserve ratios under a resource budget."""
 
-    def __init__(
-        self,
-        name: str = "amc",
-        resource: str = "latency",
-        target_ratio: float = 0.5,
-        lbound: float = 0.2,
-        rbound: float = 1.0,
-        reward: str = "acc",
-        search: str = "ddpg",
-        episodes: int = 100,
-        warmup_episodes: int = 25,
-        channel_selection: str = "lstsq",
-        channel_round: int = 1,
-        calibration_batches: int = 4,
-        points_per_layer: int = 10,
-        reward_batches: int = 4,
-        finetune_epochs: float = 1.0,
-        finetune_lr: float | None = None,
-        ignored_layers: list[str] | None = None,
-        search_threads: int | None = 1,
-        ddpg: dict[str, Any] | None = None,
-    ) -> None:
+    Config = AMCConfig
+
+    def __init__(self, name: str = "amc", **options: Any) -> None:
         super().__init__(name)
-        if not 0 < target_ratio <= 1:
-            raise MethodConfigError(f"method.target_ratio must be in (0, 1] (a fraction of the original "
-                                    f"{resource}), got {target_ratio}")
-        if not 0 < lbound <= rbound <= 1:
-            raise MethodConfigError(f"need 0 < method.lbound <= method.rbound <= 1, got lbound={lbound}, rbound={rbound}")
-        choices = {"method.reward": (reward, REWARDS), "method.channel_selection": (channel_selection, SELECTIONS),
-                   "method.search": (search, SEARCHES)}
-        for key, (value, allowed) in choices.items():
-            if value not in allowed:
-                raise MethodConfigError(f"{key}={value!r}: choose one of {allowed}")
-        for key, value in {"episodes": episodes, "channel_round": channel_round, "reward_batches": reward_batches,
-                           "calibration_batches": calibration_batches, "points_per_layer": points_per_layer}.items():
-            if int(value) < 1:
-                raise MethodConfigError(f"method.{key} must be >= 1, got {value}")
-        if warmup_episodes < 0 or finetune_epochs < 0:
-            raise MethodConfigError("method.warmup_episodes and method.finetune_epochs must be >= 0")
-        self.resource = resource
-        self.target_ratio, self.lbound, self.rbound = float(target_ratio), float(lbound), float(rbound)
-        self.reward, self.search, self.channel_selection = reward, search, channel_selection
-        self.episodes, self.warmup_episodes = int(episodes), int(warmup_episodes)
-        self.channel_round = int(channel_round)
-        self.calibration_batches, self.points_per_layer = int(calibration_batches), int(points_per_layer)
-        self.reward_batches = int(reward_batches)
-        self.finetune_epochs, self.finetune_lr = float(finetune_epochs), finetune_lr
-        self.ignored_layers = list(ignored_layers or [])
-        if search_threads is not None and search_threads < 1:
-            raise MethodConfigError(f"method.search_threads must be >= 1 or null, got {search_threads}")
-        self.search_threads = search_threads
-        self.ddpg = DDPGConfig(**(ddpg or {}))
+        self.config = parse_config(self.Config, options)
 
     # the parts, usable on their own (tests, notebooks)
     def environment(self, model: nn.Module, ctx: CompressionContext) -> AMCEnvironment:
-        space = ChannelSpace(model, ctx.input_shape, ignored=self.ignored_layers)
-        resource = make_resource(self.resource, ctx.target, ctx.input_shape)
+        space = ChannelSpace(model, ctx.input_shape, ignored=excluded_layers(model, ctx.input_shape, self.config.layers))
+        resource = make_resource(self.config.resource, ctx.target, ctx.input_shape)
         calibration = []
-        if self.channel_selection == "lstsq":
+        if self.config.channel_selection == "lstsq":
             for i, (x, _) in enumerate(ctx.datamodule.train_dataloader()):
-                if i >= self.calibration_batches:
+                if i >= self.config.calibration_batches:
                     break
                 calibration.append(x)
-        selector = ChannelSelector(model, space, self.channel_selection == "lstsq", calibration,
-                                   self.points_per_layer, ctx.seed)
-        return AMCEnvironment(model, space, resource, selector, self.target_ratio, self.lbound, self.rbound,
-                              self.channel_round, self.reward, ctx.evaluate, self.reward_batches)
+        selector = ChannelSelector(model, space, self.config.channel_selection == "lstsq", calibration,
+                                   self.config.points_per_layer, ctx.seed)
+        return AMCEnvironment(model, space, resource, selector, self.config.target_ratio, self.config.lbound, self.config.rbound,
+                              self.config.channel_round, self.config.reward, ctx.evaluate, self.config.reward_batches)
 
     def search_policy(self, env: AMCEnvironment, seed: int) -> SearchOutcome:
-        if self.search == "uniform":
+        if self.config.search == "uniform":
             kept = uniform_policy(env)
             return SearchOutcome(self._episode(env, 0, False, kept))
-        agent = DDPGAgent(env.state_dim, len(env.units), self.lbound, self.rbound, self.ddpg, seed=seed)
+        agent = DDPGAgent(env.state_dim, len(env.units), self.config.lbound, self.config.rbound, self.config.ddpg, seed=seed)
         history: list[Episode] = []
 
         def play(choose: Policy, index: int, warmup: bool) -> tuple[list[Transition], float]:
@@ -487,7 +468,7 @@ class AMC(CompressionMethod):
                      episode.cost_ratio, max(e.reward for e in history))
             return transitions, episode.reward
 
-        agent.search(play, self.episodes, self.warmup_episodes)
+        agent.search(play, self.config.episodes, self.config.warmup_episodes)
         return SearchOutcome(max(history, key=lambda e: e.reward), history)
 
     @staticmethod
@@ -499,7 +480,7 @@ class AMC(CompressionMethod):
 
     def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
         start = time.perf_counter()
-        with search_threads(self.search_threads):
+        with search_threads(self.config.search_threads):
             env = self.environment(model, ctx)
             outcome = self.search_policy(env, ctx.seed)
             pruned = env.pruned_model(best_kept := outcome.best.kept)
@@ -507,9 +488,9 @@ class AMC(CompressionMethod):
         search_seconds = time.perf_counter() - start
         best = outcome.best
         assert best.kept == best_kept
-        if self.finetune_epochs > 0:
+        if self.config.finetune.epochs > 0:
             pruned.train()  # Lightning keeps the modes it is given; batch norm must train
-            ctx.finetune(pruned, self.finetune_epochs, lr=self.finetune_lr)
+            ctx.finetune(pruned, self.config.finetune.epochs, lr=self.config.finetune.lr)
         path = ctx.workdir / "model.pruned.cbm"
         save_pruned(pruned, env.space.history(env.selected_channels(best.kept)), ctx.input_shape, path,
                     extra={"method": self.name, "policy": [n / u.channels for n, u in zip(best.kept, env.units, strict=False)]})
@@ -517,11 +498,11 @@ class AMC(CompressionMethod):
         final_cost = env.resource(decoded)
 
         policy = {
-            "method": self.name, "search": self.search, "resource": env.resource.describe(),
-            "target_ratio": self.target_ratio, "budget": env.budget, "base_cost": env.base_cost,
+            "method": self.name, "search": self.config.search, "resource": env.resource.describe(),
+            "target_ratio": self.config.target_ratio, "budget": env.budget, "base_cost": env.base_cost,
             "final_cost": final_cost, "final_cost_ratio": final_cost / env.base_cost,
             "budget_met": final_cost <= env.budget * (1 + 1e-9),
-            "lbound": self.lbound, "rbound": self.rbound, "reward": self.reward,
+            "lbound": self.config.lbound, "rbound": self.config.rbound, "reward": self.config.reward,
             "best_episode": best.index, "best_reward": best.reward,
             "layers": [{"unit": u.producer, "layer": u.consumers[0], "consumers": list(u.consumers),
                         "channels": u.channels, "kept": n, "preserve_ratio": n / u.channels}
@@ -533,7 +514,7 @@ class AMC(CompressionMethod):
         artifacts = [policy_file]
         bars = ctx.workdir / "amc_policy.png"
         _plot_policy(bars, env.units, best.kept,
-                     f"AMC ({self.search}) policy: {env.resource.kind} {final_cost / env.base_cost:.2f}x of original")
+                     f"AMC ({self.config.search}) policy: {env.resource.kind} {final_cost / env.base_cost:.2f}x of original")
         artifacts.append(bars)
         if outcome.history:
             curve = ctx.workdir / "amc_rewards.png"

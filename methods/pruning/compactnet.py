@@ -58,22 +58,15 @@ from torch import nn
 
 from hardware.layers import count_macs
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
+from methods.config import FineTuning, LayerSelection, excluded_layers, fail, finetune_default, option, parse_config
 from methods.pruning.channel_space import ChannelSpace, PrunableUnit
 from methods.pruning.criteria import L2FilterNorm
 from methods.pruning.structured import save_pruned
-from methods.search.resource import Resource, make_resource
+from methods.search.resource import RESOURCES, Resource, make_resource
 from methods.search.threads import search_threads
 from methods.storage import load_model
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainingSchedule:
-    """A fine-tuning phase: epochs of the run's recipe at a learning rate (null: the recipe's)."""
-
-    epochs: float
-    lr: float | None = None
 
 
 @dataclass
@@ -106,40 +99,44 @@ def compactnet_sub_targets(t_final: float, iterations: int, decay: float) -> tup
     return t_init, [t_init / iterations * decay ** i for i in range(iterations)]
 
 
+@dataclass
+class TrimmingConfig:
+    """What CompactNet and NetAdapt share: the resource, its budget, the trimming grid and the two trainings."""
+
+    resource: str = option("latency", choices=tuple(sorted(RESOURCES)))
+    target_speedup: float | None = option(2.0, ge=1, why="original / trimmed resource")
+    min_preserve: float = option(0.1, gt=0, le=1, why="each layer keeps at least this fraction of its filters")
+    channel_round: int = option(1, ge=1)
+    finetune: FineTuning = option(factory=finetune_default(0.1))  # short-term, every candidate
+    retrain: FineTuning = option(factory=finetune_default(1.0))  # long-term, the final model
+    eval_batches: int = option(4, ge=1)
+    layers: LayerSelection = option(factory=LayerSelection)
+    search_threads: int | None = option(1, ge=1, why="null: torch's threads unchanged")
+
+    @property
+    def speedup(self) -> float:
+        """The speedup the trimming must reach."""
+        assert self.target_speedup is not None, "check() refuses a null target_speedup"
+        return self.target_speedup
+
+    def check(self, key: str) -> None:
+        if self.target_speedup is None:
+            fail(f"{key}.target_speedup", "is null: set the speedup to reach (original / trimmed resource, >= 1)")
+
+
 class ProgressiveTrimming(CompressionMethod):
     """The searching loop shared by CompactNet and NetAdapt: one layer trimmed per iteration."""
 
-    def __init__(
-        self,
-        name: str,
-        resource: str = "latency",
-        target_speedup: float = 2.0,
-        min_preserve: float = 0.1,
-        channel_round: int = 1,
-        finetune: dict[str, Any] | None = None,
-        retrain: dict[str, Any] | None = None,
-        eval_batches: int = 4,
-        ignored_layers: list[str] | None = None,
-        search_threads: int | None = 1,
-    ) -> None:
+    Config: type[TrimmingConfig] = TrimmingConfig
+
+    def __init__(self, name: str, **options: Any) -> None:
         super().__init__(name)
-        if not target_speedup >= 1:
-            raise MethodConfigError(f"method.target_speedup must be >= 1 (original latency / trimmed latency), "
-                                    f"got {target_speedup}")
-        if not 0 < min_preserve <= 1:
-            raise MethodConfigError(f"method.min_preserve must be in (0, 1], got {min_preserve}")
-        if channel_round < 1 or eval_batches < 1:
-            raise MethodConfigError("method.channel_round and method.eval_batches must be >= 1")
-        self.resource, self.target_speedup = resource, float(target_speedup)
-        self.min_preserve, self.channel_round = float(min_preserve), int(channel_round)
-        self.finetune = TrainingSchedule(**(finetune or {"epochs": 0.1}))
-        self.retrain = TrainingSchedule(**(retrain or {"epochs": 1.0}))
-        for key, schedule in (("finetune", self.finetune), ("retrain", self.retrain)):
-            if schedule.epochs < 0:
-                raise MethodConfigError(f"method.{key}.epochs must be >= 0, got {schedule.epochs}")
-        self.eval_batches = int(eval_batches)
-        self.ignored_layers = list(ignored_layers or [])
-        self.search_threads = search_threads
+        self.config = parse_config(self.Config, options)
+
+    def _space(self, model: nn.Module, ctx: CompressionContext, original: nn.Module | None = None) -> ChannelSpace:
+        """``model``'s channel space, the layers that ``layers`` leaves out of ``original`` (default: it) ignored."""
+        ignored = excluded_layers(original or model, ctx.input_shape, self.config.layers)
+        return ChannelSpace(model, ctx.input_shape, ignored=ignored)
 
     # -- what subclasses define ------------------------------------------------------------
     def constraints(self, base_cost: float, target_cost: float, current_cost: Callable[[], float]) -> Iterator[float]:
@@ -154,13 +151,13 @@ class ProgressiveTrimming(CompressionMethod):
     # -- the loop ---------------------------------------------------------------------------
     def _floor(self, original: dict[str, int], unit: PrunableUnit) -> int:
         base = original.get(unit.producer, unit.channels)
-        floor = math.ceil(self.min_preserve * base - 1e-9)
-        return max(1, int(math.ceil(floor / self.channel_round) * self.channel_round))
+        floor = math.ceil(self.config.min_preserve * base - 1e-9)
+        return max(1, int(math.ceil(floor / self.config.channel_round) * self.config.channel_round))
 
     def _largest_fitting(self, space: ChannelSpace, resource: Resource, unit: PrunableUnit, floor: int,
                          constraint: float) -> int | None:
         """The most filters ``unit`` may keep with the model within ``constraint`` (None: none)."""
-        step = self.channel_round
+        step = self.config.channel_round
         grid = sorted({floor, *range(int(math.ceil(floor / step) * step), unit.channels, step)})
         grid = [n for n in grid if floor <= n < unit.channels]
         if not grid or resource(space.shrink({unit.index: grid[0]})) > constraint:
@@ -176,22 +173,22 @@ class ProgressiveTrimming(CompressionMethod):
 
     def _check_reachable(self, model: nn.Module, ctx: CompressionContext, resource: Resource,
                          target_cost: float, base_cost: float) -> None:
-        space = ChannelSpace(model, ctx.input_shape, ignored=self.ignored_layers)
+        space = self._space(model, ctx)
         original = {u.producer: u.channels for u in space.units}
         floor_cost = resource(space.shrink({u.index: self._floor(original, u) for u in space.units}))
         if floor_cost > target_cost:
             raise MethodConfigError(
-                f"method.target_speedup={self.target_speedup}: unreachable on {resource.describe()}. Even with "
-                f"every layer at method.min_preserve={self.min_preserve} of its filters the model costs "
+                f"method.target_speedup={self.config.speedup}: unreachable on {resource.describe()}. Even with "
+                f"every layer at method.min_preserve={self.config.min_preserve} of its filters the model costs "
                 f"{floor_cost:.4g} {resource.unit}, a speedup of {base_cost / floor_cost:.3f}x; lower target_speedup "
                 "or min_preserve")
 
     def trim(self, model: nn.Module, ctx: CompressionContext, resource: Resource) -> tuple[nn.Module, list, list[Iteration]]:
         """Run the iterations; return the trimmed model, its pruning history and the log."""
         base_cost = resource(model)
-        target_cost = base_cost / self.target_speedup
+        target_cost = base_cost / self.config.speedup
         self._check_reachable(model, ctx, resource, target_cost, base_cost)
-        original = {u.producer: u.channels for u in ChannelSpace(model, ctx.input_shape, self.ignored_layers).units}
+        original = {u.producer: u.channels for u in self._space(model, ctx).units}
         criterion = L2FilterNorm(group_reduction="first")  # the paper's: each filter's own L2 norm
         current = model
         history: list[list] = []
@@ -199,7 +196,7 @@ class ProgressiveTrimming(CompressionMethod):
         for index, constraint in enumerate(self.constraints(base_cost, target_cost, lambda: resource(current))):  # noqa: B023 (late binding intended: the latest model)
             if resource(current) <= constraint:
                 continue  # an earlier trim already went further than this sub-target
-            space = ChannelSpace(current, ctx.input_shape, ignored=self.ignored_layers)
+            space = self._space(current, ctx, model)
             groups = space.pruner.groups()
             candidates: list[tuple[Candidate, nn.Module, list]] = []
             for unit in space.units:
@@ -209,10 +206,10 @@ class ProgressiveTrimming(CompressionMethod):
                 scores = criterion(groups[unit.producer])
                 kept = sorted(torch.argsort(scores, descending=True, stable=True)[:keep].tolist())
                 trimmed = space.shrink({unit.index: kept})
-                if self.finetune.epochs > 0:
+                if self.config.finetune.epochs > 0:
                     trimmed.train()  # Lightning keeps the modes it is given; batch norm must train
-                    ctx.finetune(trimmed, self.finetune.epochs, lr=self.finetune.lr)
-                top1 = float(ctx.evaluate(trimmed, "val", self.eval_batches)["top1"])
+                    ctx.finetune(trimmed, self.config.finetune.epochs, lr=self.config.finetune.lr)
+                top1 = float(ctx.evaluate(trimmed, "val", self.config.eval_batches)["top1"])
                 candidates.append((Candidate(unit.producer, unit.channels, keep, resource(trimmed), top1), trimmed,
                                    space.history({unit.index: kept})))
             if not candidates:
@@ -231,20 +228,20 @@ class ProgressiveTrimming(CompressionMethod):
 
     def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
         start = time.perf_counter()
-        resource = make_resource(self.resource, ctx.target, ctx.input_shape)
-        with search_threads(self.search_threads):
+        resource = make_resource(self.config.resource, ctx.target, ctx.input_shape)
+        with search_threads(self.config.search_threads):
             base_cost = resource(model)
             trimmed, history, iterations = self.trim(model, ctx, resource)
             before = ctx.evaluate(trimmed, "val")
         search_seconds = time.perf_counter() - start
-        if self.retrain.epochs > 0:
+        if self.config.retrain.epochs > 0:
             trimmed.train()
-            ctx.finetune(trimmed, self.retrain.epochs, lr=self.retrain.lr)
+            ctx.finetune(trimmed, self.config.retrain.epochs, lr=self.config.retrain.lr)
         path = ctx.workdir / "model.pruned.cbm"
         save_pruned(trimmed, history, ctx.input_shape, path, extra={"method": self.name})
         decoded = load_model(path, model)
         final_cost = resource(decoded)
-        target_cost = base_cost / self.target_speedup
+        target_cost = base_cost / self.config.speedup
 
         modules_before = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
         modules_after = dict(decoded.named_modules())
@@ -252,7 +249,7 @@ class ProgressiveTrimming(CompressionMethod):
                    "preserve_ratio": _out(modules_after[n]) / _out(m)}
                   for n, m in modules_before.items()]
         record = {
-            "method": self.name, "resource": resource.describe(), "target_speedup": self.target_speedup,
+            "method": self.name, "resource": resource.describe(), "target_speedup": self.config.speedup,
             **self.schedule_description(), "base_cost": base_cost, "target_cost": target_cost,
             "final_cost": final_cost, "speedup": base_cost / final_cost, "target_met": final_cost <= target_cost * (1 + 1e-9),
             "layers": layers, "iterations": [asdict(it) for it in iterations],
@@ -261,7 +258,7 @@ class ProgressiveTrimming(CompressionMethod):
         policy_file.write_text(json.dumps(record, indent=1))
         plot = ctx.workdir / f"{self.name}_filters.png"
         _plot_filters(plot, layers, f"{self.name}: {resource.kind} speedup {base_cost / final_cost:.2f}x "
-                                    f"(target {self.target_speedup:.2f}x)")
+                                    f"(target {self.config.speedup:.2f}x)")
         metrics = {
             "search_seconds": search_seconds,
             "iterations": float(len(iterations)),
@@ -297,32 +294,45 @@ def _plot_filters(path, layers: list[dict[str, Any]], title: str) -> None:
     plt.close(fig)
 
 
+@dataclass
+class CompactNetConfig(TrimmingConfig):
+    """conf/method/compactnet.yaml: N iterations with sub-targets T_init/N d^i (Eq. 1) adding up to T_final (Eq. 2)."""
+
+    iterations: int = option(6, ge=1, why="N")
+    decay: float = option(0.96, gt=0, le=1, why="d")
+    t_init: float | None = option(None, gt=0, why="T_init; null: from target_speedup")
+
+    @property
+    def speedup(self) -> float:
+        """T_final: ``target_speedup``, or what ``t_init`` gives by Eq. 2."""
+        if self.t_init is None:
+            return super().speedup
+        return self.t_init / self.iterations * sum(self.decay ** i for i in range(self.iterations))
+
+    def check(self, key: str) -> None:
+        if (self.t_init is None) == (self.target_speedup is None):
+            fail(f"{key}.target_speedup and {key}.t_init", "set exactly one of them (T_final, T_init); "
+                                                            "the other follows from Eq. 2")
+
+
 class CompactNet(ProgressiveTrimming):
     """CompactNet: N iterations with decaying sub-targets that add up to the target speedup."""
 
-    def __init__(self, name: str = "compactnet", iterations: int = 6, decay: float = 0.96,
-                 t_init: float | None = None, target_speedup: float | None = 2.0, **kwargs: Any) -> None:
-        if iterations < 1:
-            raise MethodConfigError(f"method.iterations (N) must be >= 1, got {iterations}")
-        if not 0 < decay <= 1:
-            raise MethodConfigError(f"method.decay (d) must be in (0, 1], got {decay}")
-        if (t_init is None) == (target_speedup is None):
-            raise MethodConfigError("set exactly one of method.target_speedup (T_final) and method.t_init (T_init); "
-                                    "the other follows from Eq. 2")
-        geometric = sum(decay ** i for i in range(iterations))
-        if t_init is not None:
-            target_speedup = t_init / iterations * geometric
-        super().__init__(name, target_speedup=float(target_speedup), **kwargs)
-        self.iterations, self.decay = int(iterations), float(decay)
-        self.t_init, self.sub_targets = compactnet_sub_targets(self.target_speedup, self.iterations, self.decay)
+    Config = CompactNetConfig
+    config: CompactNetConfig
+
+    def __init__(self, name: str = "compactnet", **options: Any) -> None:
+        super().__init__(name, **options)
+        self.t_init, self.sub_targets = compactnet_sub_targets(self.config.speedup, self.config.iterations,
+                                                               self.config.decay)
 
     def constraints(self, base_cost: float, target_cost: float, current_cost: Callable[[], float]) -> Iterator[float]:
         reduction = base_cost - target_cost
         done = 0.0
         for i, t_sub in enumerate(self.sub_targets):
             done += t_sub
-            yield target_cost if i == self.iterations - 1 else base_cost - reduction * done / self.target_speedup
+            yield target_cost if i == self.config.iterations - 1 else base_cost - reduction * done / self.config.speedup
 
     def schedule_description(self) -> dict[str, Any]:
-        return {"t_init": self.t_init, "iterations_n": self.iterations, "decay": self.decay,
+        return {"t_init": self.t_init, "iterations_n": self.config.iterations, "decay": self.config.decay,
                 "sub_targets": self.sub_targets}

@@ -44,7 +44,7 @@ from torch import nn
 
 from hardware.layers import count_macs
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
-from methods.config import FineTuning, LayerSelection, excluded_layers, fail, finetune, option, parse_config
+from methods.config import FineTuning, LayerSelection, excluded_layers, fail, finetune_default, option, parse_config
 from methods.pruning.criteria import CRITERIA, ChannelImportance, layer_normalised, make_criterion
 from methods.pruning.structured import (
     ChannelPruner,
@@ -94,7 +94,7 @@ class FilterConfig:
     layer_ratios: dict[str, float] = option(factory=dict, ge=0, lt=1, why="1 would remove every channel")
     target_macs_ratio: float | None = option(None, gt=0, le=1, why="MACs after / before")
     iterations: int = option(1, ge=1)
-    finetune: FineTuning = option(factory=finetune(1.0))
+    finetune: FineTuning = option(factory=finetune_default(1.0))
     calibration_batches: int = option(4, ge=1)
     layers: LayerSelection = option(factory=LayerSelection)
     round_to: int = option(1, ge=1)

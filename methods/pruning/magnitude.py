@@ -30,7 +30,7 @@ from torch import nn
 
 from hardware.layers import count_macs, describe_layers
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
-from methods.config import FineTuning, LayerSelection, fail, finetune, option, parse_config, select_layers
+from methods.config import FineTuning, LayerSelection, fail, finetune_default, option, parse_config, select_layers
 from methods.pruning.masks import SCOPES, MaskCallback, WeightMasks
 from methods.reporting import plot_policy, write_json
 from methods.storage import load_model, save_model
@@ -86,7 +86,7 @@ class MagnitudeConfig:
     scope: str = option("layer", choices=SCOPES)
     layer_sparsity: dict[str, float] = option(factory=dict, ge=0, lt=1)
     iterations: int = option(1, ge=1)
-    finetune: FineTuning = option(factory=finetune(1.0))
+    finetune: FineTuning = option(factory=finetune_default(1.0))
     layers: LayerSelection = option(factory=LayerSelection)
     storage_formats: list[str] = option(factory=lambda: list(FORMATS), choices=FORMATS)
 

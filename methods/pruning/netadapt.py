@@ -20,38 +20,43 @@ stops at the first network below the budget, which may overshoot).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from methods.base import MethodConfigError
-from methods.pruning.compactnet import ProgressiveTrimming
+from methods.config import option
+from methods.pruning.compactnet import ProgressiveTrimming, TrimmingConfig
+
+
+@dataclass
+class NetAdaptConfig(TrimmingConfig):
+    """conf/method/netadapt.yaml: iteration i must save dR_i = initial_reduction x original x decay^i."""
+
+    initial_reduction: float = option(0.1, gt=0, lt=1, why="a fraction of the original resource")
+    decay: float = option(0.96, gt=0, le=1)
+    max_iterations: int = option(100, ge=1)
 
 
 class NetAdapt(ProgressiveTrimming):
     """NetAdapt: per-iteration resource reduction dR_i = initial_reduction x original x decay^i."""
 
-    def __init__(self, name: str = "netadapt", initial_reduction: float = 0.1, decay: float = 0.96,
-                 max_iterations: int = 100, **kwargs: Any) -> None:
-        if not 0 < initial_reduction < 1:
-            raise MethodConfigError(f"method.initial_reduction must be in (0, 1) (a fraction of the original "
-                                    f"resource), got {initial_reduction}")
-        if not 0 < decay <= 1:
-            raise MethodConfigError(f"method.decay must be in (0, 1], got {decay}")
-        if max_iterations < 1:
-            raise MethodConfigError(f"method.max_iterations must be >= 1, got {max_iterations}")
-        super().__init__(name, **kwargs)
-        self.initial_reduction, self.decay, self.max_iterations = float(initial_reduction), float(decay), int(max_iterations)
+    Config = NetAdaptConfig
+    config: NetAdaptConfig
+
+    def __init__(self, name: str = "netadapt", **options: Any) -> None:
+        super().__init__(name, **options)
 
     def constraints(self, base_cost: float, target_cost: float, current_cost: Callable[[], float]) -> Iterator[float]:
         # Con_i = Res_i - dR_i, with Res_i the cost of the network the previous iteration chose.
-        for i in range(self.max_iterations):
+        for i in range(self.config.max_iterations):
             achieved = current_cost()
             if achieved <= target_cost:
                 return
-            yield max(target_cost, achieved - self.initial_reduction * base_cost * self.decay ** i)
+            yield max(target_cost, achieved - self.config.initial_reduction * base_cost * self.config.decay ** i)
         if current_cost() <= target_cost:
             return
-        raise MethodConfigError(f"netadapt: budget not met after method.max_iterations={self.max_iterations}; "
+        raise MethodConfigError(f"netadapt: budget not met after method.max_iterations={self.config.max_iterations}; "
                                 "raise it or method.initial_reduction")
 
     def schedule_description(self) -> dict[str, Any]:
-        return {"initial_reduction": self.initial_reduction, "decay": self.decay}
+        return {"initial_reduction": self.config.initial_reduction, "decay": self.config.decay}

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult
-from methods.config import FineTuning, LayerSelection, excluded_layers, fail, finetune, option, parse_config
+from methods.config import FineTuning, LayerSelection, excluded_layers, fail, finetune_default, option, parse_config
 from methods.losses import TrainingStep
 from methods.pruning.filter import layer_policy, structured_metrics
 from methods.pruning.structured import ChannelPruner, channel_plan, save_pruned
@@ -130,10 +130,10 @@ class SSLConfig:
 
     filter_decay: float = option(1e-4, ge=0, why="lambda_n of Eq. (2)")
     channel_decay: float = option(1e-4, ge=0, why="lambda_c")
-    sparsify: FineTuning = option(factory=finetune(1.0))
+    sparsify: FineTuning = option(factory=finetune_default(1.0))
     threshold: float = option(1e-3, gt=0, why="a group norm below it counts as zero")
     min_channels: int = option(1, ge=1, why="0 would remove every channel")
-    finetune: FineTuning = option(factory=finetune(1.0))
+    finetune: FineTuning = option(factory=finetune_default(1.0))
     layers: LayerSelection = option(factory=LayerSelection)
 
     def check(self, key: str) -> None:

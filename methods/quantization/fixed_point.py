@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
-from methods.config import FineTuning, LayerSelection, fail, finetune, option, parse_config, select_layers
+from methods.config import FineTuning, LayerSelection, fail, finetune_default, option, parse_config, select_layers
 from methods.storage import StoredState, load_model, load_state_into, register_architecture, save_model, size_metrics
 from methods.storage.codecs import fixed_point_entry, state_entries
 
@@ -226,7 +226,7 @@ class WordConfig:
 
     rounding: str = option("stochastic", choices=ROUNDINGS)
     quantize_activations: bool = True
-    finetune: FineTuning = option(factory=finetune(1.0))
+    finetune: FineTuning = option(factory=finetune_default(1.0))
     layers: LayerSelection = option(factory=LayerSelection)
 
 

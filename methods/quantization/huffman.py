@@ -22,7 +22,7 @@ from typing import Any
 from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult
-from methods.config import FineTuning, finetune, option, parse_config
+from methods.config import FineTuning, finetune_default, option, parse_config
 from methods.quantization.kmeans import (
     SharingConfig,
     codebook_bits,
@@ -39,7 +39,7 @@ from methods.storage.codecs import state_entries
 class HuffmanConfig(SharingConfig):
     """conf/method/huffman.yaml: weight sharing (no fine-tuning by default) and the relative-index width."""
 
-    finetune: FineTuning = option(factory=finetune(0.0))
+    finetune: FineTuning = option(factory=finetune_default(0.0))
     index_bits: int = option(5, ge=1, le=8, why="relative indices of the sparse layout")
 
 

@@ -46,7 +46,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
-from methods.config import FineTuning, LayerSelection, finetune, option, parse_config, select_layers
+from methods.config import FineTuning, LayerSelection, finetune_default, option, parse_config, select_layers
 from methods.storage import TensorEntry, load_model, save_model, size_metrics
 from methods.storage.codebook import codebook_entry
 from methods.storage.codecs import state_entries
@@ -225,7 +225,7 @@ class SharingConfig:
     bits_per_layer: dict[str, int] = option(factory=dict, ge=1, le=8, why=_BITS_WHY)
     init: str = option("linear", choices=INITS)
     max_iterations: int = option(300, ge=1)
-    finetune: FineTuning = option(factory=finetune(1.0))
+    finetune: FineTuning = option(factory=finetune_default(1.0))
     layers: LayerSelection = option(factory=LayerSelection)
 
     def bits_for(self, module_name: str) -> int:

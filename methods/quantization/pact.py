@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult
-from methods.config import FineTuning, fail, finetune, option, parse_config
+from methods.config import FineTuning, fail, finetune_default, option, parse_config
 from methods.losses import TrainingStep
 from methods.quantization.fakequant import ActQuantizer
 from methods.quantization.ptq import (
@@ -139,7 +139,7 @@ class PACTConfig(UniformQuantizationConfig):
 
     bits: int = 4
     act_quantizer: str = "pact"
-    finetune: FineTuning = option(factory=finetune(1.0, 0.001))
+    finetune: FineTuning = option(factory=finetune_default(1.0, 0.001))
     alpha_decay: float = option(2e-4, ge=0, why="the L2 weight of alpha")
 
     def check(self, key: str) -> None:

@@ -35,7 +35,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
-from methods.config import FineTuning, LayerSelection, finetune, option, parse_config, select_layers
+from methods.config import FineTuning, LayerSelection, finetune_default, option, parse_config, select_layers
 from methods.quantization.kmeans import dense_bytes
 from methods.storage import load_model, save_model, size_metrics
 from methods.storage.codebook import pq_entry, reconstruct
@@ -129,7 +129,7 @@ class PQConfig:
     subvector_length: int = option(4, ge=1, why="values per sub-vector")
     subvector_length_per_layer: dict[str, int] = option(factory=dict, ge=1, why="values per sub-vector")
     max_iterations: int = option(50, ge=1)
-    finetune: FineTuning = option(factory=finetune(0.0))
+    finetune: FineTuning = option(factory=finetune_default(0.0))
     layers: LayerSelection = option(factory=LayerSelection)
 
 

@@ -26,7 +26,7 @@ from typing import Any
 from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult
-from methods.config import FineTuning, fail, finetune, option, parse_config
+from methods.config import FineTuning, fail, finetune_default, option, parse_config
 from methods.quantization.ptq import (
     UniformQuantizationConfig,
     calibration_inputs,
@@ -45,7 +45,7 @@ def must_train(training: FineTuning, key: str) -> None:
 class QATConfig(UniformQuantizationConfig):
     """conf/method/qat.yaml: PTQ's keys, the fine-tuning, and the averaging constant of the activation ranges."""
 
-    finetune: FineTuning = option(factory=finetune(1.0, 0.001))
+    finetune: FineTuning = option(factory=finetune_default(1.0, 0.001))
     ema: float = option(0.01, gt=0, le=1, why="the activation-range averaging constant")
 
     def check(self, key: str) -> None:
