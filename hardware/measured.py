@@ -125,13 +125,8 @@ class MeasuredTarget(HardwareTarget):
         return {"runtime": self.runtime, "torch": torch.__version__}
 
     # -- the HardwareTarget interface --------------------------------------------------
-    def latency(
-        self,
-        model: nn.Module,
-        input_shape: tuple[int, ...],
-        layers: list[LayerSpec] | None = None,
-        deployables: Mapping[str, Path] | None = None,
-    ) -> LatencyReport:
+    def latency(self, model: nn.Module, input_shape: tuple[int, ...], layers: list[LayerSpec] | None = None,
+                deployables: Mapping[str, Path] | None = None) -> LatencyReport:
         input_shape = tuple(int(s) for s in input_shape)
         layers = self.layers_of(_on_device(model, torch.device("cpu")), input_shape, layers)
         deployable = self.deployable(deployables)

@@ -42,18 +42,15 @@ import copy
 import functools
 import json
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-
-from torch import nn
 
 from hardware import validation
 from hardware.domain import FittedDomain
 from hardware.layers import FUSED_ACTIVATIONS, LayerSpec, memory_footprint
 from hardware.paths import resolve_path
-from hardware.target import HardwareError, HardwareTarget, LatencyReport, ValidationCase
+from hardware.target import HardwareError, LatencyReport, LayerCostTarget, ValidationCase
 
 #: Efficiency keys: what kind of op a layer is, for the per-op efficiency factor.
 OP_KINDS = ("conv", "pointwise", "dwconv", "linear", "elementwise")
@@ -86,10 +83,9 @@ class OpCost:
         return "compute" if self.compute_s >= self.memory_s else "memory"
 
 
-class Roofline(HardwareTarget):
+class Roofline(LayerCostTarget):
     """A device described by its peak compute, memory bandwidth and per-op efficiency."""
 
-    source = "analytical"
 
     def __init__(
         self,
@@ -234,16 +230,7 @@ class Roofline(HardwareTarget):
         energy = macs * self.mac_energy(w_bits, a_bits) + nbytes * self.energy_per_byte + self.static_power_w * time_s
         return OpCost(kind, macs, nbytes, compute_s, memory_s, time_s, energy)
 
-    # ----- the HardwareTarget interface
-    def latency(
-        self,
-        model: nn.Module,
-        input_shape: tuple[int, ...],
-        layers: list[LayerSpec] | None = None,
-        deployables: Mapping[str, Path] | None = None,
-    ) -> LatencyReport:
-        return self.report(self.layers_of(model, input_shape, layers))
-
+    # ----- the LayerCostTarget interface
     def report(self, layers: list[LayerSpec]) -> LatencyReport:
         """The latency report of a layer list (no torch model needed)."""
         per_layer: dict[str, float] = {}
@@ -277,13 +264,9 @@ class Roofline(HardwareTarget):
         notes.append("energy: per-op energies (Horowitz ISSCC 2014 class) + static power x time; uncalibrated")
         if self.anchors:
             notes += validation.fitted_notes(self.name, self.stated_error, self.fitted_domain, layers, self.kind_of)
-        spread = total * self.stated_error.fraction() if self.stated_error else 0.0
-        return LatencyReport(
-            hw=self.name,
-            latency_ms=total,
-            source=self.source,
-            calibration=self.calibration,
-            spread_ms=spread,
+        return self.new_report(
+            total,
+            error_fraction=self.stated_error.fraction() if self.stated_error else 0.0,
             energy_mj=energy * 1e3,
             memory=memory_footprint(layers),
             per_layer_ms=per_layer,

@@ -128,6 +128,12 @@ class HardwareTarget(ABC):
         other targets ignore them.
         """
 
+    def new_report(self, latency_ms: float, *, error_fraction: float = 0.0, **fields: Any) -> LatencyReport:
+        """A report of this target (name, source, calibration filled in); ``error_fraction`` of an emulated
+        figure (its stated relative error) becomes its spread."""
+        return LatencyReport(hw=self.name, latency_ms=latency_ms, source=self.source, calibration=self.calibration,
+                             spread_ms=latency_ms * error_fraction, **fields)
+
     def deployable(self, deployables: Mapping[str, Path] | None) -> Path | None:
         """The file of ``deployables`` this target executes, if any."""
         if self.executes is None or not deployables:
@@ -148,3 +154,21 @@ class HardwareTarget(ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"hw": self.name, "source": self.source, "calibration": self.calibration, "batch_size": self.batch_size}
+
+
+class LayerCostTarget(HardwareTarget):
+    """A target that prices the one layer description (op-cost models, rooflines): the model never runs.
+
+    Subclasses implement :meth:`report`; per-layer bit-widths and sparsity reach them through
+    the description a caller passes (``layers``), else the model's own is traced.
+    """
+
+    source = "analytical"
+
+    def latency(self, model: nn.Module, input_shape: tuple[int, ...], layers: list[LayerSpec] | None = None,
+                deployables: Mapping[str, Path] | None = None) -> LatencyReport:
+        return self.report(self.layers_of(model, input_shape, layers))
+
+    @abstractmethod
+    def report(self, layers: list[LayerSpec]) -> LatencyReport:
+        """Latency (and energy, memory where modelled) of the described layers on this device."""

@@ -342,13 +342,8 @@ class StatedError:
         return f"±{self.rmspe:.1%} (RMSPE on networks it was not fitted on: {data}){where}"
 
     def provenance(self) -> dict[str, Any]:
-        return {
-            "rmspe_out_of_sample": self.rmspe,
-            "measured_on": self.measured_on,
-            "rmspe_in_sample": self.in_sample_rmspe,
-            "validated": self.date,
-            "file": self.path,
-        }
+        return {"rmspe_out_of_sample": self.rmspe, "measured_on": self.measured_on,
+                "rmspe_in_sample": self.in_sample_rmspe, "validated": self.date, "file": self.path}
 
 
 def stated_error_note(hw: str, stated: StatedError | None) -> str:

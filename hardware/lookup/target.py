@@ -84,13 +84,8 @@ class TableTarget(HardwareTarget):
     def _profile_protocol(self) -> TimingProtocol:
         return TimingProtocol(**self.table.metadata.get("protocol", {}))
 
-    def latency(
-        self,
-        model: nn.Module,
-        input_shape: tuple[int, ...],
-        layers: list[LayerSpec] | None = None,
-        deployables: Mapping[str, Path] | None = None,
-    ) -> LatencyReport:
+    def latency(self, model: nn.Module, input_shape: tuple[int, ...], layers: list[LayerSpec] | None = None,
+                deployables: Mapping[str, Path] | None = None) -> LatencyReport:
         input_shape = tuple(int(s) for s in input_shape)
         trace = trace_model(model, input_shape)
         units, unmodelled = units_of(trace, self.granularity)
@@ -142,12 +137,9 @@ class TableTarget(HardwareTarget):
         notes.append(_validation.stated_error_note(self.name, self.stated_error))
         layers = trace.layers if layers is None else layers
         meta = self.table.metadata
-        return LatencyReport(
-            hw=self.name,
-            latency_ms=latency_ms,
-            source=self.source,
-            calibration=self.calibration,
-            spread_ms=latency_ms * self.stated_error.fraction() if self.stated_error else 0.0,
+        return self.new_report(
+            latency_ms,
+            error_fraction=self.stated_error.fraction() if self.stated_error else 0.0,
             memory=memory_footprint(layers),
             per_layer_ms=per_layer,
             provenance={

@@ -11,11 +11,9 @@ from its yaml (``conf/hw/pixel1.yaml``): a second phone is a yaml and its data.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-from torch import nn
 
 from hardware import validation as _validation
 from hardware.domain import FittedDomain
@@ -23,7 +21,7 @@ from hardware.layers import FUSED_ACTIVATIONS, LayerSpec, memory_footprint
 from hardware.opcost.fit import FitReport, fit_report, samples
 from hardware.opcost.model import OpCostModel
 from hardware.paths import resolve_path
-from hardware.target import HardwareError, HardwareTarget, LatencyReport, ValidationCase
+from hardware.target import HardwareError, LatencyReport, LayerCostTarget, ValidationCase
 
 
 def _tflite_benchmark_model(folder: Path) -> list[Any]:
@@ -36,7 +34,7 @@ def _tflite_benchmark_model(folder: Path) -> list[Any]:
 PROFILE_FORMATS: dict[str, Callable[[Path], list[Any]]] = {"tflite_benchmark_model": _tflite_benchmark_model}
 
 
-class OpProfileTarget(HardwareTarget):
+class OpProfileTarget(LayerCostTarget):
     """A device emulated by a per-operator cost model fitted on its per-layer profiles.
 
     ``reference_dir`` holds the profiles in ``profile_format`` (one of PROFILE_FORMATS);
@@ -46,7 +44,6 @@ class OpProfileTarget(HardwareTarget):
     replays; ``profile_set`` names the validation groups of the profiled models.
     """
 
-    source = "analytical"
 
     def __init__(
         self,
@@ -102,16 +99,7 @@ class OpProfileTarget(HardwareTarget):
         label = f"{len(self.references)} profiled models ({names})"
         return FittedDomain.of(label, [ref.layers() for ref in self.references], self.domain_kind)
 
-    # ----- the HardwareTarget interface
-    def latency(
-        self,
-        model: nn.Module,
-        input_shape: tuple[int, ...],
-        layers: list[LayerSpec] | None = None,
-        deployables: Mapping[str, Path] | None = None,
-    ) -> LatencyReport:
-        return self.report(self.layers_of(model, input_shape, layers))
-
+    # ----- the LayerCostTarget interface
     def report(self, layers: list[LayerSpec]) -> LatencyReport:
         """The latency report of a layer list (no torch model needed)."""
         per_layer = self.cost_model.predict(layers)
@@ -132,12 +120,9 @@ class OpProfileTarget(HardwareTarget):
         if input_shape_batch(layers) > 1:
             notes.append("profiles are batch 1: larger batches are extrapolated")
         notes += _validation.fitted_notes(self.name, self.stated_error, self.fitted_domain, layers, self.domain_kind)
-        return LatencyReport(
-            hw=self.name,
-            latency_ms=total,
-            source=self.source,
-            calibration=self.calibration,
-            spread_ms=total * self.stated_error.fraction() if self.stated_error else 0.0,
+        return self.new_report(
+            total,
+            error_fraction=self.stated_error.fraction() if self.stated_error else 0.0,
             energy_mj=None,
             memory=memory_footprint(layers),
             per_layer_ms=per_layer,
@@ -204,29 +189,13 @@ class OpProfileTarget(HardwareTarget):
                 )
         if per_layer:
             for row in self.fit_report.per_layer:
-                cases.append(
-                    ValidationCase(
-                        f"{row['model']}/{row['layer']}",
-                        row["predicted_ms"],
-                        row["measured_ms"],
-                        "per-layer",
-                        {"op": row["op"]},
-                        fit="in-sample",
-                        scope="operator",
-                    )
-                )
+                fits = [("", "per-layer", row["predicted_ms"], "in-sample")]
                 if lomo:
-                    cases.append(
-                        ValidationCase(
-                            f"{row['model']}/{row['layer']} (lomo)",
-                            row["measured_ms"] * (1 + row["lomo_error"]),
-                            row["measured_ms"],
-                            "per-layer-lomo",
-                            {"op": row["op"]},
-                            fit="leave-one-out",
-                            scope="operator",
-                        )
-                    )
+                    lomo_ms = row["measured_ms"] * (1 + row["lomo_error"])
+                    fits.append((" (lomo)", "per-layer-lomo", lomo_ms, "leave-one-out"))
+                cases += [ValidationCase(f"{row['model']}/{row['layer']}{suffix}", predicted, row["measured_ms"], group,
+                                         {"op": row["op"]}, fit=fit, scope="operator")
+                          for suffix, group, predicted, fit in fits]
         if holdout:
             cases.extend(self.holdout_cases())
         return cases
