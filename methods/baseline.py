@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult
+from methods.config import parse_config
 
 
 def save_dense(model: nn.Module, path) -> None:
@@ -22,11 +25,19 @@ def load_dense(template: nn.Module, path) -> nn.Module:
     return model
 
 
+@dataclass
+class BaselineConfig:
+    """conf/method/baseline.yaml: nothing to set (a key given is refused, not ignored)."""
+
+
 class Baseline(CompressionMethod):
     """The trained model as it is, stored as an fp32 state dict."""
 
-    def __init__(self, name: str = "baseline") -> None:
+    Config = BaselineConfig
+
+    def __init__(self, name: str = "baseline", **options: Any) -> None:
         super().__init__(name)
+        self.config = parse_config(self.Config, options)
 
     def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
         path = ctx.workdir / "model.pt"

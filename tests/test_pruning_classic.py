@@ -137,7 +137,7 @@ def test_magnitude_pruning_reaches_the_sparsity_and_masks_survive_finetuning(tmp
         w = getattr(pruned, name).weight
         assert int((w == 0).sum()) == round(0.75 * w.numel())
         assert result.metrics[f"sparsity/{name}"] == pytest.approx(0.75, abs=1 / w.numel())
-    assert int((pruned.fc.weight == 0).sum()) == 0  # include_last=False
+    assert int((pruned.fc.weight == 0).sum()) == 0  # layers.last=False
     # trained after pruning: the surviving weights moved away from the pruned baseline's values
     one_shot = copy.deepcopy(model)
     WeightMasks({"conv2": one_shot.conv2}).update(0.75)

@@ -13,7 +13,7 @@ as summarised by Aswani et al. (Sec. B) and Berthelier et al. (2020, Sec. 2.4):
   ``m * s * bits`` bits of codes plus ``s * k * d`` float32 codebook entries, i.e.
   ``k * n`` floats (Gong et al.'s storage count ``32 k n + m s log2 k`` bits).
 
-Gong et al. did not fine-tune; ``finetune_epochs > 0`` optionally trains the codewords
+Gong et al. did not fine-tune; ``finetune.epochs > 0`` optionally trains the codewords
 like Deep Compression trains centroids (a codeword's gradient is the sum of the gradients
 of the sub-vectors that use it; a ``torch.nn.utils.parametrize`` function of the
 codebooks). Departures: k-means++ seeding (seeded) then Lloyd iterations; a layer's
