@@ -106,13 +106,13 @@ def _coerce(value: Any, annotation: Any, key: str, default: Any = None) -> Any:
                 continue
         names = " or ".join(getattr(a, "__name__", str(a)) for a in arms) + (" or null" if type(None) in args else "")
         fail(key, f"must be {names}, got {_describe(value)}")
-    if dataclasses.is_dataclass(annotation):
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
         if isinstance(value, annotation):
             return value
         if not isinstance(value, Mapping):
             fail(key, f"must be a mapping with keys {[f.name for f in dataclasses.fields(annotation)]}, "
                       f"got {_describe(value)}")
-        base = dataclasses.asdict(default) if dataclasses.is_dataclass(default) else {}
+        base = dataclasses.asdict(default) if dataclasses.is_dataclass(default) and not isinstance(default, type) else {}
         return parse_config(annotation, {**base, **value}, key)
     if origin is list:
         if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):

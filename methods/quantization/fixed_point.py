@@ -334,6 +334,7 @@ class FixedPoint(_FixedPointMethod):
     """Gupta et al. (2015) ``<IL, FL>`` fixed point for weights, biases and activations."""
 
     Config = FixedPointConfig
+    config: FixedPointConfig
 
     def __init__(self, name: str = "fixed_point", **options: Any) -> None:
         super().__init__(name, **options)
@@ -353,6 +354,7 @@ class DynamicFixedPoint(_FixedPointMethod):
     dynamic = True
 
     Config = DynamicFixedPointConfig
+    config: DynamicFixedPointConfig
 
     def __init__(self, name: str = "dynamic_fixed_point", **options: Any) -> None:
         super().__init__(name, **options)

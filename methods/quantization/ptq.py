@@ -88,8 +88,8 @@ class UniformQuantizationConfig:
     per_channel: bool = True
     symmetric: bool = True
     act_symmetric: bool = False
-    observer: str = option("minmax", choices=OBSERVERS)
-    weight_observer: str = option("minmax", choices=OBSERVERS)
+    observer: str = option("minmax", choices=tuple(OBSERVERS))
+    weight_observer: str = option("minmax", choices=tuple(OBSERVERS))
     percentile: float = option(99.99, gt=50, le=100)
     calibration_batches: int = option(16, ge=1)
     layers: LayerSelection = option(factory=LayerSelection)
