@@ -6,7 +6,9 @@ import json
 import shutil
 
 import pytest
+import yaml
 
+from benchmarks.studies import deep_compression_selection
 from benchmarks.studies.report import REPORTS, RESULTS, main, render
 
 
@@ -36,3 +38,55 @@ def test_check_reports_a_hand_edited_report_and_rendering_repairs_it(tmp_path, c
 def test_a_missing_source_names_the_file_and_the_study(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"scaleout\.json.*python -m benchmarks\.studies\.scaleout"):
         render("scaleout", tmp_path)
+
+
+def _copy_sources(name, tmp_path):
+    for source in REPORTS[name].sources:
+        shutil.copy(RESULTS / source, tmp_path / source)
+
+
+def test_reproductions_show_the_run_chosen_on_validation_beside_the_paper_figure(tmp_path):
+    _copy_sources("reproductions", tmp_path)
+    runs = json.loads((tmp_path / "deep_compression_mnist.json").read_text())
+    chosen = deep_compression_selection.choose(runs, deep_compression_selection.COMPRESSION_GOAL)["lenet5"]
+    rival = dict(runs[chosen], **{"huffman/top1_val": runs[chosen]["huffman/top1_val"] + 0.5,
+                                   "final_top1": runs[chosen]["baseline_top1"] - 0.3, "settings": "a rival"})
+    runs["dc_lenet5_s7_rival"] = rival
+    (tmp_path / "deep_compression_mnist.json").write_text(json.dumps(runs))
+    paper = yaml.safe_load((tmp_path / "deep_compression_paper.yaml").read_text())
+    paper["networks"]["lenet5"]["compressed_error"] = 0.5
+    (tmp_path / "deep_compression_paper.yaml").write_text(yaml.safe_dump(paper))
+    text = render("reproductions", tmp_path)
+    error = 100 - rival["final_top1"]
+    assert "run `dc_lenet5_s7_rival` (a rival)" in text
+    assert (f"| LeNet-5 | compressed error | 0.50% | **{error:.2f}%** | {error - 0.5:+.2f} (ours vs our baseline: "
+            f"**+0.30**, goal <= +0.10 ✘ not met) | 7 |") in text
+
+
+def test_fixed_point_goal_verdict_follows_the_figures(tmp_path):
+    _copy_sources("quantization_fixed_point", tmp_path)
+    run = json.loads((tmp_path / "quantization_fixed_point.json").read_text())
+    assert "**met**" in render("quantization_fixed_point", tmp_path)
+    goal = next(r for r in run["rows"] if r.get("fraction_bits") == 12 and r.get("rounding") == "stochastic"
+                and r["finetune_epochs"])
+    goal["test_top1"] = run["rows"][0]["test_top1"] - 0.25
+    (tmp_path / "quantization_fixed_point.json").write_text(json.dumps(run))
+    assert "-0.25 point, **not met**" in render("quantization_fixed_point", tmp_path)
+
+
+def test_amc_report_states_the_machine_and_whether_amc_beats_uniform(tmp_path):
+    _copy_sources("pruning_amc", tmp_path)
+    run = json.loads((tmp_path / "pruning_amc.json").read_text())
+    uniform = next(r for r in run["rows"] if r["search"] == "uniform")
+    amc = next(r for r in run["rows"] if r["search"] == "ddpg" and r["target_ratio"] == uniform["target_ratio"])
+    amc["top1"], run["machine"]["load_average_1m"] = uniform["top1"] + 3.0, 17.25
+    (tmp_path / "pruning_amc.json").write_text(json.dumps(run))
+    text = render("pruning_amc", tmp_path)
+    assert f"on {run['machine']['cpu']} ({run['machine']['logical_cpus']} logical CPUs), 1-minute load average 17.2" in text
+    assert f"AMC against uniform width at {uniform['target_ratio']}x flops: +3.00 point" in text
+    assert "the difference is significant." in text
+
+
+def test_a_missing_source_names_the_study_that_writes_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"pruning_platform_exchange\.json.*benchmarks\.studies\.pruning_auto"):
+        render("pruning_platform_exchange", tmp_path)

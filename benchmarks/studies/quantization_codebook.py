@@ -48,6 +48,8 @@ OUT = ROOT / "outputs" / "quantization_codebook"
 #: the fixed-point figures behind results/quantization_fixed_point.md (python -m benchmarks.studies.report)
 FIXED_POINT_JSON = ROOT / "results" / "quantization_fixed_point.json"
 FIXED_POINT_WORD = 16  #: bits of every fixed-point word of the study
+#: Issue 5's fixed-point goal: <4,12> with stochastic rounding, fine-tuned, within this many points of float
+FIXED_POINT_GOAL = {"fraction_bits": 12, "rounding": "stochastic", "points": 0.2}
 
 
 def context(workdir: Path, seed: int):
@@ -126,6 +128,76 @@ def run_fixed_point(name: str, seed: int, finetune_epochs: float = 0.5, lr: floa
             "recipe": {"epochs": recipe.epochs, "scheduler": recipe.scheduler},
             "images": {split: len(getattr(data, f"data_{split}")) for split in ("train", "val", "test")},
             "float32_bytes": 4 * sum(p.numel() for p in model.parameters()), "rows": rows}
+
+
+def _fixed_point_row(run: dict[str, Any], fraction_bits: int, rounding: str, tuned: bool) -> dict[str, Any] | None:
+    """The study's row of one setting (fine-tuned or not), None when it did not run."""
+    return next((r for r in run["rows"] if r.get("fraction_bits") == fraction_bits and r.get("rounding") == rounding
+                 and bool(r["finetune_epochs"]) == tuned), None)
+
+
+def _fixed_point_reading(run: dict[str, Any], float_top1: float) -> list[str]:
+    """What the rows show: the goal row against float, and for every narrower format what fine-tuning
+    under each rounding did to the rounded model."""
+    goal = FIXED_POINT_GOAL
+    best = _fixed_point_row(run, goal["fraction_bits"], goal["rounding"], tuned=True)
+    lines = ["Reading (computed from the rows above):"]
+    if best is not None:
+        gap = best["test_top1"] - float_top1
+        lines.append(f"- Goal (issue 5): <{FIXED_POINT_WORD - goal['fraction_bits']},{goal['fraction_bits']}> with "
+                     f"{goal['rounding']} rounding, fine-tuned, within {goal['points']} point of float: {gap:+.2f} "
+                     f"point, **{'met' if abs(gap) <= goal['points'] else 'not met'}**.")
+    for fl in sorted({r["fraction_bits"] for r in run["rows"] if "fraction_bits" in r} - {goal["fraction_bits"]}):
+        rounded = _fixed_point_row(run, fl, "nearest", tuned=False)
+        nearest, stochastic = (_fixed_point_row(run, fl, rounding, tuned=True) for rounding in ("nearest", "stochastic"))
+        if rounded is None or nearest is None or stochastic is None:
+            continue
+        moved = nearest["test_top1"] - rounded["test_top1"]
+        lines.append(f"- FL = {fl}: the rounded model scores {rounded['test_top1']:.2f}%; fine-tuned "
+                     f"{nearest['finetune_epochs']} epoch with round-to-nearest {nearest['test_top1']:.2f}% ("
+                     + ("unchanged" if moved == 0 else f"{moved:+.2f}") + f"), with stochastic rounding "
+                     f"{stochastic['test_top1']:.2f}% (stochastic − nearest: {stochastic['test_top1'] - nearest['test_top1']:+.2f} "
+                     "point).")
+    return lines
+
+
+def fixed_point_markdown(run: dict[str, Any]) -> str:
+    """results/quantization_fixed_point.md from the study's JSON (results/quantization_fixed_point.json)."""
+    word, rows = run["word_length"], run["rows"]
+    float_top1 = rows[0]["test_top1"]
+    stored = {r["stored_bytes"] for r in rows if "stored_bytes" in r}
+    lines = [f"# Fixed point (Gupta et al. 2015) on MNIST, {run['model']}", "",
+             "`methods.quantization.fixed_point.FixedPoint` (`conf/method/fixed_point.yaml`): weights, biases and "
+             f"every layer's input as {word}-bit `<IL, FL>` words (IL + FL = {word}), round-to-nearest (survey Eq. 1) "
+             "or stochastic rounding (Eq. 2). Fine-tuning keeps the parameters on the fixed-point grid: after every "
+             "SGD step they are rounded back with the configured rounding (a fixed-point weight update), so an update "
+             "smaller than half a step is lost under round-to-nearest and survives in expectation under stochastic "
+             "rounding. Evaluation rounds activations to nearest. Accuracy is that of the model decoded from the "
+             "stored file (" + ", ".join(f"{b:,} bytes, {run['float32_bytes'] / b:.1f}x smaller" for b in sorted(stored))
+             + f" than the {run['float32_bytes']:,} bytes of the float32 parameters).", "",
+             f"Setup: our {run['model']} baseline (mnist_sgd recipe, {run['recipe']['epochs']} epochs, "
+             f"{run['images']['train']:,} training images), fine-tuning {run['finetune_epochs']} epoch at lr "
+             f"{run['lr']} ({run['recipe']['scheduler']}), test set of {run['images']['test']:,} images, one seed "
+             f"({run['seed']}), run {run['date']}. Rendered by `python -m benchmarks.studies.report "
+             "quantization_fixed_point` from `results/quantization_fixed_point.json`, written by "
+             f"`python -m benchmarks.studies.quantization_codebook fixed_point {run['model']} {run['seed']}`.", "",
+             f"| format `<IL,FL>` | rounding | fine-tuned | test top-1 (%) | vs float baseline ({float_top1:.2f}) |",
+             "|---|---|---|---:|---:|"]
+    goal = FIXED_POINT_GOAL
+    for row in rows:
+        fl = row.get("fraction_bits")
+        cells = [f"<{word - fl},{fl}>" if fl else "float32", row.get("rounding", "—"),
+                 f"{row['finetune_epochs']} epoch" if row["finetune_epochs"] else "no", f"{row['test_top1']:.2f}",
+                 f"{row['test_top1'] - float_top1:+.2f}" if row is not rows[0] else "—"]
+        if fl == goal["fraction_bits"] and row["rounding"] == goal["rounding"] and row["finetune_epochs"]:
+            cells = [f"**{cell}**" for cell in cells]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", *_fixed_point_reading(run, float_top1), "",
+              "Departures (see the module docstring): operands are quantized and accumulation is float32 (Gupta et al. "
+              "also round inside their FPGA's GEMM); training is a fine-tune from float, not training from scratch in "
+              "fixed point. Dynamic fixed point (`DynamicFixedPoint`, Courbariaux et al.) is implemented and tested "
+              "(`tests/test_quantization_codebook.py`), not part of this study."]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,8 +4,8 @@
     python -m benchmarks.studies.report quantization_ptq   # one
     python -m benchmarks.studies.report --check            # exit 1 when a committed report differs
 
-Each report names its JSON sources (in results/) and the study function that renders them, so a
-figure changes in a report only when a study's run changed its JSON.
+Each report names its sources in results/ (a study's JSON; a paper's figures as yaml) and the
+study function that renders them, so a figure changes in a report only when its sources do.
 """
 
 from __future__ import annotations
@@ -14,17 +14,26 @@ import argparse
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from benchmarks.studies import quantization_ptq, scaleout
+import yaml
+
+from benchmarks.studies import (
+    deep_compression_selection,
+    pruning_auto,
+    quantization_codebook,
+    quantization_ptq,
+    scaleout,
+)
 
 RESULTS = Path(__file__).resolve().parents[2] / "results"
 
 
 @dataclass(frozen=True)
 class Report:
-    """results/<name>.md = render(*the JSON sources, in order); a missing optional source is passed as None."""
+    """results/<name>.md = render(*the sources, in order); a missing optional source is passed as None."""
 
     sources: tuple[str, ...]
     render: Callable[..., str]
@@ -36,7 +45,18 @@ REPORTS: dict[str, Report] = {
     "quantization_ptq": Report(("quantization_ptq.json", "quantization_ptq_vnni.json", "quantization_ptq_lowbit.json"),
                                quantization_ptq.render,
                                optional=("quantization_ptq_vnni.json", "quantization_ptq_lowbit.json")),
+    "deep_compression_selection": Report(("deep_compression_mnist.json",),
+                                         partial(deep_compression_selection.report,
+                                                 goal=deep_compression_selection.COMPRESSION_GOAL)),
+    "reproductions": Report(("deep_compression_paper.yaml", "deep_compression_mnist.json"),
+                            deep_compression_selection.reproductions),
+    "quantization_fixed_point": Report(("quantization_fixed_point.json",), quantization_codebook.fixed_point_markdown),
+    "pruning_amc": Report(("pruning_amc.json",), pruning_auto.amc_report),
+    "pruning_amc_vs_uniform": Report(("pruning_amc_vs_uniform.json",), pruning_auto.amc_report),
+    "pruning_platform_exchange": Report(("pruning_platform_exchange.json",), pruning_auto.exchange_report),
 }
+#: how a source is read, by its suffix
+READERS: dict[str, Callable[[str], Any]] = {".json": json.loads, ".yaml": yaml.safe_load}
 
 
 def render(name: str, results: Path = RESULTS) -> str:
@@ -46,9 +66,10 @@ def render(name: str, results: Path = RESULTS) -> str:
     for source in report.sources:
         path = results / source
         if not path.exists() and source not in report.optional:
+            study = getattr(report.render, "func", report.render).__module__
             raise FileNotFoundError(f"{path}: the figures of report {name!r}; run its study first "
-                                    f"(python -m benchmarks.studies.{name} --help)")
-        figures.append(json.loads(path.read_text()) if path.exists() else None)
+                                    f"(python -m {study} --help)")
+        figures.append(READERS[path.suffix](path.read_text()) if path.exists() else None)
     return report.render(*figures)
 
 
