@@ -144,8 +144,8 @@ def reproductions(paper: dict[str, Any], runs: dict[str, dict[str, Any]]) -> str
              "Rendered by `python -m benchmarks.studies.report reproductions` from the paper's figures "
              f"(`results/deep_compression_paper.yaml`: {paper['source']}) and our runs (`{RUNS.relative_to(ROOT)}`); "
              "per network the run chosen on validation data, as `results/deep_compression_selection.md` shows "
-             "with every run beside it. Per-layer sparsities and code widths of the presets are the paper's "
-             "Tables 2-3 as we read them from memory (no copy of the paper is in ../shared/papers).", "",
+             "with every run beside it. The presets' per-layer sparsities are the paper's Tables 2-3 as we read "
+             "them from memory (no copy of the paper is in ../shared/papers).", "",
              "`methods.quantization.deep_compression.DeepCompression`: magnitude pruning with iterative retraining "
              "(the pruning family's `MagnitudePruning`) → per-layer k-means weight sharing, centroids fine-tuned "
              "with their cluster's summed gradient → Huffman coding of the codes and of the relative indices. "
