@@ -44,6 +44,7 @@ from torch import nn
 
 from hardware.layers import count_macs
 from methods.base import MethodConfigError
+from methods.config import forward_order
 from methods.storage import StoredState, load_state_into, read_entries, register_architecture, save_model
 from methods.storage.codecs import raw_entry
 
@@ -152,7 +153,7 @@ class ChannelPruner:
         hinted = [self.module_names[m] for m in tied()] if callable(tied) else []
         self.ignored_layers = tuple(dict.fromkeys([*ignored_layers, *hinted]))
         self.graph = build_dependency_graph(model, self.input_shape)
-        self._order = _forward_order(model, self.input_shape)
+        self._order = forward_order(model, self.input_shape, ROOT_TYPES)
 
     # -- what can be pruned -------------------------------------------------------------
     def name_of(self, module: nn.Module) -> str:
@@ -273,24 +274,6 @@ def build_dependency_graph(model: nn.Module, input_shape: Sequence[int]) -> tp.D
             return tp.DependencyGraph().build_dependency(model, _example_input(model, input_shape), verbose=False)
     finally:
         model.train(was_training)
-
-
-def _forward_order(model: nn.Module, input_shape: Sequence[int]) -> list[str]:
-    order: list[str] = []
-    handles = [
-        module.register_forward_hook(lambda *_, name=name: order.append(name))
-        for name, module in model.named_modules() if isinstance(module, ROOT_TYPES)
-    ]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(_example_input(model, input_shape))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return list(dict.fromkeys(order))
 
 
 Importance = Callable[[tp.Group], torch.Tensor]
