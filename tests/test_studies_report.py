@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from benchmarks.studies import deep_compression_selection
+from benchmarks.studies.quantization_codebook import record_deep_compression
 from benchmarks.studies.report import REPORTS, RESULTS, main, render
 
 
@@ -90,3 +91,20 @@ def test_amc_report_states_the_machine_and_whether_amc_beats_uniform(tmp_path):
 def test_a_missing_source_names_the_study_that_writes_it(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"pruning_platform_exchange\.json.*benchmarks\.studies\.pruning_auto"):
         render("pruning_platform_exchange", tmp_path)
+
+
+def test_a_deep_compression_run_recorded_by_the_study_is_an_entry_the_reports_read(tmp_path):
+    _copy_sources("reproductions", tmp_path)
+    runs = json.loads((tmp_path / "deep_compression_mnist.json").read_text())
+    entry = deep_compression_selection.choose(runs, deep_compression_selection.COMPRESSION_GOAL)["lenet_300_100"]
+    committed = runs[entry]
+    top_level = ("baseline_top1", "final_top1", "stored_bytes", "seconds", "settings")
+    output = {"baseline_test": {"top1": committed["baseline_top1"]}, "final_test": {"top1": committed["final_top1"]},
+              "stored_bytes": committed["stored_bytes"], "seconds": committed["seconds"] + 0.4,
+              "metrics": {k: v for k, v in committed.items() if k not in top_level}}
+    runs_file = tmp_path / "deep_compression_mnist.json"
+    assert record_deep_compression(output, entry, committed["settings"], runs_file) == committed
+    output["metrics"]["huffman/top1_val"] += 1.0
+    record_deep_compression(output, "dc_lenet_300_100_s3_rerun", "a rerun", runs_file)
+    assert "run `dc_lenet_300_100_s3_rerun` (a rerun)" in render("reproductions", tmp_path)
+    assert "should hold the setting of `dc_lenet_300_100_s3_rerun`" in render("deep_compression_selection", tmp_path)

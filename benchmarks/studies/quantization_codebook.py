@@ -5,16 +5,18 @@ evaluation the pipeline gives a method), on MNIST with the mnist_sgd recipe:
 
     python -m benchmarks.studies.quantization_codebook baseline lenet_300_100 42
     python -m benchmarks.studies.quantization_codebook deep_compression lenet_300_100 42 \
-        conf/experiment/deep_compression_lenet_300_100.yaml [overrides.yaml] [tag]
+        conf/experiment/deep_compression_lenet_300_100.yaml [overrides.yaml] [tag] [--settings TEXT]
     python -m benchmarks.studies.quantization_codebook fixed_point lenet_300_100 42
 
 The Deep Compression settings are conf/method/deep_compression.yaml with the preset's ``method:``
 block (and the overrides file's) merged in, built by ``methods.create_method``.
 
-Outputs go to outputs/quantization_codebook/ (JSON per run), except the fixed-point figures:
-results/quantization_fixed_point.json, rendered by ``python -m benchmarks.studies.report``.
-Data: $COMPRESSBENCH_SOURCE_DATA (default ../shared/data). One torch thread: on a shared 2-core machine two threads made small
-ops ~30x slower.
+Outputs go to outputs/quantization_codebook/ (JSON per run). The figures the reports show go to
+results/: a Deep Compression run becomes entry ``dc_<model>_s<seed><tag>`` of
+results/deep_compression_mnist.json (replacing one of that name), the fixed-point grid
+results/quantization_fixed_point.json; ``python -m benchmarks.studies.report`` renders the reports.
+Data: $COMPRESSBENCH_SOURCE_DATA (default ../shared/data). One torch thread: on a shared 2-core
+machine two threads made small ops ~30x slower.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import benchmarks.models  # noqa: F401  (registers the LeNets)
 from benchmarks.context import make_context
 from benchmarks.data import MNISTDataModule
 from benchmarks.schema import RecipeConfig, TrainerConfig
+from benchmarks.studies.deep_compression_selection import RUNS
 from benchmarks.training import fit
 from hardware.measured import LocalCPU
 from methods import create_method
@@ -106,6 +109,17 @@ def run_deep_compression(name: str, seed: int, preset: str, overrides: str | Non
     return {"model": name, "seed": seed, "config": cfg, "baseline_test": ctx.evaluate(model, "test"),
             "final_test": ctx.evaluate(result.model, "test"), "stored_bytes": result.stored_bytes,
             "seconds": time.time() - start, "metrics": result.metrics, "layer_bits": result.layer_bits}
+
+
+def record_deep_compression(output: dict[str, Any], entry: str, settings: str, runs_file: Path = RUNS) -> dict:
+    """Write a run into the runs file the selection and reproductions reports read, as entry ``entry``:
+    the test top-1 of baseline and final model, size and time beside the method's metrics."""
+    runs = json.loads(runs_file.read_text()) if runs_file.exists() else {}
+    runs[entry] = {"baseline_top1": output["baseline_test"]["top1"], "final_top1": output["final_test"]["top1"],
+                   "stored_bytes": output["stored_bytes"], "seconds": round(output["seconds"]), **output["metrics"],
+                   "settings": settings}
+    runs_file.write_text(json.dumps(runs, indent=1))
+    return runs[entry]
 
 
 def run_fixed_point(name: str, seed: int, finetune_epochs: float = 0.5, lr: float = 0.01) -> dict[str, Any]:
@@ -208,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("preset", nargs="?", help="deep_compression: a conf/experiment yaml with a method: block")
     parser.add_argument("overrides", nargs="?", help="deep_compression: a yaml whose method: block is merged last")
     parser.add_argument("tag", nargs="?", default="", help="deep_compression: suffix of the output names")
+    parser.add_argument("--settings", help="deep_compression: the run's setting in words, as the reports show it "
+                                           "(default: the preset and overrides file names)")
     args = parser.parse_args(argv)
     if args.kind == "deep_compression" and not args.preset:
         parser.error("deep_compression needs a preset, e.g. conf/experiment/deep_compression_lenet_300_100.yaml")
@@ -215,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     if args.kind == "deep_compression":
         output: Any = run_deep_compression(args.model, args.seed, args.preset, args.overrides, args.tag)
+        settings = args.settings or " + ".join(Path(f).stem for f in (args.preset, args.overrides) if f)
+        record_deep_compression(output, f"dc_{args.model}_s{args.seed}{args.tag}", settings)
     else:
         runners: dict[str, Callable[[str, int], Any]] = {"baseline": run_baseline, "fixed_point": run_fixed_point}
         output = runners[args.kind](args.model, args.seed)
