@@ -24,8 +24,9 @@ from benchmarks.context import make_context
 from benchmarks.data import MNISTDataModule
 from benchmarks.models import build_model
 from benchmarks.schema import RecipeConfig, TrainerConfig
+from hardware import registry
 from hardware.layers import count_macs
-from hardware.opcost import Pixel1
+from hardware.opcost import OpProfileTarget
 from methods.base import MethodConfigError
 from methods.pruning.amc import AMC, ChannelSelector, _feature_columns, _weight_matrix
 from methods.pruning.channel_space import ChannelSpace
@@ -53,10 +54,10 @@ def mnist(tmp_path_factory: pytest.TempPathFactory) -> MNISTDataModule:
 
 
 @pytest.fixture(scope="module")
-def pixel1() -> Pixel1:
+def pixel1() -> OpProfileTarget:
     if not PIXEL1_PROFILES.is_dir():
         pytest.skip(f"no Pixel-1 profiles at {PIXEL1_PROFILES}")
-    return Pixel1(name="pixel1", source="analytical", calibration="published", reference_dir=str(PIXEL1_PROFILES))
+    return registry.instantiate("pixel1", {"reference_dir": str(PIXEL1_PROFILES)})
 
 
 @pytest.fixture(scope="module")

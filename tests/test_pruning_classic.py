@@ -441,7 +441,7 @@ def test_group_lasso_is_the_sum_of_filter_and_channel_norms() -> None:
     filters, channels = group_lasso_terms(pruner)
     assert {id(m) for m in filters} == {id(model.conv1), id(model.conv2)}
     assert {id(m) for m in channels} == {id(model.conv2), id(model.fc)}
-    value = GroupLasso(filters, channels, 0.1, 0.01)(model)
+    value = GroupLasso(filters, channels, 0.1, 0.01)()
     expected = 0.1 * sum(m.weight.flatten(1).norm(dim=1).sum() for m in (model.conv1, model.conv2))
     expected = expected + 0.01 * sum(m.weight.transpose(0, 1).flatten(1).norm(dim=1).sum() for m in (model.conv2, model.fc))
     assert float(value) == pytest.approx(float(expected), rel=1e-6)
