@@ -13,16 +13,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from torch import nn
 
 from hardware.target import HardwareTarget
+from methods.config import MethodConfigError as MethodConfigError  # raised by methods, defined with the schemas
+from methods.config import parse_config
 from methods.losses import LossTerm
-
-
-class MethodConfigError(ValueError):
-    """A method was asked for something impossible (sparsity >= 1, 0 bits, ...)."""
 
 
 class FineTune(Protocol):
@@ -77,10 +75,22 @@ class CompressionResult:
 
 
 class CompressionMethod(ABC):
-    """A compression method configured by conf/method/<name>.yaml (Hydra ``_target_``)."""
+    """A compression method configured by conf/method/<name>.yaml (Hydra ``_target_``).
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    The yaml's keys (all but ``name``) are parsed once, here, into the method's typed schema
+    ``Config`` (methods.config), so every method refuses a bad key or value the same way.
+    """
+
+    #: the method's name (its conf/method yaml) when the yaml gives none
+    name: str = ""
+    #: the typed schema of the method's keys: a dataclass declared with methods.config
+    Config: ClassVar[type[Any]]
+    config: Any
+
+    def __init__(self, name: str | None = None, **options: Any) -> None:
+        if name is not None:
+            self.name = name
+        self.config = parse_config(self.Config, options)
 
     @abstractmethod
     def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult
-from methods.config import parse_config
 
 
 def save_dense(model: nn.Module, path) -> None:
@@ -33,11 +31,9 @@ class BaselineConfig:
 class Baseline(CompressionMethod):
     """The trained model as it is, stored as an fp32 state dict."""
 
+    name = "baseline"
     Config = BaselineConfig
-
-    def __init__(self, name: str = "baseline", **options: Any) -> None:
-        super().__init__(name)
-        self.config = parse_config(self.Config, options)
+    config: BaselineConfig
 
     def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
         path = ctx.workdir / "model.pt"

@@ -29,7 +29,10 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from methods.base import MethodConfigError
+
+class MethodConfigError(ValueError):
+    """A method was asked for something impossible (sparsity >= 1, 0 bits, ...)."""
+
 
 #: Keys of the method yamls before issue 10's one vocabulary, and what replaced them.
 RENAMED = {

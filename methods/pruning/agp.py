@@ -35,7 +35,7 @@ import lightning as L
 from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
-from methods.config import FineTuning, LayerSelection, fail, finetune_default, option, parse_config, select_layers
+from methods.config import FineTuning, LayerSelection, fail, finetune_default, option, select_layers
 from methods.pruning.magnitude import store_sparse, unstructured_metrics
 from methods.pruning.masks import SCOPES, MaskCallback, WeightMasks
 from methods.reporting import plot_policy, write_json
@@ -170,11 +170,9 @@ class AGPConfig:
 class AutomatedGradualPruning(CompressionMethod):
     """Zhu & Gupta 2017: masks updated every ``frequency`` steps along the cubic schedule."""
 
+    name = "agp"
     Config = AGPConfig
-
-    def __init__(self, name: str = "agp", **options: Any) -> None:
-        super().__init__(name)
-        self.config = parse_config(self.Config, options)
+    config: AGPConfig
 
     def schedule(self) -> AGPSchedule | None:
         """The schedule when n is given; None when it is derived from the number of steps."""

@@ -54,7 +54,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -63,7 +62,7 @@ from torch import nn
 
 from hardware.layers import count_macs
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
-from methods.config import FineTuning, LayerSelection, excluded_layers, fail, finetune_default, option, parse_config
+from methods.config import FineTuning, LayerSelection, excluded_layers, fail, finetune_default, option
 from methods.pruning.channel_space import ChannelSpace, PrunableUnit
 from methods.pruning.structured import save_pruned
 from methods.search.ddpg import DDPGAgent, DDPGConfig, Policy, Transition
@@ -431,11 +430,9 @@ class AMCConfig:
 class AMC(CompressionMethod):
     """AMC channel pruning: DDPG-searched per-layer preserve ratios under a resource budget."""
 
+    name = "amc"
     Config = AMCConfig
-
-    def __init__(self, name: str = "amc", **options: Any) -> None:
-        super().__init__(name)
-        self.config = parse_config(self.Config, options)
+    config: AMCConfig
 
     # the parts, usable on their own (tests, notebooks)
     def environment(self, model: nn.Module, ctx: CompressionContext) -> AMCEnvironment:

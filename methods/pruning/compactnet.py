@@ -58,7 +58,7 @@ from torch import nn
 
 from hardware.layers import count_macs
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
-from methods.config import FineTuning, LayerSelection, excluded_layers, fail, finetune_default, option, parse_config
+from methods.config import FineTuning, LayerSelection, excluded_layers, fail, finetune_default, option
 from methods.pruning.channel_space import ChannelSpace, PrunableUnit
 from methods.pruning.criteria import L2FilterNorm
 from methods.pruning.structured import save_pruned
@@ -127,11 +127,8 @@ class TrimmingConfig:
 class ProgressiveTrimming(CompressionMethod):
     """The searching loop shared by CompactNet and NetAdapt: one layer trimmed per iteration."""
 
-    Config: type[TrimmingConfig] = TrimmingConfig
-
-    def __init__(self, name: str, **options: Any) -> None:
-        super().__init__(name)
-        self.config = parse_config(self.Config, options)
+    Config = TrimmingConfig
+    config: TrimmingConfig
 
     def _space(self, model: nn.Module, ctx: CompressionContext, original: nn.Module | None = None) -> ChannelSpace:
         """``model``'s channel space, the layers that ``layers`` leaves out of ``original`` (default: it) ignored."""
@@ -318,10 +315,11 @@ class CompactNetConfig(TrimmingConfig):
 class CompactNet(ProgressiveTrimming):
     """CompactNet: N iterations with decaying sub-targets that add up to the target speedup."""
 
+    name = "compactnet"
     Config = CompactNetConfig
     config: CompactNetConfig
 
-    def __init__(self, name: str = "compactnet", **options: Any) -> None:
+    def __init__(self, name: str | None = None, **options: Any) -> None:
         super().__init__(name, **options)
         self.t_init, self.sub_targets = compactnet_sub_targets(self.config.speedup, self.config.iterations,
                                                                self.config.decay)

@@ -44,7 +44,7 @@ from torch import nn
 
 from hardware.layers import count_macs
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
-from methods.config import FineTuning, LayerSelection, excluded_layers, fail, finetune_default, option, parse_config
+from methods.config import FineTuning, LayerSelection, excluded_layers, fail, finetune_default, option
 from methods.pruning.criteria import CRITERIA, ChannelImportance, layer_normalised, make_criterion
 from methods.pruning.structured import (
     ChannelPruner,
@@ -115,11 +115,12 @@ class FilterConfig:
 class FilterPruning(CompressionMethod):
     """Prune filters by a criterion (l1, l2, taylor, fpgm, thinet); remove them physically."""
 
+    name = "filter"
     Config = FilterConfig
+    config: FilterConfig
 
-    def __init__(self, name: str = "filter", **options: Any) -> None:
-        super().__init__(name)
-        self.config = parse_config(self.Config, options)
+    def __init__(self, name: str | None = None, **options: Any) -> None:
+        super().__init__(name, **options)
         if self.config.target_macs_ratio is not None:  # the MACs target replaces the ratio
             self.config = replace(self.config, pruning_ratio=None)
         make_criterion(self.config.criterion, **self._criterion_kwargs())  # fail early on bad options

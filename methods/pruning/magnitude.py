@@ -30,7 +30,7 @@ from torch import nn
 
 from hardware.layers import count_macs, describe_layers
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
-from methods.config import FineTuning, LayerSelection, fail, finetune_default, option, parse_config, select_layers
+from methods.config import FineTuning, LayerSelection, fail, finetune_default, option, select_layers
 from methods.pruning.masks import SCOPES, MaskCallback, WeightMasks
 from methods.reporting import plot_policy, write_json
 from methods.storage import load_model, save_model
@@ -100,11 +100,9 @@ class MagnitudeConfig:
 class MagnitudePruning(CompressionMethod):
     """Han et al. 2015: prune below a magnitude threshold, retrain with masks; one-shot or iterative."""
 
+    name = "magnitude"
     Config = MagnitudeConfig
-
-    def __init__(self, name: str = "magnitude", **options: Any) -> None:
-        super().__init__(name)
-        self.config = parse_config(self.Config, options)
+    config: MagnitudeConfig
 
     def _targets(self, names: Sequence[str], fraction: float) -> float | dict[str, float]:
         c = self.config

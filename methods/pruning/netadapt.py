@@ -40,11 +40,9 @@ class NetAdaptConfig(TrimmingConfig):
 class NetAdapt(ProgressiveTrimming):
     """NetAdapt: per-iteration resource reduction dR_i = initial_reduction x original x decay^i."""
 
+    name = "netadapt"
     Config = NetAdaptConfig
     config: NetAdaptConfig
-
-    def __init__(self, name: str = "netadapt", **options: Any) -> None:
-        super().__init__(name, **options)
 
     def constraints(self, base_cost: float, target_cost: float, current_cost: Callable[[], float]) -> Iterator[float]:
         # Con_i = Res_i - dR_i, with Res_i the cost of the network the previous iteration chose.

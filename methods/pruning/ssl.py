@@ -27,13 +27,13 @@ import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 import torch
 from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult
-from methods.config import FineTuning, LayerSelection, excluded_layers, fail, finetune_default, option, parse_config
+from methods.config import FineTuning, LayerSelection, excluded_layers, fail, finetune_default, option
 from methods.losses import TrainingStep
 from methods.pruning.filter import layer_policy, structured_metrics
 from methods.pruning.structured import ChannelPruner, channel_plan, save_pruned
@@ -146,11 +146,9 @@ class SSLConfig:
 class StructuredSparsityLearning(CompressionMethod):
     """Wen et al. 2016: group-Lasso training, removal of zeroed filters/channels, fine-tuning."""
 
+    name = "ssl"
     Config = SSLConfig
-
-    def __init__(self, name: str = "ssl", **options: Any) -> None:
-        super().__init__(name)
-        self.config = parse_config(self.Config, options)
+    config: SSLConfig
 
     def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
         baseline = model

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
-from methods.config import option, parse_config
+from methods.config import option
 from methods.pruning.magnitude import MagnitudeConfig, MagnitudePruning
 from methods.quantization.kmeans import (
     SharedLayer,
@@ -77,12 +77,13 @@ class DeepCompressionConfig:
 class DeepCompression(CompressionMethod):
     """Prune + retrain, k-means sharing + centroid fine-tuning, Huffman coding; each stage's size recorded."""
 
+    name = "deep_compression"
     Config = DeepCompressionConfig
+    config: DeepCompressionConfig
 
-    def __init__(self, name: str = "deep_compression", **options: Any) -> None:
-        super().__init__(name)
-        self.config = parse_config(self.Config, options)
-        self.pruning = MagnitudePruning(f"{name}.pruning", **dataclasses.asdict(self.config.pruning))
+    def __init__(self, name: str | None = None, **options: Any) -> None:
+        super().__init__(name, **options)
+        self.pruning = MagnitudePruning(f"{self.name}.pruning", **dataclasses.asdict(self.config.pruning))
 
     def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
         workdir = Path(ctx.workdir)

@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
-from methods.config import FineTuning, LayerSelection, fail, finetune_default, option, parse_config, select_layers
+from methods.config import FineTuning, LayerSelection, fail, finetune_default, option, select_layers
 from methods.storage import StoredState, load_model, load_state_into, register_architecture, save_model, size_metrics
 from methods.storage.codecs import fixed_point_entry, state_entries
 
@@ -282,11 +282,7 @@ class _FixedPointMethod(CompressionMethod):
     """What the static and the dynamic format share: validation, fine-tuning, storage."""
 
     dynamic = False
-    Config: type[FixedPointConfig] | type[DynamicFixedPointConfig]
-
-    def __init__(self, name: str, **options: Any) -> None:
-        super().__init__(name)
-        self.config = parse_config(self.Config, options)
+    config: FixedPointConfig | DynamicFixedPointConfig
 
     # subclasses say how each parameter and each layer input is formatted
     def parameter_format(self, name: str, param: torch.Tensor) -> dict[str, Any]:
@@ -333,11 +329,9 @@ class _FixedPointMethod(CompressionMethod):
 class FixedPoint(_FixedPointMethod):
     """Gupta et al. (2015) ``<IL, FL>`` fixed point for weights, biases and activations."""
 
+    name = "fixed_point"
     Config = FixedPointConfig
     config: FixedPointConfig
-
-    def __init__(self, name: str = "fixed_point", **options: Any) -> None:
-        super().__init__(name, **options)
 
     def parameter_format(self, name: str, param: torch.Tensor) -> dict[str, Any]:
         return {"word_length": self.config.word_length, "fraction_bits": self.config.fraction_bits, "axis": None}
@@ -352,12 +346,9 @@ class DynamicFixedPoint(_FixedPointMethod):
     factor ``2**-FL`` is shared by a group and set from the group's overflow rate."""
 
     dynamic = True
-
+    name = "dynamic_fixed_point"
     Config = DynamicFixedPointConfig
     config: DynamicFixedPointConfig
-
-    def __init__(self, name: str = "dynamic_fixed_point", **options: Any) -> None:
-        super().__init__(name, **options)
 
     def parameter_format(self, name: str, param: torch.Tensor) -> dict[str, Any]:
         c = self.config

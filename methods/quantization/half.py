@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
-from methods.config import option, parse_config
+from methods.config import option
 from methods.storage import StoredState, load_model, load_state_into, register_architecture, save_model
 from methods.storage.codecs import dtype_name, raw_entry
 
@@ -72,11 +72,9 @@ class HalfConfig:
 class HalfPrecision(CompressionMethod):
     """``half``: fp16 or bf16 storage and inference."""
 
+    name = "half"
     Config = HalfConfig
-
-    def __init__(self, name: str = "half", **options: Any) -> None:
-        super().__init__(name)
-        self.config = parse_config(self.Config, options)
+    config: HalfConfig
 
     def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
         if self.config.dtype == "bf16" and ctx.target.executes == "onnx":

@@ -17,12 +17,11 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult
-from methods.config import FineTuning, finetune_default, option, parse_config
+from methods.config import FineTuning, finetune_default, option
 from methods.quantization.kmeans import (
     SharingConfig,
     codebook_bits,
@@ -54,11 +53,9 @@ class HuffmanCoding(CompressionMethod):
     measured, not estimated (``size_fixed_length_bytes``).
     """
 
+    name = "huffman"
     Config = HuffmanConfig
-
-    def __init__(self, name: str = "huffman", **options: Any) -> None:
-        super().__init__(name)
-        self.config = parse_config(self.Config, options)
+    config: HuffmanConfig
 
     def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
         shared = copy.deepcopy(model)

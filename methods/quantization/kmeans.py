@@ -38,7 +38,6 @@ import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -46,7 +45,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
-from methods.config import FineTuning, LayerSelection, finetune_default, option, parse_config, select_layers
+from methods.config import FineTuning, LayerSelection, finetune_default, option, select_layers
 from methods.storage import TensorEntry, load_model, save_model, size_metrics
 from methods.storage.codebook import codebook_entry
 from methods.storage.codecs import state_entries
@@ -262,11 +261,9 @@ def share_weights(model: nn.Module, config: SharingConfig, ctx: CompressionConte
 class KMeansQuantization(CompressionMethod):
     """Per-layer k-means weight sharing (2**bits centroids), centroids fine-tuned, codes bit-packed."""
 
+    name = "kmeans"
     Config = SharingConfig
-
-    def __init__(self, name: str = "kmeans", **options: Any) -> None:
-        super().__init__(name)
-        self.config = parse_config(self.Config, options)
+    config: SharingConfig
 
     def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
         shared_model = copy.deepcopy(model)

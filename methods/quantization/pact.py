@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult
-from methods.config import FineTuning, fail, finetune_default, option, parse_config
+from methods.config import FineTuning, fail, finetune_default, option
 from methods.losses import TrainingStep
 from methods.quantization.fakequant import ActQuantizer
 from methods.quantization.ptq import (
@@ -157,11 +157,9 @@ class PACTConfig(UniformQuantizationConfig):
 class PACT(CompressionMethod):
     """``pact``: learned activation clipping with quantization-aware fine-tuning."""
 
+    name = "pact"
     Config = PACTConfig
-
-    def __init__(self, name: str = "pact", **options: Any) -> None:
-        super().__init__(name)
-        self.config = parse_config(self.Config, options)
+    config: PACTConfig
 
     def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
         calibration = calibration_inputs(ctx.datamodule, self.config.calibration_batches)

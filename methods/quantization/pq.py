@@ -28,14 +28,13 @@ import copy
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
-from methods.config import FineTuning, LayerSelection, finetune_default, option, parse_config, select_layers
+from methods.config import FineTuning, LayerSelection, finetune_default, option, select_layers
 from methods.quantization.kmeans import dense_bytes
 from methods.storage import load_model, save_model, size_metrics
 from methods.storage.codebook import pq_entry, reconstruct
@@ -136,11 +135,9 @@ class PQConfig:
 class ProductQuantization(CompressionMethod):
     """Gong et al. PQ: per layer, ``s`` sub-spaces of ``subvector_length`` columns, ``2**bits`` codewords each."""
 
+    name = "pq"
     Config = PQConfig
-
-    def __init__(self, name: str = "pq", **options: Any) -> None:
-        super().__init__(name)
-        self.config = parse_config(self.Config, options)
+    config: PQConfig
 
     def quantize_layers(self, model: nn.Module, ctx: CompressionContext) -> dict[str, ProductQuantizedLayer]:
         c = self.config

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
-from methods.config import LayerSelection, excluded_layers, option, parse_config
+from methods.config import LayerSelection, excluded_layers, option
 from methods.quantization.fakequant import (
     calibrate,
     fold_batchnorm,
@@ -247,11 +247,9 @@ def _deploy_int8(name: str, decoded: nn.Module, config: UniformQuantizationConfi
 class PostTrainingQuantization(CompressionMethod):
     """``ptq``: uniform affine quantization of a trained model, calibrated, no retraining."""
 
+    name = "ptq"
     Config = UniformQuantizationConfig
-
-    def __init__(self, name: str = "ptq", **options: Any) -> None:
-        super().__init__(name)
-        self.config = parse_config(self.Config, options)
+    config: UniformQuantizationConfig
 
     def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
         calibration = calibration_inputs(ctx.datamodule, self.config.calibration_batches)

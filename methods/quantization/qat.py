@@ -21,12 +21,11 @@ ones later); quantization is active from the first step (no quantization delay).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult
-from methods.config import FineTuning, fail, finetune_default, option, parse_config
+from methods.config import FineTuning, fail, finetune_default, option
 from methods.quantization.ptq import (
     UniformQuantizationConfig,
     calibration_inputs,
@@ -56,11 +55,9 @@ class QATConfig(UniformQuantizationConfig):
 class QuantizationAwareTraining(CompressionMethod):
     """``qat``: fake-quantized fine-tuning of the baseline (Jacob et al. 2018)."""
 
+    name = "qat"
     Config = QATConfig
-
-    def __init__(self, name: str = "qat", **options: Any) -> None:
-        super().__init__(name)
-        self.config = parse_config(self.Config, options)
+    config: QATConfig
 
     def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
         calibration = calibration_inputs(ctx.datamodule, self.config.calibration_batches)
