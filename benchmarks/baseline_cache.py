@@ -2,8 +2,8 @@
 
 The key covers the model (name, factory arguments, the source of its code, the
 pretrained file's digest), the data (dataset config and the checksum of its files),
-the training recipe, the trainer settings that change training, the seed and the
-source of the training loop. Any change retrains; nothing else does.
+the training recipe (less ``recipe.distill*``, which only fine-tunings read), the trainer
+settings that change training, the seed and the source of the training loop. Any change retrains; nothing else does.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 _DATA_KEYS_IGNORED = {"data_dir", "source_dir", "num_workers", "eval_batch_size", "download", "_target_"}
 #: Trainer keys that do not change training.
 _TRAINER_KEYS_IGNORED = {"progress_bar"}
+#: Recipe keys that only shape the methods' fine-tuning (the baseline's own training never distils).
+_RECIPE_KEYS_IGNORED = {"distill", "distill_T", "distill_alpha"}
 
 
 @dataclass
@@ -63,7 +65,7 @@ def baseline_key(
         "pretrained": file_digest(Path(pretrained)) if pretrained else None,
         "dataset": {k: v for k, v in sorted(dataset_cfg.items()) if k not in _DATA_KEYS_IGNORED},
         "data_checksum": data_checksum,
-        "recipe": asdict(recipe),
+        "recipe": {k: v for k, v in asdict(recipe).items() if k not in _RECIPE_KEYS_IGNORED},
         "trainer": {k: v for k, v in asdict(trainer_cfg).items() if k not in _TRAINER_KEYS_IGNORED},
         "seed": seed,
         "training_code": hashlib.sha256(inspect.getsource(training).encode()).hexdigest(),

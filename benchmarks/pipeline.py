@@ -132,9 +132,12 @@ def _run_recorded(cfg: DictConfig, recipe: RecipeConfig, trainer_cfg: TrainerCon
     workdir = Path(cfg.paths.output_root) / "work" / recorder.run_id
     with stage(f"method {cfg.method.name}"):
         method = instantiate(cfg.method, _convert_="all")
+        losses: list[str] = []  # what each fine-tuning minimised (recipe.distill, or the method's own loss)
         ctx = make_context(datamodule, target, recipe, trainer_cfg, seed, workdir,
-                           logger=_training_logger(cfg, recorder, "finetune"), callbacks=callbacks)
+                           logger=_training_logger(cfg, recorder, "finetune"), callbacks=callbacks,
+                           baseline=baseline.model, on_finetune=losses.append)
         result: CompressionResult = method.compress(copy.deepcopy(baseline.model), ctx)
+        recorder.tags({"finetune_loss": " | ".join(dict.fromkeys(losses)) or "none (no fine-tuning)"})
 
     split, selection_split = cfg.evaluation.split, cfg.evaluation.selection_split
     with stage("evaluate"):

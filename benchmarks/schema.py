@@ -14,8 +14,12 @@ from typing import Any, TypeVar, cast
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from methods.distillation.losses import RECOVERY_LOSSES
+
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "cosine", "multistep")
+#: ``recipe.distill``: the loss of every method's fine-tuning, distilled from the baseline (or none: cross-entropy)
+DISTILL_LOSSES = ("none", *RECOVERY_LOSSES)
 
 
 class ConfigError(ValueError):
@@ -41,6 +45,10 @@ class RecipeConfig:
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
     gamma: float = 0.1
     label_smoothing: float = 0.0
+    #: fine-tunings (never the baseline's training) distil from the baseline: none, kd or mimic
+    distill: str = "none"
+    distill_T: float = 4.0
+    distill_alpha: float = 0.9
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 0, "recipe.epochs", f"must be >= 0, got {self.epochs}")
@@ -51,6 +59,9 @@ class RecipeConfig:
         _require(self.weight_decay >= 0, "recipe.weight_decay", f"must be >= 0, got {self.weight_decay}")
         _require(all(0 < m < 1 for m in self.milestones), "recipe.milestones", "are fractions of training, each in (0, 1)")
         _require(0 <= self.label_smoothing < 1, "recipe.label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
+        _require(self.distill in DISTILL_LOSSES, "recipe.distill", f"unknown loss {self.distill!r}; choose one of {DISTILL_LOSSES}")
+        _require(self.distill_T > 0, "recipe.distill_T", f"the temperature must be > 0, got {self.distill_T}")
+        _require(0 <= self.distill_alpha <= 1, "recipe.distill_alpha", f"must be in [0, 1], got {self.distill_alpha}")
 
 
 @dataclass
