@@ -332,15 +332,19 @@ def test_the_run_records_the_fine_tuning_loss_and_distilling_keeps_the_baseline(
     run(first)
     run(compose_cfg(*TINY, "+method=magnitude", "method.finetune.epochs=0.25", "recipe.distill=kd"))
     run(compose_cfg(*TINY, "+method=kd", "method.finetune.epochs=2"))
+    run(compose_cfg(*TINY, "+method=mimic", "method.finetune.epochs=0.25"))  # the yamls' defaults fit LeNet-5
+    run(compose_cfg(*TINY, "+method=fitnets", "method.hint.epochs=0.25", "method.finetune.epochs=0.25"))
     mlflow.set_tracking_uri(first.logger.tracking_uri)
     runs = mlflow.search_runs(experiment_names=[first.logger.experiment_name], output_format="list",
                               order_by=["attributes.start_time ASC"])
     tags = [r.data.tags for r in runs]
-    assert [t["baseline_origin"] for t in tags] == ["trained", "cache", "cache"]  # distilling retrains no baseline
+    assert [t["baseline_origin"] for t in tags] == ["trained", *["cache"] * 4]  # distilling retrains no baseline
     assert len({t["baseline_key"] for t in tags}) == 1
     assert tags[0]["finetune_loss"] == "none (no fine-tuning)"
     assert tags[1]["finetune_loss"] == "HintonKD(T=4.0, alpha=0.9, label_smoothing=0.0)"
     assert tags[2]["finetune_loss"] == "HintonKD(T=4.0, alpha=0.9, label_smoothing=0.0)"
+    assert tags[3]["finetune_loss"] == "LogitMimic()"
+    assert tags[4]["finetune_loss"] == "HintLoss() | HintonKD(T=4.0, alpha=0.9, label_smoothing=0.0)"
     student = runs[2].data.metrics  # the stored student (lenet_300_100), decoded and evaluated
     assert student["params"] == student["method_student_params"] == 266_610
     assert 4 * 266_610 < student["stored_bytes"] < 4 * 266_610 + 1024  # fp32 tensors and a header, no teacher

@@ -127,7 +127,7 @@ def _student(template: nn.Module, state: StoredState) -> nn.Module:
 class Distillation(CompressionMethod):
     """A student trained from scratch against a frozen teacher; subclasses give the loss (or the stages)."""
 
-    config: Any  # a DistillationConfig
+    config: DistillationConfig
 
     @abstractmethod
     def task_loss(self) -> LossTerm:
