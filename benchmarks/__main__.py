@@ -27,7 +27,7 @@ def _quiet_libraries() -> None:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | tuple[float, ...]:
     _quiet_libraries()
     return run(cfg)
 

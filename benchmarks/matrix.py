@@ -35,7 +35,7 @@ import sys
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,8 @@ def compose_params(overrides: list[str]) -> dict[str, Any]:
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         cfg = compose(config_name=PARAMS_CONFIG, overrides=overrides)
-    params = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(params, dict)
+    # a mapping node's container is a dict with the yaml's string keys
+    params = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
     validate(params["bench"])
     return params
 

@@ -181,7 +181,7 @@ def _shape(value: Any) -> tuple[int, ...]:
 def _conv_padding(module: nn.Conv2d) -> tuple[int, int]:
     if module.padding == "same":
         return _pair(tuple((k - 1) * d // 2 for k, d in zip(module.kernel_size, module.dilation, strict=True)))
-    if module.padding == "valid":
+    if isinstance(module.padding, str):  # "valid", the other padding torch names
         return (0, 0)
     return _pair(module.padding)
 

@@ -194,8 +194,9 @@ class ResNetSpace:
         }
 
     def build(self, config: dict[str, Any]) -> nn.Module:
-        layers: list[nn.Module] = [conv_bn_act(3, config["stem"], 3, 1)]
-        layers[0][2] = nn.ReLU(inplace=True)
+        stem = conv_bn_act(3, config["stem"], 3, 1)
+        stem[2] = nn.ReLU(inplace=True)
+        layers: list[nn.Module] = [stem]
         cin = config["stem"]
         for stage in config["stages"]:
             for index, block in enumerate(stage["blocks"]):

@@ -51,6 +51,7 @@ def test_search_space_from_preset_and_command_line() -> None:
     ({}, "search space is empty"),
     ({"method.sparsity": "interval(0.9, 0.5)"}, "needs low < high"),
     ({"method.scope": "range(3, 3)"}, "empty range"),
+    ({"method.layers.exclude": "choice([fc1], [fc1, fc2])"}, "not all plain values"),
 ])
 def test_bad_search_space_is_refused(params: dict[str, str], message: str) -> None:
     # by name: Hydra's plugin scan re-executes plugin modules, so the class object may be a new one

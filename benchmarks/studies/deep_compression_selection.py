@@ -135,8 +135,8 @@ def _stages(label: str, entry: str, run: dict[str, Any]) -> list[str]:
 
 def reproductions(paper: dict[str, Any], runs: dict[str, dict[str, Any]]) -> str:
     """results/reproductions.md: the paper's Table 1 beside the run chosen for each network."""
-    chosen = choose(runs, COMPRESSION_GOAL)
-    missing = [network for network in paper["networks"] if not chosen.get(network)]
+    chosen = {network: entry for network, entry in choose(runs, COMPRESSION_GOAL).items() if entry}
+    missing = [network for network in paper["networks"] if network not in chosen]
     if missing:
         raise ValueError(f"{RUNS.name}: no run of {missing} reaches {COMPRESSION_GOAL:g}x; run the study "
                          "(python -m benchmarks.studies.quantization_codebook --help)")

@@ -29,7 +29,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import timm
 import torch
@@ -51,8 +51,18 @@ OUT = ROOT / "outputs" / "quantization_codebook"
 #: the fixed-point figures behind results/quantization_fixed_point.md (python -m benchmarks.studies.report)
 FIXED_POINT_JSON = ROOT / "results" / "quantization_fixed_point.json"
 FIXED_POINT_WORD = 16  #: bits of every fixed-point word of the study
-#: Issue 5's fixed-point goal: <4,12> with stochastic rounding, fine-tuned, within this many points of float
-FIXED_POINT_GOAL = {"fraction_bits": 12, "rounding": "stochastic", "points": 0.2}
+
+
+class FixedPointGoal(NamedTuple):
+    """A fixed-point format and rounding that, fine-tuned, should stay within ``points`` of float top-1."""
+
+    fraction_bits: int
+    rounding: str
+    points: float
+
+
+#: Issue 5's fixed-point goal: <4,12> with stochastic rounding, fine-tuned, within 0.2 point of float
+FIXED_POINT_GOAL = FixedPointGoal(fraction_bits=12, rounding="stochastic", points=0.2)
 
 
 def context(workdir: Path, seed: int):
@@ -154,14 +164,14 @@ def _fixed_point_reading(run: dict[str, Any], float_top1: float) -> list[str]:
     """What the rows show: the goal row against float, and for every narrower format what fine-tuning
     under each rounding did to the rounded model."""
     goal = FIXED_POINT_GOAL
-    best = _fixed_point_row(run, goal["fraction_bits"], goal["rounding"], tuned=True)
+    best = _fixed_point_row(run, goal.fraction_bits, goal.rounding, tuned=True)
     lines = ["Reading (computed from the rows above):"]
     if best is not None:
         gap = best["test_top1"] - float_top1
-        lines.append(f"- Goal (issue 5): <{FIXED_POINT_WORD - goal['fraction_bits']},{goal['fraction_bits']}> with "
-                     f"{goal['rounding']} rounding, fine-tuned, within {goal['points']} point of float: {gap:+.2f} "
-                     f"point, **{'met' if abs(gap) <= goal['points'] else 'not met'}**.")
-    for fl in sorted({r["fraction_bits"] for r in run["rows"] if "fraction_bits" in r} - {goal["fraction_bits"]}):
+        lines.append(f"- Goal (issue 5): <{FIXED_POINT_WORD - goal.fraction_bits},{goal.fraction_bits}> with "
+                     f"{goal.rounding} rounding, fine-tuned, within {goal.points} point of float: {gap:+.2f} "
+                     f"point, **{'met' if abs(gap) <= goal.points else 'not met'}**.")
+    for fl in sorted({r["fraction_bits"] for r in run["rows"] if "fraction_bits" in r} - {goal.fraction_bits}):
         rounded = _fixed_point_row(run, fl, "nearest", tuned=False)
         nearest, stochastic = (_fixed_point_row(run, fl, rounding, tuned=True) for rounding in ("nearest", "stochastic"))
         if rounded is None or nearest is None or stochastic is None:
@@ -203,7 +213,7 @@ def fixed_point_markdown(run: dict[str, Any]) -> str:
         cells = [f"<{word - fl},{fl}>" if fl else "float32", row.get("rounding", "—"),
                  f"{row['finetune_epochs']} epoch" if row["finetune_epochs"] else "no", f"{row['test_top1']:.2f}",
                  f"{row['test_top1'] - float_top1:+.2f}" if row is not rows[0] else "—"]
-        if fl == goal["fraction_bits"] and row["rounding"] == goal["rounding"] and row["finetune_epochs"]:
+        if fl == goal.fraction_bits and row["rounding"] == goal.rounding and row["finetune_epochs"]:
             cells = [f"**{cell}**" for cell in cells]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", *_fixed_point_reading(run, float_top1), "",

@@ -33,7 +33,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -44,7 +44,13 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalChoiceType,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 from optuna.trial import TrialState
 
 from benchmarks.splits import TestSplitObjectiveError, check_objectives
@@ -60,6 +66,16 @@ class SweepSpecError(ValueError):
 
 
 # -- the search space -----------------------------------------------------------------------
+def categorical(key: str, choices: list[Any]) -> CategoricalDistribution:
+    """Optuna's categorical distribution over ``choices``, which must be None, bool, int, float or str
+    (what Optuna stores and compares; it only warns about the rest)."""
+    plain: list[CategoricalChoiceType] = [c for c in choices if c is None or isinstance(c, (bool, int, float, str))]
+    if len(plain) != len(choices):
+        raise SweepSpecError(f"sweep param {key!r}: the options {choices} are not all plain values (None, bool, int, "
+                             "float or str); search a list or mapping through a config group instead")
+    return CategoricalDistribution(plain)
+
+
 def distribution_of(override: Override) -> BaseDistribution | None:
     """Hydra sweep expression -> Optuna distribution (None: a fixed value, not searched)."""
     key = override.get_key_element()
@@ -68,15 +84,16 @@ def distribution_of(override: Override) -> BaseDistribution | None:
         choices = [v for v in override.sweep_iterator(transformer=lambda v: v)]
         if not choices:
             raise SweepSpecError(f"sweep param {key!r}: choice() needs at least one option")
-        return CategoricalDistribution(choices)
+        return categorical(key, choices)
     if isinstance(value, RangeSweep):
         values = list(override.sweep_iterator(transformer=lambda v: v))
         if not values:
             raise SweepSpecError(f"sweep param {key!r}: {override.input_line} is an empty range")
-        if all(isinstance(v, int) for v in values):
+        ints = [v for v in values if isinstance(v, int)]
+        if len(ints) == len(values):
             step = int(value.step or 1)
-            return IntDistribution(min(values), max(values), step=abs(step))
-        return CategoricalDistribution(values)
+            return IntDistribution(min(ints), max(ints), step=abs(step))
+        return categorical(key, values)
     if isinstance(value, IntervalSweep):
         low, high = value.start, value.end
         if low is None or high is None or not low < high:
@@ -100,6 +117,7 @@ def parse_space(params: dict[str, Any], arguments: Sequence[str]) -> tuple[dict[
         key = override.get_key_element()
         distribution = distribution_of(override)
         if distribution is None:
+            assert override.input_line is not None  # the parser keeps every override's text
             fixed[key] = override.input_line
             space.pop(key, None)
         else:
@@ -157,13 +175,25 @@ def worker_is_dead(worker: str | None) -> bool:
 
 
 # -- the sweeper ----------------------------------------------------------------------------
+Direction = Literal["maximize", "minimize"]
+
+
+def _direction(value: Any) -> Direction:
+    """One entry of ``hydra.sweeper.direction``."""
+    if str(value) == "maximize":
+        return "maximize"
+    if str(value) == "minimize":
+        return "minimize"
+    raise SweepSpecError(f"hydra.sweeper.direction: {str(value)!r} is neither 'maximize' nor 'minimize'")
+
+
 class OptunaSweeper(Sweeper):
     def __init__(self, study_name: str, storage: Any, direction: Any, objectives: Any, n_trials: int, n_jobs: int,
                  max_retry: int, heartbeat_interval_s: int, grace_period_s: int, sampler: Any, pruner: Any,
                  prune_monitor: str, params: Any, results_dir: Any) -> None:
         self.study_name = str(study_name)
         self.storage_url = None if storage is None else str(storage)
-        self.directions = [str(d) for d in direction] if isinstance(direction, (list, ListConfig)) else [str(direction)]
+        self.directions = [_direction(d) for d in (direction if isinstance(direction, (list, ListConfig)) else [direction])]
         self.objectives = [str(o) for o in objectives] if isinstance(objectives, (list, ListConfig)) else [str(objectives)]
         self.n_trials = int(n_trials)
         self.n_jobs = int(n_jobs)
@@ -173,7 +203,9 @@ class OptunaSweeper(Sweeper):
         self.sampler_cfg = sampler
         self.pruner_cfg = pruner
         self.prune_monitor = str(prune_monitor)
-        self.params = OmegaConf.to_container(params, resolve=False) if isinstance(params, DictConfig) else params
+        # a mapping node's container is a dict with the yaml's string keys
+        self.params = (cast(dict[str, Any], OmegaConf.to_container(params, resolve=False)) if isinstance(params, DictConfig)
+                       else dict(params or {}))
         self.results_dir = None if results_dir is None else Path(str(results_dir))
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
@@ -182,9 +214,6 @@ class OptunaSweeper(Sweeper):
         self._check_settings()
 
     def _check_settings(self) -> None:
-        for direction in self.directions:
-            if direction not in ("maximize", "minimize"):
-                raise SweepSpecError(f"hydra.sweeper.direction: {direction!r} is neither 'maximize' nor 'minimize'")
         if len(self.objectives) != len(self.directions):
             raise SweepSpecError(f"hydra.sweeper.objectives {self.objectives} needs one entry per direction "
                                  f"{self.directions}")

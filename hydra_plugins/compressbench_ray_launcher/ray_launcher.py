@@ -20,7 +20,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
@@ -53,11 +53,17 @@ def _run_one(hydra_context: HydraContext, config: DictConfig, task_function: Tas
                    job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
 
 
+def _keywords(setting: Any) -> dict[str, Any]:
+    """A launcher setting (the yaml's mapping, interpolations resolved) as keyword arguments."""
+    if isinstance(setting, DictConfig):  # a mapping node: its container is a dict with the yaml's string keys
+        return cast(dict[str, Any], OmegaConf.to_container(setting, resolve=True))
+    return dict(setting)
+
+
 class RayLauncher(Launcher):
     def __init__(self, init: Any, remote: Any) -> None:
-        self.init_args = OmegaConf.to_container(init, resolve=True) if isinstance(init, DictConfig) else dict(init)
-        self.remote_args = OmegaConf.to_container(remote, resolve=True) if isinstance(remote, DictConfig) \
-            else dict(remote)
+        self.init_args = _keywords(init)
+        self.remote_args = _keywords(remote)
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None

@@ -31,7 +31,7 @@ import copy
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.fx
@@ -70,6 +70,9 @@ class ActQuantizer(nn.Module):
     and passes values through, ``"quantize"`` fake-quantizes. With ``ema`` set, training-mode
     forwards also update the range as an exponential moving average (Jacob et al., Sec. 3).
     """
+
+    scale: torch.Tensor
+    zero_point: torch.Tensor
 
     def __init__(self, scheme: QuantScheme, observer: str = "minmax", observer_kwargs: dict[str, Any] | None = None,
                  ema: float | None = None) -> None:
@@ -119,6 +122,9 @@ class ActQuantizer(nn.Module):
 class WeightQuantizer(nn.Module):
     """Fake-quantizes a weight: parameters recomputed from the weight at every forward (training),
     or fixed once :meth:`freeze` has been called (inference, decoded models)."""
+
+    scale: torch.Tensor
+    zero_point: torch.Tensor
 
     def __init__(self, scheme: QuantScheme, observer: str = "minmax", observer_kwargs: dict[str, Any] | None = None,
                  channels: int = 1) -> None:
@@ -179,9 +185,32 @@ class _QuantLayerMixin:
         return self.weight_quantizer.scheme.bits
 
     @property
+    def act_scheme(self) -> QuantScheme | None:
+        """The input quantizer's scheme; None where the inputs stay float."""
+        scheme = getattr(self.input_quantizer, "scheme", None)
+        return scheme if isinstance(scheme, QuantScheme) else None
+
+    @property
     def act_bits(self) -> int:
-        q = self.input_quantizer
-        return q.scheme.bits if isinstance(q, ActQuantizer) or hasattr(q, "scheme") else 32
+        scheme = self.act_scheme
+        return 32 if scheme is None else scheme.bits
+
+
+def _two(size: tuple[int, ...]) -> tuple[int, int]:
+    """A Conv2d size attribute as the pair it always is (torch types it ``tuple[int, ...]``)."""
+    first, second = size
+    return first, second
+
+
+ConvT = TypeVar("ConvT", bound=nn.Conv2d)
+
+
+def conv2d_like(cls: type[ConvT], conv: nn.Conv2d) -> ConvT:
+    """A new ``cls`` with ``conv``'s channels, geometry and bias flag (its weights are the caller's to set)."""
+    padding = conv.padding if isinstance(conv.padding, str) else _two(conv.padding)
+    return cls(conv.in_channels, conv.out_channels, _two(conv.kernel_size), stride=_two(conv.stride), padding=padding,
+               dilation=_two(conv.dilation), groups=conv.groups, bias=conv.bias is not None,
+               padding_mode=conv.padding_mode)
 
 
 class QuantConv2d(_QuantLayerMixin, nn.Conv2d):
@@ -189,8 +218,7 @@ class QuantConv2d(_QuantLayerMixin, nn.Conv2d):
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, weight_quantizer: WeightQuantizer, input_quantizer: nn.Module) -> QuantConv2d:
-        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
-                  dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode)
+        new = conv2d_like(cls, conv)
         new.weight = conv.weight
         new.bias = conv.bias
         new.weight_quantizer = weight_quantizer
@@ -218,9 +246,10 @@ class QuantLinear(_QuantLayerMixin, nn.Linear):
 
 
 QUANT_LAYERS = (QuantConv2d, QuantLinear)
+QuantLayer = QuantConv2d | QuantLinear
 
 
-def quant_layers(model: nn.Module) -> dict[str, _QuantLayerMixin]:
+def quant_layers(model: nn.Module) -> dict[str, QuantLayer]:
     """The fake-quantized layers of ``model`` by module name."""
     return {name: m for name, m in model.named_modules() if isinstance(m, QUANT_LAYERS)}
 
@@ -255,11 +284,14 @@ def find_conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
 @torch.no_grad()
 def fold_batchnorm(model: nn.Module, pairs: Iterable[tuple[str, str]] | None = None) -> list[tuple[str, str]]:
     """Fold each BN into its conv in place (the BN becomes ``nn.Identity``); return the pairs."""
-    pairs = find_conv_bn_pairs(model) if pairs is None else [tuple(p) for p in pairs]
+    pairs = find_conv_bn_pairs(model) if pairs is None else [(conv, bn) for conv, bn in pairs]
     for conv_name, bn_name in pairs:
         conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
         if not isinstance(conv, nn.Conv2d) or not isinstance(bn, nn.BatchNorm2d):
             raise QuantizationError(f"cannot fold {bn_name!r} into {conv_name!r}: not a Conv2d followed by BatchNorm2d")
+        if bn.running_mean is None or bn.running_var is None:
+            raise QuantizationError(f"cannot fold {bn_name!r} into {conv_name!r}: it keeps no running statistics "
+                                    "(track_running_stats=False)")
         std = torch.sqrt(bn.running_var + bn.eps)
         gamma = bn.weight if bn.affine else torch.ones_like(std)
         beta = bn.bias if bn.affine else torch.zeros_like(std)
@@ -350,11 +382,17 @@ def prepare(model: nn.Module, plan: dict[str, dict[str, Any]]) -> nn.Module:
     """Replace the planned conv/linear layers of ``model`` (in place) by fake-quant layers."""
     for name, spec in plan.items():
         module = model.get_submodule(name)
+        if not isinstance(module, (nn.Conv2d, nn.Linear)):
+            raise QuantizationError(f"the plan quantizes {name!r}, a {type(module).__name__}: only conv/linear layers")
         channels = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
         wq = _quantizer_from(spec["weight"], "weight", channels=channels)
+        if not isinstance(wq, WeightQuantizer):  # the stored file holds its scale, zero-point and integers
+            raise QuantizationError(f"weight quantizer {spec['weight']['quantizer']!r} builds a {type(wq).__name__}; "
+                                    "a weight quantizer must be a WeightQuantizer")
         aq = nn.Identity() if spec["act"] is None else _quantizer_from(spec["act"], "act", ema=spec["act"].get("ema"))
-        cls = QuantConv2d if isinstance(module, nn.Conv2d) else QuantLinear
-        model.set_submodule(name, cls.from_float(module, wq, aq))
+        layer = (QuantConv2d.from_float(module, wq, aq) if isinstance(module, nn.Conv2d)
+                 else QuantLinear.from_float(module, wq, aq))
+        model.set_submodule(name, layer)
     return model
 
 

@@ -161,6 +161,8 @@ class SharedWeights(nn.Module):
     (Deep Compression, Sec. 3.3).
     """
 
+    codes: torch.Tensor
+
     def __init__(self, layer: SharedLayer) -> None:
         super().__init__()
         self.register_buffer("codes", layer.codes.reshape(layer.shape).clone())
@@ -183,7 +185,7 @@ def attach_shared(module: nn.Module, layer: SharedLayer) -> None:
 
 def detach_shared(module: nn.Module, layer: SharedLayer) -> None:
     """Read the trained centroids back into ``layer`` and make the weight a plain tensor again."""
-    layer.centroids = module.parametrizations.weight.original.detach().clone().float()
+    layer.centroids = module.get_parameter("parametrizations.weight.original").detach().clone().float()
     parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
 
 

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.quantization.fakequant import ActQuantizer, QuantConv2d, quant_layers
+from methods.quantization.fakequant import ActQuantizer, QuantConv2d, conv2d_like, quant_layers
 from methods.quantization.uniform import QuantizationError
 
 log = logging.getLogger(__name__)
@@ -53,9 +53,7 @@ def dequantized_float_model(model: nn.Module) -> nn.Module:
         with torch.no_grad():
             weight = layer.weight_quantizer(layer.weight).detach().clone()
         if isinstance(layer, QuantConv2d):
-            new: nn.Module = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
-                                       layer.padding, layer.dilation, layer.groups, layer.bias is not None,
-                                       layer.padding_mode)
+            new: nn.Module = conv2d_like(nn.Conv2d, layer)
         else:
             new = nn.Linear(layer.in_features, layer.out_features, layer.bias is not None)
         new.weight = nn.Parameter(weight)
@@ -172,13 +170,14 @@ def check_int8(model: nn.Module) -> None:
     accuracy shows the damage (set ``reduce_range`` to avoid it).
     """
     for name, layer in quant_layers(model).items():
-        if layer.weight_bits > 8 or layer.act_bits > 8:
+        act = layer.act_scheme
+        if layer.weight_bits > 8 or act is None or act.bits > 8:
             raise QuantizationError(
                 f"layer {name!r} is {layer.weight_bits}-bit weights / {layer.act_bits}-bit activations: ONNX Runtime's "
                 "CPU provider has integer kernels for 8 bits only; set bits <= 8 and act_bits <= 8 to deploy"
             )
         wq = layer.weight_quantizer.scheme.qrange()
-        aq = layer.input_quantizer.scheme.qrange()  # type: ignore[union-attr]
+        aq = act.qrange()
         if int8_saturates(max(abs(wq[0]), abs(wq[1])), aq[1] - aq[0]):
             log.warning("layer %r: 8-bit weights x 8-bit activations saturate int16 on this CPU (no VNNI); "
                         "use reduce_range to deploy exactly", name)

@@ -106,6 +106,8 @@ def product_quantize(name: str, weight: torch.Tensor, bits: int, subvector_lengt
 class _ProductWeights(nn.Module):
     """Parametrization ``weight = reconstruct(codebooks, codes)``: the codebooks are trained."""
 
+    codes: torch.Tensor
+
     def __init__(self, layer: ProductQuantizedLayer) -> None:
         super().__init__()
         self.register_buffer("codes", layer.codes.clone())
@@ -166,7 +168,7 @@ class ProductQuantization(CompressionMethod):
                 ctx.finetune(work, self.config.finetune.epochs, lr=self.config.finetune.lr)
         finally:
             for name, layer in layers.items():
-                layer.codebooks = modules[name].parametrizations.weight.original.detach().clone().float()
+                layer.codebooks = modules[name].get_parameter("parametrizations.weight.original").detach().clone().float()
                 parametrize.remove_parametrizations(modules[name], "weight", leave_parametrized=True)
         path = Path(ctx.workdir) / "pq.cbm"
         encoded = {layer.name: pq_entry(layer.name, layer.shape, layer.codebooks, layer.codes, layer.bits)
