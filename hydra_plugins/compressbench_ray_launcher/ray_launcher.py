@@ -1,7 +1,7 @@
 """Hydra jobs as Ray tasks, on a running Ray cluster (``address``) or one started for the sweep.
 
-Why our own: ``hydra-ray-launcher`` 1.2.2 pins ``cloudpickle==2.2.1`` while joblib (scikit-
-learn's) needs cloudpickle 3, so the project's one install command cannot hold both.
+Why our own: ``hydra-ray-launcher`` 1.2.2 pins ``cloudpickle==2.2.1`` while joblib (mlflow's,
+through scikit-learn) needs cloudpickle 3, so the project's one install command cannot hold both.
 This launcher does what that one does for a cluster that already exists: compose every
 job's config here, run ``hydra.core.utils.run_job`` in a Ray task with the job's share of
 CPUs, return the ``JobReturn``s in order (a failed job's exception travels back and the
