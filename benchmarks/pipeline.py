@@ -158,10 +158,11 @@ def _run_recorded(cfg: DictConfig, recipe: RecipeConfig, trainer_cfg: TrainerCon
     )
     recorded = {**report.metrics(), **comparison(report, base_report)}
     objectives = list(cfg.get("objectives") or [DEFAULT_OBJECTIVE])
-    unknown = [name for name in objectives if recorded.get(name) is None]
+    found = {name: value for name in objectives if (value := recorded.get(name)) is not None}
+    unknown = [name for name in objectives if name not in found]
     if unknown:
         raise ValueError(f"objectives {unknown} are not metrics of this run; choose from {sorted(recorded)}")
-    values = tuple(float(recorded[name]) for name in objectives)
+    values = tuple(float(found[name]) for name in objectives)
     return values if cfg.get("objectives") else values[0]
 
 
