@@ -185,7 +185,9 @@ class LocalCPU(MeasuredTarget):
             "interop_threads": torch.get_num_interop_threads(),
         }
 
-    def measure(self, model, input_shape, deployable=None):
+    def measure(
+        self, model: nn.Module, input_shape: tuple[int, ...], deployable: Path | None = None
+    ) -> tuple[TimingResult, dict[str, Any]]:
         cpu_model = _on_device(model, torch.device("cpu"))
         x = torch.randn(input_shape)
         with torch_threads(self.threads), _eval_mode(cpu_model), torch.no_grad():
@@ -336,7 +338,9 @@ class OnnxRuntimeCPU(MeasuredTarget):
         options.log_severity_level = 3
         return ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
 
-    def measure(self, model, input_shape, deployable=None):
+    def measure(
+        self, model: nn.Module, input_shape: tuple[int, ...], deployable: Path | None = None
+    ) -> tuple[TimingResult, dict[str, Any]]:
         import numpy as np
 
         with tempfile.TemporaryDirectory(prefix="hw_onnx_") as tmp:
@@ -396,7 +400,9 @@ class CUDA(MeasuredTarget):
             "capability": ".".join(map(str, torch.cuda.get_device_capability(self.device))),
         }
 
-    def measure(self, model, input_shape, deployable=None):
+    def measure(
+        self, model: nn.Module, input_shape: tuple[int, ...], deployable: Path | None = None
+    ) -> tuple[TimingResult, dict[str, Any]]:
         gpu_model = _on_device(model, self.device)
         x = torch.randn(input_shape, device=self.device)
 
