@@ -138,6 +138,14 @@ class ImageDataModule(L.LightningDataModule):
         )
         self.checksum = self.prepared.checksum
 
+    def prepared_data(self) -> PreparedData:
+        """The verified local copy; :meth:`prepare_data` finds it first where it has not run (one process)."""
+        if self.prepared is None:
+            self.prepare_data()
+        if self.prepared is None:
+            raise RuntimeError(f"{type(self).__name__}.prepare_data() left .prepared unset")
+        return self.prepared
+
     def _build_cache(self, raw_dir: Path, folder: Path) -> list[Path]:
         """Turn the verified raw files into derived files in ``folder`` (default: none)."""
         return []
@@ -149,12 +157,11 @@ class ImageDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.data_train is not None:
             return
-        if self.prepared is None:
-            self.prepare_data()
+        self.prepared_data()
         splits = self._load_splits()
         self.classes = tuple(splits.classes)
         self.num_classes = len(self.classes)
-        self.input_shape = tuple(splits.input_shape)  # type: ignore[assignment]
+        self.input_shape = splits.input_shape
 
         if splits.val is None:
             n_train = _size(splits.train)
@@ -202,6 +209,12 @@ class ImageDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
+
+
+def image_shape(images: torch.Tensor) -> tuple[int, int, int]:
+    """(channels, height, width) of an NCHW image batch."""
+    _, channels, height, width = images.shape
+    return int(channels), int(height), int(width)
 
 
 def check_sample_count(name: str, split: str, count: int, where: Path) -> None:

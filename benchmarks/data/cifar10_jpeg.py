@@ -26,7 +26,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmarks.data.base import IMAGENET_MEAN, IMAGENET_STD, ImageDataModule, Splits, check_sample_count
+from benchmarks.data.base import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageDataModule,
+    Splits,
+    check_sample_count,
+    image_shape,
+)
 from benchmarks.data.errors import DataFormatError
 from benchmarks.data.sources import get_source
 from benchmarks.data.tensors import InMemoryImageDataset, PadCropFlip, black_fill, normalise_uint8
@@ -94,12 +101,13 @@ class CIFAR10JPEGDataModule(ImageDataModule):
             check_sample_count(self.name, split, len(arrays[f"{split}_labels"]), source)
         target = folder / ARRAYS_NAME
         partial = folder / (ARRAYS_NAME + ".partial.npz")
+        # the keys are array names; mypy sees that one of them could be savez's allow_pickle (a bool)
         np.savez(partial, **arrays)  # type: ignore[arg-type]
         partial.replace(target)
         return [target]
 
     def _load_splits(self) -> Splits:
-        folder = self.prepared.folder  # type: ignore[union-attr]
+        folder = self.prepared_data().folder
         with np.load(folder / ARRAYS_NAME) as arrays:
             classes = tuple(str(c) for c in arrays["classes"])
             datasets = {}
@@ -116,5 +124,5 @@ class CIFAR10JPEGDataModule(ImageDataModule):
             val=None,
             test=datasets["test"],
             classes=classes,
-            input_shape=tuple(train_eval.images.shape[1:]),  # type: ignore[arg-type]
+            input_shape=image_shape(train_eval.images),
         )

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.data.base import ImageDataModule, Splits, check_sample_count
+from benchmarks.data.base import ImageDataModule, Splits, check_sample_count, image_shape
 from benchmarks.data.errors import DataFormatError
 from benchmarks.data.tensors import InMemoryImageDataset, normalise_uint8
 
@@ -72,7 +72,7 @@ class IdxDataModule(ImageDataModule):
     class_names: tuple[str, ...] = ()
 
     def _read_split(self, prefix: str) -> InMemoryImageDataset:
-        raw = self.prepared.raw_dir  # type: ignore[union-attr]
+        raw = self.prepared_data().raw_dir
         images = read_idx_images(raw / f"{prefix}-images-idx3-ubyte.gz")
         labels = read_idx_labels(raw / f"{prefix}-labels-idx1-ubyte.gz")
         if len(images) != len(labels):
@@ -92,7 +92,7 @@ class IdxDataModule(ImageDataModule):
             val=None,
             test=test,
             classes=self.class_names,
-            input_shape=tuple(train.images.shape[1:]),  # type: ignore[arg-type]
+            input_shape=image_shape(train.images),
         )
 
 
