@@ -105,7 +105,7 @@ def run(cfg: DictConfig) -> float | tuple[float, ...]:
     logger_cfg = cfg.logger
     with mlflow_run(logger_cfg.tracking_uri, logger_cfg.experiment_name, logger_cfg.artifact_location,
                     logger_cfg.run_name, tags) as recorder:
-        recorder.params(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+        recorder.params(cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True)))  # the config's mapping
         recorder.text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         return _run_recorded(cfg, recipe, trainer_cfg, seed, recorder)
 

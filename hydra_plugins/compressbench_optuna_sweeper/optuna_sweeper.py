@@ -147,7 +147,10 @@ def sample_value(distribution: BaseDistribution) -> Any:
     """A value inside the distribution, to check an override composes before any trial runs."""
     if isinstance(distribution, CategoricalDistribution):
         return distribution.choices[0]
-    return distribution.low  # type: ignore[attr-defined]
+    if isinstance(distribution, (IntDistribution, FloatDistribution)):
+        return distribution.low
+    raise SweepSpecError(f"no sample value for a {type(distribution).__name__}: parse_space builds categorical, "
+                         "int and float distributions only")
 
 
 # -- worker liveness ------------------------------------------------------------------------

@@ -36,7 +36,8 @@ def best_trials(study: optuna.Study) -> list[FrozenTrial]:
     if len(study.directions) > 1:
         return sorted(study.best_trials, key=lambda t: t.number)
     sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
-    return sorted(complete, key=lambda t: sign * float(t.value))  # type: ignore[arg-type]
+    ranked = sorted(((sign * t.value, t) for t in complete if t.value is not None), key=lambda pair: pair[0])
+    return [t for _, t in ranked]
 
 
 def write_report(study: optuna.Study, objectives: list[str], results_dir: Path | None) -> list[str]:
