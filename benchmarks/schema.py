@@ -9,12 +9,15 @@ Method and hardware nodes are validated by their own classes' constructors.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from methods.distillation.losses import RECOVERY_LOSSES
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "cosine", "multistep")
@@ -88,12 +91,12 @@ class TrainerConfig:
         _require(self.log_every_n_steps >= 1, "trainer.log_every_n_steps", "must be >= 1")
 
 
-S = TypeVar("S")
+S = TypeVar("S", bound="DataclassInstance")
 
 
 def validated(schema: type[S], node: DictConfig | dict[str, Any] | None, key: str) -> S:
     """Merge ``node`` onto ``schema``'s defaults and build it; errors name ``key.<field>``."""
-    known = {f.name for f in fields(schema)}  # type: ignore[arg-type]
+    known = {f.name for f in fields(schema)}
     values: dict[str, Any] = (
         cast(dict[str, Any], OmegaConf.to_container(node, resolve=True)) if isinstance(node, DictConfig) else dict(node or {})
     )
@@ -101,7 +104,7 @@ def validated(schema: type[S], node: DictConfig | dict[str, Any] | None, key: st
     _require(not unknown, key, f"unknown key(s) {unknown}; allowed: {sorted(known)}")
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), values)
-        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+        return cast(S, OmegaConf.to_object(merged))  # a structured config of ``schema`` becomes a ``schema``
     except OmegaConfBaseException as err:
         full_key = f"{key}.{err.full_key}" if getattr(err, "full_key", None) else key
         raise ConfigError(f"{full_key}: {str(err).splitlines()[0]}") from None
