@@ -70,7 +70,8 @@ def make_context(
 
     def recovery_teacher() -> nn.Module:
         if not teachers:
-            teachers.append(copy.deepcopy(baseline).eval().requires_grad_(False))  # type: ignore[union-attr]
+            assert baseline is not None  # refused above: recipe.distill without a baseline
+            teachers.append(copy.deepcopy(baseline).eval().requires_grad_(False))
         return teachers[0]
 
     run_callbacks = list(callbacks or [])
