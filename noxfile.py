@@ -33,6 +33,8 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
+    """mypy over the packages pyproject.toml's [tool.mypy] lists: the run pipeline and its studies, the methods,
+    the hardware targets and the Hydra plugins."""
     session.run("mypy")
 
 
