@@ -178,7 +178,8 @@ def _shape(value: Any) -> tuple[int, ...]:
     return ()
 
 
-def _conv_padding(module: nn.Conv2d) -> tuple[int, int]:
+def conv_padding(module: nn.Conv2d) -> tuple[int, int]:
+    """``module``'s padding as (height, width) pixels, its "same" / "valid" names resolved."""
     if module.padding == "same":
         return _pair(tuple((k - 1) * d // 2 for k, d in zip(module.kernel_size, module.dilation, strict=True)))
     if isinstance(module.padding, str):  # "valid", the other padding torch names
@@ -192,7 +193,7 @@ def _leaf_spec(name: str, module: nn.Module, op: str, input_shape: tuple[int, ..
     if isinstance(module, nn.Conv2d):
         spec.in_channels, spec.out_channels = module.in_channels, module.out_channels
         spec.kernel, spec.stride = _pair(module.kernel_size), _pair(module.stride)
-        spec.padding, spec.dilation = _conv_padding(module), _pair(module.dilation)
+        spec.padding, spec.dilation = conv_padding(module), _pair(module.dilation)
         spec.groups, spec.bias = module.groups, module.bias is not None
     elif isinstance(module, nn.Linear):
         spec.in_channels, spec.out_channels = module.in_features, module.out_features
