@@ -56,6 +56,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
+from hardware.layers import conv_padding
 from methods.base import MethodConfigError
 
 log = logging.getLogger(__name__)
@@ -242,8 +243,7 @@ class ThiNet(_DataCriterion):
             outs = torch.randint(weight.shape[0], (n * s,), generator=generator)
             return x[rows] * weight[outs]
         conv = cast(nn.Conv2d, layer)
-        padding = cast(tuple[int, ...], conv.padding)  # 'same'/'valid' strings: not in the dense convs we sample
-        patches = F.unfold(x, conv.kernel_size, dilation=conv.dilation, padding=padding,
+        patches = F.unfold(x, conv.kernel_size, dilation=conv.dilation, padding=conv_padding(conv),
                            stride=conv.stride)  # [N, C*k*k, L]
         k = weight.shape[2] * weight.shape[3]
         c = weight.shape[1]
