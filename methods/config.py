@@ -24,10 +24,13 @@ import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 
 class MethodConfigError(ValueError):
@@ -170,13 +173,13 @@ def _unknown_key(name: str, known: Sequence[str], key: str) -> typing.NoReturn:
     fail(f"{key}.{name}", f"is not a key of this method{hint}; its keys: {', '.join(known)}")
 
 
-S = TypeVar("S")
+S = TypeVar("S", bound="DataclassInstance")
 
 
 def parse_config(schema: type[S], options: Mapping[str, Any], key: str = "method") -> S:
     """Build ``schema`` from ``options`` (its defaults for absent keys); errors name ``key.<field>``."""
     hints = typing.get_type_hints(schema)
-    fields = {f.name: f for f in dataclasses.fields(schema)}  # type: ignore[arg-type]
+    fields = {f.name: f for f in dataclasses.fields(schema)}
     for name in options:
         if name not in fields:
             _unknown_key(str(name), list(fields), key)
@@ -219,7 +222,9 @@ def finetune_default(epochs: float, lr: float | None = None) -> Callable[[], Fin
 
 
 #: ``layers.types``: the module classes each word selects
-LAYER_TYPES: dict[str, tuple[type[nn.Module], ...]] = {"conv": (nn.Conv2d,), "linear": (nn.Linear,)}
+#: the layers a selection picks from
+Layer = nn.Conv2d | nn.Linear
+LAYER_TYPES: dict[str, tuple[type[Layer], ...]] = {"conv": (nn.Conv2d,), "linear": (nn.Linear,)}
 
 
 @dataclass
@@ -256,7 +261,7 @@ def forward_order(model: nn.Module, input_shape: Sequence[int], classes: tuple[t
 
 
 def select_layers(model: nn.Module, input_shape: Sequence[int], selection: LayerSelection,
-                  key: str = "method.layers") -> dict[str, nn.Module]:
+                  key: str = "method.layers") -> dict[str, Layer]:
     """The layers ``selection`` picks in ``model``, in forward order; a pattern matching nothing is an error."""
     classes = tuple(c for t in selection.types for c in LAYER_TYPES[t])
     order = forward_order(model, input_shape, classes)
@@ -271,7 +276,7 @@ def select_layers(model: nn.Module, input_shape: Sequence[int], selection: Layer
         skip.add(order[0])
     if not selection.last:
         skip.add(order[-1])
-    modules = dict(model.named_modules())
+    modules = {n: m for n, m in model.named_modules() if isinstance(m, classes)}
     chosen = {n: modules[n] for n in order if n not in skip}
     if not chosen:
         fail(key, f"{dataclasses.asdict(selection)} leaves no layer; the model's: {', '.join(order)}")

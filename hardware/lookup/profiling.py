@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from hardware.lookup.table import LatencyTable
-from hardware.lookup.units import Unit, decode_argument
+from hardware.lookup.units import Unit, decode_argument, decode_shape
 from hardware.protocol import TimingProtocol, machine_provenance, protocol_dict, time_callable
 from hardware.target import HardwareError
 
@@ -58,7 +58,7 @@ def _unit_ops(unit: Unit) -> tuple[list[nn.Module], torch.Tensor]:
             ops.append(_make_act(f["act"], f.get("inplace", False)))
         x = torch.randn(*f["lead"], a["cin"])
     elif unit.kind in ("bn", "act", "pool"):
-        shape = [a.get("channels") if s == "C" else s for s in f["shape"]]
+        shape = decode_shape(f["shape"], a.get("channels"))
         if unit.kind == "bn":
             ops = [nn.BatchNorm2d(shape[1]) if f["type"] == "BatchNorm2d" else nn.BatchNorm1d(shape[1])]
             if f["act"]:
@@ -92,7 +92,11 @@ def unit_callable(unit: Unit, rotate_bytes: int = 0, max_copies: int = 64) -> Ca
     if unit.kind == "func":
         op_name, _, overload = f["op"].removeprefix("aten::").partition(".")
         func = getattr(getattr(torch.ops.aten, op_name), overload or "default")
-        source = unit.replay if f.get("view") else f
+        source = f
+        if f.get("view"):
+            if unit.replay is None:
+                raise HardwareError(f"table unit {f['op']}: a view's arguments are kept in its replay data, which is missing")
+            source = unit.replay
         channels = a.get("channels")
         args, kwargs = decode_argument(source["args"], channels), decode_argument(source["kwargs"], channels)
         return lambda: func(*args, **kwargs)

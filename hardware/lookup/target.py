@@ -193,7 +193,7 @@ class TableTarget(HardwareTarget):
         fitted_seeds = {s["seed"] for s in meta.get("sources", []) if "seed" in s}
         fitted_seeds |= {meta["calibration"]["seed"]} if "seed" in meta.get("calibration", {}) else set()
         fit = "in-sample" if seed in fitted_seeds else "held-out"
-        cases = []
+        cases: list[ValidationCase] = []
         for name, config in search_space.sample_architectures(spaces, int(n), seed):
             model = search_space.build(config)
             shape = search_space.input_shape_of(config, self.batch_size)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from hardware.layers import AtenCall, LayerSpec, ModelTrace, ModuleCall, TensorArg, trace_model
+from hardware.target import HardwareError
 
 GRANULARITIES = ("block", "op")
 #: interpolation axes of each unit kind
@@ -92,6 +93,18 @@ def _encode(value: Any, channels: int | None) -> Any:
     raise TypeError(f"cannot encode argument of type {type(value).__name__}")
 
 
+def decode_shape(shape: list[int | str], channels: int | None) -> list[int]:
+    """A stored tensor shape with its channel axis ("C", written only for a unit with ``channels``) filled in."""
+    decoded = []
+    for size in shape:
+        if size == "C":
+            if channels is None:
+                raise HardwareError(f"stored shape {shape} has a channel axis 'C' but its unit has no channels")
+            size = channels
+        decoded.append(int(size))
+    return decoded
+
+
 def decode_argument(value: Any, channels: int | None) -> Any:
     if isinstance(value, list):
         return [decode_argument(v, channels) for v in value]
@@ -99,7 +112,7 @@ def decode_argument(value: Any, channels: int | None) -> Any:
         if "dict" in value:
             return {k: decode_argument(v, channels) for k, v in value["dict"].items()}
         if "tensor" in value:
-            shape = [channels if s == "C" else s for s in value["tensor"]]
+            shape = decode_shape(value["tensor"], channels)
             dtype = getattr(torch, value["dtype"])
             # ones: in-place replays (add_, mul_) neither overflow nor turn denormal
             return torch.ones(shape, dtype=dtype)

@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hardware.layers import count_macs
+from hardware.layers import conv_padding, count_macs
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
 from methods.config import FineTuning, LayerSelection, excluded_layers, fail, finetune_default, option
 from methods.pruning.channel_space import ChannelSpace, PrunableUnit
@@ -94,7 +94,7 @@ REWARD_FUNCTIONS = {"acc": acc_reward, "acc_flops": acc_flops_reward}
 
 # -- channel selection (AMC section 3.4) ---------------------------------------------------
 
-def _input_features_per_channel(module: nn.Module, channels: int) -> int:
+def _input_features_per_channel(module: nn.Conv2d | nn.Linear, channels: int) -> int:
     """How many weight columns one input channel of ``module`` owns (k*k, or a flatten's H*W)."""
     if isinstance(module, nn.Conv2d):
         return module.weight.shape[2] * module.weight.shape[3]
@@ -104,7 +104,7 @@ def _input_features_per_channel(module: nn.Module, channels: int) -> int:
     return in_features // channels
 
 
-def _weight_matrix(module: nn.Module) -> torch.Tensor:
+def _weight_matrix(module: nn.Conv2d | nn.Linear) -> torch.Tensor:
     """(out, features) view of a dense conv or linear weight, features channel-major."""
     return module.weight.detach().reshape(module.weight.shape[0], -1)
 
@@ -119,7 +119,8 @@ class ChannelSelector:
     def __init__(self, model: nn.Module, space: ChannelSpace, least_squares: bool, calibration: list[torch.Tensor],
                  points_per_layer: int, seed: int) -> None:
         self.space = space
-        self.modules = dict(model.named_modules())
+        # the consumers of the channel space's units: conv and linear layers
+        self.modules = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
         self.importance: dict[int, torch.Tensor] = {}
         for unit in space.units:
             score = torch.zeros(unit.channels)
@@ -145,11 +146,11 @@ class ChannelSelector:
         generator = torch.Generator().manual_seed(seed)
         handles = []
 
-        def hook(name: str, module: nn.Module):
+        def hook(name: str, module: nn.Conv2d | nn.Linear):
             def _pre(_m: nn.Module, inputs: tuple) -> None:
                 x = inputs[0].detach()
                 if isinstance(module, nn.Conv2d):
-                    cols = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=module.padding,
+                    cols = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=conv_padding(module),
                                     stride=module.stride)  # (N, C*k*k, L)
                     n, _, length = cols.shape
                     pick = torch.randint(0, length, (n, min(points, length)), generator=generator)
@@ -493,12 +494,13 @@ class AMC(CompressionMethod):
                     extra={"method": self.name, "policy": [n / u.channels for n, u in zip(best.kept, env.units, strict=False)]})
         decoded = load_model(path, model)
         final_cost = env.resource(decoded)
+        budget_met = final_cost <= env.budget * (1 + 1e-9)
 
         policy = {
             "method": self.name, "search": self.config.search, "resource": env.resource.describe(),
             "target_ratio": self.config.target_ratio, "budget": env.budget, "base_cost": env.base_cost,
             "final_cost": final_cost, "final_cost_ratio": final_cost / env.base_cost,
-            "budget_met": final_cost <= env.budget * (1 + 1e-9),
+            "budget_met": budget_met,
             "lbound": self.config.lbound, "rbound": self.config.rbound, "reward": self.config.reward,
             "best_episode": best.index, "best_reward": best.reward,
             "layers": [{"unit": u.producer, "layer": u.consumers[0], "consumers": list(u.consumers),
@@ -517,7 +519,7 @@ class AMC(CompressionMethod):
             curve = ctx.workdir / "amc_rewards.png"
             _plot_rewards(curve, outcome.history)
             artifacts.append(curve)
-        if not policy["budget_met"]:
+        if not budget_met:
             log.warning("[amc] final %s %.4g exceeds the budget %.4g (a measured target's noise?)",
                         env.resource.kind, final_cost, env.budget)
         metrics = {
@@ -527,7 +529,7 @@ class AMC(CompressionMethod):
             "search_top1": best.top1,
             "top1_before_finetune": float(before["top1"]),
             f"{env.resource.kind}_ratio": final_cost / env.base_cost,
-            "budget_met": float(policy["budget_met"]),
+            "budget_met": float(budget_met),
             "macs_ratio": count_macs(decoded, ctx.input_shape) / count_macs(model, ctx.input_shape),
             "resource_queries": float(env.resource.queries),
         }

@@ -240,8 +240,7 @@ class ProgressiveTrimming(CompressionMethod):
         final_cost = resource(decoded)
         target_cost = base_cost / self.config.speedup
 
-        modules_before = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
-        modules_after = dict(decoded.named_modules())
+        modules_before, modules_after = _layers(model), _layers(decoded)
         layers = [{"layer": n, "filters": _out(m), "kept": _out(modules_after[n]),
                    "preserve_ratio": _out(modules_after[n]) / _out(m)}
                   for n, m in modules_before.items()]
@@ -268,7 +267,11 @@ class ProgressiveTrimming(CompressionMethod):
         return CompressionResult(model=decoded, stored_file=path, metrics=metrics, artifacts=[policy_file, plot])
 
 
-def _out(module: nn.Module) -> int:
+def _layers(model: nn.Module) -> dict[str, nn.Conv2d | nn.Linear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+def _out(module: nn.Conv2d | nn.Linear) -> int:
     return module.out_features if isinstance(module, nn.Linear) else module.out_channels
 
 

@@ -85,7 +85,7 @@ class GroupLasso:
         self.filter_layers, self.channel_layers = list(filter_layers), list(channel_layers)
         self.filter_decay, self.channel_decay = filter_decay, channel_decay
 
-    def __call__(self, _step: TrainingStep | None = None) -> torch.Tensor:
+    def __call__(self, step: TrainingStep | None = None) -> torch.Tensor:
         total = torch.zeros(())
         if self.filter_decay:
             for module in self.filter_layers:

@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
-from methods.config import FineTuning, LayerSelection, fail, finetune_default, option, select_layers
+from methods.config import FineTuning, Layer, LayerSelection, fail, finetune_default, option, select_layers
 from methods.storage import StoredState, load_model, load_state_into, register_architecture, save_model, size_metrics
 from methods.storage.codecs import fixed_point_entry, state_entries
 
@@ -288,7 +288,7 @@ class _FixedPointMethod(CompressionMethod):
     def parameter_format(self, name: str, param: torch.Tensor) -> dict[str, Any]:
         raise NotImplementedError
 
-    def activation_formats(self, model: nn.Module, layers: dict[str, nn.Module], ctx: CompressionContext) -> dict[str, dict[str, Any]]:
+    def activation_formats(self, model: nn.Module, layers: dict[str, Layer], ctx: CompressionContext) -> dict[str, dict[str, Any]]:
         raise NotImplementedError
 
     def callback_options(self) -> dict[str, Any]:
