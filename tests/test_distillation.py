@@ -29,6 +29,7 @@ from methods.distillation.losses import HintonKD, LogitMimic, soft_target_loss
 from methods.losses import CrossEntropy, TrainingStep
 from methods.storage import read_entries, read_state
 from tests.conftest import FAST_LATENCY, needs_shared_data
+from tests.test_training import Recorder
 
 CLASSES, SHAPE = 3, (1, 8, 8)
 
@@ -91,17 +92,6 @@ def teacher_net() -> nn.Module:
 def step_of(logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor) -> TrainingStep:
     return TrainingStep(inputs=torch.zeros(len(targets)), targets=targets, logits=logits, model=nn.Identity(),
                         teacher_logits=teacher_logits)
-
-
-class Recorder:
-    """A loss term that adds nothing and keeps each step."""
-
-    def __init__(self) -> None:
-        self.steps: list[TrainingStep] = []
-
-    def __call__(self, step: TrainingStep) -> torch.Tensor:
-        self.steps.append(step)
-        return 0.0 * step.logits.sum()
 
 
 class LossCapture(L.Callback):
