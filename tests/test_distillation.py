@@ -176,6 +176,17 @@ def test_a_distillation_run_leaves_the_teacher_bit_identical_and_stores_only_the
     assert result.model(x).shape == (2, CLASSES)
 
 
+@pytest.mark.parametrize(("alpha", "teacher_runs"), [(0.0, False), (0.5, True)])
+def test_kd_with_alpha_zero_trains_the_student_alone_without_running_the_teacher(
+        alpha: float, teacher_runs: bool, tmp_path: Path) -> None:
+    teacher = teacher_net()
+    calls = []
+    teacher.register_forward_hook(lambda *_: calls.append(1))
+    create_method("kd", student=STUDENT, finetune={"epochs": 1.0}, alpha=alpha).compress(teacher, context(tmp_path))
+    # the class-count check runs the teacher once on one input; training runs it on every batch
+    assert (len(calls) > 1) is teacher_runs, len(calls)
+
+
 def test_fitnets_regressor_follows_the_named_layers() -> None:
     teacher = TinyCNN(width=8, hidden=12)  # relu2: 8 x 6 x 6, relu3: 12
     student = TinyCNN(width=4, hidden=6, pad2=1)  # relu2: 4 x 8 x 8, relu3: 6

@@ -29,7 +29,7 @@ IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
 EXPECTED_MODELS = {
-    "lenet_300_100", "lenet5",
+    "lenet_300_100", "mlp", "lenet5",
     "resnet20_cifar", "resnet32_cifar", "resnet44_cifar", "resnet56_cifar", "resnet110_cifar",
     "mobilenetv1", "mobilenetv1_075", "mobilenetv1_amc_0_5flops", "mobilenetv1_amc_0_5time",
     "mobilenetv2_cifar",
@@ -70,6 +70,7 @@ def test_in_chans_changes_the_first_layer(name):
     [
         ("lenet_300_100", 266_610),   # Han et al. 2015, Table 1: 784*300+300 + 300*100+100 + 100*10+10
         ("lenet5", 431_080),          # 520 + 25,050 + 400,500 + 5,010
+        ("mlp", 2_395_210),           # Hinton et al. 2015's 1200-1200 teacher: 784*1200+1200 + 1200*1200+1200 + 12010
         ("resnet20_cifar", 269_722),  # He et al. 2016: 0.27M
         ("resnet110_cifar", 1_727_962),  # 1.7M
         ("mobilenetv1", 4_231_976),   # Howard et al. 2017 Table 8: 4.2M at 1000 classes
@@ -78,6 +79,20 @@ def test_in_chans_changes_the_first_layer(name):
 def test_parameter_counts(name, expected):
     kwargs = {"num_classes": 1000} if name == "mobilenetv1" else {}
     assert n_params(timm.create_model(name, **kwargs)) == expected
+
+
+def test_mlp_dropout_acts_in_training_only_and_bad_widths_or_rates_are_refused():
+    model = timm.create_model("mlp", hidden_features=[800, 800], dropout=0.5, input_dropout=0.2)
+    assert n_params(model) == 784 * 800 + 800 + 800 * 800 + 800 + 800 * 10 + 10
+    x = torch.randn(4, 1, 28, 28)
+    model.eval()
+    assert torch.equal(model(x), model(x))
+    model.train()
+    assert not torch.equal(model(x), model(x))
+    with pytest.raises(ValueError, match="two hidden layers"):
+        timm.create_model("mlp", hidden_features=[800])
+    with pytest.raises(ValueError, match=r"dropout=1.0: a dropout probability lies in \[0, 1\)"):
+        timm.create_model("mlp", dropout=1.0)
 
 
 def test_mobilenetv1_amc_plan_sets_every_layer_width_and_stride():

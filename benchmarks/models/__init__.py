@@ -1,6 +1,6 @@
 """CompressBench's model zoo, registered into timm (``timm.create_model`` is the one door).
 
-Importing this package registers: ``lenet_300_100``, ``lenet5`` (``lenet``);
+Importing this package registers: ``lenet_300_100``, ``mlp``, ``lenet5`` (``lenet``);
 ``resnet{20,32,44,56,110}_cifar`` (``resnet_cifar``); ``mobilenetv1``, ``mobilenetv1_075``,
 ``mobilenetv1_amc_0_5flops``, ``mobilenetv1_amc_0_5time`` (``mobilenetv1``);
 ``mobilenetv2_cifar`` (``mobilenetv2_cifar``).

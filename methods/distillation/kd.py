@@ -34,3 +34,7 @@ class KnowledgeDistillation(Distillation):
 
     def task_loss(self) -> LossTerm:
         return HintonKD(self.config.T, self.config.alpha)
+
+    def uses_teacher(self) -> bool:
+        """``alpha = 0`` is the student trained on the labels alone: the same loop, the baseline of a KD study."""
+        return self.config.alpha > 0

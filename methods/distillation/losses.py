@@ -55,6 +55,8 @@ class HintonKD:
 
     def __call__(self, step: TrainingStep) -> torch.Tensor:
         hard = F.cross_entropy(step.logits, step.targets, label_smoothing=self.label_smoothing)
+        if self.alpha == 0:  # the labels alone: the student trained without its teacher, who need not run
+            return hard
         soft = soft_target_loss(step.logits, _teacher_logits(step, "KD"), self.T)
         return self.alpha * soft + (1 - self.alpha) * hard
 

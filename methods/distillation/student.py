@@ -133,10 +133,14 @@ class Distillation(CompressionMethod):
     def task_loss(self) -> LossTerm:
         """The loss the student is trained with (it reads ``step.teacher_logits``)."""
 
+    def uses_teacher(self) -> bool:
+        """Whether the loss reads the teacher's logits; when not, the teacher does not run at all."""
+        return True
+
     def train(self, student: nn.Module, teacher: nn.Module, ctx: CompressionContext) -> dict[str, float]:
         """Train ``student`` in place; return the method's metrics."""
         ctx.finetune(student, self.config.finetune.epochs, lr=self.config.finetune.lr,
-                     task_loss=self.task_loss(), teacher=teacher)
+                     task_loss=self.task_loss(), teacher=teacher if self.uses_teacher() else None)
         return {}
 
     def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
