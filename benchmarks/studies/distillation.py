@@ -1,0 +1,285 @@
+"""Knowledge distillation (issue 12): Hinton's MNIST setting scaled to this machine, and distillation as
+the recovery fine-tuning of a pruned and of a low-bit model, each against plain cross-entropy, over seeds.
+
+    python -m benchmarks.studies.distillation --parts hinton recovery    # results/distillation.json
+    python -m benchmarks.studies.report distillation                     # results/distillation.md
+
+- ``hinton``: Hinton, Vinyals, Dean (2015), Sec. 3. A 1200-1200 MLP teacher with dropout (zoo model
+  ``mlp``), trained once; students 800-800 and 30-30 without dropout, each trained from scratch on the
+  labels (``kd`` with alpha = 0: the same loop, the teacher never runs) and with KD (alpha = 0.9; T = 20
+  for 800-800 as in the paper, T = 3 for 30-30, the paper's 2.5-4 range for tiny students), the same
+  epochs, over seeds. Departures, for this 2-core machine: epochs (the paper trains for thousands),
+  no input jitter and no max-norm constraint for the teacher, the recipe's weight decay for all.
+- ``recovery``: a LeNet-5 baseline per seed; filter pruning to <= 50% of its MACs (``filter``
+  with ``target_macs_ratio: 0.5``) and PACT at 2 bits (weights and activations), each fine-tuned the
+  same epochs with cross-entropy and with KD from the unpruned/unquantized baseline (``recipe.distill
+  = kd``, the switch every method honours). The wall time of each fine-tuning is measured, so the cost
+  of the teacher's forward shows as the ratio KD / CE (the two are run back to back per seed).
+
+Choices use no test data: the settings above are fixed in advance; test top-1 is reported, validation
+top-1 beside it. Resumable: every finished run is written to the JSON at once and skipped on a rerun
+with the same settings (a changed setting starts the file afresh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import datetime as _dt
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from benchmarks.context import make_context
+from benchmarks.data import MNISTDataModule
+from benchmarks.models import build_model
+from benchmarks.schema import RecipeConfig, TrainerConfig
+from benchmarks.training import evaluate, fit
+from hardware.layers import count_macs
+from hardware.measured import LocalCPU
+from hardware.protocol import machine_provenance
+from methods import create_method
+from methods.base import CompressionContext
+
+ROOT = Path(__file__).resolve().parents[2]
+FIGURES = "distillation.json"
+INPUT = (1, 1, 28, 28)
+TEST_IMAGES = 10_000  # MNIST's test split: errors = (100 - top1) / 100 * TEST_IMAGES
+#: Hinton et al.'s MNIST results (Sec. 3), test errors of 10,000
+PAPER = {"teacher": 67, "800-800": {"scratch": 146, "kd": 74}}
+STUDENTS: dict[str, dict[str, Any]] = {
+    "800-800": {"kwargs": {"hidden_features": [800, 800], "dropout": 0.0, "input_dropout": 0.0}, "T": 20.0},
+    "30-30": {"kwargs": {"hidden_features": [30, 30], "dropout": 0.0, "input_dropout": 0.0}, "T": 3.0},
+}
+KD_ALPHA = 0.9
+#: the compressed models distillation recovers, by method and its settings
+RECOVERY: dict[str, dict[str, Any]] = {
+    "filter pruning, <= 0.5x MACs": {"method": "filter", "settings": {"target_macs_ratio": 0.5}},
+    "PACT, 2-bit weights and activations": {"method": "pact", "settings": {"bits": 2, "act_bits": 2}},
+}
+
+
+def _recipe(epochs: float, distill: str = "none") -> RecipeConfig:
+    """conf/recipe/mnist_sgd.yaml's recipe (the run pipeline's MNIST default) at ``epochs``."""
+    return RecipeConfig(epochs=epochs, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4, scheduler="cosine",
+                        distill=distill)
+
+
+def _timed(ctx: CompressionContext, seconds: list[float]) -> CompressionContext:
+    """``ctx`` whose fine-tunings add their wall time to ``seconds``."""
+    def finetune(*args: Any, **kwargs: Any) -> nn.Module:
+        start = time.perf_counter()
+        try:
+            return ctx.finetune(*args, **kwargs)
+        finally:
+            seconds.append(time.perf_counter() - start)
+    return dataclasses.replace(ctx, finetune=finetune)
+
+
+class Study:
+    """The JSON of figures, written after every run; runs already in it are skipped."""
+
+    def __init__(self, path: Path, settings: dict[str, Any]) -> None:
+        self.path = path
+        old = json.loads(path.read_text()) if path.exists() else {}
+        self.figures: dict[str, Any] = old if old.get("settings") == settings else {"settings": settings, "runs": {}}
+        self.figures["machine"] = machine_provenance()
+
+    def run(self, key: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        if key not in self.figures["runs"]:
+            start = time.perf_counter()
+            row = measure()
+            self.figures["runs"][key] = {**row, "seconds": time.perf_counter() - start,
+                                         "load_average": list(os.getloadavg()),
+                                         "date": f"{_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC"}
+            self.path.write_text(json.dumps(self.figures, indent=1) + "\n")
+            print(key, json.dumps(self.figures["runs"][key]), flush=True)
+        return dict(self.figures["runs"][key])
+
+
+def _scores(model: nn.Module, dm: MNISTDataModule) -> dict[str, float]:
+    model.eval()
+    test = evaluate(model, dm, "test")["top1"]
+    return {"test_top1": test, "test_errors": round((100.0 - test) / 100.0 * TEST_IMAGES),
+            "val_top1": evaluate(model, dm, "val")["top1"]}
+
+
+def _trained(name: str, dm: MNISTDataModule, epochs: float, seed: int, work: Path, **kwargs: Any) -> nn.Module:
+    """``name`` trained ``epochs`` with the MNIST recipe, kept in ``work`` so a resumed study reuses it."""
+    torch.manual_seed(seed)
+    model = build_model(name, num_classes=10, in_chans=1, **kwargs)
+    path = work / f"{name}_s{seed}_e{epochs:g}.pt"
+    if path.exists():
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    else:
+        fit(model, dm, _recipe(epochs), TrainerConfig(progress_bar=False), seed=seed)
+        torch.save(model.state_dict(), path)
+    return model.eval()
+
+
+def hinton(study: Study, dm: MNISTDataModule, args: argparse.Namespace, work: Path) -> None:
+    teacher_seed = args.seeds[0]
+    teacher = _trained("mlp", dm, args.epochs, teacher_seed, work)
+    study.run("hinton/teacher", lambda: {"seed": teacher_seed, "params": sum(p.numel() for p in teacher.parameters()),
+                                         **_scores(teacher, dm)})
+    for seed in args.seeds:
+        for student, spec in STUDENTS.items():
+            for arm, alpha in (("scratch", 0.0), ("kd", KD_ALPHA)):
+                def measure(seed: int = seed, spec: dict[str, Any] = spec, alpha: float = alpha) -> dict[str, Any]:
+                    method = create_method("kd", T=spec["T"], alpha=alpha, finetune={"epochs": args.epochs},
+                                           student={"name": "mlp", "kwargs": spec["kwargs"]})
+                    seconds: list[float] = []
+                    ctx = make_context(dm, LocalCPU(), _recipe(args.epochs), TrainerConfig(progress_bar=False), seed,
+                                       work / "runs")
+                    result = method.compress(teacher, _timed(ctx, seconds))
+                    return {"seed": seed, "T": spec["T"], "alpha": alpha, "params": result.metrics["student_params"],
+                            "train_seconds": sum(seconds), **_scores(result.model, dm)}
+                study.run(f"hinton/{student}/{arm}/s{seed}", measure)
+
+
+def recovery(study: Study, dm: MNISTDataModule, args: argparse.Namespace, work: Path) -> None:
+    for seed in args.seeds:
+        base = _trained("lenet5", dm, args.baseline_epochs, seed, work)
+        study.run(f"recovery/baseline/s{seed}", lambda base=base, seed=seed: {
+            "seed": seed, "macs": count_macs(base, INPUT), **_scores(base, dm)})
+        for name, spec in RECOVERY.items():
+            for arm in ("ce", "kd"):
+                def measure(seed: int = seed, base: nn.Module = base, spec: dict[str, Any] = spec,
+                            arm: str = arm) -> dict[str, Any]:
+                    method = create_method(spec["method"], **spec["settings"],
+                                           finetune={"epochs": args.finetune_epochs})
+                    seconds: list[float] = []
+                    recipe = _recipe(args.baseline_epochs, "none" if arm == "ce" else "kd")
+                    ctx = make_context(dm, LocalCPU(), recipe, TrainerConfig(progress_bar=False), seed, work / "runs",
+                                       baseline=base)
+                    result = method.compress(copy.deepcopy(base), _timed(ctx, seconds))
+                    return {"seed": seed, "method": spec["method"], "settings": spec["settings"],
+                            "macs": count_macs(result.model, INPUT), "finetune_seconds": sum(seconds),
+                            "seconds_per_epoch": sum(seconds) / args.finetune_epochs, **_scores(result.model, dm)}
+                study.run(f"recovery/{name}/{arm}/s{seed}", measure)
+
+
+PARTS: dict[str, Callable[[Study, MNISTDataModule, argparse.Namespace, Path], None]] = {
+    "hinton": hinton, "recovery": recovery}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", nargs="+", choices=sorted(PARTS), default=sorted(PARTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--epochs", type=float, default=10, help="hinton: the teacher's and every student's epochs")
+    parser.add_argument("--baseline-epochs", type=float, default=3, help="recovery: LeNet-5's training")
+    parser.add_argument("--finetune-epochs", type=float, default=1, help="recovery: every fine-tuning")
+    parser.add_argument("--source-dir", type=Path, default=ROOT.parent / "shared" / "data",
+                        help="where mnist/*.gz lie (checksums checked)")
+    parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "studies" / "distillation",
+                        help="trained teachers and baselines, kept for a resumed study")
+    parser.add_argument("--out", type=Path, default=ROOT / "results")
+    args = parser.parse_args(argv)
+    settings = {k: v for k, v in vars(args).items() if k in ("seeds", "epochs", "baseline_epochs", "finetune_epochs")}
+    settings.update(students=STUDENTS, kd_alpha=KD_ALPHA, recovery=RECOVERY, recipe=dataclasses.asdict(_recipe(0)))
+    args.work.mkdir(parents=True, exist_ok=True)
+    study = Study(args.out / FIGURES, settings)
+    study.figures["command"] = "python -m benchmarks.studies.distillation " + " ".join(
+        [f"--parts {' '.join(args.parts)}", f"--seeds {' '.join(map(str, args.seeds))}", f"--epochs {args.epochs:g}",
+         f"--baseline-epochs {args.baseline_epochs:g}", f"--finetune-epochs {args.finetune_epochs:g}"])
+    dm = MNISTDataModule(data_dir=Path(tempfile.mkdtemp(prefix="distillation_")), source_dir=args.source_dir,
+                         batch_size=128, eval_batch_size=256, seed=42, val_size=5000)
+    dm.prepare_data()
+    dm.setup("fit")
+    for part in args.parts:
+        PARTS[part](study, dm, args, args.work)
+    print(f"wrote {study.path}; render the report: python -m benchmarks.studies.report distillation")
+    return 0
+
+
+# -- the report ---------------------------------------------------------------------------------------------------
+
+def _mean_sd(values: list[float], digits: int = 2) -> str:
+    if not values:
+        return "-"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
+
+
+def _paper(paper: Any) -> str:
+    return f"{paper['scratch']} -> {paper['kd']}" if isinstance(paper, dict) else "-"
+
+
+def _group(runs: dict[str, Any], prefix: str) -> list[dict[str, Any]]:
+    return [run for key, run in sorted(runs.items()) if key.rsplit("/", 1)[0] == prefix]
+
+
+def render(figures: dict[str, Any]) -> str:
+    runs, settings = figures["runs"], figures["settings"]
+    seeds = len(settings["seeds"])
+    lines = ["# Knowledge distillation", "",
+             f"Generated by `python -m benchmarks.studies.report distillation` from `results/{FIGURES}`, written by "
+             f"`{figures.get('command', 'python -m benchmarks.studies.distillation')}` "
+             f"({figures['machine'].get('cpu', 'this machine')}). Mean ± standard deviation over {seeds} seeds "
+             f"({', '.join(map(str, settings['seeds']))}); test top-1 reported, validation top-1 beside it; every "
+             "setting fixed in advance (nothing chosen on test data). Method: see the study's docstring.", ""]
+    teacher = runs.get("hinton/teacher")
+    if teacher:
+        lines += ["## MNIST, Hinton et al.'s setting scaled to this machine", "",
+                  f"Teacher: `mlp` 1200-1200, dropout 0.5 / input 0.2, {settings['epochs']:g} epochs (seed "
+                  f"{teacher['seed']}): test top-1 {teacher['test_top1']:.2f} ({teacher['test_errors']} errors; the "
+                  f"paper's teacher: {PAPER['teacher']}). Students: no dropout, the same {settings['epochs']:g} epochs, "
+                  f"alpha = {settings['kd_alpha']} for KD.", "",
+                  "| student | params | T | test errors, scratch | test errors, KD | gain (errors) | "
+                  "test top-1 scratch | test top-1 KD | val top-1 scratch | val top-1 KD | paper (scratch -> KD) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for student, spec in settings["students"].items():
+            scratch, kd = _group(runs, f"hinton/{student}/scratch"), _group(runs, f"hinton/{student}/kd")
+            if not scratch or not kd:
+                continue
+            paired = [s["test_errors"] - k["test_errors"] for s, k in zip(scratch, kd, strict=False)]
+            paper = PAPER.get(student)
+            lines.append(
+                f"| {student} | {scratch[0]['params']:,.0f} | {spec['T']:g} | "
+                f"{_mean_sd([r['test_errors'] for r in scratch], 1)} | {_mean_sd([r['test_errors'] for r in kd], 1)} | "
+                f"{_mean_sd(paired, 1)} | {_mean_sd([r['test_top1'] for r in scratch])} | "
+                f"{_mean_sd([r['test_top1'] for r in kd])} | {_mean_sd([r['val_top1'] for r in scratch])} | "
+                f"{_mean_sd([r['val_top1'] for r in kd])} | "
+                f"{_paper(paper)} |")
+        lines.append("")
+    baselines = _group(runs, "recovery/baseline")
+    if baselines:
+        lines += ["## Distillation as the recovery fine-tuning (LeNet-5, MNIST)", "",
+                  f"Baseline LeNet-5, {settings['baseline_epochs']:g} epochs: test top-1 "
+                  f"{_mean_sd([r['test_top1'] for r in baselines])}. Each compressed model is fine-tuned "
+                  f"{settings['finetune_epochs']:g} epoch(s) with cross-entropy (CE) or with KD from the baseline "
+                  "(`recipe.distill=kd`, T = 4, alpha = 0.9). Fine-tuning wall time per epoch, and its ratio KD / CE "
+                  "per seed (the two run back to back): what the teacher's forward costs.", "",
+                  "| model | MACs | test top-1, CE | test top-1, KD | gain (points) | val top-1, CE | val top-1, KD | "
+                  "s/epoch CE | s/epoch KD | KD / CE time |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for name in settings["recovery"]:
+            ce, kd = _group(runs, f"recovery/{name}/ce"), _group(runs, f"recovery/{name}/kd")
+            if not ce or not kd:
+                continue
+            pairs = list(zip(ce, kd, strict=False))
+            lines.append(
+                f"| {name} | {ce[0]['macs']:,.0f} | {_mean_sd([r['test_top1'] for r in ce])} | "
+                f"{_mean_sd([r['test_top1'] for r in kd])} | {_mean_sd([k['test_top1'] - c['test_top1'] for c, k in pairs])} | "
+                f"{_mean_sd([r['val_top1'] for r in ce])} | {_mean_sd([r['val_top1'] for r in kd])} | "
+                f"{_mean_sd([r['seconds_per_epoch'] for r in ce], 1)} | {_mean_sd([r['seconds_per_epoch'] for r in kd], 1)} | "
+                f"{statistics.median(k['seconds_per_epoch'] / c['seconds_per_epoch'] for c, k in pairs):.2f}x |")
+        lines.append("")
+    loads = [run["load_average"][0] for run in runs.values()]
+    lines += [f"Machine load (1-min average) during the runs: {min(loads):.1f} to {max(loads):.1f} on "
+              f"{figures['machine'].get('logical_cpus', '?')} logical CPUs: wall times are shared-machine figures.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
