@@ -26,7 +26,9 @@ from omegaconf import DictConfig, OmegaConf
 from benchmarks.baseline_cache import BaselineModel, baseline_key, obtain_baseline
 from benchmarks.context import make_context
 from benchmarks.evaluation import ModelReport, comparison, evaluate_model, write_layer_table
+from benchmarks.lineage import data_fraction, dataset_of, log_dataset, log_model
 from benchmarks.models import build_model
+from benchmarks.run_labels import run_kind, run_name
 from benchmarks.schema import RecipeConfig, TrainerConfig, validated
 from benchmarks.splits import DEFAULT_OBJECTIVE, check_objectives
 from benchmarks.tracking import RunRecorder, git_state, mlflow_run
@@ -91,20 +93,22 @@ def run(cfg: DictConfig) -> float | tuple[float, ...]:
     recipe = validated(RecipeConfig, cfg.recipe, "recipe")
     trainer_cfg = validated(TrainerConfig, cfg.trainer, "trainer")
     seed = int(cfg.seed)
-    root = Path(cfg.paths.root_dir)
     tags = {
         "dataset": cfg.dataset.name,
         "model": cfg.model.name,
         "method": cfg.method.name,
         "hw": cfg.hw.name,
         "seed": seed,
-        **git_state(root),
+        "eval_split": cfg.evaluation.split,
+        "selection_split": cfg.evaluation.selection_split,
+        **git_state(CONF_DIR.parent),  # the code's own checkout, wherever the run writes
         **_group_tags(cfg),
         **{k: v for k, v in (cfg.get("tags") or {}).items()},
     }
+    tags["run_kind"] = run_kind(cfg.get("run_kind"), tags)
     logger_cfg = cfg.logger
     with mlflow_run(logger_cfg.tracking_uri, logger_cfg.experiment_name, logger_cfg.artifact_location,
-                    logger_cfg.run_name, tags) as recorder:
+                    run_name(logger_cfg.run_name, tags), tags) as recorder:
         recorder.params(cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True)))  # the config's mapping
         recorder.text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         return _run_recorded(cfg, recipe, trainer_cfg, seed, recorder)
@@ -117,7 +121,8 @@ def _run_recorded(cfg: DictConfig, recipe: RecipeConfig, trainer_cfg: TrainerCon
         datamodule = instantiate(cfg.dataset)
         datamodule.prepare_data()
         datamodule.setup("fit")
-        recorder.tags({"data_checksum": datamodule.checksum})
+        recorder.tags({"data_checksum": datamodule.checksum, "data_fraction": f"{data_fraction(datamodule):.4g}"})
+        log_dataset(recorder, dataset_of(datamodule))
 
     with stage("hardware"):
         target: HardwareTarget = instantiate(cfg.hw)
@@ -149,6 +154,9 @@ def _run_recorded(cfg: DictConfig, recipe: RecipeConfig, trainer_cfg: TrainerCon
 
     with stage("record"):
         _record(cfg, recorder, report, base_report, result, workdir)
+    with stage("mlflow model"):
+        log_model(recorder, result.model, torch.randn(2, *datamodule.input_shape),  # 2: export fixes a batch of 1
+                  {k: str(cfg[k].name) for k in ("dataset", "model", "method", "hw")}, cfg.logger.log_model)
     log.info(
         "[result] %s/%s/%s on %s: top-1 %.2f%% (baseline %.2f%%), %.3f ms %s (x%.2f), %d bytes (x%.1f smaller)",
         cfg.dataset.name, cfg.model.name, cfg.method.name, cfg.hw.name, report.accuracy["top1"],

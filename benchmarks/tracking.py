@@ -56,14 +56,31 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+#: What a run's code version is made of: a change elsewhere (results/, docs, tests) does not make it dirty.
+SOURCE_PATHS = ("benchmarks", "methods", "hardware", "hydra_plugins", "conf", "scripts", "pyproject.toml", "dvc.yaml")
+#: How many changed paths the ``git_dirty_paths`` tag names before it says how many more there are.
+_MAX_DIRTY_PATHS = 20
+
+
 def git_state(root: Path) -> dict[str, str]:
-    """The code version a run used: commit and whether the tree had uncommitted changes."""
+    """The code version a run used: commit, whether its source or configs had uncommitted changes, and which."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", *SOURCE_PATHS],
+                                cwd=root, capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return {"git_commit": "unknown", "git_dirty": "unknown"}
-    return {"git_commit": commit, "git_dirty": str(bool(dirty)).lower()}
+    changed = [line[3:] for line in status.splitlines() if line.strip()]
+    state = {"git_commit": commit, "git_dirty": str(bool(changed)).lower()}
+    if changed:
+        shown = changed[:_MAX_DIRTY_PATHS]
+        more = f" (+{len(changed) - len(shown)} more)" if len(changed) > len(shown) else ""
+        state["git_dirty_paths"] = (" ".join(shown) + more)[:5000]
+    return state
+
+
+#: The UI opens a model-training experiment on its runs table, not on an empty GenAI traces page.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def experiment_id(tracking_uri: str, experiment_name: str, artifact_location: str | None) -> str:
@@ -74,10 +91,13 @@ def experiment_id(tracking_uri: str, experiment_name: str, artifact_location: st
         client = MlflowClient(tracking_uri)  # its constructor opens (and on first use migrates) the store
         existing = client.get_experiment_by_name(experiment_name)
         if existing is not None:
+            for key, value in EXPERIMENT_TAGS.items():  # an experiment made before the tag was set
+                if existing.tags.get(key) != value:
+                    client.set_experiment_tag(existing.experiment_id, key, value)
             return existing.experiment_id
         location = Path(artifact_location).resolve().as_uri() if artifact_location else None
         try:
-            return client.create_experiment(experiment_name, artifact_location=location)
+            return client.create_experiment(experiment_name, artifact_location=location, tags=EXPERIMENT_TAGS)
         except Exception:  # another process created it between our two calls
             found = client.get_experiment_by_name(experiment_name)
             if found is None:

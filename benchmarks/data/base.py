@@ -124,6 +124,8 @@ class ImageDataModule(L.LightningDataModule):
         self.data_train: Dataset | None = None
         self.data_val: Dataset | None = None
         self.data_test: Dataset | None = None
+        #: samples in each split before the subsets (a run's data fraction is measured against them)
+        self.available_sizes: dict[str, int] = {}
 
     # ------------------------------------------------------------------ where the data is
     @property
@@ -178,6 +180,7 @@ class ImageDataModule(L.LightningDataModule):
         self.data_train = self._subset(train, self.train_subset, "train")
         self.data_val = self._subset(val, self.val_subset, "val")
         self.data_test = self._subset(splits.test, self.test_subset, "test")
+        self.available_sizes = {"train": _size(train), "val": _size(val), "test": _size(splits.test)}
 
     def _generator(self, purpose: str) -> torch.Generator:
         return torch.Generator().manual_seed(int(self.seed) * 16 + _SPLIT_SALT[purpose])
