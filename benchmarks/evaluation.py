@@ -4,7 +4,9 @@ Accuracy on the report split (test) and on the selection split (val), parameters
 nonzero parameters, MACs (PyTorch's flop counter via hardware.layers), the stored size of
 the file the method wrote, and the latency on the run's target with its provenance.
 Ratios against the baseline are computed from two reports made the same way in the same
-run, so they are exact. Two splits, because choosing and reporting must not share data (benchmarks.splits).
+run. The two models are timed together, in interleaved rounds, so a measured speedup is
+paired and carries an interval and a verdict (``hardware.speedup``); a predicted one is a
+point. Two splits, because choosing and reporting must not share data (benchmarks.splits).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch import nn
 from benchmarks.splits import SELECTION_PREFIX
 from benchmarks.training import evaluate
 from hardware.layers import LayerSpec, count_macs, describe_layers
+from hardware.speedup import Speedup, speedup_between
 from hardware.target import HardwareTarget, LatencyReport
 
 
@@ -57,52 +60,75 @@ class ModelReport:
         return {f"{prefix}{k}": v for k, v in values.items()}
 
 
-def evaluate_model(
-    model: nn.Module,
+def evaluate_pair(
+    baseline: nn.Module,
+    compressed: nn.Module,
     datamodule: Any,
     target: HardwareTarget,
     input_shape: tuple[int, ...],
-    stored_bytes: int,
+    stored_bytes: tuple[int, int],
     *,
     split: str = "test",
     selection_split: str | None = "val",
     layer_bits: dict[str, tuple[int, int]] | None = None,
     deployables: Mapping[str, Path] | None = None,
     local_target: HardwareTarget | None = None,
-) -> ModelReport:
-    """Measure ``model`` as every run does; ``local_target`` adds a measured CPU latency.
+) -> tuple[ModelReport, ModelReport]:
+    """Measure the baseline and the compressed model as every run does: (baseline, compressed) reports.
 
-    Accuracy is measured on ``split`` (reported) and on ``selection_split`` (what choices use).
+    Accuracy is measured on ``split`` (reported) and on ``selection_split`` (what choices use);
+    the two models' latencies are timed together on ``target`` (and ``local_target``, a measured
+    CPU latency beside an emulated one), so that their speedup is paired. ``layer_bits`` and
+    ``deployables`` belong to the compressed model; ``stored_bytes`` is (baseline, compressed).
     """
-    model.eval()
-    layers = describe_layers(model, input_shape, layer_bits)
-    params = sum(p.numel() for p in model.parameters())
-    nonzero = sum(int(p.count_nonzero()) for p in model.parameters())
-    return ModelReport(
+    models = {"baseline": baseline.eval(), "compressed": compressed.eval()}
+    layers = {"baseline": describe_layers(baseline, input_shape),
+              "compressed": describe_layers(compressed, input_shape, layer_bits)}
+    deployed = {"compressed": deployables}
+    latency = target.latencies(models, input_shape, layers, deployed)
+    local = {} if local_target is None else local_target.latencies(models, input_shape, deployables=deployed)
+    sizes = dict(zip(models, stored_bytes, strict=True))
+    reports = {name: ModelReport(
         accuracy=evaluate(model, datamodule, split),
         selection_accuracy=None if selection_split is None else evaluate(model, datamodule, selection_split),
-        params=params,
-        nonzero_params=nonzero,
+        params=sum(p.numel() for p in model.parameters()),
+        nonzero_params=sum(int(p.count_nonzero()) for p in model.parameters()),
         macs=count_macs(model, (1, *input_shape[1:])),
-        stored_bytes=stored_bytes,
-        latency=target.latency(model, input_shape, layers=layers, deployables=deployables),
-        layers=layers,
-        local_latency=None if local_target is None else local_target.latency(model, input_shape, deployables=deployables),
-    )
+        stored_bytes=sizes[name],
+        latency=latency[name],
+        layers=layers[name],
+        local_latency=local.get(name),
+    ) for name, model in models.items()}
+    return reports["baseline"], reports["compressed"]
+
+
+def speedups(compressed: ModelReport, baseline: ModelReport) -> dict[str, Speedup]:
+    """The run's speedups by metric name: on its target, and measured here when the target is emulated."""
+    found = {"speedup": speedup_between(baseline.latency, compressed.latency)}
+    if compressed.local_latency is not None and baseline.local_latency is not None:
+        found["local_cpu_speedup"] = speedup_between(baseline.local_latency, compressed.local_latency)
+    return found
+
+
+def speedup_tags(found: Mapping[str, Speedup]) -> dict[str, str]:
+    """``<speedup>_verdict`` (faster, slower, no measurable difference, predicted) and the noise flags:
+    ``latency_noisy`` for the run's target, ``local_cpu_latency_noisy`` for the CPU measured beside it."""
+    tags = {f"{name}_verdict": s.verdict for name, s in found.items()}
+    for name, s in found.items():
+        tags[name.replace("speedup", "latency_noisy")] = str(s.noisy).lower()
+    return tags
 
 
 def comparison(compressed: ModelReport, baseline: ModelReport) -> dict[str, float]:
-    """Speedup, compression and accuracy change against the run's own baseline."""
+    """Speedups (with their interval), compression and accuracy change against the run's own baseline."""
     ratios = {
-        "speedup": baseline.latency.latency_ms / compressed.latency.latency_ms,
+        **{key: value for name, s in speedups(compressed, baseline).items() for key, value in s.metrics(name).items()},
         "compression": baseline.stored_bytes / compressed.stored_bytes,
         "macs_reduction": baseline.macs / max(compressed.macs, 1),
         "top1_delta": compressed.accuracy["top1"] - baseline.accuracy["top1"],
     }
     if compressed.selection_accuracy is not None and baseline.selection_accuracy is not None:
         ratios[f"{SELECTION_PREFIX}top1_delta"] = compressed.selection_accuracy["top1"] - baseline.selection_accuracy["top1"]
-    if compressed.local_latency is not None and baseline.local_latency is not None:
-        ratios["local_cpu_speedup"] = baseline.local_latency.latency_ms / compressed.local_latency.latency_ms
     return ratios
 
 

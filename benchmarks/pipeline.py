@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, cast
 
@@ -25,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from benchmarks.baseline_cache import BaselineModel, baseline_key, obtain_baseline
 from benchmarks.context import make_context
-from benchmarks.evaluation import ModelReport, comparison, evaluate_model, write_layer_table
+from benchmarks.evaluation import ModelReport, comparison, evaluate_pair, speedup_tags, speedups, write_layer_table
 from benchmarks.lineage import data_fraction, dataset_of, log_dataset, log_model
 from benchmarks.models import build_model
 from benchmarks.run_labels import run_kind, run_name
@@ -146,24 +147,17 @@ def _run_recorded(cfg: DictConfig, recipe: RecipeConfig, trainer_cfg: TrainerCon
 
     split, selection_split = cfg.evaluation.split, cfg.evaluation.selection_split
     with stage("evaluate"):
-        base_report = evaluate_model(baseline.model, datamodule, target, input_shape, baseline.file.stat().st_size,
-                                     split=split, selection_split=selection_split, local_target=local_target)
-        report = evaluate_model(result.model, datamodule, target, input_shape, result.stored_bytes, split=split,
-                                selection_split=selection_split,
-                                layer_bits=result.layer_bits, deployables=result.deployables, local_target=local_target)
+        base_report, report = evaluate_pair(baseline.model, result.model, datamodule, target, input_shape,
+                                            (baseline.file.stat().st_size, result.stored_bytes), split=split,
+                                            selection_split=selection_split, layer_bits=result.layer_bits,
+                                            deployables=result.deployables, local_target=local_target)
 
     with stage("record"):
         _record(cfg, recorder, report, base_report, result, workdir)
     with stage("mlflow model"):
         log_model(recorder, result.model, torch.randn(2, *datamodule.input_shape),  # 2: export fixes a batch of 1
                   {k: str(cfg[k].name) for k in ("dataset", "model", "method", "hw")}, cfg.logger.log_model)
-    log.info(
-        "[result] %s/%s/%s on %s: top-1 %.2f%% (baseline %.2f%%), %.3f ms %s (x%.2f), %d bytes (x%.1f smaller)",
-        cfg.dataset.name, cfg.model.name, cfg.method.name, cfg.hw.name, report.accuracy["top1"],
-        base_report.accuracy["top1"], report.latency.latency_ms, report.latency.label,
-        base_report.latency.latency_ms / report.latency.latency_ms, report.stored_bytes,
-        base_report.stored_bytes / report.stored_bytes,
-    )
+    _log_result(cfg, report, base_report)
     recorded = {**report.metrics(), **comparison(report, base_report)}
     objectives = list(cfg.get("objectives") or [DEFAULT_OBJECTIVE])
     found = {name: value for name in objectives if (value := recorded.get(name)) is not None}
@@ -172,6 +166,21 @@ def _run_recorded(cfg: DictConfig, recipe: RecipeConfig, trainer_cfg: TrainerCon
         raise ValueError(f"objectives {unknown} are not metrics of this run; choose from {sorted(recorded)}")
     values = tuple(float(found[name]) for name in objectives)
     return values if cfg.get("objectives") else values[0]
+
+
+def _log_result(cfg: DictConfig, report: ModelReport, base_report: ModelReport) -> None:
+    """The run's figures on the console; a speedup with its interval or verdict, and a warning when noisy."""
+    found = speedups(report, base_report)
+    local = f"; measured on this CPU: {found['local_cpu_speedup'].describe()}" if "local_cpu_speedup" in found else ""
+    log.info("[result] %s/%s/%s on %s: top-1 %.2f%% (baseline %.2f%%), %.3f ms %s, speedup %s%s; %d bytes (x%.1f smaller)",
+             cfg.dataset.name, cfg.model.name, cfg.method.name, cfg.hw.name, report.accuracy["top1"],
+             base_report.accuracy["top1"], report.latency.latency_ms, report.latency.label,
+             found["speedup"].describe(), local, report.stored_bytes, base_report.stored_bytes / report.stored_bytes)
+    for name, speedup in found.items():
+        if speedup.noisy:
+            log.warning("[result] %s: machine too noisy (the timing protocol's coefficient of variation exceeded "
+                        "its threshold; tag %s=true): rerun on a quieter machine before trusting it",
+                        name, name.replace("speedup", "latency_noisy"))
 
 
 def _local_target(cfg: DictConfig, target: HardwareTarget) -> HardwareTarget | None:
@@ -214,11 +223,15 @@ def _record(cfg: DictConfig, recorder: RunRecorder, report: ModelReport, base_re
             result: CompressionResult, workdir: Path) -> None:
     recorder.metrics({**report.metrics(), **base_report.metrics("baseline_"), **comparison(report, base_report),
                       **{f"method_{k}": v for k, v in result.metrics.items()}})
-    recorder.tags({**_provenance_tags(report.latency),
+    found = speedups(report, base_report)
+    recorder.tags({**_provenance_tags(report.latency), **speedup_tags(found),
                    "latency_provenance": json.dumps(report.latency.provenance, default=str)[:5000],
                    "latency_notes": " | ".join(report.latency.notes)[:5000]})
     recorder.text(json.dumps({"compressed": _latency_dict(report.latency), "baseline": _latency_dict(base_report.latency),
-                              "local_cpu": _latency_dict(report.local_latency)}, indent=2, default=str), "latency.json")
+                              "local_cpu": _latency_dict(report.local_latency),
+                              "baseline_local_cpu": _latency_dict(base_report.local_latency),
+                              "speedups": {name: asdict(s) for name, s in found.items()}},
+                             indent=2, default=str), "latency.json")
     if cfg.evaluation.per_layer_table:
         recorder.artifact(write_layer_table(report, workdir / "layers.csv"))
     recorder.artifact(result.stored_file, "model")
@@ -233,4 +246,5 @@ def _latency_dict(report: LatencyReport | None) -> dict[str, Any] | None:
         return None
     return {"hw": report.hw, "latency_ms": report.latency_ms, "spread_ms": report.spread_ms, "source": report.source,
             "calibration": report.calibration, "energy_mj": report.energy_mj, "memory": report.memory,
-            "provenance": report.provenance, "notes": report.notes, "per_layer_ms": report.per_layer_ms}
+            "provenance": report.provenance, "notes": report.notes, "per_layer_ms": report.per_layer_ms,
+            "noisy": report.noisy, "rounds_ms": report.rounds_ms}

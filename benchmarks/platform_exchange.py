@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import statistics
 from pathlib import Path
 from typing import Any
 
@@ -29,41 +28,33 @@ from torch import nn
 
 from benchmarks.models import build_model
 from benchmarks.training import evaluate
-from hardware.protocol import summarise
+from hardware.speedup import NO_DIFFERENCE, speedup_between
 from hardware.target import HardwareTarget
 from methods.baseline import load_dense
 from methods.storage import load_model
 
 
 def exchange_rows(baseline: nn.Module, trimmed: dict[str, nn.Module], targets: dict[str, HardwareTarget],
-                  input_shape: tuple[int, ...], rounds: int = 1) -> list[dict[str, Any]]:
+                  input_shape: tuple[int, ...]) -> list[dict[str, Any]]:
     """One row per (target evaluated on, model trimmed for): latency and speedup on that target.
 
-    With ``rounds`` > 1 every model is measured that many times, the models interleaved
-    (baseline, trimmed..., baseline, ...), and the row holds the median over the rounds with
-    their IQR as the spread: a VM whose speed drifts by tens of percent over a minute then
-    moves every model alike instead of favouring whichever was measured in a fast moment.
+    A measured target times the baseline and every trimmed model together, interleaved over its
+    ``hw.rounds`` rounds (``HardwareTarget.latencies``): a VM whose speed drifts by tens of percent
+    over a minute then moves every model alike, and each speedup is the median of the per-round
+    ratios with its interval (``hardware.speedup``). An emulated target's speedup is a predicted point.
     """
-    if rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds}")
     models = {"baseline": baseline, **trimmed}
     rows = []
     for hw, target in targets.items():
-        reports: dict[str, list[Any]] = {name: [] for name in models}
-        for _ in range(rounds):
-            for name, model in models.items():
-                reports[name].append(target.latency(model, input_shape))
-        base_ms = statistics.median(r.latency_ms for r in reports["baseline"])
+        reports = target.latencies(models, input_shape)
+        base = reports["baseline"]
         for trimmed_for in trimmed:
-            first = reports[trimmed_for][0]
-            if rounds > 1:
-                over_rounds = summarise([r.latency_ms for r in reports[trimmed_for]])
-                latency_ms, spread = over_rounds.median_ms, over_rounds.iqr_ms
-            else:
-                latency_ms, spread = first.latency_ms, first.spread_ms
-            rows.append({"evaluated_on": hw, "trimmed_for": trimmed_for, "latency_ms": latency_ms,
-                         "spread_ms": spread, "baseline_ms": base_ms, "speedup": base_ms / latency_ms,
-                         "source": first.label, "rounds": rounds})
+            report = reports[trimmed_for]
+            speedup = speedup_between(base, report)
+            rows.append({"evaluated_on": hw, "trimmed_for": trimmed_for, "latency_ms": report.latency_ms,
+                         "spread_ms": report.spread_ms, "baseline_ms": base.latency_ms, "speedup": speedup.value,
+                         "speedup_low": speedup.low, "speedup_high": speedup.high, "verdict": speedup.verdict,
+                         "noisy": speedup.noisy, "source": report.label, "rounds": speedup.rounds})
     return rows
 
 
@@ -76,8 +67,8 @@ def exchange_markdown(rows: list[dict[str, Any]], top1: dict[str, float], channe
     for r in rows:
         mark = "**" if r["evaluated_on"] == r["trimmed_for"] else ""
         lines.append(f"| {r['evaluated_on']} | {r['trimmed_for']} | {r['latency_ms']:.4f} ± {r['spread_ms']:.4f} | "
-                     f"{r['baseline_ms']:.4f} | {mark}{r['speedup']:.2f}x{mark} | {top1[r['trimmed_for']]:.2f} | "
-                     f"{r['source']} |")
+                     f"{r['baseline_ms']:.4f} | {mark}{r['speedup']:.2f}x{mark}{_interval(r)} | "
+                     f"{top1[r['trimmed_for']]:.2f} | {r['source']} |")
     lines += ["", f"Baseline top-1: {top1['baseline']:.2f}%.", "", "Filters kept per layer:", "",
               "| layer | baseline | " + " | ".join(f"trimmed for {k}" for k in channels if k != "baseline") + " |",
               "|---|---:|" + "---:|" * (len(channels) - 1)]
@@ -85,6 +76,16 @@ def exchange_markdown(rows: list[dict[str, Any]], top1: dict[str, float], channe
         lines.append(f"| {layer} | {channels['baseline'][layer]} | "
                      + " | ".join(str(channels[k][layer]) for k in channels if k != "baseline") + " |")
     return "\n".join(lines) + "\n"
+
+
+def _interval(row: dict[str, Any]) -> str:
+    """A measured speedup's interval and verdict (rows written before pairing have none)."""
+    if row.get("verdict") in (None, "predicted"):
+        return ""
+    text = f" [{row['speedup_low']:.2f}, {row['speedup_high']:.2f}]"
+    if row["verdict"] == NO_DIFFERENCE:
+        text += f" {NO_DIFFERENCE}"
+    return text + (" (noisy)" if row["noisy"] else "")
 
 
 def layer_widths(model: nn.Module) -> dict[str, int]:
@@ -101,7 +102,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--title", default="CompactNet platform exchange")
     parser.add_argument("--note", default="")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved measurements of every model per target")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides selecting model and dataset")
     args = parser.parse_args(argv)
 
@@ -122,14 +122,15 @@ def main(argv: list[str] | None = None) -> int:
         name, path = item.split("=", 1)
         trimmed[name] = load_model(Path(path), template)
     input_shape = (1, *datamodule.input_shape)
-    rows = exchange_rows(baseline, trimmed, targets, input_shape, args.rounds)
+    rows = exchange_rows(baseline, trimmed, targets, input_shape)
     top1 = {"baseline": evaluate(baseline, datamodule, "test")["top1"],
             **{name: evaluate(m, datamodule, "test")["top1"] for name, m in trimmed.items()}}
     channels = {"baseline": layer_widths(baseline), **{name: layer_widths(m) for name, m in trimmed.items()}}
     header = (f"# {args.title}\n\nModel `{cfg.model.name}` on `{cfg.dataset.name}` (test split), batch 1; "
               f"generated {_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC by "
               "`python -m benchmarks.platform_exchange`. Bold: the model on the target it was trimmed for. "
-              f"Latency: median of {args.rounds} interleaved rounds per model, ± their IQR."
+              "Measured latency: median over the target's interleaved rounds (hw.rounds), ± IQR; speedup: median "
+              "per-round ratio [its bootstrap interval at hw.confidence]."
               + (f"\n\n{args.note}" if args.note else ""))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(exchange_markdown(rows, top1, channels, header))

@@ -13,8 +13,10 @@ Three runtimes (ISSUE 3, "Measured on this machine"):
   raises ``HardwareError``.
 
 All three share ``hardware.protocol`` (warm-up, repeats until a minimum time, median,
-IQR, coefficient of variation, "machine too noisy" note). Memory figures come from the
-one layer description (``hardware.layers``), not from the runtime's allocator.
+IQR, coefficient of variation, "machine too noisy" note) and time in interleaved rounds
+(``hardware.speedup``): models compared with each other are timed together, round by round,
+so that their speedup is paired. Memory figures come from the one layer description
+(``hardware.layers``), not from the runtime's allocator.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ import torch
 from torch import nn
 
 from hardware.layers import LayerSpec, leaf_op, memory_footprint
-from hardware.protocol import TimingProtocol, TimingResult, machine_provenance, protocol_dict, time_callable
+from hardware.protocol import NOISE_THRESHOLD, TimingProtocol, TimingResult, machine_provenance, protocol_dict
+from hardware.speedup import interleaved
 from hardware.target import HardwareError, HardwareTarget, LatencyReport
 
 
@@ -94,6 +97,9 @@ class MeasuredTarget(HardwareTarget):
         min_time_s: float = 0.5,
         max_time_s: float = 30.0,
         clock: str = "wall",
+        rounds: int = 20,
+        confidence: float = 0.95,
+        noise_threshold: float = NOISE_THRESHOLD,
         **kwargs: Any,
     ) -> None:
         kwargs.pop("source", None)
@@ -111,15 +117,22 @@ class MeasuredTarget(HardwareTarget):
             min_time_s=float(min_time_s),
             max_time_s=float(max_time_s),
             clock=clock,
+            rounds=int(rounds),
+            confidence=float(confidence),
+            noise_threshold=float(noise_threshold),
         )
 
     # -- what subclasses provide -------------------------------------------------------
-    def measure(
+    def prepared(
         self, model: nn.Module, input_shape: tuple[int, ...], deployable: Path | None = None
-    ) -> tuple[TimingResult, dict[str, Any]]:
-        """Time one forward pass of ``input_shape`` (of ``deployable``, the file of the format this
-        target executes, when the method wrote one); return the timing and runtime provenance."""
+    ) -> contextlib.AbstractContextManager[tuple[Callable[[], Any], dict[str, Any]]]:
+        """A context holding one forward pass of ``input_shape`` ready to call (of ``deployable``, the file
+        of the format this target executes, when the method wrote one), and its runtime provenance."""
         raise NotImplementedError
+
+    def time_one_ms(self) -> Callable[[Callable[[], Any]], float] | None:
+        """How one call is timed; None: the protocol's clock."""
+        return None
 
     def runtime_provenance(self) -> dict[str, Any]:
         return {"runtime": self.runtime, "torch": torch.__version__}
@@ -127,10 +140,26 @@ class MeasuredTarget(HardwareTarget):
     # -- the HardwareTarget interface --------------------------------------------------
     def latency(self, model: nn.Module, input_shape: tuple[int, ...], layers: list[LayerSpec] | None = None,
                 deployables: Mapping[str, Path] | None = None) -> LatencyReport:
+        return self.latencies({"model": model}, input_shape, {"model": layers}, {"model": deployables})["model"]
+
+    def latencies(self, models: Mapping[str, nn.Module], input_shape: tuple[int, ...],
+                  layers: Mapping[str, list[LayerSpec] | None] | None = None,
+                  deployables: Mapping[str, Mapping[str, Path] | None] | None = None) -> dict[str, LatencyReport]:
+        """Time ``models`` together in interleaved rounds (``hardware.speedup.interleaved``): paired figures."""
         input_shape = tuple(int(s) for s in input_shape)
+        layers, deployables = layers or {}, deployables or {}
+        files = {name: self.deployable(deployables.get(name)) for name in models}
+        with contextlib.ExitStack() as stack:
+            ready = {name: stack.enter_context(self.prepared(model, input_shape, files[name]))
+                     for name, model in models.items()}
+            timed = interleaved({name: call for name, (call, _) in ready.items()}, self.protocol, self.time_one_ms())
+        return {name: self._report(model, input_shape, layers.get(name), files[name], *timed[name], ready[name][1])
+                for name, model in models.items()}
+
+    def _report(self, model: nn.Module, input_shape: tuple[int, ...], layers: list[LayerSpec] | None,
+                deployable: Path | None, timing: TimingResult, rounds_ms: list[float],
+                runtime_info: dict[str, Any]) -> LatencyReport:
         layers = self.layers_of(_on_device(model, torch.device("cpu")), input_shape, layers)
-        deployable = self.deployable(deployables)
-        timing, runtime_info = self.measure(model, input_shape, deployable)
         provenance = {
             **machine_provenance(),
             "device": self.device_name(),
@@ -138,6 +167,7 @@ class MeasuredTarget(HardwareTarget):
             **self.runtime_provenance(),
             **runtime_info,
             **timing.provenance(),
+            "rounds": len(rounds_ms),
             "protocol": protocol_dict(self.protocol),
             "input_shape": list(input_shape),
             "measured_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -152,6 +182,8 @@ class MeasuredTarget(HardwareTarget):
             per_layer_ms=self._per_layer(model, input_shape, deployable),
             provenance=provenance,
             notes=timing.notes(),
+            rounds_ms=rounds_ms,
+            noisy=timing.noisy,
         )
 
     def _per_layer(self, model: nn.Module, input_shape: tuple[int, ...], deployable: Path | None) -> dict[str, float]:
@@ -185,14 +217,14 @@ class LocalCPU(MeasuredTarget):
             "interop_threads": torch.get_num_interop_threads(),
         }
 
-    def measure(
+    @contextlib.contextmanager
+    def prepared(
         self, model: nn.Module, input_shape: tuple[int, ...], deployable: Path | None = None
-    ) -> tuple[TimingResult, dict[str, Any]]:
+    ) -> Iterator[tuple[Callable[[], Any], dict[str, Any]]]:
         cpu_model = _on_device(model, torch.device("cpu"))
         x = torch.randn(input_shape)
         with torch_threads(self.threads), _eval_mode(cpu_model), torch.no_grad():
-            timing = time_callable(lambda: cpu_model(x), self.protocol)
-        return timing, {}
+            yield (lambda: cpu_model(x)), {}
 
     def _per_layer(self, model, input_shape, deployable=None):
         if not self.per_layer:
@@ -338,9 +370,10 @@ class OnnxRuntimeCPU(MeasuredTarget):
         options.log_severity_level = 3
         return ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
 
-    def measure(
+    @contextlib.contextmanager
+    def prepared(
         self, model: nn.Module, input_shape: tuple[int, ...], deployable: Path | None = None
-    ) -> tuple[TimingResult, dict[str, Any]]:
+    ) -> Iterator[tuple[Callable[[], Any], dict[str, Any]]]:
         import numpy as np
 
         with tempfile.TemporaryDirectory(prefix="hw_onnx_") as tmp:
@@ -363,8 +396,7 @@ class OnnxRuntimeCPU(MeasuredTarget):
                 raise HardwareError(f"hw {self.name!r}: unsupported ONNX input type {inputs[0].type}")
             rng = np.random.default_rng(0)
             feed = {inputs[0].name: rng.standard_normal(input_shape).astype(dtype)}
-            timing = time_callable(lambda: session.run(None, feed), self.protocol)
-        return timing, info
+            yield (lambda: session.run(None, feed)), info
 
 
 # -- CUDA --------------------------------------------------------------------------------
@@ -400,13 +432,8 @@ class CUDA(MeasuredTarget):
             "capability": ".".join(map(str, torch.cuda.get_device_capability(self.device))),
         }
 
-    def measure(
-        self, model: nn.Module, input_shape: tuple[int, ...], deployable: Path | None = None
-    ) -> tuple[TimingResult, dict[str, Any]]:
-        gpu_model = _on_device(model, self.device)
-        x = torch.randn(input_shape, device=self.device)
-
-        def time_one_ms(fn: Callable[[], Any]) -> float:
+    def time_one_ms(self) -> Callable[[Callable[[], Any]], float]:
+        def one_call_ms(fn: Callable[[], Any]) -> float:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             fn()
@@ -414,11 +441,18 @@ class CUDA(MeasuredTarget):
             end.synchronize()
             return float(start.elapsed_time(end))
 
+        return one_call_ms
+
+    @contextlib.contextmanager
+    def prepared(
+        self, model: nn.Module, input_shape: tuple[int, ...], deployable: Path | None = None
+    ) -> Iterator[tuple[Callable[[], Any], dict[str, Any]]]:
+        gpu_model = _on_device(model, self.device)
+        x = torch.randn(input_shape, device=self.device)
         old_benchmark = torch.backends.cudnn.benchmark
         torch.backends.cudnn.benchmark = self.cudnn_benchmark
         try:
             with torch.cuda.device(self.device), _eval_mode(gpu_model), torch.no_grad():
-                timing = time_callable(lambda: gpu_model(x), self.protocol, time_one_ms)
+                yield (lambda: gpu_model(x)), {}
         finally:
             torch.backends.cudnn.benchmark = old_benchmark
-        return timing, {}

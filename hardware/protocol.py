@@ -24,7 +24,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 #: clocks a protocol can time with
@@ -45,6 +45,11 @@ class TimingProtocol:
     #: "wall" (perf_counter) or "thread_cpu" (CPU time of the calling thread: immune to
     #: preemption by other processes on a shared machine; valid only for single-threaded runs)
     clock: str = "wall"
+    #: models compared together are timed in this many interleaved rounds (hardware.speedup),
+    #: each round taking its share of ``repeats`` and of the time limits
+    rounds: int = 20
+    #: confidence level of the bootstrap interval of a paired speedup (hardware.speedup)
+    confidence: float = 0.95
 
     def __post_init__(self) -> None:
         if self.clock not in CLOCKS:
@@ -57,6 +62,19 @@ class TimingProtocol:
             raise ValueError(
                 f"hw.min_time_s must be >= 0 and hw.max_time_s > 0, got {self.min_time_s}, {self.max_time_s}"
             )
+        if self.rounds < 3:
+            raise ValueError(f"hw.rounds must be >= 3 (a paired speedup's interval needs rounds), got {self.rounds}")
+        if self.noise_threshold < 0:
+            raise ValueError(f"hw.noise_threshold must be >= 0 (a coefficient of variation, 0.05 = 5%), got {self.noise_threshold}")
+        if not 0 < self.confidence < 1:
+            raise ValueError(f"hw.confidence must lie strictly between 0 and 1 (0.95: a 95% interval), got {self.confidence}")
+
+    def per_visit(self) -> TimingProtocol:
+        """One of the ``2 * rounds`` visits of a model in interleaved rounds (each round visits every model
+        twice): its share of the repeats (at least 3) and of the time limits, no warm-up."""
+        visits = 2 * self.rounds
+        return replace(self, warmup=0, repeats=max(3, -(-self.repeats // visits)),
+                       min_time_s=self.min_time_s / visits, max_time_s=self.max_time_s / visits)
 
 
 @dataclass

@@ -40,6 +40,10 @@ class LatencyReport:
     per_layer_ms: dict[str, float] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: measured: the median of each round the model was timed in, paired with the other models of the same
+    #: ``latencies`` call round by round (hardware.speedup); empty for a prediction
+    rounds_ms: list[float] = field(default_factory=list)
+    noisy: bool = False  # measured: the timing crossed the protocol's noise threshold
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -127,6 +131,18 @@ class HardwareTarget(ABC):
         a target that executes one of them (:attr:`executes`) runs that file instead of ``model``;
         other targets ignore them.
         """
+
+    def latencies(self, models: Mapping[str, nn.Module], input_shape: tuple[int, ...],
+                  layers: Mapping[str, list[LayerSpec] | None] | None = None,
+                  deployables: Mapping[str, Mapping[str, Path] | None] | None = None) -> dict[str, LatencyReport]:
+        """The latency of several models, by name, for comparing them (``hardware.speedup.speedup_between``).
+
+        A prediction does not depend on when it is made; measured targets time the models
+        together, in interleaved rounds, so that their ratio is paired.
+        """
+        layers, deployables = layers or {}, deployables or {}
+        return {name: self.latency(model, input_shape, layers.get(name), deployables.get(name))
+                for name, model in models.items()}
 
     def new_report(self, latency_ms: float, *, error_fraction: float = 0.0, **fields: Any) -> LatencyReport:
         """A report of this target (name, source, calibration filled in); ``error_fraction`` of an emulated

@@ -58,7 +58,7 @@ AMC_OVERRIDES: dict[str, Any] = {"calibration_batches": 4, "finetune": {"epochs"
 COMPACTNET_OVERRIDES: dict[str, Any] = {"resource": "latency", "target_speedup": EXCHANGE_SPEEDUP, "iterations": 4,
                                         "decay": 0.96, "eval_batches": 2, "finetune": {"epochs": 0.05, "lr": 0.01},
                                         "retrain": {"epochs": 1.0, "lr": 0.01}}
-EXCHANGE_ROUNDS = 9  # interleaved measurements per model and target (a VM's speed drifts within a minute)
+EXCHANGE_ROUNDS = 9  # interleaved rounds of the measured target (a VM's speed drifts within a minute)
 
 
 def main() -> int:
@@ -81,7 +81,7 @@ def main() -> int:
     recipe = RecipeConfig(epochs=2, lr=0.05, nesterov=True)
     trainer = TrainerConfig(progress_bar=False)
     pixel1 = registry.instantiate("pixel1", {"reference_dir": str(ROOT.parent / "shared" / "reference" / "pixel1-amc-tflite")})
-    local = LocalCPU(threads=1, clock="thread_cpu", warmup=5, repeats=30, min_time_s=0.1)
+    local = LocalCPU(threads=1, clock="thread_cpu", warmup=5, repeats=30, min_time_s=0.1, rounds=EXCHANGE_ROUNDS)
     # CompactNet's platform simulator for this CPU: a per-layer lookup table of LeNet-5's layers at
     # every width a search can reach, profiled here first so that it stays fixed during the search.
     table_file = work / "local_cpu_lenet5.json"
@@ -155,8 +155,7 @@ def main() -> int:
     if "exchange" in args.parts:
         exchange = {**record, "speedup": EXCHANGE_SPEEDUP, "compactnet": COMPACTNET_OVERRIDES,
                     "rounds": EXCHANGE_ROUNDS,
-                    "rows": exchange_rows(base, trimmed, {**trim_targets, "local_cpu": local}, INPUT,
-                                          rounds=EXCHANGE_ROUNDS),
+                    "rows": exchange_rows(base, trimmed, {**trim_targets, "local_cpu": local}, INPUT),
                     "top1": {"baseline": base_top1, **{hw: evaluate(m, dm, "test")["top1"] for hw, m in trimmed.items()}},
                     "channels": {"baseline": layer_widths(base), **{hw: layer_widths(m) for hw, m in trimmed.items()}}}
         written.append(_write(args.out / "pruning_platform_exchange.json", exchange))

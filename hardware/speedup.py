@@ -1,0 +1,129 @@
+"""Paired, interleaved timing of several models, and the speedup it supports.
+
+Two models timed one after the other on a shared machine compare two moments, not two
+models: any change in load lands in their ratio (the identity baseline once read x95 and
+x0.89). So every measured comparison here is *paired*: the models are timed in alternating
+rounds in the same process, their order rotated every round (A B, B A, ... for two), so a
+slow drift hits both alike; each round yields one ratio (baseline median / compressed median
+of that round), and the speedup is the median of those per-round ratios.
+
+Its uncertainty is a percentile bootstrap confidence interval of that median (Efron and
+Tibshirani 1993, ch. 13; ``scipy.stats.bootstrap``), at a configurable level (95 % by
+default), resampled with a fixed seed so the same rounds always give the same interval.
+A speedup whose interval contains 1 is "no measurable difference", not a number. An emulated
+target's figures are model predictions (deterministic): their ratio is a point, marked
+"predicted".
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from hardware.protocol import TimingProtocol, TimingResult, summarise, time_callable
+from hardware.target import LatencyReport
+
+#: the default confidence level of a speedup interval (hw.confidence of a measured target)
+CONFIDENCE = 0.95
+#: bootstrap resamples; the seed makes an interval a function of the rounds alone
+RESAMPLES = 9999
+SEED = 0
+
+NO_DIFFERENCE = "no measurable difference"
+#: verdicts a speedup can carry (an MLflow tag, a leaderboard column)
+VERDICTS = ("faster", "slower", NO_DIFFERENCE, "predicted")
+
+
+@dataclass(frozen=True)
+class Speedup:
+    """baseline latency / compressed latency, with its interval and how it was obtained."""
+
+    value: float
+    low: float
+    high: float
+    verdict: str
+    confidence: float | None = None  # None for a prediction
+    rounds: int = 0  # paired rounds behind a measured speedup
+    noisy: bool = False  # a timing behind it crossed the protocol's noise threshold
+
+    def metrics(self, name: str = "speedup") -> dict[str, float]:
+        return {name: self.value, f"{name}_low": self.low, f"{name}_high": self.high}
+
+    def describe(self) -> str:
+        """One line for the console: never a bare number for a difference that was not measured."""
+        if self.verdict == "predicted":
+            text = f"x{self.value:.2f} (predicted)"
+        else:
+            interval = f"{self.confidence:.0%} CI {self.low:.2f}-{self.high:.2f} over {self.rounds} paired rounds"
+            text = (f"{NO_DIFFERENCE} (x{self.value:.2f}, {interval})" if self.verdict == NO_DIFFERENCE
+                    else f"x{self.value:.2f} ({interval})")
+        return text + (" [machine too noisy: treat with care]" if self.noisy else "")
+
+
+def paired_speedup(baseline_ms: Sequence[float], compressed_ms: Sequence[float], confidence: float = CONFIDENCE,
+                   resamples: int = RESAMPLES, noisy: bool = False) -> Speedup:
+    """The median of the per-round ratios baseline/compressed and its bootstrap interval.
+
+    ``baseline_ms[i]`` and ``compressed_ms[i]`` were timed in the same round.
+    """
+    if len(baseline_ms) != len(compressed_ms):
+        raise ValueError(f"paired rounds differ in length: {len(baseline_ms)} baseline, {len(compressed_ms)} compressed")
+    if len(baseline_ms) < 3:
+        raise ValueError(f"a paired speedup needs at least 3 rounds, got {len(baseline_ms)} (raise hw.rounds)")
+    if not 0 < confidence < 1:
+        raise ValueError(f"hw.confidence must lie strictly between 0 and 1 (0.95: a 95% interval), got {confidence}")
+    ratios = np.asarray(baseline_ms, dtype=float) / np.asarray(compressed_ms, dtype=float)
+    interval = stats.bootstrap((ratios,), np.median, confidence_level=confidence, n_resamples=resamples,
+                               method="percentile", rng=np.random.default_rng(SEED)).confidence_interval
+    low, high = float(interval.low), float(interval.high)
+    if math.isnan(low) or math.isnan(high):  # every resample has the same median (all ratios equal)
+        low = high = float(np.median(ratios))
+    verdict = NO_DIFFERENCE if low <= 1.0 <= high else ("faster" if low > 1.0 else "slower")
+    return Speedup(float(np.median(ratios)), low, high, verdict, confidence, len(ratios), noisy)
+
+
+def speedup_between(baseline: LatencyReport, compressed: LatencyReport) -> Speedup:
+    """The speedup of two reports of one target: paired when measured (at the confidence level of the
+    protocol they were timed under, ``hw.confidence``), a point when predicted."""
+    noisy = baseline.noisy or compressed.noisy
+    if baseline.rounds_ms or compressed.rounds_ms:
+        confidence = baseline.provenance.get("protocol", {}).get("confidence", CONFIDENCE)
+        return paired_speedup(baseline.rounds_ms, compressed.rounds_ms, confidence, noisy=noisy)
+    if baseline.source == "measured":
+        raise ValueError(f"hw {baseline.hw!r}: measured latencies without paired rounds; time the models together "
+                         "with target.latencies(...)")
+    value = baseline.latency_ms / compressed.latency_ms
+    return Speedup(value, value, value, "predicted", noisy=noisy)
+
+
+def interleaved(calls: Mapping[str, Callable[[], Any]], protocol: TimingProtocol,
+                time_one_ms: Callable[[Callable[[], Any]], float] | None = None) -> dict[str, tuple[TimingResult, list[float]]]:
+    """Time ``calls`` in ``protocol.rounds`` interleaved rounds; per call: its timing over all rounds, round medians.
+
+    Every call is warmed up first (in turn). Round ``r`` visits the calls in the order rotated
+    by ``r``, then in the reverse order (A B B A, then B A A B, ...), so within every round each
+    call sits as often early as late and a linear drift cancels; each visit takes the protocol's
+    share (``TimingProtocol.per_visit``), and a call's round median pools its two visits.
+    """
+    names = list(calls)
+    for name in names:
+        time_callable(calls[name], replace(protocol, repeats=3, min_time_s=0.0), time_one_ms)  # warm-up pass
+    visit = protocol.per_visit()
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    medians: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(protocol.rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        this_round: dict[str, list[float]] = {name: [] for name in names}
+        for name in order + order[::-1]:
+            this_round[name] += time_callable(calls[name], visit, time_one_ms).samples_ms
+        for name, timed in this_round.items():
+            samples[name] += timed
+            medians[name].append(statistics.median(timed))
+    return {name: (summarise(samples[name], protocol.warmup, protocol.noise_threshold), medians[name])
+            for name in names}
