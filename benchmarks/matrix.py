@@ -44,7 +44,7 @@ PARAMS_FILE = Path("params.yaml")
 PARAMS_CONFIG = "dvc_params"
 #: MLflow fields copied into a stage's metrics file (leaderboard columns among them).
 RUN_TAGS = ("dataset", "model", "method", "hw", "seed", "latency_source", "data_checksum", "dvc_stage",
-            "git_commit", "baseline_origin")
+            "git_commit", "baseline_origin", "baseline_key", "run_kind", "data_fraction", "eval_split", "mlflow.runName")
 
 
 class MatrixError(ValueError):
@@ -123,12 +123,19 @@ def _hw_overrides(matrix: Mapping[str, Any], hw: str) -> list[str]:
     return list((matrix.get("hw_overrides") or {}).get(hw) or [])
 
 
+def run_kind_of(matrix: Mapping[str, Any]) -> str:
+    """The ``run_kind`` of the matrix's runs: the tiny matrix's are smoke tests, quick's and full's their own."""
+    from benchmarks.run_labels import MATRIX_KINDS
+
+    return MATRIX_KINDS.get(str(matrix["name"]), "user")
+
+
 def baseline_overrides(matrix: Mapping[str, Any], name: str) -> list[str]:
     """The run of baseline ``name`` (on local_cpu): the matrix's common overrides, model, dataset, its own."""
     node = _lookup(matrix, "baselines", name)
     return [*(matrix.get("common") or []), f"model={node['model']}", f"dataset={node['dataset']}",
             *(node.get("overrides") or []), "+method=baseline", "+hw=local_cpu", *_hw_overrides(matrix, "local_cpu"),
-            f"++tags.dvc_stage=baselines@{name}"]
+            f"++tags.dvc_stage=baselines@{name}", f"run_kind={run_kind_of(matrix)}"]
 
 
 def entry_overrides(matrix: Mapping[str, Any], name: str) -> list[str]:
@@ -139,7 +146,8 @@ def entry_overrides(matrix: Mapping[str, Any], name: str) -> list[str]:
     method = f"+experiment={entry['experiment']}" if entry.get("experiment") else f"+method={entry['method']}"
     return [*(matrix.get("common") or []), f"model={entry['model']}", f"dataset={entry['dataset']}",
             *(base.get("overrides") or []), method, f"+hw={entry['hw']}", *_hw_overrides(matrix, entry["hw"]),
-            *(entry.get("overrides") or []), f"++tags.dvc_stage=bench@{name}", f"++tags.bench_matrix={matrix['name']}"]
+            *(entry.get("overrides") or []), f"++tags.dvc_stage=bench@{name}", f"++tags.bench_matrix={matrix['name']}",
+            f"run_kind={run_kind_of(matrix)}"]
 
 
 # -- stages ----------------------------------------------------------------------------------
@@ -205,16 +213,16 @@ def leaderboard(matrix: Mapping[str, Any], bench_dir: Path, results_dir: Path) -
     """The leaderboard of the matrix's entries, from their metrics files (not the whole store)."""
     import pandas as pd
 
-    from benchmarks.leaderboard import COLUMNS, write_leaderboard
+    from benchmarks.leaderboard import FIELDS, write_leaderboard
 
     rows = []
     for name in sorted(matrix.get("entries") or {}):
         record = json.loads((bench_dir / f"{name}.json").read_text())
         fields = {**record, **record["metrics"]}
-        row = {column: fields.get(field.split(".", 1)[-1]) for column, field in COLUMNS}
+        row = {column: fields.get(field.split(".", 1)[-1]) for column, field in FIELDS}
         row["date"] = pd.Timestamp(record["date"], unit="ms").strftime("%Y-%m-%d %H:%M")
         rows.append(row)
-    table = pd.DataFrame(rows, columns=[c for c, _ in COLUMNS])
+    table = pd.DataFrame(rows, columns=[c for c, _ in FIELDS])
     if not table.empty:
         table = table.sort_values(["dataset", "hw", "test_top1"], ascending=[True, True, False]).reset_index(drop=True)
     return write_leaderboard(table, results_dir)
