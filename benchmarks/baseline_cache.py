@@ -23,6 +23,7 @@ from benchmarks import training
 from benchmarks.models import model_code_version
 from benchmarks.schema import RecipeConfig, TrainerConfig
 from methods.baseline import load_dense, save_dense
+from methods.storage import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -86,15 +87,15 @@ def obtain_baseline(
 
     ``train(model) -> model`` is called only when nothing can be reused; ``fresh_origin``
     says what it does ("trained", or "weights" when the recipe has no epochs). The
-    state dict is written to ``cache_dir/<key>.pt`` in every case, so that the stored
-    size of the baseline is a real file's size.
+    state dict is written to ``cache_dir/<key>.cbm`` (the storage container every method
+    writes) in every case, so that the stored size of the baseline is a real file's size.
     """
     cache_dir.mkdir(parents=True, exist_ok=True)
-    file = cache_dir / f"{key}.pt"
+    file = cache_dir / f"{key}.cbm"
     if use_cache and file.exists():
         try:
             cached = load_dense(model, file)
-        except (RuntimeError, OSError) as err:
+        except (RuntimeError, OSError, StorageError) as err:
             log.warning("[baseline] cache file %s unusable (%s): training again", file, err)
         else:
             log.info("[baseline] loaded from cache %s", file)

@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
+from pathlib import Path
 
-import torch
 from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult
+from methods.storage import load_model, save_model
+from methods.storage.codecs import dense_entries
 
 
-def save_dense(model: nn.Module, path) -> None:
-    """Store a model as its fp32 state dict: the size every ratio is relative to."""
-    torch.save(model.state_dict(), path)
+def save_dense(model: nn.Module, path: str | Path) -> dict[str, int]:
+    """Store a model's state dict as it is (fp32), in the one container: the size every ratio is relative to."""
+    return save_model(path, dense_entries(model.state_dict()))
 
 
-def load_dense(template: nn.Module, path) -> nn.Module:
+def load_dense(template: nn.Module, path: str | Path) -> nn.Module:
     """Decode a file written by :func:`save_dense` into a copy of ``template``."""
-    model = copy.deepcopy(template)
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return model
+    return load_model(path, template)
 
 
 @dataclass
@@ -29,13 +28,13 @@ class BaselineConfig:
 
 
 class Baseline(CompressionMethod):
-    """The trained model as it is, stored as an fp32 state dict."""
+    """The trained model as it is, its fp32 state dict in the storage container."""
 
     name = "baseline"
     Config = BaselineConfig
     config: BaselineConfig
 
     def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
-        path = ctx.workdir / "model.pt"
+        path = ctx.workdir / "model.cbm"
         save_dense(model, path)
         return CompressionResult(model=load_dense(model, path), stored_file=path)

@@ -24,7 +24,7 @@ from methods.base import CompressionContext, CompressionMethod, CompressionResul
 from methods.config import FineTuning, fail, finetune_default, option
 from methods.losses import LossTerm
 from methods.storage import StoredState, load_model, load_state_into, register_architecture, save_model, size_metrics
-from methods.storage.codecs import raw_entry
+from methods.storage.codecs import dense_entries
 
 STUDENT_ARCHITECTURE = "student"
 
@@ -112,9 +112,7 @@ def save_student(student: nn.Module, path: Path, config: StudentConfig, ctx: Com
     """The student's own tensors (fp32, as the baseline is stored) and what rebuilds it."""
     num_classes, in_chans = _data_shape(ctx)
     meta = {"model": config.name, "kwargs": {"num_classes": num_classes, "in_chans": in_chans, **config.kwargs}}
-    entries = [raw_entry(name, tensor, "weights" if tensor.is_floating_point() else "other")
-               for name, tensor in student.state_dict().items()]
-    return save_model(path, entries, meta, architecture=STUDENT_ARCHITECTURE)
+    return save_model(path, dense_entries(student.state_dict()), meta, architecture=STUDENT_ARCHITECTURE)
 
 
 @register_architecture(STUDENT_ARCHITECTURE)

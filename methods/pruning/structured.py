@@ -46,7 +46,7 @@ from hardware.layers import count_macs
 from methods.base import MethodConfigError
 from methods.config import forward_order
 from methods.storage import StoredState, load_state_into, read_entries, register_architecture, save_model
-from methods.storage.codecs import raw_entry
+from methods.storage.codecs import dense_entries
 
 #: The architecture name of a file written by :func:`save_pruned` (:func:`methods.storage.load_model` reads it).
 PRUNED_ARCHITECTURE = "pruned_channels"
@@ -326,8 +326,7 @@ def save_pruned(model: nn.Module, history: Sequence[PruningStep], input_shape: S
         "channels": channel_plan(model),
         "extra": dict(extra or {}),
     }
-    entries = [raw_entry(k, v) for k, v in model.state_dict().items()]
-    save_model(path, entries, meta, architecture=PRUNED_ARCHITECTURE)
+    save_model(path, dense_entries(model.state_dict()), meta, architecture=PRUNED_ARCHITECTURE)
     return Path(path)
 
 

@@ -142,6 +142,11 @@ def fixed_point_entry(name: str, codes: torch.Tensor, word_length: int, fraction
     return entry
 
 
+def dense_entries(state: Mapping[str, torch.Tensor]) -> list[TensorEntry]:
+    """A whole state dict stored as it is: its float tensors as ``weights``, the rest (BN step counters) ``other``."""
+    return [raw_entry(name, tensor, "weights" if tensor.is_floating_point() else "other") for name, tensor in state.items()]
+
+
 def state_entries(state: Mapping[str, torch.Tensor], encoded: Mapping[str, TensorEntry]) -> list[TensorEntry]:
     """Entries for a whole state dict: the ``encoded`` ones where given, the rest raw (kind ``other``)."""
     return [encoded[name] if name in encoded else raw_entry(name, tensor) for name, tensor in state.items()]
