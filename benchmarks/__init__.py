@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -15,5 +14,5 @@ def _existing_dir(path: str) -> str | None:
 
 
 # Resolvers the configs use to derive paths (conf/paths/default.yaml).
-OmegaConf.register_new_resolver("cb.cwd", os.getcwd, replace=True)
+OmegaConf.register_new_resolver("cb.project_dir", lambda: str(Path(__file__).resolve().parent.parent), replace=True)
 OmegaConf.register_new_resolver("cb.existing_dir", _existing_dir, replace=True)

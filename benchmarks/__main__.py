@@ -10,11 +10,15 @@ import warnings
 for _var, _value in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "1"), ("DVC_NO_ANALYTICS", "1")):
     os.environ.setdefault(_var, _value)
 
+import sys  # noqa: E402
+
 import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 import benchmarks  # noqa: E402,F401  (registers the config resolvers)
-from benchmarks.pipeline import run  # noqa: E402
+from benchmarks.preflight import check_settings, one_line, user_errors  # noqa: E402
+from benchmarks.runs import Interrupted  # noqa: E402
 
 
 def _quiet_libraries() -> None:
@@ -28,8 +32,29 @@ def _quiet_libraries() -> None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | tuple[float, ...]:
-    _quiet_libraries()
-    return run(cfg)
+    """One run; a user's error is one line (exit 2), Ctrl-C / SIGTERM one line (exit 130 / 143), no traceback.
+
+    In a multirun the errors go on to the sweeper, which records the trial as failed and goes on.
+    ``HYDRA_FULL_ERROR=1`` shows the traceback of a user's error too.
+    """
+    single = str(HydraConfig.get().mode) == "RunMode.RUN"
+    try:
+        check_settings(cfg)  # before torch, Lightning and MLflow are imported: a typo answers at once
+        from benchmarks.pipeline import run
+
+        _quiet_libraries()
+        return run(cfg)
+    except Interrupted as stop:
+        print(stop, file=sys.stderr)
+        raise SystemExit(stop.exit_code) from None
+    except KeyboardInterrupt:
+        print("interrupted before a run was created", file=sys.stderr)
+        raise SystemExit(130) from None
+    except Exception as err:
+        if not single or os.environ.get("HYDRA_FULL_ERROR") == "1" or not isinstance(err, user_errors()):
+            raise
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

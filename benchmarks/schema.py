@@ -14,15 +14,18 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from methods.distillation.losses import RECOVERY_LOSSES
-
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "cosine", "multistep")
-#: ``recipe.distill``: the loss of every method's fine-tuning, distilled from the baseline (or none: cross-entropy)
-DISTILL_LOSSES = ("none", *RECOVERY_LOSSES)
+
+
+def distill_losses() -> tuple[str, ...]:
+    """``recipe.distill``: the loss of every method's fine-tuning, distilled from the baseline (or none: cross-entropy)."""
+    from methods.distillation.losses import RECOVERY_LOSSES  # torch: only a recipe that distils pays for it
+
+    return ("none", *RECOVERY_LOSSES)
 
 
 class ConfigError(ValueError):
@@ -62,7 +65,8 @@ class RecipeConfig:
         _require(self.weight_decay >= 0, "recipe.weight_decay", f"must be >= 0, got {self.weight_decay}")
         _require(all(0 < m < 1 for m in self.milestones), "recipe.milestones", "are fractions of training, each in (0, 1)")
         _require(0 <= self.label_smoothing < 1, "recipe.label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
-        _require(self.distill in DISTILL_LOSSES, "recipe.distill", f"unknown loss {self.distill!r}; choose one of {DISTILL_LOSSES}")
+        _require(self.distill == "none" or self.distill in distill_losses(), "recipe.distill",
+                 f"unknown loss {self.distill!r}; choose one of {distill_losses()}")
         _require(self.distill_T > 0, "recipe.distill_T", f"the temperature must be > 0, got {self.distill_T}")
         _require(0 <= self.distill_alpha <= 1, "recipe.distill_alpha", f"must be in [0, 1], got {self.distill_alpha}")
 

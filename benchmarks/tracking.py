@@ -24,6 +24,8 @@ import optuna
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
+from benchmarks.runs import Interrupted, mark_orphans, process_tags
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -160,10 +162,6 @@ class RunRecorder:
         retry_locked(lambda: self.client.log_text(self.run_id, text, name))
 
 
-class _Terminated(Exception):
-    """SIGTERM turned into an exception, so the run can be marked KILLED."""
-
-
 @contextmanager
 def mlflow_run(
     tracking_uri: str,
@@ -172,23 +170,43 @@ def mlflow_run(
     run_name: str | None,
     tags: Mapping[str, Any],
 ) -> Iterator[RunRecorder]:
-    """Open a run; end it FINISHED, FAILED (with the traceback) or KILLED."""
+    """Open a run; end it FINISHED, FAILED (with the traceback) or KILLED; say where it is.
+
+    The run carries its host and process (benchmarks.runs), and this host's RUNNING runs whose
+    process is gone are marked KILLED first. SIGINT and SIGTERM stop the run as Ctrl-C does
+    (Lightning shuts a fit down on KeyboardInterrupt), it is marked KILLED, and
+    :class:`~benchmarks.runs.Interrupted` says which run; a signal the process ignores (a
+    background job's SIGINT) stays ignored.
+    """
     exp_id = experiment_id(tracking_uri, experiment_name, artifact_location)
     client = MlflowClient(tracking_uri)
-    run = retry_locked(lambda: client.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()}))
+    for orphan, reason in retry_locked(lambda: mark_orphans(client, [exp_id])):
+        log.warning("[mlflow] run %s marked KILLED: %s", orphan, reason)
+    all_tags = {**process_tags(), **{k: str(v) for k, v in tags.items()}}
+    run = retry_locked(lambda: client.create_run(exp_id, run_name=run_name, tags=all_tags))
     recorder = RunRecorder(run.info.run_id, client)
-    log.info("[mlflow] run %s in experiment %r at %s", run.info.run_id, experiment_name, tracking_uri)
+    log.info("[mlflow] run %s (%s) in experiment %r at %s", run.info.run_name, run.info.run_id, experiment_name,
+             tracking_uri)
 
-    def on_sigterm(signum: int, frame: Any) -> None:
-        raise _Terminated(f"signal {signum}")
+    received: list[int] = []
+    stoppable = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
 
-    previous = signal.signal(signal.SIGTERM, on_sigterm) if _in_main_thread() else None
+    def on_signal(signum: int, frame: Any) -> None:
+        received.append(signum)
+        for other in previous:  # a second Ctrl-C while the run is being marked would lose the mark
+            signal.signal(other, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, on_signal) for s in stoppable} if _in_main_thread() else {}
     status = RunStatus.to_string(RunStatus.FINISHED)
     try:
         yield recorder
-    except (KeyboardInterrupt, _Terminated, SystemExit):  # Lightning turns Ctrl-C into sys.exit(1)
+    except (KeyboardInterrupt, SystemExit) as stop:  # Lightning turns Ctrl-C into sys.exit(1)
         status = RunStatus.to_string(RunStatus.KILLED)
-        recorder.tags({"end_reason": "interrupted"})
+        why = signal.Signals(received[0]).name if received else type(stop).__name__
+        recorder.tags({"end_reason": "interrupted", "killed_reason": why})
+        if received:
+            raise Interrupted(received[0], run.info.run_name, run.info.run_id) from None
         raise
     except optuna.TrialPruned as pruned:  # a sweep's pruner stopped it early (benchmarks/trial_pruning.py)
         status = RunStatus.to_string(RunStatus.KILLED)
@@ -200,9 +218,22 @@ def mlflow_run(
         recorder.tags({"error": f"{type(err).__name__}: {err}"[:5000]})
         raise
     finally:
+        for signum in previous:  # the run's end is written whole, then signals act again
+            signal.signal(signum, signal.SIG_IGN)
         retry_locked(lambda: client.set_terminated(run.info.run_id, status=status))
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        log.info("[mlflow] %s", where(run.info, status, tracking_uri))
+
+
+def where(info: Any, status: str, tracking_uri: str) -> str:
+    """The console's last line about a run: its name and id, status, store, artifact folder and how to open it."""
+    artifacts = info.artifact_uri.removeprefix("file://")
+    if tracking_uri.startswith(("http://", "https://")):
+        open_it = f"open {tracking_uri.rstrip('/')}/#/experiments/{info.experiment_id}/runs/{info.run_id}"
+    else:
+        open_it = f"open it with: mlflow ui --backend-store-uri {tracking_uri}"
+    return f"run {info.run_name} ({info.run_id}) {status}: store {tracking_uri}, artifacts {artifacts}; {open_it}"
 
 
 def _in_main_thread() -> bool:

@@ -70,15 +70,48 @@ def create_model(name: str, imports: list[str] | None = None, **kwargs: Any):
     return timm.create_model(name, pretrained=False, **kwargs).eval()
 
 
+def _runs_on(model: Any, in_chans: int, size: int) -> str | None:
+    """None if one image of ``size`` px passes through ``model``, else the first line of the error."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, in_chans, size, size))
+    except RuntimeError as error:
+        return str(error).strip().splitlines()[0]
+    return None
+
+
+def check_input_size(model: Any, name: str, in_chans: int, size: int) -> None:
+    """Refuse an input smaller than the model's minimum, naming the smallest that works (found by bisection)."""
+    problem = _runs_on(model, in_chans, size)
+    if problem is None:
+        return
+    default = int(getattr(model, "pretrained_cfg", {}).get("input_size", (in_chans, 224, 224))[-1])
+    if default <= size or _runs_on(model, in_chans, default) is not None:
+        raise HardwareError(f"--model {name} does not run on {in_chans}x{size}x{size} inputs ({problem}); "
+                            "check --input-size and --in-chans")
+    low, high = size, default  # fails at low, runs at high
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if _runs_on(model, in_chans, middle) is None else (middle, high)
+    raise HardwareError(f"--input-size {size} is below {name}'s minimum: it runs from --input-size {high} "
+                        f"({problem} at {size})")
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from hardware.registry import instantiate, parse_overrides
 
+    for flag, value in (("--input-size", args.input_size), ("--batch-size", args.batch_size), ("--in-chans", args.in_chans)):
+        if value is not None and value < 1:
+            raise HardwareError(f"{flag} must be >= 1, got {value}")
     overrides = parse_overrides(args.set)
     if args.batch_size is not None:
         overrides["batch_size"] = args.batch_size
     with contextlib.redirect_stdout(sys.stderr):
         target = instantiate(args.hw, overrides, args.conf_dir)
         model = create_model(args.model, args.imports, in_chans=args.in_chans)
+        check_input_size(model, args.model, args.in_chans, args.input_size)
         shape = (target.batch_size, args.in_chans, args.input_size, args.input_size)
         report = target.latency(model, shape)
     result: dict[str, Any] = {

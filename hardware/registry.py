@@ -114,8 +114,10 @@ def instantiate(name: str, overrides: dict[str, Any] | None = None, conf_dir: Pa
     except InstantiationException as error:
         # hydra wraps the target's own error; a HardwareError already says what to do
         cause = error.__cause__
-        if isinstance(cause, (HardwareError, ValueError)):
+        if isinstance(cause, HardwareError):
             raise cause from None
+        if isinstance(cause, ValueError):  # a target's own check of a key (hw.batch_size must be >= 1)
+            raise HardwareError(str(cause)) from None
         raise
 
 

@@ -9,6 +9,8 @@ import pytest
 from omegaconf import DictConfig
 
 from benchmarks.pipeline import run
+from benchmarks.schema import ConfigError
+from methods.config import MethodConfigError
 from tests.conftest import FAST_LATENCY, needs_shared_data
 
 pytestmark = [needs_shared_data, pytest.mark.slow]
@@ -40,11 +42,20 @@ def test_same_seed_gives_same_accuracy(compose_cfg: Callable[..., DictConfig]) -
 
 
 def test_failing_run_ends_failed_with_the_error(compose_cfg: Callable[..., DictConfig]) -> None:
-    cfg = compose_cfg(*TINY, "model.pretrained=/nonexistent/checkpoint.pt")
-    with pytest.raises(FileNotFoundError):
+    # a layer name is checked against the model at compress time, after the run exists
+    cfg = compose_cfg(*TINY, "+method=magnitude", "method.layer_sparsity={nosuch: 0.5}", "method.finetune.epochs=0")
+    with pytest.raises(MethodConfigError):
         run(cfg)
     (failed,) = finished_runs(cfg)
     assert failed.info.status == "FAILED"
-    assert "model.pretrained" in failed.data.tags["error"]
+    assert "method.layer_sparsity" in failed.data.tags["error"]
     error_text = mlflow.artifacts.load_text(f"{failed.info.artifact_uri}/error.txt")
-    assert "FileNotFoundError" in error_text
+    assert "MethodConfigError" in error_text
+
+
+def test_a_config_that_cannot_run_leaves_no_run(compose_cfg: Callable[..., DictConfig]) -> None:
+    cfg = compose_cfg(*TINY, "model.pretrained=/nonexistent/checkpoint.pt")
+    with pytest.raises(ConfigError, match="model.pretrained"):
+        run(cfg)
+    mlflow.set_tracking_uri(cfg.logger.tracking_uri)
+    assert mlflow.get_experiment_by_name(cfg.logger.experiment_name) is None
