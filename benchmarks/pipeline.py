@@ -29,9 +29,10 @@ from benchmarks.context import make_context
 from benchmarks.evaluation import ModelReport, comparison, evaluate_pair, speedup_tags, speedups, write_layer_table
 from benchmarks.lineage import data_fraction, dataset_of, log_dataset, log_model
 from benchmarks.models import build_model
+from benchmarks.preflight import Prepared, prepare
 from benchmarks.run_labels import run_kind, run_name
-from benchmarks.schema import RecipeConfig, TrainerConfig, validated
-from benchmarks.splits import DEFAULT_OBJECTIVE, check_objectives
+from benchmarks.schema import RecipeConfig, TrainerConfig
+from benchmarks.splits import DEFAULT_OBJECTIVE
 from benchmarks.tracking import RunRecorder, git_state, mlflow_run
 from benchmarks.training import fit
 from benchmarks.trial_pruning import trial_pruning
@@ -90,10 +91,9 @@ def run(cfg: DictConfig) -> float | tuple[float, ...]:
     are refused there before any work, since choices are made on validation data.
     """
     cfg = with_defaults(cfg)
-    check_objectives(cfg.get("objectives") or [])
-    recipe = validated(RecipeConfig, cfg.recipe, "recipe")
-    trainer_cfg = validated(TrainerConfig, cfg.trainer, "trainer")
-    seed = int(cfg.seed)
+    with stage("check"):  # method, target, data and model built once: a config that cannot run leaves no run
+        prepared = prepare(cfg)
+    seed = prepared.settings.seed
     tags = {
         "dataset": cfg.dataset.name,
         "model": cfg.model.name,
@@ -112,21 +112,19 @@ def run(cfg: DictConfig) -> float | tuple[float, ...]:
                     run_name(logger_cfg.run_name, tags), tags) as recorder:
         recorder.params(cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True)))  # the config's mapping
         recorder.text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-        return _run_recorded(cfg, recipe, trainer_cfg, seed, recorder)
+        return _run_recorded(cfg, prepared, recorder)
 
 
-def _run_recorded(cfg: DictConfig, recipe: RecipeConfig, trainer_cfg: TrainerConfig, seed: int,
-                  recorder: RunRecorder) -> float | tuple[float, ...]:
+def _run_recorded(cfg: DictConfig, prepared: Prepared, recorder: RunRecorder) -> float | tuple[float, ...]:
+    recipe, trainer_cfg, seed = prepared.settings.recipe, prepared.settings.trainer, prepared.settings.seed
     L.seed_everything(seed, workers=True, verbose=False)
     with stage("data"):
-        datamodule = instantiate(cfg.dataset)
-        datamodule.prepare_data()
-        datamodule.setup("fit")
+        datamodule = prepared.datamodule
         recorder.tags({"data_checksum": datamodule.checksum, "data_fraction": f"{data_fraction(datamodule):.4g}"})
         log_dataset(recorder, dataset_of(datamodule))
 
     with stage("hardware"):
-        target: HardwareTarget = instantiate(cfg.hw)
+        target: HardwareTarget = prepared.target
         local_target = _local_target(cfg, target)
         input_shape = (target.batch_size, *datamodule.input_shape)
 
@@ -137,7 +135,7 @@ def _run_recorded(cfg: DictConfig, recipe: RecipeConfig, trainer_cfg: TrainerCon
 
     workdir = Path(cfg.paths.output_root) / "work" / recorder.run_id
     with stage(f"method {cfg.method.name}"):
-        method = instantiate(cfg.method, _convert_="all")
+        method = prepared.method
         losses: list[str] = []  # what each fine-tuning minimised (recipe.distill, or the method's own loss)
         ctx = make_context(datamodule, target, recipe, trainer_cfg, seed, workdir,
                            logger=_training_logger(cfg, recorder, "finetune"), callbacks=callbacks,
