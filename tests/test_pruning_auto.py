@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -144,11 +145,14 @@ def test_action_wall_keeps_every_episode_within_budget(lenet, mnist, pixel1, tmp
         assert env.cost(more) > env.budget
 
 
-def test_short_amc_search_gives_a_runnable_model_within_budget(lenet, mnist, pixel1, tmp_path):
+def test_short_amc_search_gives_a_runnable_model_within_budget(lenet, mnist, pixel1, tmp_path, caplog):
     amc = AMC(resource="latency", target_ratio=0.5, episodes=3, warmup_episodes=2, reward_batches=1,
               calibration_batches=1, finetune={"epochs": 0.25}, ddpg={"batch_size": 4})
     ctx = _ctx(mnist, pixel1, tmp_path)
-    result = amc.compress(copy.deepcopy(lenet), ctx)
+    with caplog.at_level(logging.DEBUG, logger="methods"):
+        result = amc.compress(copy.deepcopy(lenet), ctx)
+    episode_lines = [r for r in caplog.records if r.getMessage().startswith("[amc] episode")]
+    assert len(episode_lines) == 5 and {r.levelno for r in episode_lines} == {logging.DEBUG}  # not 5 INFO lines
     assert result.model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     base = pixel1.latency(lenet, INPUT).latency_ms
     assert pixel1.latency(result.model, INPUT).latency_ms <= 0.5 * base + 1e-9

@@ -7,6 +7,10 @@ real target configs of conf/hw (a bit-aware roofline device, a measured CPU).
 
 from __future__ import annotations
 
+import io
+import logging
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -56,6 +60,20 @@ def _play(choose: Policy, index: int, warmup: bool) -> tuple[list[Transition], f
 
 def _agent(seed: int) -> DDPGAgent:
     return DDPGAgent(len(OPTIMUM) + 1, len(OPTIMUM), 0.0, 1.0, DDPGConfig(), seed=seed)
+
+
+def test_search_shows_one_progress_bar_with_the_best_reward(monkeypatch, caplog):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:  # tqdm draws its bar on a terminal only
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    with caplog.at_level(logging.INFO, logger="methods.search"):
+        rewards = _agent(0).search(_play, 3, 2)
+    bar = sys.stderr.getvalue()
+    assert "DDPG search" in bar and "5/5" in bar and f"best_reward={max(rewards):.4f}" in bar
+    (summary,) = [r.getMessage() for r in caplog.records]
+    assert summary == f"[ddpg] 5 episodes (2 warm-up): best reward {max(rewards):.4f} at episode {int(np.argmax(rewards))}"
 
 
 def test_ddpg_beats_random_search_with_the_same_budget():

@@ -461,7 +461,7 @@ class AMC(CompressionMethod):
             kept, transitions = env.run_episode(choose)
             episode = self._episode(env, index, warmup, kept)
             history.append(episode)
-            log.info("[amc] episode %d%s: reward %.4f top-1 %.2f %s %.3f of original, best %.4f",
+            log.debug("[amc] episode %d%s: reward %.4f top-1 %.2f %s %.3f of original, best %.4f",
                      index, " (warm-up)" if warmup else "", episode.reward, episode.top1, env.resource.kind,
                      episode.cost_ratio, max(e.reward for e in history))
             return transitions, episode.reward

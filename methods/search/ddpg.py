@@ -27,6 +27,7 @@ noise, which is more code than this module and hides the paper's choices.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,6 +35,9 @@ import numpy as np
 import torch
 from scipy.stats import truncnorm
 from torch import nn
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -226,8 +230,11 @@ class DDPGAgent:
         """
         if episodes < 0 or warmup_episodes < 0:
             raise ValueError(f"episodes and warm-up episodes must be >= 0, got {episodes} and {warmup_episodes}")
-        rewards = []
-        for index in range(warmup_episodes + episodes):
+        rewards: list[float] = []
+        # one bar instead of a line per episode (the per-episode line is the caller's, at debug level)
+        progress = tqdm(range(warmup_episodes + episodes), desc="DDPG search", unit="episode", disable=None,
+                        dynamic_ncols=True)
+        for index in progress:
             warmup = index < warmup_episodes
             choose: Policy = (lambda _state: self.random_action()) if warmup else self.explore_action
             transitions, reward = play(choose, index, warmup)
@@ -237,4 +244,10 @@ class DDPGAgent:
                     self.update()
                 self.end_episode()
             rewards.append(reward)
+            progress.set_postfix(best_reward=f"{max(rewards):.4f}", phase="warm-up" if warmup else "learning")
+        progress.close()
+        if rewards:
+            best = int(np.argmax(rewards))
+            log.info("[ddpg] %d episodes (%d warm-up): best reward %.4f at episode %d", len(rewards),
+                     warmup_episodes, rewards[best], best)
         return rewards
