@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="trained teachers and baselines, kept for a resumed study")
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # accuracy does not depend on it; a shared 2-core machine is not oversubscribed
     settings = {k: v for k, v in vars(args).items() if k in ("seeds", "epochs", "baseline_epochs", "finetune_epochs")}
     settings.update(students=STUDENTS, kd_alpha=KD_ALPHA, recovery=RECOVERY, recipe=dataclasses.asdict(_recipe(0)))
     args.work.mkdir(parents=True, exist_ok=True)
@@ -279,6 +280,31 @@ def render(figures: dict[str, Any]) -> str:
     lines += [f"Machine load (1-min average) during the runs: {min(loads):.1f} to {max(loads):.1f} on "
               f"{figures['machine'].get('logical_cpus', '?')} logical CPUs: wall times are shared-machine figures.", ""]
     return "\n".join(lines)
+
+
+def reproduction(figures: dict[str, Any]) -> str:
+    """results/reproductions.md's section: Hinton et al.'s MNIST figures beside ours."""
+    runs, settings = figures["runs"], figures["settings"]
+    teacher = runs.get("hinton/teacher")
+    scratch, kd = _group(runs, "hinton/800-800/scratch"), _group(runs, "hinton/800-800/kd")
+    if teacher is None or not scratch or not kd:
+        return ""  # the study's hinton part has not run yet
+    seeds = ", ".join(str(r["seed"]) for r in scratch)
+    errors = {arm: [r["test_errors"] for r in group] for arm, group in (("scratch", scratch), ("kd", kd))}
+    gains = [s - k for s, k in zip(errors["scratch"], errors["kd"], strict=False)]
+    paper = PAPER["800-800"]
+    assert isinstance(paper, dict)
+    return "\n".join([
+        "## Distilling the Knowledge in a Neural Network (Hinton, Vinyals & Dean 2015), Sec. 3: MNIST", "",
+        f"Rendered from `results/{FIGURES}` (`python -m benchmarks.studies.distillation`; every run and the "
+        "method in `results/distillation.md`). Test errors of 10,000; ours: mean ± standard deviation over seeds. "
+        f"Departures: {settings['epochs']:g} epochs for teacher and students (the paper trains far longer), no "
+        "input jitter or max-norm constraint for the teacher, weight decay for all (the recipe's).", "",
+        "| figure | paper | ours | seeds |", "|---|---|---|---|",
+        f"| teacher 1200-1200 (dropout) | {PAPER['teacher']} | {teacher['test_errors']} | {teacher['seed']} |",
+        f"| student 800-800, trained alone | {paper['scratch']} | {_mean_sd(errors['scratch'], 1)} | {seeds} |",
+        f"| student 800-800, KD at T = 20 | {paper['kd']} | {_mean_sd(errors['kd'], 1)} | {seeds} |",
+        f"| errors KD removes | {paper['scratch'] - paper['kd']} | {_mean_sd(gains, 1)} | {seeds} |", ""])
 
 
 if __name__ == "__main__":
