@@ -53,7 +53,7 @@ def test_run_grid_and_leaderboard(run_env: dict[str, str], data_root: Path, tmp_
     assert len({r.data.tags["multirun"] for r in grid}) == 1
 
     results = tmp_path / "results"
-    cli(run_env, "-m", "benchmarks.leaderboard", f"paths.results_dir={results}")
+    cli(run_env, "-m", "benchmarks.leaderboard", "--kind", "smoke", f"paths.results_dir={results}")  # tiny runs
     table = pd.read_csv(results / "leaderboard.csv")
     assert len(table) == 3 and set(table["model"]) == {"lenet5", "lenet_300_100"}
     assert table["latency_source"].eq("measured").all()
