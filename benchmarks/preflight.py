@@ -195,7 +195,7 @@ def default_logger() -> DictConfig:
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config")
-    return OmegaConf.create(OmegaConf.to_container(cfg.logger, resolve=True))
+    return cast(DictConfig, OmegaConf.create(OmegaConf.to_container(cfg.logger, resolve=True)))  # a mapping node
 
 
 def check_server(uri: str, timeout_s: float) -> None:

@@ -107,13 +107,18 @@ def test_unwritable_store_fails_at_once_naming_it(run_env: dict[str, str], not_a
 
 
 @pytest.mark.e2e
-def test_unreachable_server_fails_within_the_bound(run_env: dict[str, str]) -> None:
-    server = f"http://127.0.0.1:{_free_port()}"
-    # mlflow alone retries for minutes: the subprocess timeout is the bound
-    done = cli({**run_env, "MLFLOW_TRACKING_URI": server}, "benchmarks", "logger.timeout_s=2", timeout=60)
-    assert_one_line_error(done, "logger.tracking_uri", server, "does not answer")
-    done = cli(run_env, "benchmarks.runs", "cleanup", "--tracking-uri", server, timeout=60)
-    assert_one_line_error(done, server)
+@pytest.mark.parametrize("listening", [False, True], ids=["nothing_listens", "listens_never_answers"])
+def test_unreachable_server_fails_within_the_bound(run_env: dict[str, str], listening: bool) -> None:
+    with socket.socket() as silent:
+        if listening:
+            silent.bind(("127.0.0.1", 0))
+            silent.listen(16)  # connections complete in the backlog; no request is ever answered
+        server = f"http://127.0.0.1:{silent.getsockname()[1] if listening else _free_port()}"
+        # mlflow alone retries for minutes: the subprocess timeout is the bound
+        done = cli({**run_env, "MLFLOW_TRACKING_URI": server}, "benchmarks", "logger.timeout_s=2", timeout=60)
+        assert_one_line_error(done, "logger.tracking_uri", server, "does not answer")
+        done = cli(run_env, "benchmarks.runs", "cleanup", "--tracking-uri", server, timeout=60)
+        assert_one_line_error(done, server)
 
 
 def _restore_default_sigint() -> None:

@@ -43,7 +43,7 @@ def test_same_seed_gives_same_accuracy(compose_cfg: Callable[..., DictConfig]) -
 
 def test_failing_run_ends_failed_with_the_error(compose_cfg: Callable[..., DictConfig]) -> None:
     # a layer name is checked against the model at compress time, after the run exists
-    cfg = compose_cfg(*TINY, "+method=magnitude", "method.layer_sparsity={nosuch: 0.5}", "method.finetune.epochs=0")
+    cfg = compose_cfg(*TINY, "+method=magnitude", "+method.layer_sparsity.nosuch=0.5", "method.finetune.epochs=0")
     with pytest.raises(MethodConfigError):
         run(cfg)
     (failed,) = finished_runs(cfg)
