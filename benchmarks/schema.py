@@ -65,8 +65,9 @@ class RecipeConfig:
         _require(self.weight_decay >= 0, "recipe.weight_decay", f"must be >= 0, got {self.weight_decay}")
         _require(all(0 < m < 1 for m in self.milestones), "recipe.milestones", "are fractions of training, each in (0, 1)")
         _require(0 <= self.label_smoothing < 1, "recipe.label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
-        _require(self.distill == "none" or self.distill in distill_losses(), "recipe.distill",
-                 f"unknown loss {self.distill!r}; choose one of {distill_losses()}")
+        if self.distill != "none":  # the message's list imports torch: build it only for a recipe that distils
+            _require(self.distill in distill_losses(), "recipe.distill",
+                     f"unknown loss {self.distill!r}; choose one of {distill_losses()}")
         _require(self.distill_T > 0, "recipe.distill_T", f"the temperature must be > 0, got {self.distill_T}")
         _require(0 <= self.distill_alpha <= 1, "recipe.distill_alpha", f"must be in [0, 1], got {self.distill_alpha}")
 
