@@ -46,6 +46,10 @@ def top_k_correct(logits: torch.Tensor, target: torch.Tensor, k: int) -> int:
     return int((logits.topk(k, dim=1).indices == target[:, None]).any(dim=1).sum())
 
 
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite: stop at once instead of training a model of NaNs."""
+
+
 class Classifier(L.LightningModule):
     """Classification of any ``nn.Module`` under a recipe, with the loss a method shapes.
 
@@ -87,6 +91,10 @@ class Classifier(L.LightningModule):
         loss = self.task_loss(step)
         for term in self.loss_terms:
             loss = loss + term(step)
+        if not torch.isfinite(loss):
+            raise TrainingDivergedError(
+                f"the training loss is {float(loss)} at step {self.global_step} (epoch {self.current_epoch}): training "
+                f"diverged at learning rate {self.recipe.lr:g}; lower it (recipe.lr, or the method's finetune.lr)")
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/top1", 100.0 * (logits.argmax(1) == y).float().mean(), prog_bar=True)
         return loss

@@ -5,12 +5,13 @@ from __future__ import annotations
 import copy
 
 import lightning as L
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from benchmarks.schema import RecipeConfig, TrainerConfig
-from benchmarks.training import Classifier, fit
+from benchmarks.training import Classifier, TrainingDivergedError, fit
 from methods.losses import TrainingStep
 
 
@@ -86,3 +87,11 @@ def test_a_task_loss_replaces_cross_entropy() -> None:
     for key, value in model.state_dict().items():
         if "running" not in key and "num_batches" not in key:
             assert torch.equal(value, start[key]), key
+
+
+def test_a_diverging_training_stops_at_once_naming_the_learning_rate() -> None:
+    torch.manual_seed(0)
+    model = small_net()
+    exploding = RecipeConfig(epochs=1, lr=1e30, scheduler="none", weight_decay=0.0)
+    with pytest.raises(TrainingDivergedError, match=r"diverged at learning rate 1e\+30; lower it"):
+        fit(model, TinyData(), exploding, TRAINER, seed=0)
