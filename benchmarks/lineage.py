@@ -1,8 +1,9 @@
 """What a run consumed and produced, in MLflow's own terms: its dataset input and its logged model.
 
 The dataset is logged as an MLflow dataset input (``mlflow.data`` MetaDataset: our metadata, not
-the samples) whose digest is the data module's checksum (its first 36 digits, MLflow's limit) and whose profile holds the split sizes,
-so the UI's Dataset column and lineage fill in and two runs on the same data share one digest.
+the samples) whose digest is the data module's checksum (its first 36 digits, MLflow's limit) and
+whose profile holds the full checksum and the split sizes, so the UI's Dataset column and lineage
+fill in and two runs on the same data share one digest.
 The compressed model is logged with MLflow's pytorch flavour and its signature, beside our stored
 file (``model/<name>.cbm``, the run artifact the size metrics count), so that
 ``mlflow.pytorch.load_model(f"runs:/{run_id}/model")`` returns it and the model registry can hold it.
@@ -15,6 +16,7 @@ import logging
 from typing import Any
 
 import mlflow
+import numpy as np
 import torch
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import DatasetInput, InputTag
@@ -61,9 +63,10 @@ def data_fraction(datamodule: Any) -> float:
 def dataset_of(datamodule: Any) -> SplitDataset:
     """The run's dataset as MLflow sees it: name, digest = our checksum, source folder, schema, split sizes."""
     source = mlflow.data.get_dataset_source_from_json(json.dumps({"uri": str(datamodule.folder)}), source_type="local")
-    schema = Schema([TensorSpec(torch.empty(0).numpy().dtype, (-1, *datamodule.input_shape), "image")])
-    profile = {"checksum": datamodule.checksum, "splits": split_sizes(datamodule), "available": dict(datamodule.available_sizes),
-               "data_fraction": round(data_fraction(datamodule), 6), "classes": datamodule.num_classes}
+    schema = Schema([TensorSpec(np.dtype("float32"), (-1, *datamodule.input_shape), "image")])
+    profile = {"checksum": datamodule.checksum, "splits": split_sizes(datamodule),
+               "available": dict(datamodule.available_sizes), "data_fraction": round(data_fraction(datamodule), 6),
+               "classes": datamodule.num_classes}
     return SplitDataset(profile, source=source, name=datamodule.name, digest=datamodule.checksum[:_MAX_DIGEST],
                         schema=schema)
 
@@ -74,10 +77,18 @@ def log_dataset(recorder: RunRecorder, dataset: SplitDataset, context: str = "tr
     retry_locked(lambda: recorder.client.log_inputs(recorder.run_id, datasets=[entry]))
 
 
-#: How ``logger.log_model`` saves the model: ``pickle`` (about 0.3 s, any module), ``pt2`` (torch.export:
-#: loading runs no pickled code, but the first export in a process takes seconds and some modules
-#: do not export) or ``none``. The extra arguments each format needs.
+#: How ``logger.log_model`` saves the model: ``pickle`` (any module that pickles), ``pt2`` (torch.export:
+#: loading runs no pickled code, but some modules do not export) or ``none``; their cost per run:
+#: results/mlflow_model_logging.md. The extra arguments each format needs.
 MODEL_FORMATS: dict[str, dict[str, Any]] = {"pickle": {}, "pt2": {"validate_serving_input": False}, "none": {}}
+
+
+def check_model_format(serialization: str) -> str:
+    """``logger.log_model`` checked before the run starts: a typo must not cost a whole run."""
+    if serialization not in MODEL_FORMATS:
+        raise ConfigError(f"logger.log_model: {serialization!r} is not one of {list(MODEL_FORMATS)}; "
+                          "e.g. logger.log_model=pickle")
+    return serialization
 
 
 def log_model(recorder: RunRecorder, model: nn.Module, example: torch.Tensor, tags: dict[str, str],
@@ -90,9 +101,7 @@ def log_model(recorder: RunRecorder, model: nn.Module, example: torch.Tensor, ta
     """
     from mlflow.models import infer_signature
 
-    if serialization not in MODEL_FORMATS:
-        raise ConfigError(f"logger.log_model: {serialization!r} is not one of {list(MODEL_FORMATS)}")
-    if serialization == "none":
+    if check_model_format(serialization) == "none":
         recorder.tags({"mlflow_model": "none (logger.log_model=none)"})
         return None
     device = next(model.parameters(), torch.empty(0)).device

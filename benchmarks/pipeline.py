@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from benchmarks.baseline_cache import BaselineModel, baseline_key, obtain_baseline
 from benchmarks.context import make_context
 from benchmarks.evaluation import ModelReport, comparison, evaluate_pair, speedup_tags, speedups, write_layer_table
-from benchmarks.lineage import data_fraction, dataset_of, log_dataset, log_model
+from benchmarks.lineage import check_model_format, data_fraction, dataset_of, log_dataset, log_model
 from benchmarks.models import build_model
 from benchmarks.preflight import Prepared, prepare
 from benchmarks.run_labels import run_kind, run_name
@@ -107,6 +107,7 @@ def run(cfg: DictConfig) -> float | tuple[float, ...]:
         **{k: v for k, v in (cfg.get("tags") or {}).items()},
     }
     tags["run_kind"] = run_kind(cfg.get("run_kind"), tags)
+    check_model_format(cfg.logger.log_model)
     logger_cfg = cfg.logger
     with mlflow_run(logger_cfg.tracking_uri, logger_cfg.experiment_name, logger_cfg.artifact_location,
                     run_name(logger_cfg.run_name, tags), tags) as recorder:
