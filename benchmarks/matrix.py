@@ -312,7 +312,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    from benchmarks.preflight import one_line, user_errors
+
     try:
         main()
-    except MatrixError as error:
-        sys.exit(f"error: {error}")
+    except Exception as error:  # a stage's run refused by its checks, too: one line, not a traceback
+        if not isinstance(error, (MatrixError, *user_errors())):
+            raise
+        sys.exit(f"error: {one_line(error)}")

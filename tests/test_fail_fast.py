@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from benchmarks.runs import HOST_TAG, PID_START_TAG, PID_TAG, process_tags
@@ -228,3 +229,14 @@ def test_hardware_predict_validates_its_arguments(args: list[str], words: list[s
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("error: ") and all(w in line for w in words), line
 
+
+
+@pytest.mark.e2e
+def test_a_dvc_stage_refused_by_its_checks_is_one_line(run_env: dict[str, str], tmp_path: Path) -> None:
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["bench"]["common"] = [*(params["bench"].get("common") or []), "seed=abc"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    baseline = next(iter(params["bench"]["baselines"]))
+    done = cli(run_env, "benchmarks.matrix", "--params", str(tmp_path / "params.yaml"), "baseline", baseline)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines()[-1] == "error: seed: must be an integer, got 'abc'; e.g. seed=42"
