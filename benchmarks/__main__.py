@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 import benchmarks  # noqa: E402,F401  (registers the config resolvers)
-from benchmarks.preflight import check_settings, one_line, user_errors  # noqa: E402
+from benchmarks.preflight import one_line, prepare, user_errors, with_defaults  # noqa: E402
 from benchmarks.runs import Interrupted  # noqa: E402
 
 
@@ -38,12 +38,14 @@ def main(cfg: DictConfig) -> float | tuple[float, ...]:
     ``HYDRA_FULL_ERROR=1`` shows the traceback of a user's error too.
     """
     single = str(HydraConfig.get().mode) == "RunMode.RUN"
+    _quiet_libraries()
     try:
-        check_settings(cfg)  # before torch, Lightning and MLflow are imported: a typo answers at once
+        # settings first, before torch, Lightning and MLflow are imported (a typo answers at once);
+        # then method, target, data and model, each check importing only what it needs
+        prepared = prepare(with_defaults(cfg))
         from benchmarks.pipeline import run
 
-        _quiet_libraries()
-        return run(cfg)
+        return run(cfg, prepared)
     except Interrupted as stop:
         print(stop, file=sys.stderr)
         raise SystemExit(stop.exit_code) from None

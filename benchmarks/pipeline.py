@@ -29,7 +29,7 @@ from benchmarks.context import make_context
 from benchmarks.evaluation import ModelReport, comparison, evaluate_pair, speedup_tags, speedups, write_layer_table
 from benchmarks.lineage import check_model_format, data_fraction, dataset_of, log_dataset, log_model
 from benchmarks.models import build_model
-from benchmarks.preflight import Prepared, prepare
+from benchmarks.preflight import CONF_DIR, DEFAULT_OPTIONS, Prepared, prepare, with_defaults
 from benchmarks.run_labels import run_kind, run_name
 from benchmarks.schema import RecipeConfig, TrainerConfig
 from benchmarks.splits import DEFAULT_OBJECTIVE
@@ -40,25 +40,6 @@ from hardware.target import HardwareTarget, LatencyReport
 from methods.base import CompressionResult
 
 log = logging.getLogger(__name__)
-
-#: Where the groups a user adds with ``+group=`` come from when they are absent.
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-DEFAULT_OPTIONS = {"method": "baseline", "hw": "local_cpu"}
-
-
-def with_defaults(cfg: DictConfig) -> DictConfig:
-    """Fill ``method`` and ``hw`` from their default options when the user chose none.
-
-    They cannot sit in config.yaml's defaults list: ``+method=amc`` must append to it.
-    Keys set without choosing an option (``hw.threads=1``) override the default option.
-    """
-    OmegaConf.set_struct(cfg, False)
-    for group, option in DEFAULT_OPTIONS.items():
-        node = cfg.get(group)
-        if node is None or "_target_" not in node:
-            cfg[group] = OmegaConf.merge(OmegaConf.load(CONF_DIR / group / f"{option}.yaml"), node or {})
-    return cfg
-
 
 @contextmanager
 def stage(name: str) -> Iterator[None]:
@@ -84,15 +65,18 @@ def _provenance_tags(report: LatencyReport, prefix: str = "latency") -> dict[str
     return {f"{prefix}_source": report.label, f"{prefix}_calibration": report.calibration}
 
 
-def run(cfg: DictConfig) -> float | tuple[float, ...]:
+def run(cfg: DictConfig, prepared: Prepared | None = None) -> float | tuple[float, ...]:
     """Run one composition end to end and record it; return the compressed model's validation top-1.
 
     With ``cfg.objectives`` (a sweep's metrics) it returns those instead; test-split metrics
-    are refused there before any work, since choices are made on validation data.
+    are refused there before any work, since choices are made on validation data. ``prepared``:
+    what :func:`benchmarks.preflight.prepare` built from ``cfg`` (the CLI prepares before importing
+    this module); without it the run prepares first.
     """
     cfg = with_defaults(cfg)
-    with stage("check"):  # method, target, data and model built once: a config that cannot run leaves no run
-        prepared = prepare(cfg)
+    if prepared is None:
+        with stage("check"):  # method, target, data and model built once: a config that cannot run leaves no run
+            prepared = prepare(cfg)
     seed = prepared.settings.seed
     tags = {
         "dataset": cfg.dataset.name,

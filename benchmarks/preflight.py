@@ -8,7 +8,8 @@ leaves no FAILED run behind. Two stages:
   answers a wrong value in about a second (``python -m benchmarks.studies.fail_fast``);
 * :func:`prepare`: what the run would build (the method from its schema, the hardware target,
   the data, the model) and one tiny batch through the model, so that LeNet-5 on CIFAR-10 is
-  refused before any training.
+  refused before any training. The CLI calls it before importing the pipeline (Lightning's
+  trainer, MLflow), and hands what it built to ``pipeline.run``.
 
 Every refusal is a :class:`~benchmarks.schema.ConfigError`; :func:`user_errors` lists the
 errors the CLI prints as one line (``error: ...``) instead of a traceback.
@@ -33,6 +34,8 @@ from benchmarks.splits import check_objectives
 
 #: conf/ of this checkout
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+#: Where the groups a user adds with ``+group=`` come from when they are absent.
+DEFAULT_OPTIONS = {"method": "baseline", "hw": "local_cpu"}
 #: Folders a run writes into, besides the data folder (checked when the data is prepared).
 WRITTEN_FOLDERS = ("paths.cache_dir", "paths.output_root")
 
@@ -76,6 +79,20 @@ def user_errors() -> tuple[type[BaseException], ...]:
                  if module in sys.modules for name in names)
 
 
+def with_defaults(cfg: DictConfig) -> DictConfig:
+    """Fill ``method`` and ``hw`` from their default options when the user chose none.
+
+    They cannot sit in config.yaml's defaults list: ``+method=amc`` must append to it.
+    Keys set without choosing an option (``hw.threads=1``) override the default option.
+    """
+    OmegaConf.set_struct(cfg, False)
+    for group, option in DEFAULT_OPTIONS.items():
+        node = cfg.get(group)
+        if node is None or "_target_" not in node:
+            cfg[group] = OmegaConf.merge(OmegaConf.load(CONF_DIR / group / f"{option}.yaml"), node or {})
+    return cfg
+
+
 def check_settings(cfg: DictConfig) -> Settings:
     """The checks that need no heavy import: a typo answers at once."""
     check_objectives(cfg.get("objectives") or [])
@@ -90,7 +107,11 @@ def check_settings(cfg: DictConfig) -> Settings:
 
 
 def prepare(cfg: DictConfig) -> Prepared:
-    """Build the method, the target and the data, and pass one batch through the model; refuse what fails."""
+    """Build the method, the target and the data, and pass one batch through the model; refuse what fails.
+
+    ``cfg`` has its method and hardware (:func:`with_defaults`). Each step imports only what it
+    needs, cheapest first: the method (torch), the target, the data (Lightning), the model (timm).
+    """
     from hydra.utils import instantiate
 
     settings = check_settings(cfg)
