@@ -38,7 +38,14 @@ import torch
 from torch import nn
 
 from hardware.layers import LayerSpec, leaf_op, memory_footprint
-from hardware.protocol import NOISE_THRESHOLD, TimingProtocol, TimingResult, machine_provenance, protocol_dict
+from hardware.protocol import (
+    NOISE_THRESHOLD,
+    TimingProtocol,
+    TimingResult,
+    machine_provenance,
+    protocol_dict,
+    time_callable,
+)
 from hardware.speedup import interleaved
 from hardware.target import HardwareError, HardwareTarget, LatencyReport
 
@@ -145,14 +152,21 @@ class MeasuredTarget(HardwareTarget):
     def latencies(self, models: Mapping[str, nn.Module], input_shape: tuple[int, ...],
                   layers: Mapping[str, list[LayerSpec] | None] | None = None,
                   deployables: Mapping[str, Mapping[str, Path] | None] | None = None) -> dict[str, LatencyReport]:
-        """Time ``models`` together in interleaved rounds (``hardware.speedup.interleaved``): paired figures."""
+        """Time ``models`` together in interleaved rounds (``hardware.speedup.interleaved``): paired figures.
+
+        A single model (``latency``) is timed by the protocol in one go: its report has no rounds.
+        """
         input_shape = tuple(int(s) for s in input_shape)
         layers, deployables = layers or {}, deployables or {}
         files = {name: self.deployable(deployables.get(name)) for name in models}
         with contextlib.ExitStack() as stack:
             ready = {name: stack.enter_context(self.prepared(model, input_shape, files[name]))
                      for name, model in models.items()}
-            timed = interleaved({name: call for name, (call, _) in ready.items()}, self.protocol, self.time_one_ms())
+            calls = {name: call for name, (call, _) in ready.items()}
+            if len(calls) == 1:  # nothing to pair with: the protocol in one go, no rounds
+                timed = {name: (time_callable(call, self.protocol, self.time_one_ms()), []) for name, call in calls.items()}
+            else:
+                timed = interleaved(calls, self.protocol, self.time_one_ms())
         return {name: self._report(model, input_shape, layers.get(name), files[name], *timed[name], ready[name][1])
                 for name, model in models.items()}
 

@@ -16,7 +16,7 @@ from torch import nn
 from benchmarks.pipeline import run
 from hardware.measured import LocalCPU
 from hardware.protocol import TimingProtocol, time_callable
-from hardware.speedup import NO_DIFFERENCE, VERDICTS, interleaved, paired_speedup
+from hardware.speedup import NO_DIFFERENCE, VERDICTS, interleaved, paired_speedup, speedup_between
 from tests.conftest import FAST_LATENCY, needs_shared_data
 
 # -- the statistics, on deterministic synthetic rounds ------------------------------------------
@@ -121,6 +121,18 @@ def test_pairing_cancels_a_load_change_when_timed() -> None:
     assert load.calls > load.switch_at  # the load did change during the paired measurement
     assert unpaired > 2.0
     assert 0.8 < paired.value < 1.25
+
+
+def test_a_measured_speedup_must_be_paired() -> None:
+    """Two models timed apart carry no rounds: their ratio is refused, not reported as a speedup."""
+    target = LocalCPU(threads=1, warmup=1, repeats=3, min_time_s=0.0, per_layer=False)
+    model, shape = nn.Conv2d(3, 4, 3), (1, 3, 8, 8)
+    apart = target.latency(model, shape), target.latency(model, shape)
+    assert apart[0].rounds_ms == []
+    with pytest.raises(ValueError, match="without paired rounds"):
+        speedup_between(*apart)
+    together = target.latencies({"baseline": model, "compressed": model}, shape)
+    assert speedup_between(together["baseline"], together["compressed"]).rounds == target.protocol.rounds
 
 
 # -- what a run records ----------------------------------------------------------------------------
