@@ -16,6 +16,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from benchmarks.preflight import default_logger
 from benchmarks.runs import HOST_TAG, PID_START_TAG, PID_TAG, process_tags
 from benchmarks.tracking import mlflow_run
 from hardware.cli import main as hardware_cli
@@ -240,3 +241,13 @@ def test_a_dvc_stage_refused_by_its_checks_is_one_line(run_env: dict[str, str], 
     done = cli(run_env, "benchmarks.matrix", "--params", str(tmp_path / "params.yaml"), "baseline", baseline)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert done.stderr.strip().splitlines()[-1] == "error: seed: must be an integer, got 'abc'; e.g. seed=42"
+
+
+def test_the_store_and_outputs_belong_to_the_project_wherever_the_command_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("COMPRESSBENCH_ROOT", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    logger = default_logger()
+    assert logger.tracking_uri == f"sqlite:///{REPO_ROOT}/mlflow.db"
+    assert logger.artifact_location == f"{REPO_ROOT}/mlartifacts"
