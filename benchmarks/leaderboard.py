@@ -42,7 +42,9 @@ COLUMNS = [
     ("latency_ms", "metrics.latency_ms"),
     ("latency_source", "tags.latency_source"),
     ("local_cpu_latency_ms", "metrics.local_cpu_latency_ms"),
-    ("speedup", "metrics.speedup"),
+    ("speedup", "metrics.speedup"),  # median per-round ratio of a paired measurement (hardware.speedup)
+    ("speedup_verdict", "tags.speedup_verdict"),  # faster | slower | no measurable difference | predicted
+    ("latency_noisy", "tags.latency_noisy"),  # true: the timing protocol found the machine too noisy
     ("compression", "metrics.compression"),
     ("seed", "tags.seed"),
     ("run_kind", "tags.run_kind"),  # smoke | quick | full | user | sweep_trial (benchmarks.run_labels)
