@@ -44,7 +44,8 @@ PARAMS_FILE = Path("params.yaml")
 PARAMS_CONFIG = "dvc_params"
 #: MLflow fields copied into a stage's metrics file (leaderboard columns among them).
 RUN_TAGS = ("dataset", "model", "method", "hw", "seed", "latency_source", "data_checksum", "dvc_stage",
-            "git_commit", "baseline_origin", "baseline_key", "run_kind", "data_fraction", "eval_split", "mlflow.runName")
+            "git_commit", "baseline_origin", "baseline_key", "run_kind", "data_fraction", "eval_split", "mlflow.runName",
+            "speedup_verdict", "latency_noisy")
 
 
 class MatrixError(ValueError):
