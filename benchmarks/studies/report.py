@@ -22,6 +22,7 @@ import yaml
 
 from benchmarks.studies import (
     deep_compression_selection,
+    fail_fast,
     pruning_auto,
     quantization_codebook,
     quantization_ptq,
@@ -42,6 +43,7 @@ class Report:
 
 REPORTS: dict[str, Report] = {
     "scaleout": Report(("scaleout.json",), scaleout.scaleout_markdown),
+    "fail_fast": Report(("fail_fast.json",), fail_fast.render),
     "quantization_ptq": Report(("quantization_ptq.json", "quantization_ptq_vnni.json", "quantization_ptq_lowbit.json"),
                                quantization_ptq.render,
                                optional=("quantization_ptq_vnni.json", "quantization_ptq_lowbit.json")),
