@@ -33,6 +33,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -146,11 +147,14 @@ def hinton(study: Study, dm: MNISTDataModule, args: argparse.Namespace, work: Pa
                 study.run(f"hinton/{student}/{arm}/s{seed}", measure)
 
 
+def _baseline_row(base: nn.Module, seed: int, dm: MNISTDataModule) -> dict[str, Any]:
+    return {"seed": seed, "macs": count_macs(base, INPUT), **_scores(base, dm)}
+
+
 def recovery(study: Study, dm: MNISTDataModule, args: argparse.Namespace, work: Path) -> None:
     for seed in args.seeds:
         base = _trained("lenet5", dm, args.baseline_epochs, seed, work)
-        study.run(f"recovery/baseline/s{seed}", lambda base=base, seed=seed: {
-            "seed": seed, "macs": count_macs(base, INPUT), **_scores(base, dm)})
+        study.run(f"recovery/baseline/s{seed}", partial(_baseline_row, base, seed, dm))
         for name, spec in RECOVERY.items():
             for arm in ("ce", "kd"):
                 def measure(seed: int = seed, base: nn.Module = base, spec: dict[str, Any] = spec,
