@@ -184,7 +184,9 @@ def ensure_writable(folder: Path, key: str, fix: str) -> None:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as err:
-        raise ConfigError(f"{key}: cannot write {folder} ({err.strerror or err}); {fix}") from None
+        blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+        reason = f"{blocking} is a file, not a folder" if blocking else err.strerror or str(err)
+        raise ConfigError(f"{key}: cannot write {folder} ({reason}); {fix}") from None
 
 
 def check_tracking_store(logger_cfg: DictConfig) -> None:
