@@ -163,6 +163,7 @@ class MeasuredTarget(HardwareTarget):
             ready = {name: stack.enter_context(self.prepared(model, input_shape, files[name]))
                      for name, model in models.items()}
             calls = {name: call for name, (call, _) in ready.items()}
+            timed: dict[str, tuple[TimingResult, list[float]]]
             if len(calls) == 1:  # nothing to pair with: the protocol in one go, no rounds
                 timed = {name: (time_callable(call, self.protocol, self.time_one_ms()), []) for name, call in calls.items()}
             else:

@@ -88,32 +88,17 @@ def compare(target: MeasuredTarget, baseline: nn.Module, compressed: nn.Module, 
     return row
 
 
-def _identity_models(work: Path) -> tuple[nn.Module, nn.Module, tuple[int, ...]]:
-    """LeNet-5 and the baseline method's stored-and-decoded copy of it: what a default run compares."""
-    dm = MNISTDataModule(data_dir=ROOT / "data", source_dir=SHARED_DATA, batch_size=128, eval_batch_size=256, seed=42,
-                         val_size=5000, val_subset=256, test_subset=256)
+def _compressed(dm: Any, model: str, method: str, work: Path, **overrides: Any) -> tuple[nn.Module, nn.Module,
+                                                                                       tuple[int, ...]]:
+    """``model`` (seeded initial weights: timing does not depend on them), what ``method`` makes of it
+    (decoded from the file it stores, as a run evaluates it), and the input shape of one image."""
     dm.prepare_data()
     dm.setup("fit")
     torch.manual_seed(42)
-    lenet = build_model("lenet5", num_classes=10, in_chans=1).eval()
+    original = build_model(model, num_classes=dm.num_classes, in_chans=dm.input_shape[0]).eval()
     ctx = make_context(dm, registry.instantiate("local_cpu"), RecipeConfig(), TrainerConfig(progress_bar=False), 42,
-                       work / "identity")
-    return lenet, create_method("baseline").compress(lenet, ctx).model.eval(), (1, *dm.input_shape)
-
-
-def _pruned_models(work: Path) -> tuple[nn.Module, nn.Module, tuple[int, ...]]:
-    """ResNet-20 and its 50 %-filter-pruned copy (l1 criterion, channels removed, not fine-tuned)."""
-    dm = CIFAR10JPEGDataModule(data_dir=ROOT / "data", source_dir=SHARED_DATA, name="cifar10_jpeg", batch_size=128,
-                               eval_batch_size=256, seed=42, val_size=5000, train_subset=512, val_subset=256,
-                               test_subset=256)
-    dm.prepare_data()
-    dm.setup("fit")
-    torch.manual_seed(42)
-    resnet = build_model("resnet20_cifar", num_classes=10, in_chans=3).eval()
-    ctx = make_context(dm, registry.instantiate("local_cpu"), RecipeConfig(), TrainerConfig(progress_bar=False), 42,
-                       work / "pruned")
-    pruned = create_method("filter", pruning_ratio=0.5, finetune={"epochs": 0.0}).compress(resnet, ctx).model.eval()
-    return resnet, pruned, (1, *dm.input_shape)
+                       work / method)
+    return original, create_method(method, **overrides).compress(original, ctx).model.eval(), (1, *dm.input_shape)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,8 +111,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="speedup_pairing_"))
     target = cast(MeasuredTarget, registry.instantiate("local_cpu", {"per_layer": False}))  # no per-layer breakdown
-    lenet, identity, lenet_shape = _identity_models(work)
-    resnet, pruned, resnet_shape = _pruned_models(work)
+    # (a) LeNet-5, the default composition's model, and the baseline method's stored-and-decoded copy of it
+    mnist = MNISTDataModule(data_dir=ROOT / "data", source_dir=SHARED_DATA, batch_size=128, eval_batch_size=256,
+                            seed=42, val_size=5000, val_subset=256, test_subset=256)
+    lenet, identity, lenet_shape = _compressed(mnist, "lenet5", "baseline", work)
+    # (b) ResNet-20 and its 50 %-filter-pruned copy (l1 criterion, channels removed, not fine-tuned)
+    cifar = CIFAR10JPEGDataModule(data_dir=ROOT / "data", source_dir=SHARED_DATA, name="cifar10_jpeg", batch_size=128,
+                                  eval_batch_size=256, seed=42, val_size=5000, train_subset=512, val_subset=256,
+                                  test_subset=256)
+    resnet, pruned, resnet_shape = _compressed(cifar, "resnet20_cifar", "filter", work, pruning_ratio=0.5,
+                                               finetune={"epochs": 0.0})
     started = time.perf_counter()
     with another_job() as job:
         identity_rows = [compare(target, lenet, identity, lenet_shape, i < args.unpaired_runs)
