@@ -27,6 +27,7 @@ from benchmarks.studies import (
     quantization_codebook,
     quantization_ptq,
     scaleout,
+    speedup_pairing,
 )
 
 RESULTS = Path(__file__).resolve().parents[2] / "results"
@@ -56,6 +57,7 @@ REPORTS: dict[str, Report] = {
     "pruning_amc": Report(("pruning_amc.json",), pruning_auto.amc_report),
     "pruning_amc_vs_uniform": Report(("pruning_amc_vs_uniform.json",), pruning_auto.amc_report),
     "pruning_platform_exchange": Report(("pruning_platform_exchange.json",), pruning_auto.exchange_report),
+    "speedup_pairing": Report(("speedup_pairing.json",), speedup_pairing.report),
 }
 #: how a source is read, by its suffix
 READERS: dict[str, Callable[[str], Any]] = {".json": json.loads, ".yaml": yaml.safe_load}
