@@ -5,14 +5,14 @@ the recovery fine-tuning of a pruned and of a low-bit model, each against plain 
     python -m benchmarks.studies.report distillation                     # results/distillation.md
 
 - ``hinton``: Hinton, Vinyals, Dean (2015), Sec. 3. A 1200-1200 MLP teacher with dropout (zoo model
-  ``mlp``), trained once; students 800-800 and 30-30 without dropout, each trained from scratch on the
-  labels (``kd`` with alpha = 0: the same loop, the teacher never runs) and with KD (alpha = 0.9; T = 20
-  for 800-800 as in the paper, T = 3 for 30-30, the paper's 2.5-4 range for tiny students), the same
-  epochs, over seeds. Departures, for this 2-core machine: epochs (the paper trains for thousands),
+  ``mlp``), trained once (``--teacher-epochs``); students 800-800 and 30-30 without dropout, each trained
+  from scratch on the labels (``kd`` with alpha = 0: the same loop, the teacher never runs) and with KD
+  (alpha = 0.9; T = 20 for 800-800 as in the paper, T = 3 for 30-30, the paper's 2.5-4 range for tiny
+  students), both arms the same ``--epochs``, over seeds. Departures, for this 2-core machine: epochs (the paper trains for thousands),
   no input jitter and no max-norm constraint for the teacher, the recipe's weight decay for all.
 - ``recovery``: a LeNet-5 baseline per seed; filter pruning to <= 50% of its MACs (``filter``
   with ``target_macs_ratio: 0.5``) and PACT at 2 bits (weights and activations), each fine-tuned the
-  same epochs with cross-entropy and with KD from the unpruned/unquantized baseline (``recipe.distill
+  same epochs at the same learning rate (``--finetune-lr``) with cross-entropy and with KD from the unpruned/unquantized baseline (``recipe.distill
   = kd``, the switch every method honours). The wall time of each fine-tuning is measured, so the cost
   of the teacher's forward shows as the ratio KD / CE (the two are run back to back per seed).
 
