@@ -43,6 +43,7 @@ from hardware.layers import count_macs
 from hardware.lookup import TableTarget
 from hardware.measured import LocalCPU
 from hardware.protocol import machine_provenance
+from hardware.speedup import speedup_between
 from hardware.target import HardwareTarget
 from methods import create_method
 
@@ -108,12 +109,15 @@ def main() -> int:
 
     def summary(name, result, seconds, **setting):
         m = result.model.eval()
-        px, cpu = pixel1.latency(m, INPUT), local.latency(m, INPUT)
+        px = pixel1.latency(m, INPUT)
+        paired = local.latencies({"baseline": base, "compressed": m}, INPUT)  # the speedup timed in rounds
+        cpu, speedup = paired["compressed"], speedup_between(paired["baseline"], paired["compressed"])
         return {"name": name, **setting, "top1": evaluate(m, dm, "test")["top1"],
                 "macs_ratio": count_macs(m, INPUT) / base_macs,
                 "pixel1_ms": px.latency_ms, "pixel1_ratio": px.latency_ms / base_px.latency_ms,
-                "local_ms": cpu.latency_ms, "local_iqr": cpu.spread_ms,
-                "local_speedup": base_cpu.latency_ms / cpu.latency_ms, "seconds": seconds,
+                "local_ms": cpu.latency_ms, "local_iqr": cpu.spread_ms, "local_speedup": speedup.value,
+                "local_speedup_low": speedup.low, "local_speedup_high": speedup.high,
+                "local_speedup_verdict": speedup.verdict, "seconds": seconds,
                 "widths": layer_widths(m), **{f"m_{k}": v for k, v in result.metrics.items()}}
 
     rows: list[dict[str, Any]] = []
