@@ -9,7 +9,9 @@ seconds of timed work are reached (or ``max_time_s`` runs out), and summarise by
 median (robust to the preemptions of a shared machine), the inter-quartile range and
 the coefficient of variation (standard deviation / mean). When the coefficient of
 variation exceeds ``noise_threshold`` (5 %, the goal of ISSUE 3) the summary carries
-a note saying the machine was too noisy for a trustworthy figure.
+a note saying the machine was too noisy for a trustworthy figure. Models compared with each
+other are timed in ``rounds`` interleaved rounds instead (``hardware.speedup``), each visit taking
+its share of the protocol (:meth:`TimingProtocol.per_visit`).
 
 The clock is a parameter: CPU targets time wall-clock with ``time.perf_counter_ns`` by
 default, or, for single-threaded runs on a shared machine, the CPU time of the calling
