@@ -43,6 +43,34 @@ def test_committed_params_match_the_quick_matrix() -> None:
     assert load_matrix(REPO_ROOT / "params.yaml") == compose_params([])["bench"]
 
 
+def _in_git(path: str, tracked: set[str]) -> bool:
+    return path in tracked or any(name.startswith(path.rstrip("/") + "/") for name in tracked)
+
+
+def test_the_committed_dvc_lock_matches_the_code_configs_and_params() -> None:
+    """dvc.lock records the code, configs and params the results in git came from: changing any of them
+    without `dvc repro` fails here. Deps git does not hold (DVC-cached data such as data/mnist, absent
+    from a fresh clone) and outputs missing from DVC's cache do not count."""
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    done = subprocess.run(["dvc", "status", "--json"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          check=True)
+    status = json.loads(done.stdout or "{}")
+    tracked = set(subprocess.run(["git", "ls-files"], cwd=REPO_ROOT, capture_output=True, text=True,
+                                 check=True).stdout.splitlines())
+    drift: dict[str, list[object]] = {}
+    for stage, changes in status.items():
+        for change in changes:
+            if not isinstance(change, dict):  # "changed command", "changed checksum", ...
+                drift.setdefault(stage, []).append(change)
+                continue
+            for kind, entries in change.items():
+                if kind == "changed deps":
+                    entries = {path: why for path, why in entries.items() if _in_git(path, tracked)}
+                if kind != "changed outs" and entries:
+                    drift.setdefault(stage, []).append({kind: entries})
+    assert not drift, f"dvc.lock is stale: run `dvc repro` and commit dvc.lock with results/ ({drift})"
+
+
 def test_bad_matrix_is_refused() -> None:
     with pytest.raises(MatrixError, match="no baseline 'lenet5_cifar10_jpeg'"):
         compose_params(["bench=tiny", "+bench.entries.x={model: lenet5, dataset: cifar10_jpeg, method: ptq, hw: local_cpu}"])
