@@ -81,5 +81,5 @@ def test_a_second_phone_is_a_yaml_and_its_profiles(tmp_path: Path) -> None:
 
 def test_an_unknown_profile_format_names_the_key_and_the_known_ones(tmp_path: Path) -> None:
     _phone(tmp_path / "hw", REFERENCE, profile_format="nnmeter")
-    with pytest.raises(ValueError, match=r"hw.profile_format 'nnmeter' is unknown; use one of \['tflite_benchmark_model'\]"):
+    with pytest.raises(HardwareError, match=r"hw.profile_format 'nnmeter' is unknown; use one of \['tflite_benchmark_model'\]"):
         registry.instantiate("phone2", conf_dir=tmp_path / "hw")
