@@ -22,6 +22,7 @@ import yaml
 
 from benchmarks.studies import (
     deep_compression_selection,
+    distillation,
     fail_fast,
     pruning_auto,
     quantization_codebook,
@@ -42,6 +43,13 @@ class Report:
     optional: tuple[str, ...] = ()
 
 
+def _reproductions(paper: dict[str, Any], dc_runs: dict[str, Any], distilled: dict[str, Any] | None) -> str:
+    """results/reproductions.md: each study's paper figures beside ours, one section per paper."""
+    sections = [deep_compression_selection.reproductions(paper, dc_runs),
+                distillation.reproduction(distilled) if distilled else ""]
+    return "\n".join(section for section in sections if section)
+
+
 REPORTS: dict[str, Report] = {
     "scaleout": Report(("scaleout.json",), scaleout.scaleout_markdown),
     "fail_fast": Report(("fail_fast.json",), fail_fast.render),
@@ -51,13 +59,14 @@ REPORTS: dict[str, Report] = {
     "deep_compression_selection": Report(("deep_compression_mnist.json",),
                                          partial(deep_compression_selection.report,
                                                  goal=deep_compression_selection.COMPRESSION_GOAL)),
-    "reproductions": Report(("deep_compression_paper.yaml", "deep_compression_mnist.json"),
-                            deep_compression_selection.reproductions),
+    "reproductions": Report(("deep_compression_paper.yaml", "deep_compression_mnist.json", "distillation.json"),
+                            _reproductions, optional=("distillation.json",)),
     "quantization_fixed_point": Report(("quantization_fixed_point.json",), quantization_codebook.fixed_point_markdown),
     "pruning_amc": Report(("pruning_amc.json",), pruning_auto.amc_report),
     "pruning_amc_vs_uniform": Report(("pruning_amc_vs_uniform.json",), pruning_auto.amc_report),
     "pruning_platform_exchange": Report(("pruning_platform_exchange.json",), pruning_auto.exchange_report),
     "speedup_pairing": Report(("speedup_pairing.json",), speedup_pairing.report),
+    "distillation": Report(("distillation.json",), distillation.render),
 }
 #: how a source is read, by its suffix
 READERS: dict[str, Callable[[str], Any]] = {".json": json.loads, ".yaml": yaml.safe_load}
