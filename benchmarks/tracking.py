@@ -229,10 +229,11 @@ def mlflow_run(
 def where(info: Any, status: str, tracking_uri: str) -> str:
     """The console's last line about a run: its name and id, status, store, artifact folder and how to open it."""
     artifacts = info.artifact_uri.removeprefix("file://")
+    page = f"#/experiments/{info.experiment_id}/runs/{info.run_id}"  # the run itself, whatever view the UI starts in
     if tracking_uri.startswith(("http://", "https://")):
-        open_it = f"open {tracking_uri.rstrip('/')}/#/experiments/{info.experiment_id}/runs/{info.run_id}"
+        open_it = f"open {tracking_uri.rstrip('/')}/{page}"
     else:
-        open_it = f"open it with: mlflow ui --backend-store-uri {tracking_uri}"
+        open_it = f"open it with: mlflow ui --backend-store-uri {tracking_uri}, then http://127.0.0.1:5000/{page}"
     return f"run {info.run_name} ({info.run_id}) {status}: store {tracking_uri}, artifacts {artifacts}; {open_it}"
 
 
