@@ -241,9 +241,9 @@ def _markdown_table(frame: pd.DataFrame) -> str:
 
 
 def write_leaderboard(table: pd.DataFrame, results_dir: Path, selection: str = "") -> list[Path]:
-    """Write leaderboard.md, leaderboard.csv and one Pareto PNG per (dataset, hw); ``selection`` says which runs."""
+    """Write leaderboard.md, leaderboard.csv and one Pareto PNG per (dataset, hw) of ``table`` (from :func:`rank`);
+    ``selection`` says which runs."""
     results_dir.mkdir(parents=True, exist_ok=True)
-    table = rank(table)
     written = [results_dir / "leaderboard.csv"]
     shown(table).to_csv(written[0], index=False)
     lines = ["# CompressBench leaderboard", "",
@@ -271,7 +271,7 @@ def log_leaderboard_run(table: pd.DataFrame, files: list[Path], logger_cfg: Any,
     """A run named ``leaderboard`` holding the ranked ``table`` (an MLflow table artifact) and the files; its id."""
     import mlflow
 
-    from benchmarks.pipeline import CONF_DIR
+    from benchmarks.preflight import CONF_DIR
     from benchmarks.tracking import git_state, mlflow_run
 
     tags = {"run_kind": LEADERBOARD_KIND, "selection": selection, **git_state(CONF_DIR.parent)}
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     from hydra import compose, initialize_config_dir
 
     import benchmarks  # noqa: F401  (config resolvers)
-    from benchmarks.pipeline import CONF_DIR
+    from benchmarks.preflight import CONF_DIR
 
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -331,11 +331,11 @@ def main(argv: list[str] | None = None) -> None:
     runs = load_runs(cfg.logger.tracking_uri, cfg.logger.experiment_name, args.status)
     table = select(runs, args.kind, args.dataset, args.device, args.since, args.until)
     selection = describe(args)
-    files = write_leaderboard(table, Path(cfg.paths.results_dir), selection)
+    ranked = rank(table)
+    files = write_leaderboard(ranked, Path(cfg.paths.results_dir), selection)
     for path in files:
         log.info("wrote %s", path)
     log.info("%d of %d runs from %s (%s)", len(table), len(runs), cfg.logger.tracking_uri, selection)
-    ranked = rank(table)
     if not args.no_mlflow:
         log.info("leaderboard run %s", log_leaderboard_run(ranked, files, cfg.logger, selection))
     if args.register:

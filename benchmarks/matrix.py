@@ -58,7 +58,7 @@ def compose_params(overrides: list[str]) -> dict[str, Any]:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from benchmarks.pipeline import CONF_DIR
+    from benchmarks.preflight import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         cfg = compose(config_name=PARAMS_CONFIG, overrides=overrides)
@@ -155,7 +155,7 @@ def entry_overrides(matrix: Mapping[str, Any], name: str) -> list[str]:
 def compose_run(overrides: list[str]) -> Any:
     from hydra import compose, initialize_config_dir
 
-    from benchmarks.pipeline import CONF_DIR
+    from benchmarks.preflight import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=overrides)
@@ -214,7 +214,7 @@ def leaderboard(matrix: Mapping[str, Any], bench_dir: Path, results_dir: Path) -
     """The leaderboard of the matrix's entries, from their metrics files (not the whole store)."""
     import pandas as pd
 
-    from benchmarks.leaderboard import FIELDS, write_leaderboard
+    from benchmarks.leaderboard import FIELDS, rank, write_leaderboard
 
     rows = []
     for name in sorted(matrix.get("entries") or {}):
@@ -226,7 +226,7 @@ def leaderboard(matrix: Mapping[str, Any], bench_dir: Path, results_dir: Path) -
     table = pd.DataFrame(rows, columns=[c for c, _ in FIELDS])
     if not table.empty:
         table = table.sort_values(["dataset", "hw", "test_top1"], ascending=[True, True, False]).reset_index(drop=True)
-    return write_leaderboard(table, results_dir)
+    return write_leaderboard(rank(table), results_dir)
 
 
 def reproductions(matrix: Mapping[str, Any], bench_dir: Path, out: Path) -> Path:

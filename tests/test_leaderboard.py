@@ -89,7 +89,7 @@ def test_a_baseline_run_of_its_own_stands_in_for_the_baseline_row() -> None:
 
 
 def test_files_show_baseline_rows_and_the_selection(tmp_path: Path) -> None:
-    written = write_leaderboard(select(RUNS), tmp_path, "status FINISHED, every kind but smoke")
+    written = write_leaderboard(rank(select(RUNS)), tmp_path, "status FINISHED, every kind but smoke")
     markdown = (tmp_path / "leaderboard.md").read_text()
     assert "Runs: status FINISHED, every kind but smoke." in markdown
     assert "| baseline | baseline | baseline of r |" in markdown
