@@ -119,10 +119,11 @@ def speedup_tags(found: Mapping[str, Speedup]) -> dict[str, str]:
     return tags
 
 
-def comparison(compressed: ModelReport, baseline: ModelReport) -> dict[str, float]:
-    """Speedups (with their interval), compression and accuracy change against the run's own baseline."""
+def comparison(compressed: ModelReport, baseline: ModelReport, found: Mapping[str, Speedup]) -> dict[str, float]:
+    """Speedups (``found``, from :func:`speedups`, with their interval), compression and accuracy change against
+    the run's own baseline."""
     ratios = {
-        **{key: value for name, s in speedups(compressed, baseline).items() for key, value in s.metrics(name).items()},
+        **{key: value for name, s in found.items() for key, value in s.metrics(name).items()},
         "compression": baseline.stored_bytes / compressed.stored_bytes,
         "macs_reduction": baseline.macs / max(compressed.macs, 1),
         "top1_delta": compressed.accuracy["top1"] - baseline.accuracy["top1"],

@@ -28,7 +28,6 @@ from benchmarks.baseline_cache import BaselineModel, baseline_key, obtain_baseli
 from benchmarks.context import make_context
 from benchmarks.evaluation import ModelReport, comparison, evaluate_pair, speedup_tags, speedups, write_layer_table
 from benchmarks.lineage import check_model_format, data_fraction, dataset_of, log_dataset, log_model
-from benchmarks.models import build_model
 from benchmarks.preflight import CONF_DIR, DEFAULT_OPTIONS, Prepared, prepare, with_defaults
 from benchmarks.run_labels import run_kind, run_name
 from benchmarks.schema import RecipeConfig, TrainerConfig
@@ -36,6 +35,7 @@ from benchmarks.splits import DEFAULT_OBJECTIVE
 from benchmarks.tracking import RunRecorder, git_state, mlflow_run
 from benchmarks.training import fit
 from benchmarks.trial_pruning import trial_pruning
+from hardware.speedup import Speedup
 from hardware.target import HardwareTarget, LatencyReport
 from methods.base import CompressionResult
 
@@ -115,7 +115,7 @@ def _run_recorded(cfg: DictConfig, prepared: Prepared, recorder: RunRecorder) ->
 
     callbacks: list[L.Callback] = [c for c in [trial_pruning(cfg)] if c is not None]  # every training reports to it
     with stage("baseline"):
-        baseline = _baseline(cfg, datamodule, recipe, trainer_cfg, seed, recorder, callbacks)
+        baseline = _baseline(cfg, prepared.model, datamodule, recipe, trainer_cfg, seed, recorder, callbacks)
         recorder.tags({"baseline_origin": baseline.origin, "baseline_key": baseline.key})
 
     workdir = Path(cfg.paths.output_root) / "work" / recorder.run_id
@@ -135,13 +135,14 @@ def _run_recorded(cfg: DictConfig, prepared: Prepared, recorder: RunRecorder) ->
                                             selection_split=selection_split, layer_bits=result.layer_bits,
                                             deployables=result.deployables, local_target=local_target)
 
+    paired = speedups(report, base_report)  # bootstrap intervals: computed once, recorded and printed
     with stage("record"):
-        _record(cfg, recorder, report, base_report, result, workdir)
+        _record(cfg, recorder, report, base_report, paired, result, workdir)
     with stage("mlflow model"):
         log_model(recorder, result.model, torch.randn(2, *datamodule.input_shape),  # 2: export fixes a batch of 1
                   {k: str(cfg[k].name) for k in ("dataset", "model", "method", "hw")}, cfg.logger.log_model)
-    _log_result(cfg, report, base_report)
-    recorded = {**report.metrics(), **comparison(report, base_report)}
+    _log_result(cfg, report, base_report, paired)
+    recorded = {**report.metrics(), **comparison(report, base_report, paired)}
     objectives = list(cfg.get("objectives") or [DEFAULT_OBJECTIVE])
     found = {name: value for name in objectives if (value := recorded.get(name)) is not None}
     unknown = [name for name in objectives if name not in found]
@@ -151,9 +152,8 @@ def _run_recorded(cfg: DictConfig, prepared: Prepared, recorder: RunRecorder) ->
     return values if cfg.get("objectives") else values[0]
 
 
-def _log_result(cfg: DictConfig, report: ModelReport, base_report: ModelReport) -> None:
+def _log_result(cfg: DictConfig, report: ModelReport, base_report: ModelReport, found: dict[str, Speedup]) -> None:
     """The run's figures on the console; a speedup with its interval or verdict, and a warning when noisy."""
-    found = speedups(report, base_report)
     local = f"; measured on this CPU: {found['local_cpu_speedup'].describe()}" if "local_cpu_speedup" in found else ""
     log.info("[result] %s/%s/%s on %s: top-1 %.2f%% (baseline %.2f%%), %.3f ms %s, speedup %s%s; %d bytes (x%.1f smaller)",
              cfg.dataset.name, cfg.model.name, cfg.method.name, cfg.hw.name, report.accuracy["top1"],
@@ -184,12 +184,10 @@ def _training_logger(cfg: DictConfig, recorder: RunRecorder, prefix: str) -> Any
     return MLFlowLogger(tracking_uri=cfg.logger.tracking_uri, run_id=recorder.run_id, prefix=prefix)
 
 
-def _baseline(cfg: DictConfig, datamodule: Any, recipe: RecipeConfig, trainer_cfg: TrainerConfig, seed: int,
-              recorder: RunRecorder, callbacks: list[L.Callback]) -> BaselineModel:
+def _baseline(cfg: DictConfig, model: torch.nn.Module, datamodule: Any, recipe: RecipeConfig, trainer_cfg: TrainerConfig,
+              seed: int, recorder: RunRecorder, callbacks: list[L.Callback]) -> BaselineModel:
+    """``model`` (built by the checks, with the seed's initial weights) trained, or its cached or given weights."""
     model_cfg = cast(dict[str, Any], OmegaConf.to_container(cfg.model, resolve=True))
-    torch.manual_seed(seed)  # the same initial weights for the same seed
-    model = build_model(model_cfg["name"], datamodule.num_classes, datamodule.input_shape[0],
-                        model_cfg.get("pretrained"), **(model_cfg.get("kwargs") or {}))
     dataset_cfg = cast(dict[str, Any], OmegaConf.to_container(cfg.dataset, resolve=True))
     key = baseline_key(model_cfg, dataset_cfg, datamodule.checksum, recipe, trainer_cfg, seed)
     fresh_origin = "trained" if recipe.epochs > 0 else ("weights" if model_cfg.get("pretrained") else "untrained")
@@ -203,10 +201,9 @@ def _baseline(cfg: DictConfig, datamodule: Any, recipe: RecipeConfig, trainer_cf
 
 
 def _record(cfg: DictConfig, recorder: RunRecorder, report: ModelReport, base_report: ModelReport,
-            result: CompressionResult, workdir: Path) -> None:
-    recorder.metrics({**report.metrics(), **base_report.metrics("baseline_"), **comparison(report, base_report),
+            found: dict[str, Speedup], result: CompressionResult, workdir: Path) -> None:
+    recorder.metrics({**report.metrics(), **base_report.metrics("baseline_"), **comparison(report, base_report, found),
                       **{f"method_{k}": v for k, v in result.metrics.items()}})
-    found = speedups(report, base_report)
     recorder.tags({**_provenance_tags(report.latency), **speedup_tags(found),
                    "latency_provenance": json.dumps(report.latency.provenance, default=str)[:5000],
                    "latency_notes": " | ".join(report.latency.notes)[:5000]})

@@ -57,6 +57,7 @@ class Prepared:
     method: Any  # methods.base.CompressionMethod
     target: Any  # hardware.target.HardwareTarget
     datamodule: Any  # a prepared, set-up LightningDataModule
+    model: Any  # the model, built for the data with the seed's initial weights (torch.nn.Module)
 
 
 #: The errors caused by what a user asked for, by module: the CLI prints their message alone, on one line.
@@ -123,8 +124,9 @@ def prepare(cfg: DictConfig) -> Prepared:
         datamodule = instantiate(cfg.dataset)
         datamodule.prepare_data()
         datamodule.setup("fit")
-    check_model_fits(cast(dict[str, Any], OmegaConf.to_container(cfg.model, resolve=True)), datamodule)
-    return Prepared(settings, method, target, datamodule)
+    model = check_model_fits(cast(dict[str, Any], OmegaConf.to_container(cfg.model, resolve=True)), datamodule,
+                             settings.seed)
+    return Prepared(settings, method, target, datamodule, model)
 
 
 def _seed(value: Any) -> int:
@@ -154,13 +156,15 @@ def one_line(error: BaseException) -> str:
     return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
 
 
-def check_model_fits(model_cfg: dict[str, Any], datamodule: Any) -> None:
-    """Build the model for the dataset and pass one batch of two zero images through it."""
+def check_model_fits(model_cfg: dict[str, Any], datamodule: Any, seed: int) -> Any:
+    """Build the model for the dataset (initial weights from ``seed``), pass two zero images through it in eval
+    mode (nothing in it changes), and return it: the run trains this model, built once."""
     import torch
 
     from benchmarks.models import build_model
 
     name, shape, classes = model_cfg["name"], tuple(datamodule.input_shape), datamodule.num_classes
+    torch.manual_seed(seed)  # the same initial weights for the same seed
     with refused("model"):
         model = build_model(name, classes, shape[0], model_cfg.get("pretrained"), **(model_cfg.get("kwargs") or {}))
     fix = (f"choose a model made for {'x'.join(map(str, shape))} images and {classes} classes "
@@ -175,6 +179,7 @@ def check_model_fits(model_cfg: dict[str, Any], datamodule: Any) -> None:
     if tuple(logits.shape) != (2, classes):
         raise ConfigError(f"model.name={name} does not fit dataset.name={datamodule.name}: it gives outputs of shape "
                           f"{tuple(logits.shape)} for 2 images, not (2, {classes}); {fix}")
+    return model.train()
 
 
 def ensure_writable(folder: Path, key: str, fix: str) -> None:
