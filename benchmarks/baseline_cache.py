@@ -20,6 +20,7 @@ from typing import Any
 from torch import nn
 
 from benchmarks import training
+from benchmarks.data.sources import written_atomically
 from benchmarks.models import model_code_version
 from benchmarks.schema import RecipeConfig, TrainerConfig
 from methods.baseline import load_dense, save_dense
@@ -103,9 +104,8 @@ def obtain_baseline(
     start = time.perf_counter()
     trained = train(model)
     origin = fresh_origin
-    partial = file.with_suffix(".partial")
-    save_dense(trained, partial)
-    partial.replace(file)  # atomic: an interrupted run never leaves half a cache entry
+    with written_atomically(file) as partial:  # an interrupted run never leaves half a cache entry
+        save_dense(trained, partial)
     if origin != "trained":
         log.info("[baseline] no training (recipe.epochs=0): %s used as they are", origin)
     else:

@@ -34,7 +34,7 @@ from benchmarks.data import (
     SourceFile,
 )
 from benchmarks.data.mnist import read_idx_images, read_idx_labels
-from benchmarks.data.sources import MARKER_NAME, manifest_digest
+from benchmarks.data.sources import MARKER_NAME, manifest_digest, written_atomically
 
 SHARED = Path("/work/shared/data")
 CONF = Path(__file__).resolve().parents[1] / "conf" / "dataset"
@@ -158,6 +158,21 @@ def test_corrupted_prepared_copy_raises_checksum_error(tiny_idx):
     local.write_bytes(local.read_bytes()[:-1])
     with pytest.raises(DataChecksumError, match="train-images-idx3-ubyte.gz.*delete"):
         _tiny_mnist(tiny_idx).prepare_data()
+
+
+def test_concurrent_writers_of_one_file_never_share_a_partial_copy(tmp_path):
+    """Workers of one sweep write the same baseline cache file at once: each writes its own
+    partial copy, the target ends whole (one writer's bytes), and no partial file is left."""
+    target = tmp_path / "baseline.cbm"
+    with written_atomically(target) as first, written_atomically(target) as second:
+        assert first != second
+        first.write_bytes(b"a" * 1000)
+        second.write_bytes(b"b" * 10)
+    assert target.read_bytes() == b"a" * 1000  # the outer writer replaced last
+    with pytest.raises(ValueError), written_atomically(target) as failed:
+        failed.write_bytes(b"half")
+        raise ValueError("the writer failed")
+    assert target.read_bytes() == b"a" * 1000 and sorted(p.name for p in tmp_path.iterdir()) == ["baseline.cbm"]
 
 
 def test_idx_reader_checks_magic_and_counts(tmp_path):

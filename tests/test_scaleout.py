@@ -175,8 +175,9 @@ def test_four_workers_share_a_postgres_study(postgres_url: str, run_env: dict[st
         trials = optuna.load_study(study_name="shared", storage=f"{base}/optuna").get_trials()
         complete = [t.number for t in trials if t.state == TrialState.COMPLETE]
         others = {t.number: t.state.name for t in trials if t.state != TrialState.COMPLETE}
-        assert len(complete) >= 8 and not others, (others, [line for log in logs for line in log.splitlines()
-                                                            if "ERROR" in line or "WARNING" in line])
+        why = [line for log in logs for line in log.splitlines()
+               if ("ERROR" in line or "WARNING" in line) and "mlflow.pytorch" not in line]
+        assert len(complete) >= 8 and not others, (others, why)
         runs = _finished(tracking, optuna_study="shared")
         recorded = Counter(int(r.data.tags["optuna_trial"]) for r in runs)
         assert recorded == Counter(complete)  # each trial once in MLflow, and no run without its trial

@@ -35,7 +35,7 @@ from benchmarks.data.base import (
     image_shape,
 )
 from benchmarks.data.errors import DataFormatError
-from benchmarks.data.sources import get_source
+from benchmarks.data.sources import get_source, written_atomically
 from benchmarks.data.tensors import InMemoryImageDataset, PadCropFlip, black_fill, normalise_uint8
 
 ARRAYS_NAME = "arrays.npz"
@@ -100,10 +100,9 @@ class CIFAR10JPEGDataModule(ImageDataModule):
         for split in SPLITS:
             check_sample_count(self.name, split, len(arrays[f"{split}_labels"]), source)
         target = folder / ARRAYS_NAME
-        partial = folder / (ARRAYS_NAME + ".partial.npz")
-        # the keys are array names; mypy sees that one of them could be savez's allow_pickle (a bool)
-        np.savez(partial, **arrays)  # type: ignore[arg-type]
-        partial.replace(target)
+        with written_atomically(target, suffix=".npz") as partial:
+            # the keys are array names; mypy sees that one of them could be savez's allow_pickle (a bool)
+            np.savez(partial, **arrays)  # type: ignore[arg-type]
         return [target]
 
     def _load_splits(self) -> Splits:

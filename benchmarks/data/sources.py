@@ -22,8 +22,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
-from collections.abc import Callable, Iterable
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,6 +105,23 @@ def get_source(name: str) -> DataSource:
         raise KeyError(
             f"no data source named {name!r} (known: {known}); register one with benchmarks.data.sources.register_source"
         ) from None
+
+
+@contextmanager
+def written_atomically(target: Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; on success it replaces ``target`` at once.
+
+    The name is this process's own, so concurrent workers writing the same file (a shared
+    baseline cache, a data folder prepared by several runs) never write into each other's
+    half-written copy; whoever replaces last wins with a whole file. ``suffix`` keeps an
+    extension a writer insists on (``np.savez`` appends ``.npz``).
+    """
+    partial = target.with_name(f"{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial{suffix}")
+    try:
+        yield partial
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def sha256_file(path: Path) -> str:
@@ -217,15 +237,13 @@ def _copy_verified(source: DataSource, source_folder: Path, folder: Path) -> dic
                 f"The source copy is corrupted: re-copy {spec.filename} into {source_folder} "
                 "from a good copy (or delete it and use another source).",
             )
-        partial = raw_dir / (spec.filename + ".partial")
-        shutil.copyfile(origin, partial)
-        copied = sha256_file(partial)
-        if copied != spec.sha256:
-            partial.unlink()
-            raise DataChecksumError(
-                partial, spec.sha256, copied, f"Copying {origin} failed: check free disk space and retry."
-            )
-        partial.replace(raw_dir / spec.filename)
+        with written_atomically(raw_dir / spec.filename) as partial:
+            shutil.copyfile(origin, partial)
+            copied = sha256_file(partial)
+            if copied != spec.sha256:
+                raise DataChecksumError(
+                    partial, spec.sha256, copied, f"Copying {origin} failed: check free disk space and retry."
+                )
         digests[spec.filename] = copied
     return digests
 
@@ -266,7 +284,6 @@ def _finish(folder: Path, origin: str, digests: dict[str, str], build: BuildCach
         "derived": derived,
         "checksum": manifest_digest(digests),
     }
-    tmp = folder / (MARKER_NAME + ".partial")
-    tmp.write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
-    tmp.replace(folder / MARKER_NAME)
+    with written_atomically(folder / MARKER_NAME) as partial:
+        partial.write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
     return PreparedData(folder, origin, digests, derived)
