@@ -45,9 +45,15 @@ def test_summary_statistics_of_known_samples() -> None:
     result = summarise([1.0, 2.0, 3.0, 4.0, 5.0], warmup=2)
     assert result.median_ms == 3.0 and result.q1_ms == 2.0 and result.q3_ms == 4.0 and result.iqr_ms == 2.0
     assert result.cv == pytest.approx(1.5811388 / 3.0)
+    assert result.robust_cv == pytest.approx(2.0 / (1.349 * 3.0))
     assert result.noisy and "too noisy" in result.notes()[0]
     steady = summarise([10.0, 10.1, 9.9, 10.0])
     assert not steady.noisy and steady.notes() == []
+    # a stable bulk with two preempted calls: the CV is large, the median (and the verdict) is not moved
+    preempted = summarise([10.0, 10.1, 9.9, 10.0, 10.05, 9.95, 10.0, 10.1, 9.9, 10.0, 30.0, 35.0])
+    assert preempted.cv > 0.4 and not preempted.noisy and preempted.median_ms == 10.0
+    spread = summarise([8.0, 9.0, 10.0, 11.0, 12.0, 8.5, 11.5, 9.5, 10.5, 10.0])  # the bulk itself spreads
+    assert spread.noisy
     assert steady.provenance()["repeats"] == 4
 
 

@@ -134,6 +134,7 @@ def time_unit(unit: Unit, protocol: TimingProtocol, threads: int, rotate_bytes: 
         "min_ms": timing.min_ms,
         "iqr_ms": timing.iqr_ms,
         "cv": timing.cv,
+        "robust_cv": timing.robust_cv,
         "repeats": timing.repeats,
     }
 
