@@ -9,6 +9,8 @@
   ``zero_point`` the named tensors stored before it (per tensor or per channel along ``axis``);
 * ``fixed_point``: ``q * 2**-FL`` (Gupta et al. 2015; Courbariaux et al. 2014) with ``q``
   packed at the word length and one FL per tensor (a field) or per channel (int8 part).
+* ``sign``: binary weights ``scale * (+1 | -1)`` (BinaryConnect, XNOR-Net, LAB): one bit per
+  weight (1 = +1) and float32 scales, one per tensor or one per channel along ``axis``.
 
 Every codec's ``*_entry`` writes what its registered decoder reads back.
 """
@@ -139,6 +141,23 @@ def fixed_point_entry(name: str, codes: torch.Tensor, word_length: int, fraction
         fields["fraction_bits"] = int(fraction)
     else:
         entry.add("fraction_bits", fraction.numpy().astype(np.int8).tobytes(), "scale")
+    return entry
+
+
+@register_codec("sign")
+def _decode_sign(entry: TensorEntry, decoded: Any) -> torch.Tensor:
+    f = entry.fields
+    signs = torch.from_numpy(unpack_bits(entry.data("signs"), 1, entry.numel)).reshape(entry.shape)
+    count = 1 if f["axis"] is None else entry.shape[f["axis"]]
+    scales = tensor_from(entry.data("scales"), torch.float32, count)
+    return (signs * 2 - 1).to(torch.float32) * along(scales, signs.dim(), f["axis"])
+
+
+def sign_entry(name: str, positive: torch.Tensor, scale: torch.Tensor, axis: int | None) -> TensorEntry:
+    """A binary tensor ``scale * (+1 where positive, else -1)``; ``scale`` a scalar or one per channel along ``axis``."""
+    entry = TensorEntry(name, "sign", tuple(positive.shape), {"axis": axis})
+    entry.add("signs", pack_bits(positive.to(torch.int64), 1), "weights")
+    entry.add("scales", tensor_bytes(scale.to(torch.float32)), "scale")
     return entry
 
 
