@@ -40,7 +40,13 @@ def check_sparsity(sparsity: float, key: str = "method.sparsity") -> float:
 
 def magnitude_masks(weights: Mapping[str, torch.Tensor], sparsity: float | Mapping[str, float],
                     scope: str = "layer") -> dict[str, torch.Tensor]:
-    """Boolean keep-masks that zero the smallest-magnitude weights.
+    """Boolean keep-masks that zero the smallest-magnitude weights (:func:`saliency_masks` of ``|w|``)."""
+    return saliency_masks({name: w.detach().abs() for name, w in weights.items()}, sparsity, scope)
+
+
+def saliency_masks(scores: Mapping[str, torch.Tensor], sparsity: float | Mapping[str, float],
+                   scope: str = "layer") -> dict[str, torch.Tensor]:
+    """Boolean keep-masks that zero the weights of lowest score (magnitude, OBD's or OBS's saliency).
 
     ``scope="layer"``: each layer loses ``sparsity`` (or ``sparsity[name]``) of its own weights;
     ``scope="global"``: one threshold over all layers together removes ``sparsity`` of all of
@@ -53,18 +59,18 @@ def magnitude_masks(weights: Mapping[str, torch.Tensor], sparsity: float | Mappi
         if isinstance(sparsity, Mapping):
             raise MethodConfigError("method.scope=global takes one sparsity, not per-layer sparsities")
         s = check_sparsity(sparsity)
-        flat = torch.cat([w.detach().abs().flatten().float().cpu() for w in weights.values()])
+        flat = torch.cat([w.detach().flatten().float().cpu() for w in scores.values()])
         keep = _keep_largest(flat, flat.numel() - int(round(s * flat.numel())))
         masks, start = {}, 0
-        for name, w in weights.items():
+        for name, w in scores.items():
             masks[name] = keep[start:start + w.numel()].reshape(w.shape).to(w.device)
             start += w.numel()
         return masks
     masks = {}
-    for name, w in weights.items():
+    for name, w in scores.items():
         s = check_sparsity(sparsity[name] if isinstance(sparsity, Mapping) else sparsity,
                            f"method.layer_sparsity.{name}" if isinstance(sparsity, Mapping) else "method.sparsity")
-        flat = w.detach().abs().flatten().float().cpu()
+        flat = w.detach().flatten().float().cpu()
         masks[name] = _keep_largest(flat, flat.numel() - int(round(s * flat.numel()))).reshape(w.shape).to(w.device)
     return masks
 
@@ -89,9 +95,11 @@ class WeightMasks:
     def weights(self) -> dict[str, torch.Tensor]:
         return {n: weight_of(m) for n, m in self.layers.items()}
 
-    def update(self, sparsity: float | Mapping[str, float], scope: str = "layer") -> None:
-        """Recompute the masks from the current weight magnitudes, then apply them."""
-        self.masks = magnitude_masks(self.weights(), sparsity, scope)
+    def update(self, sparsity: float | Mapping[str, float], scope: str = "layer",
+               scores: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Recompute the masks from ``scores`` (default: the current weight magnitudes), then apply them."""
+        self.masks = saliency_masks(scores, sparsity, scope) if scores is not None else \
+            magnitude_masks(self.weights(), sparsity, scope)
         self.apply()
 
     @torch.no_grad()

@@ -1,0 +1,1 @@
+"""Hashing: weights shared at random through a hash (HashedNets, :mod:`.hashednets`)."""
