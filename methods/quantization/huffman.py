@@ -15,6 +15,7 @@ relative indices, as Huffman bit streams. ``deep_compression`` runs the whole pi
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from torch import nn
 from methods.base import CompressionContext, CompressionMethod, CompressionResult
 from methods.config import FineTuning, finetune_default, option
 from methods.quantization.kmeans import (
+    SharedLayer,
     SharingConfig,
     codebook_bits,
     dense_bytes,
@@ -60,18 +62,26 @@ class HuffmanCoding(CompressionMethod):
     def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
         shared = copy.deepcopy(model)
         layers = share_weights(shared, self.config, ctx)
-        workdir = Path(ctx.workdir)
-        files = {}
-        for coding in ("packed", "huffman"):
-            encoded = {layer.name: shared_entry(layer, "sparse" if layer.zero_code else "dense", coding, self.config.index_bits)
-                       for layer in layers.values()}
-            path = workdir / f"{self.name}_{coding}.cbm"
-            files[coding] = (path, save_model(path, state_entries(shared.state_dict(), encoded),
-                                              {"method": self.name, "coding": coding}))
-        path, sizes = files["huffman"]
-        metrics = size_metrics(sizes)
-        metrics["size_fixed_length_bytes"] = float(files["packed"][1]["total"])
-        metrics["huffman_saving"] = 1.0 - sizes["total"] / files["packed"][1]["total"]
-        metrics["compression_ratio"] = dense_bytes(model) / sizes["total"]
-        return CompressionResult(model=load_model(path, model), stored_file=path, layer_bits=codebook_bits(model, layers),
-                                 metrics=metrics, artifacts=[files["packed"][0]])
+        return huffman_result(self.name, model, shared, layers, Path(ctx.workdir), self.config.index_bits)
+
+
+def huffman_result(method: str, model: nn.Module, shared: nn.Module, layers: Mapping[str, SharedLayer], workdir: Path,
+                   index_bits: int) -> CompressionResult:
+    """``shared`` written twice, codes bit-packed and Huffman-coded (layers with zeros sparsely, with
+    ``index_bits``-bit relative indices): the Huffman file is the result, the packed one its measured
+    reference (``size_fixed_length_bytes``); ``model`` is the decoding template."""
+    files = {}
+    for coding in ("packed", "huffman"):
+        encoded = {layer.name: shared_entry(layer, "sparse" if layer.zero_code else "dense", coding, index_bits)
+                   for layer in layers.values()}
+        path = workdir / f"{method}_{coding}.cbm"
+        files[coding] = (path, save_model(path, state_entries(shared.state_dict(), encoded),
+                                          {"method": method, "coding": coding}))
+    path, sizes = files["huffman"]
+    metrics = size_metrics(sizes)
+    metrics["size_fixed_length_bytes"] = float(files["packed"][1]["total"])
+    metrics["huffman_saving"] = 1.0 - sizes["total"] / files["packed"][1]["total"]
+    metrics["compression_ratio"] = dense_bytes(model) / sizes["total"]
+    metrics["bits_per_weight"] = 8 * sizes.get("weights", 0) / max(sum(layer.codes.numel() for layer in layers.values()), 1)
+    return CompressionResult(model=load_model(path, model), stored_file=path, layer_bits=codebook_bits(model, layers),
+                             metrics=metrics, artifacts=[files["packed"][0]])

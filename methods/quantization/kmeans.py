@@ -35,7 +35,7 @@ cluster per distinct value. Biases are kept in float32 as in the paper's code.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,19 +75,25 @@ def assign(values: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
 
 
 def kmeans_1d(values: torch.Tensor, k: int, init: str = "linear", max_iterations: int = 300,
-              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              generator: torch.Generator | None = None,
+              importance: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Lloyd's k-means on scalars: (sorted centroids (k,), assignment of each value).
 
     In one dimension a cluster is a contiguous run of the sorted values, so each Lloyd
     iteration is a search of the k-1 midpoints in the sorted values and a difference of
     prefix sums (float64). ``k`` is capped at the number of distinct values.
+    ``importance`` (one non-negative weight per value, e.g. a diagonal Hessian) minimises
+    ``sum h_i (w_i - c)^2`` instead (Choi et al. 2017): the nearest centroid is unchanged
+    and each centroid becomes its cluster's importance-weighted mean.
     """
     values = values.detach().float().flatten()
-    ordered = values.double().sort().values
+    ordered, order = values.double().sort()
     if int((ordered[1:] != ordered[:-1]).sum()) + 1 <= k:
         distinct = torch.unique(values)
         return distinct, torch.bucketize(values, distinct)
-    prefix = torch.cat([torch.zeros(1, dtype=torch.float64), ordered.cumsum(0)])
+    mass = torch.ones_like(ordered) if importance is None else importance.detach().double().flatten()[order]
+    prefix = torch.cat([torch.zeros(1, dtype=torch.float64), (mass * ordered).cumsum(0)])
+    mass_prefix = torch.cat([torch.zeros(1, dtype=torch.float64), mass.cumsum(0)])
     centroids = init_centroids(values, k, init, generator).double().sort().values
     edges = None
     for _ in range(max_iterations):
@@ -97,9 +103,9 @@ def kmeans_1d(values: torch.Tensor, k: int, init: str = "linear", max_iterations
         if edges is not None and torch.equal(new_edges, edges):
             break
         edges = new_edges
-        counts = (edges[1:] - edges[:-1]).double()
+        counts = mass_prefix[edges[1:]] - mass_prefix[edges[:-1]]
         sums = prefix[edges[1:]] - prefix[edges[:-1]]
-        centroids = torch.where(counts > 0, sums / counts.clamp(min=1), centroids).sort().values
+        centroids = torch.where(counts > 0, sums / torch.where(counts > 0, counts, 1.0), centroids).sort().values
     centroids = centroids.float()
     return centroids, assign(values, centroids)
 
@@ -140,18 +146,29 @@ def share_layer(name: str, weight: torch.Tensor, bits: int, init: str, max_itera
             f"{key}: {bits} bits ask for {k} clusters but layer {name!r} has only {flat.numel()} weights; "
             f"use at most {int(np.floor(np.log2(flat.numel())))} bits for it (bits_per_layer)"
         )
+    centroids, codes, zero_code = share_values(
+        flat, k, lambda values, clusters, _mask: kmeans_1d(values, clusters, init, max_iterations, generator))
+    return SharedLayer(name, tuple(weight.shape), bits, centroids, codes, zero_code)
+
+
+#: ``cluster(values, k, mask)``: (centroids, codes) of the values kept by ``mask`` (the nonzero ones)
+Clusterer = Callable[[torch.Tensor, int, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def share_values(flat: torch.Tensor, k: int, cluster: Clusterer) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(centroids, codes, zero_code) of the 1-D ``flat`` with ``k`` codes: when some values are exactly 0
+    (pruned), code 0 is reserved for 0 and ``cluster`` gets only the nonzero values and ``k - 1`` clusters."""
     nonzero = flat != 0
     zero_code = bool((~nonzero).any())
-    if zero_code:  # pruned layer: code 0 is exact zero, the nonzero weights get 2**b - 1 centroids
-        codes = torch.zeros(flat.numel(), dtype=torch.long)
-        if nonzero.any():
-            centroids, nz_codes = kmeans_1d(flat[nonzero], k - 1, init, max_iterations, generator)
-            codes[nonzero] = nz_codes + 1
-        else:
-            centroids = torch.zeros(0)
-    else:
-        centroids, codes = kmeans_1d(flat, k, init, max_iterations, generator)
-    return SharedLayer(name, tuple(weight.shape), bits, centroids.float(), codes.long(), zero_code)
+    if not zero_code:
+        centroids, codes = cluster(flat, k, nonzero)
+        return centroids.float(), codes.long(), False
+    codes = torch.zeros(flat.numel(), dtype=torch.long)
+    centroids = torch.zeros(0)
+    if nonzero.any():
+        centroids, nz_codes = cluster(flat[nonzero], k - 1, nonzero)
+        codes[nonzero] = nz_codes.long() + 1
+    return centroids.float(), codes, True
 
 
 class SharedWeights(nn.Module):
@@ -249,15 +266,22 @@ def share_weights(model: nn.Module, config: SharingConfig, ctx: CompressionConte
                                           config.init, config.max_iterations, generator,
                                           key=f"{key}.bits_per_layer.{module_name}"
                                           if module_name in config.bits_per_layer else f"{key}.bits")
+    finetune_shared(model, modules, layers, config.finetune, ctx)
+    return layers
+
+
+def finetune_shared(model: nn.Module, modules: Mapping[str, nn.Module], layers: Mapping[str, SharedLayer],
+                    finetune: FineTuning, ctx: CompressionContext) -> None:
+    """Train the centroids of ``layers`` (by module name) in ``model`` with ``ctx.finetune`` when
+    ``finetune.epochs`` > 0 (Deep Compression, Sec. 3.3); the layers get the trained centroids back."""
     for module_name, module in modules.items():
         attach_shared(module, layers[module_name])
     try:
-        if config.finetune.epochs > 0:
-            ctx.finetune(model, config.finetune.epochs, lr=config.finetune.lr)
+        if finetune.epochs > 0:
+            ctx.finetune(model, finetune.epochs, lr=finetune.lr)
     finally:
         for module_name, module in modules.items():
             detach_shared(module, layers[module_name])
-    return layers
 
 
 class KMeansQuantization(CompressionMethod):

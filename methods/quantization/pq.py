@@ -52,11 +52,17 @@ def kmeans_vectors(vectors: torch.Tensor, k: int, iterations: int, generator: to
         nxt = int(torch.multinomial(probs, 1, generator=generator))
         centers.append(vectors[nxt])
         dist = torch.minimum(dist, ((vectors - vectors[nxt]) ** 2).sum(1))
-    codewords = torch.stack(centers).clone()
+    return lloyd(vectors, torch.stack(centers).clone(), iterations)
+
+
+def lloyd(vectors: torch.Tensor, codewords: torch.Tensor, iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd iterations from ``codewords`` (k, d): (codewords, codes); the squared error never grows, and a
+    codeword nobody picks keeps its value (Q-CNN's warm-started refinement relies on both)."""
+    n, k = vectors.shape[0], codewords.shape[0]
     codes = torch.cdist(vectors, codewords).argmin(1)
     for _ in range(iterations):
         sums = torch.zeros_like(codewords).index_add_(0, codes, vectors)
-        counts = torch.zeros(k).index_add_(0, codes, torch.ones(n))
+        counts = torch.zeros(k, dtype=vectors.dtype).index_add_(0, codes, torch.ones(n, dtype=vectors.dtype))
         codewords = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], codewords)
         new_codes = torch.cdist(vectors, codewords).argmin(1)
         if torch.equal(new_codes, codes):
@@ -67,7 +73,8 @@ def kmeans_vectors(vectors: torch.Tensor, k: int, iterations: int, generator: to
 
 @dataclass
 class ProductQuantizedLayer:
-    """One layer's weight as ``s`` codebooks (s, k, d) and codes (m, s)."""
+    """One layer's weight as ``s`` codebooks (s, k, d) and codes (m, s); residual quantization (``rq``)
+    stacks ``t`` stages: codebooks (t, s, k, d), codes (m, t, s), the stages' sub-vectors summed."""
 
     name: str
     shape: tuple[int, ...]
@@ -75,32 +82,49 @@ class ProductQuantizedLayer:
     codebooks: torch.Tensor  # float32 (s, k, d)
     codes: torch.Tensor  # int64 (m, s)
 
+    @property
+    def stages(self) -> int:
+        return self.codebooks.shape[0] if self.codebooks.dim() == 4 else 1
+
     def weight(self) -> torch.Tensor:
         return reconstruct(self.codebooks, self.codes).reshape(self.shape)
 
 
-def product_quantize(name: str, weight: torch.Tensor, bits: int, subvector_length: int, iterations: int,
-                     generator: torch.Generator, key: str) -> ProductQuantizedLayer:
+def subspace_matrix(name: str, weight: torch.Tensor, bits: int, subvector_length: int,
+                    key: str) -> torch.Tensor:
+    """``weight`` as its (m, n) matrix of rows, after checking that ``subvector_length`` divides ``n``
+    and that ``2**bits`` codewords do not outnumber the ``m`` sub-vectors of a sub-space."""
     matrix = weight.detach().float().reshape(weight.shape[0], -1)
     m, n = matrix.shape
     if n % subvector_length:
         raise MethodConfigError(
-            f"pq.subvector_length: {subvector_length} does not divide the {n} columns of layer {name!r}; "
+            f"method.subvector_length: {subvector_length} does not divide the {n} columns of layer {name!r}; "
             f"use a divisor of {n} (subvector_length_per_layer)"
         )
-    k = 2**bits
-    if k > m:
+    if 2**bits > m:
         raise MethodConfigError(
-            f"{key}: {bits} bits ask for {k} codewords per sub-space but layer {name!r} has only {m} sub-vectors "
-            f"per sub-space; use at most {int(math.floor(math.log2(m)))} bits for it"
+            f"{key}: {bits} bits ask for {2**bits} codewords per sub-space but layer {name!r} has only {m} "
+            f"sub-vectors per sub-space; use at most {int(math.floor(math.log2(m)))} bits for it"
         )
-    s = n // subvector_length
-    codebooks, codes = [], []
-    for i in range(s):
-        words, c = kmeans_vectors(matrix[:, i * subvector_length:(i + 1) * subvector_length], k, iterations, generator)
-        codebooks.append(words)
-        codes.append(c)
-    return ProductQuantizedLayer(name, tuple(weight.shape), bits, torch.stack(codebooks), torch.stack(codes, dim=1))
+    return matrix
+
+
+def product_quantize(name: str, weight: torch.Tensor, bits: int, subvector_length: int, iterations: int,
+                     generator: torch.Generator, key: str, stages: int = 1) -> ProductQuantizedLayer:
+    """k-means of each sub-space's sub-vectors; with ``stages`` > 1 residual quantization (Gong et al.,
+    Sec. 3.4): each further stage clusters what the stages before it left over."""
+    residual = subspace_matrix(name, weight, bits, subvector_length, key).clone()
+    k, s, d = 2**bits, residual.shape[1] // subvector_length, subvector_length
+    codebooks = torch.zeros(stages, s, k, d)
+    codes = torch.zeros(residual.shape[0], stages, s, dtype=torch.long)
+    for stage in range(stages):
+        for i in range(s):
+            words, c = kmeans_vectors(residual[:, i * d:(i + 1) * d], k, iterations, generator)
+            codebooks[stage, i], codes[:, stage, i] = words, c
+            residual[:, i * d:(i + 1) * d] -= words[c]
+    if stages == 1:  # plain product quantization: (s, k, d) and (m, s)
+        return ProductQuantizedLayer(name, tuple(weight.shape), bits, codebooks[0], codes[:, 0])
+    return ProductQuantizedLayer(name, tuple(weight.shape), bits, codebooks, codes)
 
 
 class _ProductWeights(nn.Module):
@@ -150,12 +174,17 @@ class ProductQuantization(CompressionMethod):
                 raise MethodConfigError(f"method.{key} names {unknown}, not layers of the model {sorted(modules)}")
         generator = torch.Generator().manual_seed(ctx.seed)
         return {
-            name: product_quantize(
+            name: self.quantize_layer(
                 f"{name}.weight", module.weight, c.bits_per_layer.get(name, c.bits),
-                c.subvector_length_per_layer.get(name, c.subvector_length), c.max_iterations, generator,
+                c.subvector_length_per_layer.get(name, c.subvector_length), generator,
                 f"method.bits_per_layer.{name}" if name in c.bits_per_layer else "method.bits")
             for name, module in modules.items()
         }
+
+    def quantize_layer(self, name: str, weight: torch.Tensor, bits: int, subvector_length: int,
+                       generator: torch.Generator, key: str) -> ProductQuantizedLayer:
+        """One layer's quantization (``rq`` adds stages here); errors name ``key``."""
+        return product_quantize(name, weight, bits, subvector_length, self.config.max_iterations, generator, key)
 
     def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
         work = copy.deepcopy(model)
@@ -170,13 +199,13 @@ class ProductQuantization(CompressionMethod):
             for name, layer in layers.items():
                 layer.codebooks = modules[name].get_parameter("parametrizations.weight.original").detach().clone().float()
                 parametrize.remove_parametrizations(modules[name], "weight", leave_parametrized=True)
-        path = Path(ctx.workdir) / "pq.cbm"
+        path = Path(ctx.workdir) / f"{self.name}.cbm"
         encoded = {layer.name: pq_entry(layer.name, layer.shape, layer.codebooks, layer.codes, layer.bits)
                    for layer in layers.values()}
         sizes = save_model(path, state_entries(work.state_dict(), encoded), {"method": self.name})
         metrics = size_metrics(sizes)
         metrics["compression_ratio"] = dense_bytes(model) / sizes["total"]
         return CompressionResult(model=load_model(path, model), stored_file=path,
-                                 layer_bits={name: (math.ceil(layer.bits / layer.codebooks.shape[2]), 32)
+                                 layer_bits={name: (math.ceil(layer.bits * layer.stages / layer.codebooks.shape[-1]), 32)
                                              for name, layer in layers.items()},
                                  metrics=metrics)

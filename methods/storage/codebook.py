@@ -9,11 +9,13 @@
   or Huffman-coded with their tables (``coding: huffman``, :mod:`methods.storage.huffman`).
 * ``pq`` (Gong et al. 2014, Sec. 3.3): a weight matrix of ``m`` rows split into ``s``
   sub-spaces of ``d`` columns, one codebook of ``2**bits`` sub-vectors per sub-space and one
-  packed code per (row, sub-space).
+  packed code per (row, sub-space); with a ``stages`` field (residual quantization, Sec. 3.4)
+  ``t`` such codebooks and codes whose sub-vectors add up.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -94,16 +96,23 @@ def _decode_codebook(entry: TensorEntry, decoded: Any) -> torch.Tensor:
 
 
 def reconstruct(codebooks: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """The (m, s * d) matrix whose sub-vector (row r, sub-space i) is ``codebooks[i, codes[r, i]]``."""
+    """The (m, s * d) matrix whose sub-vector (row r, sub-space i) is ``codebooks[i, codes[r, i]]``;
+    with stages (residual quantization: codebooks (t, s, k, d), codes (m, t, s)) the sum over stages."""
+    if codebooks.dim() == 4:
+        return sum((reconstruct(codebooks[j], codes[:, j]) for j in range(codebooks.shape[0])),
+                   torch.zeros(codes.shape[0], codebooks.shape[1] * codebooks.shape[3], dtype=codebooks.dtype))
     s = codebooks.shape[0]
     return codebooks[torch.arange(s)[None, :], codes].reshape(codes.shape[0], -1)
 
 
 def pq_entry(name: str, shape: tuple[int, ...], codebooks: torch.Tensor, codes: torch.Tensor, bits: int) -> TensorEntry:
-    """A product-quantized weight: ``codebooks`` (s, 2**bits, d) and ``codes`` (m, s)."""
-    s, _k, d = codebooks.shape
-    entry = TensorEntry(name, "pq", tuple(shape), {"bits": int(bits), "subspaces": s, "subvector_length": d,
-                                                    "rows": int(codes.shape[0])})
+    """A product-quantized weight: ``codebooks`` (s, 2**bits, d) and ``codes`` (m, s); a residual-quantized
+    one (Gong et al. 2014, Sec. 3.4): ``codebooks`` (t, s, 2**bits, d) and ``codes`` (m, t, s), ``t`` stages."""
+    s, _k, d = codebooks.shape[-3:]
+    fields = {"bits": int(bits), "subspaces": s, "subvector_length": d, "rows": int(codes.shape[0])}
+    if codebooks.dim() == 4:
+        fields["stages"] = int(codebooks.shape[0])
+    entry = TensorEntry(name, "pq", tuple(shape), fields)
     entry.add("codebook", codebooks.detach().float().numpy().astype("<f4").tobytes(), "codebook")
     entry.add("codes", pack_bits(codes.reshape(-1), bits), "weights")
     return entry
@@ -113,6 +122,7 @@ def pq_entry(name: str, shape: tuple[int, ...], codebooks: torch.Tensor, codes: 
 def _decode_pq(entry: TensorEntry, decoded: Any) -> torch.Tensor:
     f = entry.fields
     s, k, d, m = f["subspaces"], 2 ** f["bits"], f["subvector_length"], f["rows"]
-    codebooks = _floats(entry.data("codebook")).reshape(s, k, d)
-    codes = torch.from_numpy(unpack_bits(entry.data("codes"), f["bits"], m * s)).reshape(m, s)
-    return reconstruct(codebooks, codes)
+    stages = (f["stages"],) if "stages" in f else ()
+    codebooks = _floats(entry.data("codebook")).reshape(*stages, s, k, d)
+    codes = torch.from_numpy(unpack_bits(entry.data("codes"), f["bits"], m * s * math.prod(stages)))
+    return reconstruct(codebooks, codes.reshape(m, *stages, s))

@@ -1,0 +1,206 @@
+"""Hessian-weighted k-means and ECSQ (Choi et al. 2017), residual quantization, Q-CNN (issue 16)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmarks.context import make_context
+from benchmarks.schema import RecipeConfig, TrainerConfig
+from benchmarks.training import fit
+from hardware.measured import LocalCPU
+from methods.base import MethodConfigError
+from methods.quantization.ecsq import ECSQ, entropy_constrained_lloyd, uniform_quantize
+from methods.quantization.hessian_kmeans import HessianKMeans, adam_second_moment, hessian_diagonal
+from methods.quantization.kmeans import kmeans_1d
+from methods.quantization.pq import ProductQuantization, product_quantize
+from methods.quantization.ptq import calibration_inputs
+from methods.quantization.qcnn import QCNN
+from methods.quantization.rq import ResidualQuantization
+from methods.storage import load_model, read_entries, read_state
+from tests.test_quantization_codebook import BlobData
+
+
+def _net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(288, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    data = BlobData()
+    recipe = RecipeConfig(epochs=2, lr=0.05, weight_decay=0.0)
+    trainer = TrainerConfig(progress_bar=False, limit_val_batches=0)
+    torch.manual_seed(0)
+    return data, recipe, trainer, fit(_net(), data, recipe, trainer, seed=0), tmp_path_factory
+
+
+def _ctx(task, name: str):
+    data, recipe, trainer, _model, factory = task
+    return make_context(data, LocalCPU(), recipe, trainer, 0, factory.mktemp(name))
+
+
+def _round_trips(result, model: nn.Module) -> None:
+    """The evaluated model is the stored file decoded, and decoding again gives the same tensors."""
+    again = load_model(result.stored_file, model)
+    for key, tensor in result.model.state_dict().items():
+        assert torch.equal(tensor, again.state_dict()[key]), key
+
+
+def _entropy(codes: torch.Tensor) -> float:
+    p = torch.bincount(codes).double()
+    p = p[p > 0] / p.sum()
+    return float(-(p * p.log2()).sum())
+
+
+# ------------------------------------------------------------------------------ Hessian-weighted k-means
+def test_weighted_kmeans_with_uniform_importance_is_plain_kmeans():
+    values = torch.randn(5000, generator=torch.Generator().manual_seed(0))
+    plain = kmeans_1d(values, 8)
+    weighted = kmeans_1d(values, 8, importance=torch.full((5000,), 3.7))
+    assert torch.allclose(plain[0], weighted[0], atol=1e-6) and torch.equal(plain[1], weighted[1])
+
+
+def test_skewed_importance_pulls_centroids_toward_the_important_weights():
+    values = torch.tensor([0.0, 1.0, 2.0, 10.0, 11.0, 12.0])
+    importance = torch.tensor([1.0, 1.0, 100.0, 100.0, 1.0, 1.0])
+    plain, codes = kmeans_1d(values, 2)
+    weighted, weighted_codes = kmeans_1d(values, 2, importance=importance)
+    assert torch.equal(codes, weighted_codes)  # assignment is still by nearest centroid
+    assert plain.tolist() == [1.0, 11.0]
+    assert weighted[0] == pytest.approx(201 / 102) and weighted[1] == pytest.approx(1023 / 102)
+
+
+def test_hutchinson_estimates_the_hessian_diagonal_and_adam_moment_is_the_gradient_magnitude():
+    torch.manual_seed(0)
+    layer = nn.Linear(3, 4)
+    x, y = torch.randn(32, 3), torch.randint(0, 4, (32,))
+    exact = torch.autograd.functional.hessian(lambda w: F.cross_entropy(F.linear(x, w, layer.bias), y),
+                                              layer.weight.detach()).reshape(12, 12).diagonal().reshape(4, 3)
+    estimate = hessian_diagonal(layer, [layer.weight], [(x, y)], 2000, torch.Generator().manual_seed(0))[0]
+    assert (estimate - exact).abs().max() < 0.1 * exact.abs().max()
+    grad = torch.autograd.grad(F.cross_entropy(layer(x), y), layer.weight)[0]
+    assert torch.allclose(adam_second_moment(layer, [layer.weight], [(x, y)], 1, torch.Generator())[0], grad.abs())
+
+
+def test_hessian_kmeans_shares_one_codebook_across_the_network_and_round_trips(task):
+    _data, _recipe, _trainer, model, _factory = task
+    result = HessianKMeans(bits=3, batches=2, probes=1, finetune={"epochs": 0.5}).compress(model, _ctx(task, "hkm"))
+    _round_trips(result, model)
+    _header, entries = read_entries(result.stored_file)
+    codebooks = {bytes(e.data("codebook")) for e in entries if e.codec == "codebook"}
+    assert len([e for e in entries if e.codec == "codebook"]) == 3 and len(codebooks) == 3  # each fine-tuned
+    state = read_state(result.stored_file).tensors
+    before = HessianKMeans(bits=3, batches=2, probes=1, finetune={"epochs": 0}).compress(model, _ctx(task, "hkm0"))
+    shared = torch.cat([before.model.state_dict()[f"{m}.weight"].flatten() for m in ("0", "3", "5")]).unique()
+    assert len(shared) <= 8  # one network-wide codebook of 2**3 values
+    assert result.metrics["size_total_bytes"] < result.metrics["size_fixed_length_bytes"]  # Huffman coded
+    assert set(state) == set(model.state_dict())
+
+
+# ------------------------------------------------------------------------------ ECSQ
+def test_uniform_quantization_bins_have_equal_width_and_weighted_means():
+    values = torch.tensor([0.0, 0.1, 0.9, 0.95, 3.9, 4.0])
+    centroids, codes = uniform_quantize(values, 4, torch.tensor([1.0, 3.0, 1.0, 1.0, 1.0, 1.0]))
+    assert codes.tolist() == [0, 0, 0, 0, 3, 3]
+    assert centroids[0] == pytest.approx((0.3 + 0.9 + 0.95) / 6) and centroids[3] == pytest.approx(3.95)
+    assert centroids[1] == pytest.approx(1.5)  # an empty bin keeps its centre
+
+
+def test_entropy_constrained_lloyd_trades_distortion_for_rate():
+    values = torch.randn(5000, generator=torch.Generator().manual_seed(1))
+    ones = torch.ones_like(values)
+    start, kmeans_codes = kmeans_1d(values, 16)
+    rates = []
+    for lagrange in (0.0, 0.02, 0.1):
+        centroids, codes = entropy_constrained_lloyd(values, ones, start, lagrange, 300)
+        rates.append(_entropy(codes))
+        if lagrange == 0.0:  # k-means' fixed point
+            assert torch.equal(codes, kmeans_codes)
+    assert rates[0] > rates[1] > rates[2]
+
+
+def test_ecsq_stores_huffman_codes_and_round_trips(task):
+    _data, _recipe, _trainer, model, _factory = task
+    result = ECSQ(bits=4, importance="adam", batches=2, finetune={"epochs": 0}).compress(model, _ctx(task, "ecsq"))
+    _round_trips(result, model)
+    assert result.metrics["bits_per_weight"] < 4  # uniform bins are uneven in use: Huffman codes are shorter
+    bits = []
+    for lagrange in (0.0, 0.05):
+        lagr = ECSQ(bits=4, scheme="lagrangian", lagrange_multiplier=lagrange, importance="none",
+                    finetune={"epochs": 0}).compress(model, _ctx(task, "ecsq_l"))
+        _round_trips(lagr, model)
+        bits.append(lagr.metrics["bits_per_weight"])
+    assert bits[1] < bits[0]
+
+
+# ------------------------------------------------------------------------------ residual quantization
+def test_residual_quantization_error_falls_with_stages_and_one_stage_is_pq():
+    weight = torch.randn(64, 16, generator=torch.Generator().manual_seed(2))
+    errors = []
+    for stages in (1, 2, 3):
+        layer = product_quantize("w", weight, 3, 8, 50, torch.Generator().manual_seed(0), "method.bits", stages)
+        errors.append(float(((layer.weight() - weight) ** 2).sum()))
+    assert errors[0] > errors[1] > errors[2]
+    pq = product_quantize("w", weight, 3, 8, 50, torch.Generator().manual_seed(0), "method.bits")
+    rq1 = product_quantize("w", weight, 3, 8, 50, torch.Generator().manual_seed(0), "method.bits", 1)
+    assert torch.equal(pq.weight(), rq1.weight())
+
+
+def test_rq_round_trips_and_stores_its_stages(task):
+    _data, _recipe, _trainer, model, _factory = task
+    result = ResidualQuantization(bits=3, stages=3, subvector_length=4, subvector_length_per_layer={"0": 9}).compress(
+        model, _ctx(task, "rq"))
+    _round_trips(result, model)
+    _header, entries = read_entries(result.stored_file)
+    assert {e.fields.get("stages") for e in entries if e.codec == "pq"} == {3}
+
+
+# ------------------------------------------------------------------------------ Q-CNN
+def _response_error(original: nn.Module, quantized: nn.Module, batches: list[torch.Tensor]) -> float:
+    """Sum over layers of the squared output error of each quantized layer on the original model's inputs."""
+    inputs: dict[str, list[torch.Tensor]] = {}
+    layers = {n: m for n, m in original.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
+    hooks = [m.register_forward_pre_hook(lambda _m, a, n=n: inputs.setdefault(n, []).append(a[0])) for n, m in layers.items()]
+    with torch.no_grad():
+        for x in batches:
+            original(x)
+        for hook in hooks:
+            hook.remove()
+        q = dict(quantized.named_modules())
+        return sum(float(((layers[n](x) - q[n](x)) ** 2).sum()) for n in layers for x in inputs[n])
+
+
+def test_qcnn_response_error_is_below_pq_at_equal_size(task):
+    data, _recipe, _trainer, model, _factory = task
+    settings = {"bits": 3, "subvector_length": 4, "subvector_length_per_layer": {"0": 3}}
+    pq = ProductQuantization(**settings).compress(model, _ctx(task, "pq"))
+    qcnn = QCNN(**settings, calibration_batches=4).compress(model, _ctx(task, "qcnn"))
+    _round_trips(qcnn, model)
+    assert all(qcnn.metrics[f"size_{kind}_bytes"] == pq.metrics[f"size_{kind}_bytes"] for kind in ("weights", "codebook"))
+    batches = calibration_inputs(data, 4)
+    assert _response_error(model, qcnn.model, batches) < 0.9 * _response_error(model, pq.model, batches)
+    assert all(qcnn.metrics[f"layer/{n}/response_error"] <= qcnn.metrics[f"layer/{n}/response_error_pq"]
+               for n in ("0", "3", "5"))
+
+
+# ------------------------------------------------------------------------------ impossible requests
+@pytest.mark.parametrize(("method", "key"), [
+    (lambda: HessianKMeans(bits=8, importance="none", scope="layer"), "method.bits"),
+    (lambda: ECSQ(lagrange_multiplier=0.1), "method.lagrange_multiplier"),
+    (lambda: ResidualQuantization(bits=4, subvector_length=4, subvector_length_per_layer={"0": 9}), "method.bits"),
+    (lambda: QCNN(bits=2, subvector_length=5), "method.subvector_length"),
+])
+def test_impossible_requests_name_the_key(task, method, key):
+    _data, _recipe, _trainer, model, _factory = task
+    with pytest.raises(MethodConfigError, match=key.replace(".", r"\.")):
+        method().compress(model, _ctx(task, "bad"))
+
+
+def test_qcnn_refuses_grouped_convolutions(task):
+    data, recipe, trainer, _model, factory = task
+    grouped = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3, groups=2), nn.Flatten(), nn.Linear(4 * 4 * 4, 10))
+    ctx = make_context(data, LocalCPU(), recipe, trainer, 0, factory.mktemp("grouped"))
+    with pytest.raises(MethodConfigError, match=r"method\.layers.*exclude"):
+        QCNN(bits=1, subvector_length=1).compress(grouped, ctx)
