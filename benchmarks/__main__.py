@@ -47,7 +47,7 @@ def main(cfg: DictConfig) -> float | tuple[float, ...]:
 
         return run(cfg, prepared)
     except Interrupted as stop:
-        print(stop, file=sys.stderr)
+        _print_last(str(stop), stop)
         raise SystemExit(stop.exit_code) from None
     except KeyboardInterrupt:
         print("interrupted before a run was created", file=sys.stderr)
@@ -55,8 +55,13 @@ def main(cfg: DictConfig) -> float | tuple[float, ...]:
     except Exception as err:
         if not single or os.environ.get("HYDRA_FULL_ERROR") == "1" or not isinstance(err, user_errors()):
             raise
-        print(f"error: {one_line(err)}", file=sys.stderr)
+        _print_last(f"error: {one_line(err)}", err)
         raise SystemExit(2) from None
+
+
+def _print_last(line: str, error: BaseException) -> None:
+    """The error's one line, then where its run lies (the note ``mlflow_run`` added): the console's last line."""
+    print(line, *getattr(error, "__notes__", ()), sep="\n", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -199,6 +199,7 @@ def mlflow_run(
 
     previous = {s: signal.signal(s, on_signal) for s in stoppable} if _in_main_thread() else {}
     status = RunStatus.to_string(RunStatus.FINISHED)
+    ending: BaseException | None = None  # what stops the run early carries the closing line to the console
     try:
         yield recorder
     except (KeyboardInterrupt, SystemExit) as stop:  # Lightning turns Ctrl-C into sys.exit(1)
@@ -206,16 +207,20 @@ def mlflow_run(
         why = signal.Signals(received[0]).name if received else type(stop).__name__
         recorder.tags({"end_reason": "interrupted", "killed_reason": why})
         if received:
-            raise Interrupted(received[0], run.info.run_name, run.info.run_id) from None
+            ending = Interrupted(received[0], run.info.run_name, run.info.run_id)
+            raise ending from None
+        ending = stop
         raise
     except optuna.TrialPruned as pruned:  # a sweep's pruner stopped it early (benchmarks/trial_pruning.py)
         status = RunStatus.to_string(RunStatus.KILLED)
         recorder.tags({"end_reason": "pruned", "pruned": str(pruned)[:5000]})
+        ending = pruned
         raise
     except BaseException as err:
         status = RunStatus.to_string(RunStatus.FAILED)
         recorder.text("".join(traceback.format_exception(err)), "error.txt")
         recorder.tags({"error": f"{type(err).__name__}: {err}"[:5000]})
+        ending = err
         raise
     finally:
         for signum in previous:  # the run's end is written whole, then signals act again
@@ -223,7 +228,11 @@ def mlflow_run(
         retry_locked(lambda: client.set_terminated(run.info.run_id, status=status))
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        log.info("[mlflow] %s", where(run.info, status, tracking_uri))
+        closing = f"[mlflow] {where(run.info, status, tracking_uri)}"
+        if ending is None:
+            log.info("%s", closing)
+        else:  # printed after the error (benchmarks.__main__, a traceback's last line, the sweeper's log)
+            ending.add_note(closing)
 
 
 def where(info: Any, status: str, tracking_uri: str) -> str:

@@ -148,13 +148,14 @@ def test_interrupt_marks_the_run_killed_in_one_line(run_env: dict[str, str], dat
     out, err = process.communicate(timeout=120)
     (killed,) = runs_in(uri)
     assert process.returncode == code, err[-3000:]
-    assert err.strip().splitlines()[-1] == f"interrupted: run {killed.info.run_name} ({killed.info.run_id}) marked KILLED"
+    *_, stopped, last = err.strip().splitlines()
+    assert stopped == f"interrupted: run {killed.info.run_name} ({killed.info.run_id}) marked KILLED"
+    assert last.startswith(f"[mlflow] run {killed.info.run_name} ({killed.info.run_id}) KILLED: store {uri}")
     assert "Traceback" not in err, err[-3000:]
     assert killed.info.status == "KILLED"
     assert killed.data.tags["end_reason"] == "interrupted"
     assert killed.data.tags["killed_reason"] == signal.Signals(signum).name
     assert killed.data.tags[PID_TAG] == str(process.pid) and killed.data.tags[HOST_TAG] == socket.gethostname()
-    assert f"({killed.info.run_id}) KILLED: store {uri}" in out + err  # where the run is
 
 
 def _safe_runs(uri: str) -> list:
@@ -215,6 +216,17 @@ def test_the_next_run_marks_orphans_and_says_where_it_is(tmp_path: Path, caplog:
                     f"open it with: mlflow ui --backend-store-uri {uri}, then "
                     f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{second.run_id}")
     assert str(artifacts) in last
+
+
+def test_a_failed_run_says_where_it_is_after_its_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with caplog.at_level(logging.INFO, logger="benchmarks.tracking"), pytest.raises(ValueError) as failed:
+        with mlflow_run(uri, EXPERIMENT, str(tmp_path / "artifacts"), "broken", {}) as run:
+            raise ValueError("method.sparsity cannot be met")
+    assert MlflowClient(uri).get_run(run.run_id).info.status == "FAILED"
+    (note,) = failed.value.__notes__  # printed after the error line: the console's last line
+    assert note.startswith(f"[mlflow] run broken ({run.run_id}) FAILED: store {uri}")
+    assert not any("FAILED: store" in r.getMessage() for r in caplog.records)  # not also before the error
 
 
 @pytest.mark.parametrize("args, words", [

@@ -394,7 +394,8 @@ class OptunaSweeper(Sweeper):
                 study.tell(trial, state=TrialState.PRUNED)
                 log.info("trial %d pruned", trial.number)
                 return
-            log.error("trial %d failed: %s: %s", trial.number, type(error).__name__, error)
+            log.error("trial %d failed: %s: %s%s", trial.number, type(error).__name__, error,
+                      "".join(f"; {note}" for note in getattr(error, "__notes__", ())))
             study.tell(trial, state=TrialState.FAIL)
             return
         values = list(value) if isinstance(value, (list, tuple)) else [value]
