@@ -196,7 +196,7 @@ class MeasuredTarget(HardwareTarget):
             memory=memory_footprint(layers),
             per_layer_ms=self._per_layer(model, input_shape, deployable),
             provenance=provenance,
-            notes=timing.notes(),
+            notes=timing.notes() + _unused_bits_note(layers, deployable),
             rounds_ms=rounds_ms,
             noisy=timing.noisy,
         )
@@ -210,6 +210,14 @@ class MeasuredTarget(HardwareTarget):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "threads": self.threads, "runtime": self.runtime, **protocol_dict(self.protocol)}
+
+
+def _unused_bits_note(layers: list[LayerSpec], deployable: Path | None) -> list[str]:
+    """A note when the caller described low-bit layers that the timed PyTorch model cannot run at their width."""
+    if deployable is not None or not any(layer.weight_bits < 32 or layer.act_bits < 32 for layer in layers):
+        return []
+    return ["per-layer bit-widths below 32 are not used: the PyTorch model runs in float (its low-bit values "
+            "dequantized), so the timing is that of the float kernels"]
 
 
 class LocalCPU(MeasuredTarget):

@@ -260,6 +260,12 @@ class Roofline(LayerCostTarget):
             rounded = sorted(b for b in requested if self.executed_bits(b) != b)
             if rounded:
                 notes.append(f"bit-widths {rounded} run at the device's supported precisions {sorted(self.peak)}")
+        if self.compute == "bit_serial" and self.operand_bits:
+            operands = {b for layer in layers if self.kind_of(layer) for b in (layer.weight_bits, layer.act_bits)}
+            widened = {b: self.operand_width(b) for b in sorted(operands) if self.operand_width(b) != b}
+            if widened:
+                notes.append("operand widths " + ", ".join(f"{b} run as {w}-bit" for b, w in widened.items())
+                             + f" (the device's operand widths are {self.operand_bits})")
         notes.append(f"{bounds['compute']} ops compute-bound, {bounds['memory']} memory-bound")
         notes.append("energy: per-op energies (Horowitz ISSCC 2014 class) + static power x time; uncalibrated")
         if self.anchors:

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from benchmarks.context import make_context
 from benchmarks.schema import RecipeConfig, TrainerConfig
 from benchmarks.training import fit
+from hardware.layers import describe_layers
 from hardware.measured import LocalCPU
 from methods import create_method
 from methods.base import MethodConfigError
@@ -218,3 +219,24 @@ def test_a_layer_pattern_matching_nothing_is_refused(task) -> None:
     with pytest.raises(MethodConfigError, match=r"method\.layers\.exclude"):
         _compress(task, "bwn", layers={"exclude": ["nope*"]})
 
+
+
+# ------------------------------------------------------------------------------ the targets and 1-2 bits
+def test_bitfusion_runs_binary_layers_at_its_bit_serial_rate_and_says_how(results, task) -> None:
+    from hardware import registry
+
+    bitfusion = registry.instantiate("bitfusion")
+    model, shape = results["bwn"].model, (1, 1, 8, 8)
+    float_report = bitfusion.latency(model, shape, describe_layers(model, shape))
+    binary_report = bitfusion.latency(model, shape, describe_layers(model, shape, results["bwn"].layer_bits))
+    assert binary_report.latency_ms < float_report.latency_ms
+    assert any("1 run as 2-bit" in note for note in binary_report.notes)
+    assert not any("1 run as 2-bit" in note for note in float_report.notes)
+
+
+def test_a_measured_target_says_it_cannot_use_the_low_precision(results) -> None:
+    model, shape = results["xnor"].model, (1, 1, 8, 8)
+    cpu = LocalCPU(warmup=1, repeats=3, min_time_s=0)
+    low = cpu.latency(model, shape, describe_layers(model, shape, results["xnor"].layer_bits))
+    assert any("bit-widths below 32 are not used" in note for note in low.notes)
+    assert not any("bit-widths below 32" in note for note in cpu.latency(model, shape).notes)
