@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from methods.base import MethodConfigError
-from methods.pruning.hessian import (
+from methods.hessian import (
     diagonal_hessian,
     fisher_diagonal,
     hutchinson_diagonal,

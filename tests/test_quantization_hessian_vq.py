@@ -13,7 +13,7 @@ from benchmarks.training import fit
 from hardware.measured import LocalCPU
 from methods.base import MethodConfigError
 from methods.quantization.ecsq import ECSQ, entropy_constrained_lloyd, uniform_quantize
-from methods.quantization.hessian_kmeans import HessianKMeans, adam_second_moment, hessian_diagonal
+from methods.quantization.hessian_kmeans import HessianKMeans, adam_second_moment, weight_importance
 from methods.quantization.kmeans import kmeans_1d
 from methods.quantization.pq import ProductQuantization, product_quantize
 from methods.quantization.ptq import calibration_inputs
@@ -72,27 +72,40 @@ def test_skewed_importance_pulls_centroids_toward_the_important_weights():
     assert weighted[0] == pytest.approx(201 / 102) and weighted[1] == pytest.approx(1023 / 102)
 
 
-def test_hutchinson_estimates_the_hessian_diagonal_and_adam_moment_is_the_gradient_magnitude():
+def test_adam_importance_is_the_root_of_the_bias_corrected_second_moment():
     torch.manual_seed(0)
-    layer = nn.Linear(3, 4)
-    x, y = torch.randn(32, 3), torch.randint(0, 4, (32,))
-    exact = torch.autograd.functional.hessian(lambda w: F.cross_entropy(F.linear(x, w, layer.bias), y),
-                                              layer.weight.detach()).reshape(12, 12).diagonal().reshape(4, 3)
-    estimate = hessian_diagonal(layer, [layer.weight], [(x, y)], 2000, torch.Generator().manual_seed(0))[0]
-    assert (estimate - exact).abs().max() < 0.1 * exact.abs().max()
-    grad = torch.autograd.grad(F.cross_entropy(layer(x), y), layer.weight)[0]
-    assert torch.allclose(adam_second_moment(layer, [layer.weight], [(x, y)], 1, torch.Generator())[0], grad.abs())
+    model = nn.Sequential(nn.Linear(3, 4))
+    batches = [(torch.randn(32, 3), torch.randint(0, 4, (32,))) for _ in range(2)]
+    grads = [torch.autograd.grad(F.cross_entropy(model(x), y), model[0].weight)[0] for x, y in batches]
+    v = 0.999 * 0.001 * grads[0] ** 2 + 0.001 * grads[1] ** 2
+    moment = adam_second_moment(model, {"0": model[0]}, batches)["0"]
+    assert torch.allclose(moment, (v / (1 - 0.999**2)).sqrt())
+
+
+def test_hessian_importance_pulls_the_shared_values_toward_high_curvature_weights(task):
+    """Fisher-weighted clustering has a lower Fisher-weighted distortion than plain k-means' clusters."""
+    _data, _recipe, _trainer, model, _factory = task
+    fisher = HessianKMeans(bits=2, scope="layer", calibration_batches=2, finetune={"epochs": 0})
+    plain = HessianKMeans(bits=2, scope="layer", importance="none", finetune={"epochs": 0})
+    modules = {"0": model[0], "3": model[3], "5": model[5]}
+    h = weight_importance(model, modules, "fisher", 2, 1, _ctx(task, "h"))
+    distortion = {}
+    for name, method in (("fisher", fisher), ("plain", plain)):
+        shared = method.compress(model, _ctx(task, name)).model
+        distortion[name] = sum(float((h[n] * (shared.get_submodule(n).weight - modules[n].weight) ** 2).sum())
+                               for n in modules)
+    assert distortion["fisher"] < 0.9 * distortion["plain"]
 
 
 def test_hessian_kmeans_shares_one_codebook_across_the_network_and_round_trips(task):
     _data, _recipe, _trainer, model, _factory = task
-    result = HessianKMeans(bits=3, batches=2, probes=1, finetune={"epochs": 0.5}).compress(model, _ctx(task, "hkm"))
+    result = HessianKMeans(bits=3, calibration_batches=2, finetune={"epochs": 0.5}).compress(model, _ctx(task, "hkm"))
     _round_trips(result, model)
     _header, entries = read_entries(result.stored_file)
     codebooks = {bytes(e.data("codebook")) for e in entries if e.codec == "codebook"}
     assert len([e for e in entries if e.codec == "codebook"]) == 3 and len(codebooks) == 3  # each fine-tuned
     state = read_state(result.stored_file).tensors
-    before = HessianKMeans(bits=3, batches=2, probes=1, finetune={"epochs": 0}).compress(model, _ctx(task, "hkm0"))
+    before = HessianKMeans(bits=3, calibration_batches=2, finetune={"epochs": 0}).compress(model, _ctx(task, "hkm0"))
     shared = torch.cat([before.model.state_dict()[f"{m}.weight"].flatten() for m in ("0", "3", "5")]).unique()
     assert len(shared) <= 8  # one network-wide codebook of 2**3 values
     assert result.metrics["size_total_bytes"] < result.metrics["size_fixed_length_bytes"]  # Huffman coded
@@ -123,7 +136,7 @@ def test_entropy_constrained_lloyd_trades_distortion_for_rate():
 
 def test_ecsq_stores_huffman_codes_and_round_trips(task):
     _data, _recipe, _trainer, model, _factory = task
-    result = ECSQ(bits=4, importance="adam", batches=2, finetune={"epochs": 0}).compress(model, _ctx(task, "ecsq"))
+    result = ECSQ(bits=4, importance="adam", calibration_batches=2, finetune={"epochs": 0}).compress(model, _ctx(task, "ecsq"))
     _round_trips(result, model)
     assert result.metrics["bits_per_weight"] < 4  # uniform bins are uneven in use: Huffman codes are shorter
     bits = []

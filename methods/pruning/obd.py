@@ -6,7 +6,7 @@ s_i = h_ii w_i^2 / 2 (Sec. 3, Eq. 5). Berthelier et al. 2020 (Sec. 2.3) list it 
 Hessian-based pruning; its claim is that this beats the magnitude where the curvature differs
 between weights. Steps (Sec. 4): train, compute the saliencies, delete the lowest, retrain, iterate.
 
-* h_ii from ``calibration_batches`` training batches (:mod:`methods.pruning.hessian`):
+* h_ii from ``calibration_batches`` training batches (:mod:`methods.hessian`):
   ``hessian: fisher`` (default) is the exact Gauss-Newton diagonal, the paper's
   Levenberg-Marquardt approximation (non-negative); ``hutchinson`` estimates the true Hessian's
   diagonal with ``probes`` Rademacher vectors per batch. Departure: the paper back-propagates the
@@ -27,8 +27,8 @@ from torch import nn
 
 from methods.base import CompressionContext
 from methods.config import option
+from methods.hessian import HESSIAN_DIAGONALS, diagonal_hessian, hutchinson_diagonal
 from methods.pruning.filter import calibration_batches
-from methods.pruning.hessian import HESSIAN_DIAGONALS, diagonal_hessian, hutchinson_diagonal
 from methods.pruning.masks import SCOPES, WeightMasks
 from methods.pruning.saliency import SaliencyConfig, SaliencyPruning
 

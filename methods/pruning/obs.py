@@ -6,7 +6,7 @@ delta w = -w_q / [H^-1]_qq H^-1 e_q, the second-order optimum with w_q forced to
 network's inverse Hessian is out of reach; L-OBS (Sec. 3) takes, for each layer, the Hessian of
 that layer's reconstruction error ||(W' - W) x||^2 / 2n instead: H = (1/n) sum x x^T of the
 layer's inputs (block-diagonal, the same block for every output unit), from
-``calibration_batches`` training batches (:mod:`methods.pruning.hessian`).
+``calibration_batches`` training batches (:mod:`methods.hessian`).
 
 * The weights of least L_q are removed per layer (``scope: layer``, the paper's setting; ``global``
   compares L_q across layers, whose errors are in different units) and the survivors of each output
@@ -30,8 +30,8 @@ from torch import nn
 
 from methods.base import CompressionContext
 from methods.config import option
+from methods.hessian import augmented, layer_input_hessians, obs_saliency, obs_update
 from methods.pruning.filter import calibration_batches
-from methods.pruning.hessian import augmented, layer_input_hessians, obs_saliency, obs_update
 from methods.pruning.masks import WeightMasks, saliency_masks
 from methods.pruning.saliency import SaliencyConfig, SaliencyPruning
 

@@ -9,17 +9,19 @@ Berthelier et al. (2020, Sec. 2.4):
   Hessian-weighted means of their clusters (nearest-centroid assignment is unchanged);
 * because the Hessian weights make the layers' distortions comparable, all layers are clustered
   together at once (``scope: network``); ``scope: layer`` clusters each layer alone;
-* ``importance: hessian`` estimates the diagonal Hessian of the training loss on ``batches``
-  training batches; ``adam`` uses the square root of Adam's bias-corrected second moment of the
-  gradients (``sqrt(v_hat)``), the paper's cheap alternative; ``none`` is plain k-means;
+* the importance of each weight comes from ``calibration_batches`` training batches
+  (:mod:`methods.hessian`): ``fisher`` (default) is the exact Gauss-Newton diagonal, LeCun et al.'s
+  approximation of the diagonal Hessian that the paper uses; ``hutchinson`` estimates the true
+  diagonal (``probes`` Rademacher vectors per batch); ``adam`` is the square root of Adam's
+  bias-corrected second moment of the gradients (``sqrt(v_hat)``), the paper's cheap alternative;
+  ``none`` is plain k-means;
 * the cluster indices are then Huffman-coded (Deep Compression's last stage,
   :func:`methods.quantization.huffman.huffman_result`), and the shared values are fine-tuned
   (``finetune``; a shared value's gradient is its cluster's summed gradient).
 
-Departures: the diagonal is estimated with Hutchinson's estimator ``E[z * Hz]`` (Rademacher ``z``,
-``probes`` per batch, Hessian-vector products by double back-propagation; negative estimates are
-clipped at 0) rather than the paper's LeCun-style back-propagated diagonal; Adam's moment is
-accumulated over ``batches`` gradients at the trained weights (the weights are not updated), not
+Departures: the Gauss-Newton diagonal is computed exactly from per-sample gradients rather than
+back-propagated layer by layer (negative Hutchinson estimates are clipped at 0); Adam's moment is
+accumulated over the ``calibration_batches`` gradients at the trained weights (the weights are not updated), not
 taken from the training run's optimizer; with ``scope: network`` each layer's entry stores the
 (shared) codebook, and its codes are Huffman-coded per layer, and fine-tuning trains each layer's
 copy of the codebook on its own.
@@ -31,6 +33,7 @@ import copy
 import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
-from methods.config import FineTuning, LayerSelection, finetune_default, option, select_layers
+from methods.config import FineTuning, Layer, LayerSelection, finetune_default, option, select_layers
+from methods.hessian import HESSIAN_DIAGONALS, diagonal_hessian, hutchinson_diagonal
 from methods.quantization.huffman import huffman_result
 from methods.quantization.kmeans import INITS, SharedLayer, finetune_shared, kmeans_1d, share_values
 
@@ -47,63 +51,55 @@ Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 # ------------------------------------------------------------------------------ importance of each weight
-def training_batches(datamodule: object, batches: int) -> Batches:
-    """The first ``batches`` (input, label) batches of the training split."""
-    out = [(x, y) for x, y in itertools.islice(datamodule.train_dataloader(), batches)]  # type: ignore[attr-defined]
-    if not out:
-        raise MethodConfigError("method.batches: the training split gave no batches to estimate the Hessian on")
-    return out
+def hessian_importance(estimator: str) -> Callable[..., dict[str, torch.Tensor]]:
+    """The diagonal Hessian by :mod:`methods.hessian`'s ``estimator``, negative estimates clipped at 0."""
+    def importance(model: nn.Module, modules: Mapping[str, Layer], batches: Batches, probes: int,
+                   seed: int) -> dict[str, torch.Tensor]:
+        estimate = HESSIAN_DIAGONALS[estimator]
+        if estimator == "hutchinson":
+            estimate = partial(hutchinson_diagonal, probes=probes)
+        return {name: h.clamp(min=0) for name, h in diagonal_hessian(model, modules, batches, estimate, seed).items()}
+    return importance
 
 
-def hessian_diagonal(model: nn.Module, params: list[torch.Tensor], batches: Batches, probes: int,
-                     generator: torch.Generator) -> list[torch.Tensor]:
-    """Hutchinson's estimate of the diagonal of the loss Hessian for ``params``: mean of ``z * (H z)``
-    over Rademacher probes ``z``, clipped at 0 (a trained minimum's Hessian is positive semi-definite)."""
-    total = [torch.zeros_like(p) for p in params]
-    for x, y in batches:
-        grads = torch.autograd.grad(F.cross_entropy(model(x), y), params, create_graph=True)
-        for _ in range(probes):
-            zs = [torch.randint(0, 2, p.shape, generator=generator).to(p.dtype) * 2 - 1 for p in params]
-            hz = torch.autograd.grad(grads, params, grad_outputs=zs, retain_graph=True)
-            for acc, z, h in zip(total, zs, hz, strict=True):
-                acc += z * h.detach()
-    return [(acc / (len(batches) * probes)).clamp(min=0) for acc in total]
-
-
-def adam_second_moment(model: nn.Module, params: list[torch.Tensor], batches: Batches, probes: int,
-                       generator: torch.Generator, beta2: float = 0.999) -> list[torch.Tensor]:
+def adam_second_moment(model: nn.Module, modules: Mapping[str, Layer], batches: Batches, probes: int = 1,
+                       seed: int = 0, beta2: float = 0.999) -> dict[str, torch.Tensor]:
     """``sqrt(v_hat)``: Adam's bias-corrected moving average of squared gradients, one step per batch."""
+    params = [module.weight for module in modules.values()]
     moments = [torch.zeros_like(p) for p in params]
     for x, y in batches:
         grads = torch.autograd.grad(F.cross_entropy(model(x), y), params)
         for v, g in zip(moments, grads, strict=True):
             v.mul_(beta2).add_((1 - beta2) * g.detach() ** 2)
-    return [(v / (1 - beta2 ** len(batches))).sqrt() for v in moments]
+    return {name: (v / (1 - beta2 ** len(batches))).sqrt() for name, v in zip(modules, moments, strict=True)}
 
 
-def uniform_importance(model: nn.Module, params: list[torch.Tensor], batches: Batches, probes: int,
-                       generator: torch.Generator) -> list[torch.Tensor]:
+def uniform_importance(model: nn.Module, modules: Mapping[str, Layer], batches: Batches, probes: int,
+                       seed: int) -> dict[str, torch.Tensor]:
     """Every weight alike: plain k-means."""
-    return [torch.ones_like(p) for p in params]
+    return {name: torch.ones_like(module.weight) for name, module in modules.items()}
 
 
-Importance = Callable[[nn.Module, list[torch.Tensor], Batches, int, torch.Generator], list[torch.Tensor]]
-IMPORTANCE: dict[str, Importance] = {"hessian": hessian_diagonal, "adam": adam_second_moment,
-                                     "none": uniform_importance}
+IMPORTANCE: dict[str, Callable[..., dict[str, torch.Tensor]]] = {
+    "fisher": hessian_importance("fisher"), "hutchinson": hessian_importance("hutchinson"),
+    "adam": adam_second_moment, "none": uniform_importance}
 
 
-def weight_importance(model: nn.Module, modules: Mapping[str, nn.Module], kind: str, batches: int, probes: int,
+def weight_importance(model: nn.Module, modules: Mapping[str, Layer], kind: str, batches: int, probes: int,
                       ctx: CompressionContext) -> dict[str, torch.Tensor]:
-    """The importance of each weight of ``modules`` (by module name), the model in eval mode."""
-    params = [module.weight for module in modules.values()]
-    data = training_batches(ctx.datamodule, batches) if kind != "none" else []
+    """The importance of each weight of ``modules`` (by module name) from ``batches`` training batches,
+    the model in eval mode."""
+    data = list(itertools.islice(ctx.datamodule.train_dataloader(), batches)) if kind != "none" else []
+    if kind != "none" and not data:
+        raise MethodConfigError("method.calibration_batches: the training split gave no batches to estimate "
+                                "the importance on")
     was_training = model.training
     model.eval()
     try:
-        values = IMPORTANCE[kind](model, params, data, probes, torch.Generator().manual_seed(ctx.seed))
+        values = IMPORTANCE[kind](model, modules, data, probes, ctx.seed)
     finally:
         model.train(was_training)
-    return {name: value.detach().float() for name, value in zip(modules, values, strict=True)}
+    return {name: value.detach().float() for name, value in values.items()}
 
 
 # ------------------------------------------------------------------------------ clustering
@@ -111,7 +107,12 @@ def weight_importance(model: nn.Module, modules: Mapping[str, nn.Module], kind: 
 ScalarQuantizer = Callable[[torch.Tensor, int, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-def share_groups(modules: Mapping[str, nn.Module], importance: Mapping[str, torch.Tensor], bits: int, scope: str,
+def _weighted(quantize: ScalarQuantizer, importance: torch.Tensor, values: torch.Tensor, k: int,
+              mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return quantize(values, k, importance[mask])
+
+
+def share_groups(modules: Mapping[str, Layer], importance: Mapping[str, torch.Tensor], bits: int, scope: str,
                  quantize: ScalarQuantizer) -> dict[str, SharedLayer]:
     """Shared layers of ``modules``: one codebook of ``2**bits`` values for all of them (``scope: network``)
     or one each (``layer``); a group with zeros reserves code 0 for them (pruned weights stay pruned)."""
@@ -124,7 +125,7 @@ def share_groups(modules: Mapping[str, nn.Module], importance: Mapping[str, torc
         if k > values.numel():
             raise MethodConfigError(f"method.bits: {bits} bits ask for {k} clusters but {group} hold only "
                                     f"{values.numel()} weights; use at most {int(np.log2(values.numel()))} bits")
-        centroids, codes, zero_code = share_values(values, k, lambda v, n, mask, w=weights: quantize(v, n, w[mask]))
+        centroids, codes, zero_code = share_values(values, k, partial(_weighted, quantize, weights))
         for name, part in zip(group, codes.split([modules[name].weight.numel() for name in group]), strict=True):
             weight = modules[name].weight
             layers[name] = SharedLayer(f"{name}.weight", tuple(weight.shape), bits, centroids.clone(), part, zero_code)
@@ -138,9 +139,9 @@ class HessianKMeansConfig:
 
     bits: int = option(4, ge=1, le=8, why="2**bits shared values (codes then Huffman-coded)")
     scope: str = option("network", choices=("network", "layer"))
-    importance: str = option("hessian", choices=tuple(IMPORTANCE))
-    batches: int = option(8, ge=1, why="training batches the Hessian or Adam's moment is estimated on")
-    probes: int = option(4, ge=1, why="Hutchinson probes per batch (importance: hessian)")
+    importance: str = option("fisher", choices=tuple(IMPORTANCE))
+    calibration_batches: int = option(8, ge=1, why="training batches the Hessian or Adam's moment is estimated on")
+    probes: int = option(4, ge=1, why="Hutchinson probes per batch (importance: hutchinson)")
     init: str = option("linear", choices=INITS)
     max_iterations: int = option(300, ge=1)
     finetune: FineTuning = option(factory=finetune_default(1.0))
@@ -165,8 +166,9 @@ class HessianKMeans(CompressionMethod):
         c = self.config
         shared = copy.deepcopy(model)
         modules = select_layers(shared, (1, *tuple(ctx.input_shape)[1:]), c.layers)
-        importance = weight_importance(shared, modules, c.importance, c.batches, c.probes, ctx)
-        layers = share_groups(modules, importance, c.bits, c.scope, self.quantizer(ctx))
+        quantizer = self.quantizer(ctx)
+        importance = weight_importance(shared, modules, c.importance, c.calibration_batches, c.probes, ctx)
+        layers = share_groups(modules, importance, c.bits, c.scope, quantizer)
         distortion = sum(float((importance[n] * (layer.weight() - modules[n].weight.detach()) ** 2).sum())
                          for n, layer in layers.items())
         finetune_shared(shared, modules, layers, c.finetune, ctx)

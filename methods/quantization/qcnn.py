@@ -7,7 +7,8 @@ but they are chosen to reproduce the layer's *output* on real inputs rather than
 
 * the objective of a layer with weight rows ``w_r`` and inputs ``x`` (for a convolution, its im2col
   patches) is ``sum_x ||W x - W_hat x||^2 = sum_r (w_r - w_hat_r)^T S (w_r - w_hat_r)``, ``S`` the
-  inputs' second-moment matrix, measured on ``calibration_batches`` training batches;
+  inputs' second-moment matrix, measured on ``calibration_batches`` training batches
+  (:func:`methods.hessian.layer_input_hessians`, L-OBS's layer Hessian, damped by 1e-6 of its mean diagonal);
 * starting from PQ, the sub-spaces are refined in turn, ``rounds`` times, with *error correction*:
   sub-space ``i`` absorbs the error the others leave, its target rows being
   ``t_r = w_r^i + S_ii^-1 S_i,rest e_r^rest``; its codebook and codes then minimise
@@ -23,56 +24,17 @@ relative response error before (PQ) and after refinement is recorded (``layer/<n
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import itertools
 from dataclasses import dataclass
-from functools import partial
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from methods.base import CompressionContext, CompressionResult, MethodConfigError
-from methods.config import option
+from methods.base import CompressionContext, CompressionResult
+from methods.config import Layer, option
+from methods.hessian import layer_input_hessians
 from methods.quantization.pq import PQConfig, ProductQuantization, ProductQuantizedLayer, lloyd
-from methods.quantization.ptq import calibration_inputs
 from methods.storage.codebook import reconstruct
-
-
-def _rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The layer's inputs as rows its weight rows multiply: features, or a convolution's patches."""
-    if isinstance(module, nn.Conv2d):
-        if module.groups != 1 or not isinstance(module.padding, tuple):
-            raise MethodConfigError(f"method.layers: Q-CNN handles ungrouped convolutions with numeric padding, not "
-                                    f"{module}; add it to method.layers.exclude")
-        x = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride).transpose(1, 2)
-    elif not isinstance(module, nn.Linear):
-        raise MethodConfigError(f"method.layers: Q-CNN handles Linear and Conv2d layers, not {type(module).__name__}; "
-                                "exclude it (method.layers.exclude)")
-    return x.reshape(-1, x.shape[-1]).double()
-
-
-def input_moments(model: nn.Module, modules: Mapping[str, nn.Module], batches: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Each layer's input second-moment matrix ``E[x x^T]`` over ``batches`` (the model in eval mode)."""
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
-
-    def record(name: str, module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        rows = _rows(module, args[0].detach())
-        sums[name] = sums.get(name, 0) + rows.T @ rows
-        counts[name] = counts.get(name, 0) + rows.shape[0]
-
-    handles = [module.register_forward_pre_hook(partial(record, name)) for name, module in modules.items()]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for x in batches:
-                model(x)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
-    return {name: sums[name] / counts[name] for name in modules}
 
 
 def response_error(weight: torch.Tensor, approx: torch.Tensor, moments: torch.Tensor) -> float:
@@ -86,7 +48,6 @@ def refine(layer: ProductQuantizedLayer, weight: torch.Tensor, moments: torch.Te
     """``layer``'s codebooks and codes refined for the response error, sub-space by sub-space with error correction."""
     w = weight.detach().double().reshape(weight.shape[0], -1)
     s, _k, d = layer.codebooks.shape
-    moments = moments + torch.eye(moments.shape[0], dtype=torch.float64) * 1e-6 * float(moments.trace()) / moments.shape[0]
     codebooks, codes = layer.codebooks.double().clone(), layer.codes.clone()
     for _ in range(rounds):
         for i in range(s):
@@ -117,8 +78,10 @@ class QCNN(ProductQuantization):
 
     def quantize_layers(self, model: nn.Module, ctx: CompressionContext) -> dict[str, ProductQuantizedLayer]:
         layers = super().quantize_layers(model, ctx)
-        modules = {name: model.get_submodule(name) for name in layers}
-        moments = input_moments(model, modules, calibration_inputs(ctx.datamodule, self.config.calibration_batches))
+        modules: dict[str, Layer] = {name: model.get_submodule(name) for name in layers}  # type: ignore[misc]
+        batches = itertools.islice(ctx.datamodule.train_dataloader(), self.config.calibration_batches)
+        moments = {name: h[:modules[name].weight[0].numel(), :modules[name].weight[0].numel()]  # the bias's row out
+                   for name, h in layer_input_hessians(model, modules, batches, damping=1e-6).items()}
         self.response_errors: dict[str, float] = {}
         refined = {}
         for name, layer in layers.items():

@@ -1,5 +1,5 @@
-"""Second-order information for pruning: the diagonal of the loss Hessian (OBD) and each layer's
-input Hessian with the layer-wise Optimal Brain Surgeon update (L-OBS).
+"""Second-order information: the diagonal of the loss Hessian (OBD; Choi et al.'s Hessian-weighted
+quantization) and each layer's input Hessian (L-OBS's update; Q-CNN's response error).
 
 * :data:`HESSIAN_DIAGONALS` estimate h_ii of the training loss for the weights of some layers, from
   training batches, the model in eval mode:
@@ -102,8 +102,8 @@ def _layer_inputs(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Rows of what the weight multiplies: a linear layer's inputs, a conv's unfolded patches (+ 1 for the bias)."""
     if isinstance(module, nn.Conv2d):
         if module.groups != 1 or not isinstance(module.padding, tuple):
-            raise MethodConfigError(f"L-OBS takes dense convolutions; {module} is grouped or uses string padding: "
-                                    "leave it out with method.layers.exclude")
+            raise MethodConfigError(f"method.layers: layer inputs are taken of dense convolutions (L-OBS, Q-CNN); {module} "
+                                    "is grouped or uses string padding: leave it out with method.layers.exclude")
         x = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride).transpose(1, 2)
     rows = x.reshape(-1, x.shape[-1]).double()
     if getattr(module, "bias", None) is not None:
