@@ -276,6 +276,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         ]
         if target.source == "table" and not args.no_stability:
             extra += stability_lines([1, None], ["wall", "thread_cpu"])
+        if hasattr(target, "predictor_comparison"):
+            extra += target.predictor_comparison()
         if args.note:
             extra += [args.note, ""]
         md, png = validation.write_report(

@@ -1,0 +1,11 @@
+"""Kernel-level latency predictors (nn-Meter's idea): per-kernel models fitted on measured kernels.
+
+``predictor``: the analytical form and the random forest, with a lookup table as exact cache;
+``sources``: measured latencies from public sources (TF-Lite profiles, the ProxylessNAS table);
+``target``: :class:`KernelTarget`, a device emulated by predictors fitted on its sources.
+"""
+
+from hardware.kernelcost.predictor import KernelPredictor, KernelSample
+from hardware.kernelcost.target import KernelTarget
+
+__all__ = ["KernelPredictor", "KernelSample", "KernelTarget"]

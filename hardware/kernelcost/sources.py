@@ -1,0 +1,95 @@
+"""Measured kernel latencies from public sources, as :class:`KernelSample` lists.
+
+``SOURCES`` maps a source format to a loader of one path: ``tflite_benchmark_model``
+(a folder of TF-Lite per-operator profiles, ``hardware.tflite_profiles``: one sample per
+profiled operator and one per whole model) and ``proxylessnas_lut`` (the ProxylessNAS
+per-block latency table, ``mobile_trim.yaml``: one sample per block, its kernels read off
+the block rebuilt in PyTorch and traced by the one layer tracer).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hardware.kernelcost.predictor import KernelSample
+from hardware.kernels import detect_kernels, model_kernels
+from hardware.layers import LayerSpec, ModelTrace
+from hardware.target import HardwareError
+
+_SHAPE = r"(\d+)x(\d+)x(\d+)"
+_BLOCK = re.compile(
+    rf"^expanded_conv-input:{_SHAPE}-output:{_SHAPE}-expand:(\d+)-kernel:(\d+)-stride:(\d+)-idskip:([01])$"
+)
+_CONV = re.compile(rf"^(Conv|Conv_1)-input:{_SHAPE}-output:{_SHAPE}$")
+_LOGITS = re.compile(rf"^Logits-input:{_SHAPE}-output:(\d+)$")
+
+
+def layer_kernels(layers: list[LayerSpec], runtime: str = "tflite") -> list:
+    """The kernels of a layer list that has no torch model behind it (a profile's layers)."""
+    return detect_kernels(ModelTrace(layers=list(layers), sequence=list(layers)), runtime)
+
+
+def tflite_profile_samples(folder: Path) -> list[KernelSample]:
+    """One sample per profiled operator that is a kernel (not the tail reshape/softmax), one per whole model."""
+    from hardware.tflite_profiles import load_reference
+
+    samples = []
+    for ref in load_reference(folder):
+        kernels = []
+        for layer, ms in zip(ref.layers(), ref.per_layer_ms(), strict=True):
+            found = layer_kernels([layer])
+            if found:
+                samples.append(KernelSample(f"{ref.name}/{layer.name}", found, ms, f"{ref.name}"))
+                kernels += found
+        samples.append(KernelSample(ref.name, kernels, ref.measured_ms, f"{ref.name}:network"))
+    return samples
+
+
+def proxylessnas_block(key: str) -> tuple[nn.Module, tuple[int, int, int, int]]:
+    """The PyTorch module of one ProxylessNAS table key and its input shape (batch 1)."""
+    from hardware import search_space
+
+    if match := _BLOCK.match(key):
+        h, _w, cin, ho, _wo, cout, expand, kernel, stride, skip = map(int, match.groups())
+        block = search_space.InvertedResidual(cin, cout, kernel, stride, expand)
+        if block.use_shortcut != bool(skip) or ho != -(-h // stride):
+            raise HardwareError(f"ProxylessNAS table key {key!r}: shortcut or output size disagrees with the block")
+        return block, (1, cin, h, h)
+    if match := _CONV.match(key):
+        name, h, _w, cin, ho, _wo, cout = match.groups()
+        stride = int(h) // int(ho)
+        return search_space.conv_bn_act(int(cin), int(cout), 3 if name == "Conv" else 1, stride), (1, int(cin), int(h), int(h))
+    if match := _LOGITS.match(key):
+        h, _w, cin, classes = map(int, match.groups())
+        return search_space.Classifier(cin, classes), (1, cin, h, h)
+    raise HardwareError(f"ProxylessNAS table key {key!r} is not a Conv, Conv_1, expanded_conv or Logits entry")
+
+
+def proxylessnas_lut_samples(path: Path) -> list[KernelSample]:
+    """One sample per entry of the table (its mean latency)."""
+    import yaml
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is not a ProxylessNAS latency table (mobile_trim.yaml)")
+    table = yaml.safe_load(path.read_text(encoding="utf-8"))
+    samples = []
+    for key, entry in table.items():
+        if not isinstance(entry, dict) or "mean" not in entry:
+            raise HardwareError(f"{path}: entry {key!r} has no 'mean' latency")
+        module, shape = proxylessnas_block(key)
+        with torch.no_grad():
+            kernels = model_kernels(module, shape, "tflite")
+        samples.append(KernelSample(key, kernels, float(entry["mean"]), "proxylessnas"))
+    return samples
+
+
+#: Source formats a device's yaml names: a loader of samples from a file or folder.
+SOURCES: dict[str, Callable[[Path], list[KernelSample]]] = {
+    "tflite_benchmark_model": tflite_profile_samples,
+    "proxylessnas_lut": proxylessnas_lut_samples,
+}

@@ -1,0 +1,203 @@
+"""A device emulated by kernel predictors fitted on several public sources of its latencies.
+
+``conf/hw/pixel1_kernels.yaml``: the Pixel-1 fitted on the AMC per-layer TF-Lite profiles
+and the ProxylessNAS per-block table together. A model's latency is the sum of its
+kernels' (``hardware.kernels``, the runtime's fusion rules) predicted latencies.
+Validation replays every source in-sample, cross-validated (k folds of each per-block
+source, leave-one-model-out of each profiled network) and leave-one-source-out (fit on the
+other sources only), plus published whole-network figures never fitted (``holdout_file``).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from hardware import validation as _validation
+from hardware.kernelcost.predictor import PREDICTORS, KernelPredictor, KernelSample
+from hardware.kernelcost.sources import SOURCES
+from hardware.kernels import FUSIBLE_ACTIVATIONS, Kernel, detect_kernels
+from hardware.layers import LayerSpec, memory_footprint, trace_model
+from hardware.paths import resolve_path
+from hardware.target import HardwareError, LatencyReport, LayerCostTarget, ValidationCase
+
+
+@functools.lru_cache(maxsize=8)
+def _load(fmt: str, path: str, build: str) -> tuple[KernelSample, ...]:
+    """A source's samples, once per process (tracing the ProxylessNAS blocks takes seconds)."""
+    samples = SOURCES[fmt](Path(path))
+    for sample in samples:
+        sample.build = build
+    return tuple(samples)
+
+
+class KernelTarget(LayerCostTarget):
+    """Latency = sum of the kernels' predictions, from predictors fitted on ``sources``.
+
+    ``sources``: list of {name, format (a key of SOURCES), path, build}; ``build``: the
+    runtime build predictions stand for (a source's build); ``predictor``: analytical,
+    forest, or auto (per kernel type, the lower cross-validated error).
+    """
+
+    def __init__(self, name: str, device: str, citation: str, sources: list[dict[str, str]], build: str = "",
+                 runtime: str = "tflite", predictor: str = "auto", calibration: str = "published",
+                 batch_size: int = 1, cache_bytes: float = 1.0e6, small_m_rows: int = 100, simd_channels: int = 16,
+                 holdout_file: str | None = None, validation: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        kwargs.pop("source", None)
+        super().__init__(name=name, calibration=calibration, batch_size=batch_size, **kwargs)
+        if runtime not in FUSIBLE_ACTIVATIONS:
+            raise ValueError(f"hw.runtime {runtime!r} is unknown; use one of {sorted(FUSIBLE_ACTIVATIONS)}")
+        if predictor not in (*PREDICTORS, "auto"):
+            raise ValueError(f"hw.predictor {predictor!r} is unknown; use auto or one of {PREDICTORS}")
+        self.device, self.citation, self.runtime, self.predictor_kind = device, citation, runtime, predictor
+        self.settings = {"cache_bytes": float(cache_bytes), "small_m_rows": int(small_m_rows),
+                         "simd_channels": int(simd_channels)}
+        self.samples: dict[str, list[KernelSample]] = {}
+        for index, source in enumerate(sources):
+            missing = {"name", "format", "path"} - set(source)
+            if missing:
+                raise ValueError(f"hw.sources[{index}] lacks {sorted(missing)}; give name, format, path (and build)")
+            if source["format"] not in SOURCES:
+                raise ValueError(f"hw.sources[{index}].format {source['format']!r} is unknown; use one of {sorted(SOURCES)}")
+            path = resolve_path(source["path"])
+            try:
+                self.samples[source["name"]] = list(_load(source["format"], str(path), source.get("build", "")))
+            except FileNotFoundError as err:
+                raise HardwareError(f"hw.sources[{index}].path: {err}") from err
+        builds = {s.build for group in self.samples.values() for s in group}
+        if build and build not in builds:
+            raise ValueError(f"hw.build {build!r} is not the build of any source; use one of {sorted(builds)}")
+        self.build = build
+        self.holdout_file = resolve_path(holdout_file) if holdout_file else None
+        self.validation = {"cv_folds": 10, "holdout": False, **dict(validation or {})}
+        self.predictor = self.fit(self.all_samples())
+        self.stated_error_file = _validation.stated_error_path(name)
+        self.stated_error = _validation.StatedError.load(self.stated_error_file)
+
+    def all_samples(self) -> list[KernelSample]:
+        return [s for group in self.samples.values() for s in group]
+
+    def fit(self, samples: list[KernelSample], predictor: str | None = None) -> KernelPredictor:
+        """Predictors fitted on ``samples``, standing for this target's build (else the samples' first)."""
+        kind = predictor or self.predictor_kind
+        fitted = KernelPredictor.fit(samples, forest=kind != "analytical", **self.settings)
+        if kind == "forest":
+            fitted.choice = {t: "forest" for t in fitted.forests}
+        builds = sorted({s.build for s in samples})
+        fitted.build = self.build if self.build in builds else builds[0]
+        return fitted
+
+    # ----- the target interface
+    def latency(self, model: nn.Module, input_shape: tuple[int, ...], layers: list[LayerSpec] | None = None,
+                deployables: Any = None) -> LatencyReport:
+        trace = trace_model(model, tuple(int(s) for s in input_shape))
+        return self.kernel_report(detect_kernels(trace, self.runtime), layers if layers is not None else trace.layers)
+
+    def report(self, layers: list[LayerSpec]) -> LatencyReport:
+        raise HardwareError(f"hw {self.name!r} prices kernels, which need the model's execution order: call latency()")
+
+    def kernel_report(self, kernels: list[Kernel], layers: list[LayerSpec]) -> LatencyReport:
+        predicted = self.predictor.predict_all(kernels)
+        per_layer = {layer.name: 0.0 for layer in layers}
+        last = layers[0].name if layers else ""
+        for kernel, (ms, _) in zip(kernels, predicted, strict=True):
+            last = next((name for name in kernel.layers if name in per_layer), last)
+            per_layer[last] = per_layer.get(last, 0.0) + ms
+        by_source = {s: sum(1 for _, how in predicted if how == s) for s in ("table", "forest", "analytical")}
+        fitted = {k.type for s in self.all_samples() for k in s.kernels}
+        kinds = sorted({k.type for k in kernels} - fitted - {"conv", "dwconv", "linear"})
+        notes = [f"{len(kernels)} kernels ({self.runtime} fusion rules); predicted by " +
+                 ", ".join(f"{n} {s}" for s, n in by_source.items() if n),
+                 "energy: not modelled", _validation.stated_error_note(self.name, self.stated_error)]
+        if kinds:
+            notes.append(f"kernel types without measurements of their own, priced by the elementwise terms: {kinds}")
+        return self.new_report(
+            math.fsum(ms for ms, _ in predicted),
+            error_fraction=self.stated_error.fraction() if self.stated_error else 0.0,
+            memory=memory_footprint(layers), per_layer_ms=per_layer,
+            provenance={"reference": self.citation, "device": self.device, "build": self.predictor.build,
+                        "kernels": [{"type": k.type, "layers": k.layers, "ms": ms, "from": how}
+                                    for k, (ms, how) in zip(kernels, predicted, strict=True)],
+                        "kernels_from": by_source, "choice": self.predictor.choice,
+                        "stated_error": self.stated_error.provenance() if self.stated_error else None},
+            notes=notes,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "device": self.device, "sources": ", ".join(self.samples),
+                "build": self.build, "predictor": self.predictor_kind}
+
+    # ----- validation
+    def validation_cases(self, cv_folds: int | None = None, holdout: bool | None = None, seed: int | None = None,
+                         **_: Any) -> list[ValidationCase]:
+        """In-sample, k-fold / leave-one-model-out, leave-one-source-out, and (``holdout``) published networks."""
+        folds = int(cv_folds or self.validation["cv_folds"])
+        holdout = self.validation["holdout"] if holdout is None else holdout
+        cases = [self._case(s, self.predictor, "in-sample", name) for name, group in self.samples.items() for s in group]
+        for name, group in self.samples.items():
+            for held, train in _folds(group, folds, seed or 0):
+                fitted = self.fit(train + [s for other, g in self.samples.items() if other != name for s in g])
+                fitted.build = held[0].build
+                cases += [self._case(s, fitted, "leave-one-out", f"{name}-cv") for s in held]
+        if len(self.samples) > 1:
+            for name, group in self.samples.items():
+                fitted = self.fit([s for other, g in self.samples.items() if other != name for s in g])
+                cases += [self._case(s, fitted, "held-out", f"{name}-from-other-sources") for s in group]
+        if holdout:
+            cases += self.holdout_cases()
+        return cases
+
+    def _case(self, sample: KernelSample, predictor: KernelPredictor, fit: str, group: str) -> ValidationCase:
+        scope = "operator" if ":network" not in sample.source else "network"
+        return ValidationCase(sample.name, predictor.total(sample.kernels), sample.ms, group,
+                              {"kernels": len(sample.kernels)}, fit=fit, scope=scope)
+
+    def predictor_comparison(self) -> list[str]:
+        """Analytical against forest, leave-one-source-out: the lines `validate` adds to the section."""
+        lines = ["Predictors compared, leave-one-source-out (fit on the other sources, predict this one): "
+                 "share within ±10% / RMSPE", "", "| predicted source | analytical | forest (where fitted) |", "|---|---|---|"]
+        for name, group in self.samples.items():
+            train = [s for other, g in self.samples.items() if other != name for s in g]
+            cells = []
+            for kind in PREDICTORS:
+                fitted = self.fit(train, kind)
+                errors = np.array([fitted.total(s.kernels) / s.ms - 1 for s in group])
+                cells.append(f"{np.mean(np.abs(errors) <= 0.1):.0%} / {np.sqrt(np.mean(errors ** 2)):.1%}")
+            lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
+        return [*lines, ""]
+
+    def holdout_cases(self) -> list[ValidationCase]:
+        """Published whole-network latencies (``holdout_file``), never fitted."""
+        import timm
+        import yaml
+
+        if self.holdout_file is None or not self.holdout_file.is_file():
+            raise HardwareError(f"hw {self.name!r}: hold-out file {self.holdout_file} is missing; set hw.holdout_file")
+        cases = []
+        for entry in yaml.safe_load(self.holdout_file.read_text(encoding="utf-8"))["models"]:
+            if not entry.get("timm"):
+                continue
+            size = int(entry.get("input_size", 224))
+            model = timm.create_model(entry["timm"], pretrained=False, **entry.get("kwargs", {}))
+            predicted = self.latency(model, (1, 3, size, size)).latency_ms
+            cases.append(ValidationCase(entry["name"], predicted, float(entry["latency_ms"]),
+                                        f"holdout-{entry.get('group', 'published')}", {"timm": entry["timm"]},
+                                        fit="held-out"))
+        return cases
+
+
+def _folds(samples: list[KernelSample], folds: int, seed: int) -> list[tuple[list[KernelSample], list[KernelSample]]]:
+    """(held, train) pairs: one per profiled network when the source has networks (leave-one-model-out),
+    else ``folds`` random folds of its samples."""
+    networks = sorted({s.source.removesuffix(":network") for s in samples})
+    if len(networks) > 1:
+        return [([s for s in samples if s.source.removesuffix(":network") == n],
+                 [s for s in samples if s.source.removesuffix(":network") != n]) for n in networks]
+    order = np.random.default_rng(seed).permutation(len(samples)) % max(2, folds)
+    return [([s for s, f in zip(samples, order, strict=True) if f == k],
+             [s for s, f in zip(samples, order, strict=True) if f != k]) for k in range(max(2, folds))]
