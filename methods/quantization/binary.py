@@ -36,7 +36,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from methods.base import CompressionContext, CompressionResult
-from methods.config import FineTuning, LayerSelection, finetune_default, option, select_layers
+from methods.config import FineTuning, Layer, LayerSelection, finetune_default, option, select_layers
 from methods.quantization.quantizers import create_quantizer
 from methods.quantization.uniform import QuantScheme
 from methods.storage import TensorEntry, load_model, save_model, size_metrics
@@ -193,14 +193,14 @@ class Quantized:
 
 
 def train_quantized(model: nn.Module, ctx: CompressionContext, config: BinaryConfig,
-                    make: Callable[[str, nn.Module], LevelQuantizer], act_bits: int = 32,
-                    prepare: Callable[[nn.Module, dict[str, nn.Module]], dict[str, nn.Module]] | None = None) -> Quantized:
+                    make: Callable[[str, Layer], LevelQuantizer], act_bits: int = 32,
+                    prepare: Callable[[nn.Module, dict[str, Layer]], dict[str, Layer]] | None = None) -> Quantized:
     """Quantize the selected layers of a copy of ``model`` with ``make(name, layer)``, train the latent weights.
 
     ``prepare`` may replace the selected layers first (XNOR's binary-input layers) and returns them.
     """
     model = copy.deepcopy(model)
-    layers: dict[str, nn.Module] = dict(select_layers(model, (1, *tuple(ctx.input_shape)[1:]), config.layers))
+    layers = dict(select_layers(model, (1, *tuple(ctx.input_shape)[1:]), config.layers))
     if prepare is not None:
         layers = prepare(model, layers)
     quantizers = {name: make(name, layer) for name, layer in layers.items()}

@@ -28,14 +28,14 @@ import torch
 from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult
-from methods.config import FineTuning, finetune_default, option
+from methods.config import FineTuning, Layer, finetune_default, option
 from methods.quantization.binary import BinaryConfig, ScaledSign, store_quantized, train_quantized, weight_quantizer
 from methods.quantization.qat import must_train
 from methods.quantization.quantizers import register_quantizer
 from methods.quantization.uniform import QuantScheme
 
 
-def glorot_h(layer: nn.Module) -> float:
+def glorot_h(layer: Layer) -> float:
     """BinaryConnect's ``H``: ``sqrt(6 / (fan_in + fan_out)) / 2`` of the layer's weight."""
     fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(layer.weight)
     return math.sqrt(6.0 / (fan_in + fan_out)) / 2

@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult
-from methods.config import LayerSelection, option
+from methods.config import Layer, LayerSelection, option
 from methods.quantization.binary import BinaryConfig, sign_ste, store_quantized, train_quantized, weight_quantizer
 from methods.quantization.fakequant import conv2d_like
 from methods.quantization.quantizers import create_quantizer, register_quantizer
@@ -83,8 +82,8 @@ class XnorLinear(nn.Linear):
         return y if self.bias is None else y + self.bias
 
 
-def _xnor_twin(layer: nn.Module, act_scaling: bool) -> nn.Module:
-    twin: nn.Module
+def _xnor_twin(layer: nn.Module, act_scaling: bool) -> Layer:
+    twin: XnorConv2d | XnorLinear
     if isinstance(layer, nn.Conv2d):
         twin = conv2d_like(XnorConv2d, layer)
     elif isinstance(layer, nn.Linear):
@@ -97,7 +96,7 @@ def _xnor_twin(layer: nn.Module, act_scaling: bool) -> nn.Module:
     return twin
 
 
-def to_xnor(model: nn.Module, names: list[str], act_scaling: bool) -> dict[str, nn.Module]:
+def to_xnor(model: nn.Module, names: list[str], act_scaling: bool) -> dict[str, Layer]:
     """Replace the layers ``names`` of ``model`` (in place) by their binary-input twins; return them."""
     twins = {}
     for name in names:
@@ -136,7 +135,7 @@ class XnorNet(CompressionMethod):
     def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
         act_scaling = self.config.act_scaling
 
-        def prepare(copied: nn.Module, layers: dict[str, Any]) -> dict[str, nn.Module]:
+        def prepare(copied: nn.Module, layers: dict[str, Layer]) -> dict[str, Layer]:
             return to_xnor(copied, list(layers), act_scaling)
 
         quantized = train_quantized(model, ctx, self.config, lambda _name, _layer: weight_quantizer("bwn", 1),
