@@ -208,7 +208,11 @@ def _leaf_spec(name: str, module: nn.Module, op: str, input_shape: tuple[int, ..
 
 
 class _FunctionalRecorder(TorchFunctionMode):
-    """Records tensor-tensor add/mul and spatial means (ops that are not nn.Modules)."""
+    """Records tensor-tensor add/mul and spatial means (ops that are not nn.Modules).
+
+    Ops inside a leaf layer's forward are the leaf's own (a fake-quantized conv's weight
+    dequantization, say): the leaf is costed as one layer, so they are not recorded.
+    """
 
     _ADD = {
         torch.add,
@@ -228,9 +232,10 @@ class _FunctionalRecorder(TorchFunctionMode):
     }
     _MEAN = {torch.mean, torch.Tensor.mean}
 
-    def __init__(self, scope: list[str]) -> None:
+    def __init__(self, scope: list[str], leaves: list[LayerSpec]) -> None:
         super().__init__()
         self.scope = scope
+        self.leaves = leaves
         self.records: list[LayerSpec] = []
         self._count: dict[str, int] = {}
 
@@ -245,7 +250,7 @@ class _FunctionalRecorder(TorchFunctionMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         kind = "add" if func in self._ADD else "mul" if func in self._MUL else "mean" if func in self._MEAN else None
-        if kind is None or not isinstance(out, torch.Tensor) or out.dim() < 2:
+        if kind is None or self.leaves or not isinstance(out, torch.Tensor) or out.dim() < 2:
             return out
         if kind in ("add", "mul"):
             if len(args) < 2 or not all(isinstance(a, torch.Tensor) and a.dim() >= 2 for a in args[:2]):
@@ -361,7 +366,7 @@ def trace_model(
     was_training = model.training
     model.eval()
     flop_counter = FlopCounterMode(display=False)
-    functional = _FunctionalRecorder(state.scope)
+    functional = _FunctionalRecorder(state.scope, state.leaves)
     try:
         with torch.no_grad(), flop_counter, functional, _SequenceRecorder(state):
             model(x)

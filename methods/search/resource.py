@@ -21,6 +21,7 @@ bit-widths, so a search that revisits a candidate costs nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -50,11 +51,17 @@ def architecture_key(model: nn.Module) -> tuple:
 
 def describe_at_bits(model: nn.Module, input_shape: tuple[int, ...], layer_bits: LayerBits | None) -> list[LayerSpec]:
     """The layer description with ``layer_bits`` applied; a name that is no layer of ``model`` is refused."""
+    return with_bits(describe_layers(model, input_shape), layer_bits)
+
+
+def with_bits(layers: list[LayerSpec], layer_bits: LayerBits | None) -> list[LayerSpec]:
+    """Copies of ``layers`` at ``layer_bits`` (the others at 32 bits, as the tracer leaves them)."""
     bits = {name: (int(w), int(a)) for name, (w, a) in (layer_bits or {}).items()}
     for name, pair in bits.items():
         if min(pair) < 1:
             raise MethodConfigError(f"layer_bits[{name!r}]={pair}: bit-widths must be >= 1")
-    layers = describe_layers(model, input_shape, bits)
+    layers = [dataclasses.replace(spec, weight_bits=bits.get(spec.name, (32, 32))[0],
+                                  act_bits=bits.get(spec.name, (32, 32))[1]) for spec in layers]
     unknown = sorted(set(bits) - {spec.name for spec in layers})
     if unknown:
         raise MethodConfigError(f"layer_bits names {unknown}, which are not layers of the model; use the module "
@@ -77,6 +84,7 @@ class Resource(ABC):
     def __init__(self, input_shape: tuple[int, ...]) -> None:
         self.input_shape = tuple(input_shape)
         self._cache: dict[tuple, float] = {}
+        self._described: dict[tuple, list[LayerSpec]] = {}
         self.queries = 0  # answers not served from the cache
 
     @classmethod
@@ -92,7 +100,12 @@ class Resource(ABC):
         return self._cache[key]
 
     def layers(self, model: nn.Module, layer_bits: LayerBits | None = None) -> list[LayerSpec]:
-        return describe_at_bits(model, self.input_shape, layer_bits)
+        """The description at ``layer_bits``; the model is traced once per architecture (a bit-width
+        search such as HAQ's asks one architecture at hundreds of bit-widths)."""
+        arch = architecture_key(model)
+        if arch not in self._described:
+            self._described[arch] = describe_layers(model, self.input_shape)
+        return with_bits(self._described[arch], layer_bits)
 
     @abstractmethod
     def _cost(self, model: nn.Module, layer_bits: LayerBits | None) -> float:
