@@ -28,11 +28,22 @@ CONF_MODEL_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
+#: issue 16's efficient architectures at ImageNet size; each has a ``<name>_cifar`` variant for 32x32 inputs
+EFFICIENT_IMAGENET = (
+    "squeezenet1_0", "squeezenet1_1", "shufflenet_v1", "shufflenet_v2", "mobilenetv3_small", "mobilenetv3_large",
+)
 EXPECTED_MODELS = {
     "lenet_300_100", "mlp", "lenet5",
     "resnet20_cifar", "resnet32_cifar", "resnet44_cifar", "resnet56_cifar", "resnet110_cifar",
     "mobilenetv1", "mobilenetv1_075", "mobilenetv1_amc_0_5flops", "mobilenetv1_amc_0_5time",
     "mobilenetv2_cifar",
+    *EFFICIENT_IMAGENET,
+    *(f"{name}_cifar" for name in EFFICIENT_IMAGENET),
+}
+#: factory arguments a model's yaml sets (the others set none)
+CONFIG_KWARGS = {
+    "shufflenet_v1": {"groups": 3, "width_mult": 1.0}, "shufflenet_v1_cifar": {"groups": 3, "width_mult": 1.0},
+    "shufflenet_v2": {"width_mult": 1.0}, "shufflenet_v2_cifar": {"width_mult": 1.0},
 }
 
 
@@ -45,7 +56,8 @@ def test_zoo_registers_every_model_in_timm():
     assert set(timm.list_models("resnet*_cifar")) >= {"resnet20_cifar", "resnet110_cifar"}
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED_MODELS))
+# The ImageNet-size efficient nets are counted (test_parameter_counts), not run at 224 px, but for the cheapest.
+@pytest.mark.parametrize("name", sorted(EXPECTED_MODELS - set(EFFICIENT_IMAGENET) | {"mobilenetv3_small"}))
 def test_every_model_builds_through_timm_and_runs_at_its_input_size(name):
     num_classes = 7
     model = timm.create_model(name, num_classes=num_classes).eval()
@@ -74,6 +86,12 @@ def test_in_chans_changes_the_first_layer(name):
         ("resnet20_cifar", 269_722),  # He et al. 2016: 0.27M
         ("resnet110_cifar", 1_727_962),  # 1.7M
         ("mobilenetv1", 4_231_976),   # Howard et al. 2017 Table 8: 4.2M at 1000 classes
+        ("squeezenet1_0", 1_248_424),  # Iandola et al. 2016, Table 1: 1,248,424
+        ("squeezenet1_1", 1_235_496),  # SqueezeNet v1.1 (forresti/SqueezeNet): 1.24M
+        ("shufflenet_v2", 2_278_604),  # Ma et al. 2018, Table 5: 2.3M at 1.0x
+        ("mobilenetv3_large", 5_483_032),  # Howard et al. 2019, Table 3: 5.4M
+        ("mobilenetv3_small", 2_542_856),  # Howard et al. 2019, Table 3: 2.5M
+        ("shufflenet_v1", 1_865_728),  # Zhang et al. 2018 gives FLOPs only; ~1.9M for 1x, g=3 (authors' code)
     ],
 )
 def test_parameter_counts(name, expected):
@@ -231,7 +249,8 @@ def test_resnet_cifar_prunes_structurally_when_residual_stream_is_kept():
 
 @pytest.mark.parametrize(
     "name, kwargs, input_size",
-    [("resnet20_cifar", {}, 32), ("mobilenetv1", {"width_mult": 0.25, "num_classes": 10}, 64)],
+    [("resnet20_cifar", {}, 32), ("mobilenetv1", {"width_mult": 0.25, "num_classes": 10}, 64),
+     *((f"{name}_cifar", {}, 32) for name in EFFICIENT_IMAGENET if name != "mobilenetv3_large")],
 )
 def test_onnx_export_matches_pytorch(tmp_path, name, kwargs, input_size):
     onnxruntime = pytest.importorskip("onnxruntime")
@@ -250,7 +269,7 @@ def test_every_model_has_a_config():
 
     for name in EXPECTED_MODELS:
         config = yaml.safe_load((CONF_MODEL_DIR / f"{name}.yaml").read_text())
-        assert config == {"name": name, "kwargs": {}, "pretrained": None}
+        assert config == {"name": name, "kwargs": CONFIG_KWARGS.get(name, {}), "pretrained": None}
     for depth in (20, 32, 44, 56):
         config = yaml.safe_load((CONF_MODEL_DIR / f"resnet{depth}_cifar_pretrained.yaml").read_text())
         assert config["name"] == f"resnet{depth}_cifar"
@@ -286,3 +305,73 @@ def test_akamaster_weights_do_not_fit_a_deeper_resnet():
     with pytest.raises(CheckpointMismatchError, match="missing keys") as error:
         build_model("resnet32_cifar", num_classes=10, in_chans=3, pretrained=AKAMASTER_DIR / "resnet20-12fca82f.th")
     assert "layer1.3.conv1.weight" in str(error.value)
+
+
+CIFAR_EFFICIENT = [f"{name}_cifar" for name in EFFICIENT_IMAGENET]
+
+
+def _smallest_conv_map(model: nn.Module, x: torch.Tensor) -> int:
+    """The smallest side of any conv output larger than 1x1 (pooled squeeze-excitation convs excluded)."""
+    sides: list[int] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: sides.append(out.shape[-1]))
+             for m in model.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        model.eval()(x)
+    for hook in hooks:
+        hook.remove()
+    return min(side for side in sides if side > 1)
+
+
+@pytest.mark.parametrize("name", CIFAR_EFFICIENT)
+def test_cifar_variants_keep_4x4_maps_give_10_logits_and_train(name):
+    from hardware.layers import describe_layers
+
+    torch.manual_seed(0)
+    model = timm.create_model(name)
+    x = torch.randn(2, 3, 32, 32)
+    assert model.pretrained_cfg["input_size"] == (3, 32, 32)
+    assert _smallest_conv_map(model, x) == 4  # total stride 8; the ImageNet strides (32) would leave 1x1
+    model.train()
+    loss = nn.functional.cross_entropy(model(x), torch.tensor([1, 7]))
+    loss.backward()
+    assert model(x[:1]).shape == (1, 10)
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    first_conv = model.get_submodule(model.pretrained_cfg["first_conv"])
+    assert first_conv.weight.grad.abs().sum() > 0
+    described = {layer.name for layer in describe_layers(model, (1, 3, 32, 32))}
+    convs = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    assert convs <= described  # the one layer tracer sees every conv of torchvision's and timm's containers
+
+
+@pytest.mark.parametrize("name", ["squeezenet1_1", "shufflenet_v1", "shufflenet_v2"])
+def test_in_chans_rebuilds_the_stem_of_imagenet_and_cifar_variants(name):
+    for variant, size in ((name, 64), (f"{name}_cifar", 32)):
+        model = timm.create_model(variant, in_chans=1, num_classes=3).eval()
+        assert model.get_submodule(model.pretrained_cfg["first_conv"]).in_channels == 1
+        with torch.no_grad():
+            assert model(torch.randn(1, 1, size, size)).shape == (1, 3)
+
+
+def test_shufflenet_v1_groups_and_widths_follow_table_1():
+    from benchmarks.models.shufflenet_v1 import STAGE_CHANNELS, ChannelShuffle
+
+    assert torch.equal(ChannelShuffle(3)(torch.arange(6.0).view(1, 6, 1, 1)).flatten(), torch.tensor([0, 2, 4, 1, 3, 5.0]))
+    assert STAGE_CHANNELS[8] == (384, 768, 1536) and STAGE_CHANNELS[1] == (144, 288, 576)
+    for groups in (1, 2, 4, 8):
+        model = timm.create_model("shufflenet_v1", groups=groups)
+        unit = model.stage3[1]
+        assert unit.branch[0].groups == groups and unit.branch[6].groups == groups
+        assert model.stage2[0].branch[0].groups == 1  # stage 2's first pointwise conv is not grouped
+        assert model.classifier.in_features == STAGE_CHANNELS[groups][-1]
+    half = timm.create_model("shufflenet_v1", groups=3, width_mult=0.5)
+    assert half.stage_channels == (120, 240, 480)
+    with pytest.raises(ValueError, match="groups=5.*model.kwargs.groups"):
+        timm.create_model("shufflenet_v1", groups=5)
+
+
+def test_shufflenet_v2_widths_have_the_papers_sizes():
+    counts = {width: n_params(timm.create_model("shufflenet_v2", width_mult=width)) for width in (0.5, 1.5, 2.0)}
+    assert {width: round(count / 1e6, 1) for width, count in counts.items()} == {0.5: 1.4, 1.5: 3.5, 2.0: 7.4}
+    with pytest.raises(ValueError, match="width_mult=0.75.*model.kwargs.width_mult"):
+        timm.create_model("shufflenet_v2", width_mult=0.75)

@@ -33,6 +33,11 @@ def architecture_args(model_name: str, pretrained: bool, kwargs: dict[str, Any])
     return {key: value for key, value in kwargs.items() if key not in _TIMM_DOWNLOAD_ARGS}
 
 
+def input_size_args(model_name: str, pretrained: bool, kwargs: dict[str, Any], cifar: bool) -> dict[str, Any]:
+    """:func:`architecture_args` plus ``cifar`` and the class count its data has by default (10 or 1000)."""
+    return {"cifar": cifar, "num_classes": 10 if cifar else 1000, **architecture_args(model_name, pretrained, kwargs)}
+
+
 def data_config(
     input_size: tuple[int, int, int],
     mean: tuple[float, ...],

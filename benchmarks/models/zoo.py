@@ -2,7 +2,8 @@
 
 Every model, ours or timm's own, is made by ``timm.create_model``; importing
 ``benchmarks.models`` registers ours (``lenet``, ``resnet_cifar``, ``mobilenetv1``,
-``mobilenetv2_cifar``). Weights never download: a checkpoint path is loaded with
+``mobilenetv2_cifar``, ``mobilenetv3``, ``squeezenet``, ``shufflenet_v1``, ``shufflenet_v2``).
+Weights never download: a checkpoint path is loaded with
 :func:`benchmarks.models.checkpoint.load_pretrained`.
 """
 from __future__ import annotations
@@ -20,7 +21,10 @@ from torch import nn
 from benchmarks.models.checkpoint import load_pretrained
 
 ZOO_PACKAGE = "benchmarks.models"
-ZOO_MODULES = ("lenet", "resnet_cifar", "mobilenetv1", "mobilenetv2_cifar")
+ZOO_MODULES = (
+    "lenet", "resnet_cifar", "mobilenetv1", "mobilenetv2_cifar", "mobilenetv3", "squeezenet", "shufflenet_v1",
+    "shufflenet_v2",
+)
 _CODE_VERSION_LENGTH = 12
 
 
