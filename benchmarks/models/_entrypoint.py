@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import nn
+
 # Arguments timm.create_model passes to every factory that only concern hub/URL weights.
 _TIMM_DOWNLOAD_ARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "pretrained_model_args")
 
@@ -57,3 +59,24 @@ def data_config(
         interpolation="bilinear",
         crop_pct=1.0,
     )
+
+
+#: ImageNet's channel statistics: the ImageNet-size models' and the cifar10_jpeg data module's default
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def input_size_config(in_chans: int, cifar: bool, num_classes: int, first_conv: str, classifier: str) -> dict[str, Any]:
+    """:func:`data_config` of a family with an ImageNet-size (224 px) and a CIFAR-size (32 px) variant."""
+    size = 32 if cifar else 224
+    return data_config((in_chans, size, size), IMAGENET_MEAN, IMAGENET_STD, num_classes, first_conv, classifier)
+
+
+def init_conv_linear(model: nn.Module) -> None:
+    """He-normal convs (fan-out, as in the MobileNet/ShuffleNet reference code), N(0, 0.01) classifiers, zero biases."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.01)
+            nn.init.zeros_(module.bias)

@@ -31,7 +31,7 @@ from timm.models import register_model
 from torch import nn
 from torchvision.models.shufflenetv2 import channel_shuffle
 
-from benchmarks.models._entrypoint import data_config, input_size_args
+from benchmarks.models._entrypoint import init_conv_linear, input_size_args, input_size_config
 
 STEM_CHANNELS = 24
 STAGE_REPEATS = (4, 8, 4)
@@ -44,8 +44,6 @@ STAGE_CHANNELS: dict[int, tuple[int, int, int]] = {
     8: (384, 768, 1536),
 }
 BOTTLENECK_RATIO = 4
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ChannelShuffle(nn.Module):
@@ -138,17 +136,8 @@ class ShuffleNetV1(nn.Module):
         self.flatten = nn.Flatten()
         self.dropout = nn.Dropout(drop_rate)
         self.classifier = nn.Linear(in_channels, num_classes)
-        image_size = 32 if cifar else 224
-        self.pretrained_cfg = data_config(
-            (in_chans, image_size, image_size), IMAGENET_MEAN, IMAGENET_STD, num_classes,
-            first_conv="stem.0", classifier="classifier",
-        )
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=0.01)
-                nn.init.zeros_(module.bias)
+        self.pretrained_cfg = input_size_config(in_chans, cifar, num_classes, first_conv="stem.0", classifier="classifier")
+        init_conv_linear(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.stem(x))

@@ -23,7 +23,7 @@ from timm.models import register_model
 from torch import nn
 from torchvision.models.shufflenetv2 import ShuffleNetV2 as TorchvisionShuffleNetV2
 
-from benchmarks.models._entrypoint import data_config, input_size_args
+from benchmarks.models._entrypoint import input_size_args, input_size_config
 
 STAGE_REPEATS = (4, 8, 4)
 #: output channels of the stem, the three stages and the last 1x1 conv per width (Table 5)
@@ -33,8 +33,6 @@ STAGE_CHANNELS: dict[float, tuple[int, ...]] = {
     1.5: (24, 176, 352, 704, 1024),
     2.0: (24, 244, 488, 976, 2048),
 }
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ShuffleNetV2(TorchvisionShuffleNetV2):
@@ -53,11 +51,7 @@ class ShuffleNetV2(TorchvisionShuffleNetV2):
             self.conv1[0] = nn.Conv2d(in_chans, stem.out_channels, 3, stride=1 if cifar else 2, padding=1, bias=False)
         if cifar:
             self.maxpool = nn.Identity()
-        image_size = 32 if cifar else 224
-        self.pretrained_cfg = data_config(
-            (in_chans, image_size, image_size), IMAGENET_MEAN, IMAGENET_STD, num_classes,
-            first_conv="conv1.0", classifier="fc",
-        )
+        self.pretrained_cfg = input_size_config(in_chans, cifar, num_classes, first_conv="conv1.0", classifier="fc")
 
 
 @register_model

@@ -24,10 +24,7 @@ from timm.models import register_model
 from torch import nn
 from torchvision.models.squeezenet import SqueezeNet as TorchvisionSqueezeNet
 
-from benchmarks.models._entrypoint import data_config, input_size_args
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from benchmarks.models._entrypoint import input_size_args, input_size_config
 
 
 class SqueezeNet(TorchvisionSqueezeNet):
@@ -48,11 +45,7 @@ class SqueezeNet(TorchvisionSqueezeNet):
             self.features[0] = nn.Conv2d(in_chans, stem.out_channels, kernel, stride=stride, padding=padding)
             nn.init.kaiming_uniform_(self.features[0].weight)  # torchvision's initialisation of its convs
             nn.init.zeros_(self.features[0].bias)
-        image_size = 32 if cifar else 224
-        self.pretrained_cfg = data_config(
-            (in_chans, image_size, image_size), IMAGENET_MEAN, IMAGENET_STD, num_classes,
-            first_conv="features.0", classifier="classifier.1",
-        )
+        self.pretrained_cfg = input_size_config(in_chans, cifar, num_classes, first_conv="features.0", classifier="classifier.1")
 
 
 @register_model
