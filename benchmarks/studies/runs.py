@@ -1,0 +1,41 @@
+"""A study's JSON of figures, resumable: one entry per finished run, written as each run ends.
+
+A rerun with the same settings skips the runs already in the file; changed settings start it
+afresh (the figures must all come from one setting). Studies whose parts depend on different
+settings (``distillation``) keep their own finer rule.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import time
+from collections.abc import Callable, Collection
+from pathlib import Path
+from typing import Any
+
+from hardware.protocol import machine_provenance
+
+
+class Runs:
+    """``path``: settings, the machine, and ``runs`` by key; ``hidden`` keys are not echoed to the console."""
+
+    def __init__(self, path: Path, settings: dict[str, Any], hidden: Collection[str] = ()) -> None:
+        self.path = path
+        self.hidden = set(hidden)
+        old = json.loads(path.read_text()) if path.exists() else {}
+        kept = old.get("runs", {}) if old.get("settings") == settings else {}
+        self.data: dict[str, Any] = {"settings": settings, "runs": kept, "machine": machine_provenance()}
+
+    def get(self, key: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """The run ``key``: from the file, else measured now (with its wall time, load and date) and written."""
+        runs = self.data["runs"]
+        if key not in runs:
+            start = time.perf_counter()
+            row = measure()
+            runs[key] = {**row, "seconds": round(time.perf_counter() - start, 1), "load_average": list(os.getloadavg()),
+                         "date": f"{_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC"}
+            self.path.write_text(json.dumps(self.data, indent=1) + "\n")
+            print(key, json.dumps({k: v for k, v in runs[key].items() if k not in self.hidden}), flush=True)
+        return runs[key]
