@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from benchmarks.context import make_context
 from benchmarks.schema import RecipeConfig, TrainerConfig
@@ -21,31 +19,9 @@ from methods.quantization.uniform import QuantizationError, QuantScheme
 from methods.storage import load_model, read_entries, read_state, save_model
 from methods.storage.codebook import codebook_entry
 from methods.storage.codecs import sign_entry
+from tests.test_quantization_codebook import BlobData
 
 METHODS = ("binaryconnect", "bwn", "xnor", "twn", "ttq", "lab")
-
-
-class BlobData(L.LightningDataModule):
-    """Ten Gaussian blobs drawn as 1x8x8 images: learnable in a few steps."""
-
-    def __init__(self, n: int = 640, seed: int = 0) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        centers = torch.randn(10, 64, generator=g) * 1.5
-        labels = torch.arange(n) % 10
-        self.input_shape = (1, 8, 8)
-        data = TensorDataset((centers[labels] + torch.randn(n, 64, generator=g)).reshape(n, 1, 8, 8), labels)
-        self.train = torch.utils.data.Subset(data, range(0, n - 128))
-        self.test = torch.utils.data.Subset(data, range(n - 128, n))
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.test, batch_size=128)
-
-    def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.test, batch_size=128)
 
 
 class SmallNet(nn.Module):
@@ -137,6 +113,12 @@ def test_quantized_layers_take_two_or_three_values(results, name) -> None:
         else:
             assert len(torch.unique(weight)) == expected, layer
 
+
+
+def test_stochastic_binaryconnect_draws_its_signs_while_training(task, results) -> None:
+    stochastic = _compress(task, "binaryconnect", stochastic=True).model
+    deterministic = results["binaryconnect"].model
+    assert not torch.equal(stochastic.fc1.weight, deterministic.fc1.weight)
 
 def test_xnor_keeps_first_and_last_layers_float_and_binarizes_inputs(results) -> None:
     result = results["xnor"]

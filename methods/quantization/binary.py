@@ -28,7 +28,7 @@ import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
@@ -36,7 +36,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from methods.base import CompressionContext, CompressionResult
-from methods.config import FineTuning, Layer, LayerSelection, finetune_default, option, select_layers
+from methods.config import FineTuning, Layer, LayerSelection, fail, finetune_default, option, select_layers
 from methods.quantization.quantizers import create_quantizer
 from methods.quantization.uniform import QuantScheme
 from methods.storage import TensorEntry, load_model, save_model, size_metrics
@@ -177,10 +177,19 @@ class LatentWeights(L.Callback):
 
 @dataclass
 class BinaryConfig:
-    """The keys every binary and ternary method has: its fine-tuning and the layers it quantizes."""
+    """The keys every binary and ternary method has: its fine-tuning and the layers it quantizes.
 
+    ``trained``: the method is its training (learned scales, clipped or preconditioned updates), so
+    ``finetune.epochs`` must be > 0; the others may binarize the baseline as it is.
+    """
+
+    trained: ClassVar[bool] = False
     finetune: FineTuning = option(factory=finetune_default(1.0))
     layers: LayerSelection = option(factory=LayerSelection)
+
+    def check(self, key: str) -> None:
+        if self.trained and self.finetune.epochs <= 0:
+            fail(f"{key}.finetune.epochs", f"must be > 0 (the training is the method), got {self.finetune.epochs}")
 
 
 @dataclass
@@ -208,6 +217,7 @@ def train_quantized(model: nn.Module, ctx: CompressionContext, config: BinaryCon
         parametrize.register_parametrization(layer, "weight", quantizers[name])
     try:
         if config.finetune.epochs > 0:
+            model.train()  # Lightning keeps the modes it is given: batch norm and stochastic binarization must train
             ctx.finetune(model, config.finetune.epochs, lr=config.finetune.lr, callbacks=[LatentWeights(layers)])
         model.eval()
         entries = {f"{name}.weight": quantizers[name].entry(f"{name}.weight", latent_of(layer))

@@ -30,7 +30,6 @@ from torch import nn
 from methods.base import CompressionContext, CompressionMethod, CompressionResult
 from methods.config import FineTuning, Layer, finetune_default, option
 from methods.quantization.binary import BinaryConfig, ScaledSign, store_quantized, train_quantized, weight_quantizer
-from methods.quantization.qat import must_train
 from methods.quantization.quantizers import register_quantizer
 from methods.quantization.uniform import QuantScheme
 
@@ -70,11 +69,10 @@ class BinaryConnectQuantizer(ScaledSign):
 class BinaryConnectConfig(BinaryConfig):
     """conf/method/binaryconnect.yaml: deterministic or stochastic binarization, the fine-tuning, the layers."""
 
+    trained = True
+
     stochastic: bool = option(False, why="Bernoulli(hard_sigmoid(w / H)) signs while training")
     finetune: FineTuning = option(factory=finetune_default(2.0, 0.01))
-
-    def check(self, key: str) -> None:
-        must_train(self.finetune, key)
 
 
 class BinaryConnect(CompressionMethod):

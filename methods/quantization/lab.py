@@ -29,7 +29,6 @@ from torch import nn
 from methods.base import CompressionContext, CompressionMethod, CompressionResult
 from methods.config import FineTuning, finetune_default, option
 from methods.quantization.binary import BinaryConfig, ScaledSign, store_quantized, train_quantized, weight_quantizer
-from methods.quantization.qat import must_train
 from methods.quantization.quantizers import register_quantizer
 from methods.quantization.uniform import QuantScheme
 
@@ -80,12 +79,11 @@ class LABQuantizer(ScaledSign):
 class LABConfig(BinaryConfig):
     """conf/method/lab.yaml: Adam's second-moment constants, the fine-tuning, the layers."""
 
+    trained = True
+
     beta2: float = option(0.999, gt=0, lt=1, why="the second moment's decay (Adam's beta2)")
     eps: float = option(1e-8, gt=0, why="d = sqrt(v) + eps")
     finetune: FineTuning = option(factory=finetune_default(2.0, 0.001))
-
-    def check(self, key: str) -> None:
-        must_train(self.finetune, key)
 
 
 class LossAwareBinarization(CompressionMethod):

@@ -31,7 +31,6 @@ from torch import nn
 from methods.base import CompressionContext, CompressionMethod, CompressionResult
 from methods.config import option
 from methods.quantization.binary import BinaryConfig, Ternary, store_quantized, train_quantized, weight_quantizer
-from methods.quantization.qat import must_train
 from methods.quantization.quantizers import register_quantizer
 from methods.quantization.uniform import QuantScheme
 
@@ -80,10 +79,9 @@ class TTQQuantizer(Ternary):
 class TTQConfig(BinaryConfig):
     """conf/method/ttq.yaml: the threshold factor t, the fine-tuning (it trains the scales), the layers."""
 
-    threshold: float = option(0.05, gt=0, lt=1, why="Delta = threshold * max|W| (the authors' t = 0.05)")
+    trained = True
 
-    def check(self, key: str) -> None:
-        must_train(self.finetune, key)
+    threshold: float = option(0.05, gt=0, lt=1, why="Delta = threshold * max|W| (the authors' t = 0.05)")
 
 
 class TrainedTernaryQuantization(CompressionMethod):
