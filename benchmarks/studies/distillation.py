@@ -1,7 +1,7 @@
 """Knowledge distillation (issue 12): Hinton's MNIST setting scaled to this machine, and distillation as
 the recovery fine-tuning of a pruned and of a low-bit model, each against plain cross-entropy, over seeds.
 
-    python -m benchmarks.studies.distillation --parts hinton recovery    # results/distillation.json
+    python -m benchmarks.studies.distillation --parts hinton recovery cifar_recovery cifar_students
     python -m benchmarks.studies.report distillation                     # results/distillation.md
 
 - ``hinton``: Hinton, Vinyals, Dean (2015), Sec. 3. A 1200-1200 MLP teacher with dropout (zoo model
@@ -15,6 +15,14 @@ the recovery fine-tuning of a pruned and of a low-bit model, each against plain 
   same epochs at the same learning rate (``--finetune-lr``) with cross-entropy and with KD from the unpruned/unquantized baseline (``recipe.distill
   = kd``, the switch every method honours). The wall time of each fine-tuning is measured, so the cost
   of the teacher's forward shows as the ratio KD / CE (the two are run back to back per seed).
+- ``cifar_recovery``: the same on ``cifar10_jpeg`` with the issue's model: the pretrained ResNet-56
+  (shared/data weights; no training here) filter-pruned to <= 50% of its MACs, fine-tuned with CE and
+  with KD from the unpruned ResNet-56, on a seeded ``--cifar-train-subset`` of the training split
+  (augmented: random crop and flip) for ``--cifar-finetune-epochs``.
+- ``cifar_students``: ResNet-20 trained from scratch alone and with KD (T = 4, alpha = 0.9) from the
+  pretrained ResNet-56, the same epochs on the same subset. Departures for this 2-core machine: a subset
+  and a few epochs instead of 50,000 images and ~160 epochs, so absolute top-1 is far below the
+  literature's; the comparison (same data, epochs and seeds for both arms) is what is measured.
 
 Choices use no test data: the settings above are fixed in advance; test top-1 is reported, validation
 top-1 beside it. Resumable: every finished run is written to the JSON at once and skipped on a rerun
@@ -41,7 +49,8 @@ import torch
 from torch import nn
 
 from benchmarks.context import make_context
-from benchmarks.data import MNISTDataModule
+from benchmarks.data import CIFAR10JPEGDataModule, MNISTDataModule
+from benchmarks.data.base import ImageDataModule
 from benchmarks.models import build_model
 from benchmarks.schema import RecipeConfig, TrainerConfig
 from benchmarks.training import evaluate, fit
@@ -67,12 +76,23 @@ RECOVERY: dict[str, dict[str, Any]] = {
     "filter pruning, <= 0.5x MACs": {"method": "filter", "settings": {"target_macs_ratio": 0.5}},
     "PACT, 2-bit weights and activations": {"method": "pact", "settings": {"bits": 2, "act_bits": 2}},
 }
+#: cifar10_jpeg: the issue's teacher (pretrained, from shared/data) and student
+CIFAR_TEACHER = {"name": "resnet56_cifar", "weights": "weights/akamaster-resnet-cifar10/resnet56-4bfd9763.th"}
+CIFAR_STUDENT = "resnet20_cifar"
+CIFAR_KD = {"T": 4.0, "alpha": KD_ALPHA}
+CIFAR_INPUT = (1, 3, 32, 32)
 
 
 def _recipe(epochs: float, distill: str = "none") -> RecipeConfig:
     """conf/recipe/mnist_sgd.yaml's recipe (the run pipeline's MNIST default) at ``epochs``."""
     return RecipeConfig(epochs=epochs, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4, scheduler="cosine",
                         distill=distill)
+
+
+def _cifar_recipe(epochs: float, distill: str = "none") -> RecipeConfig:
+    """conf/recipe/cifar_sgd.yaml's recipe (the run pipeline's CIFAR default) at ``epochs``."""
+    return RecipeConfig(epochs=epochs, lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4, scheduler="cosine",
+                        distill=distill, distill_T=CIFAR_KD["T"], distill_alpha=CIFAR_KD["alpha"])
 
 
 def _timed(ctx: CompressionContext, seconds: list[float]) -> CompressionContext:
@@ -88,7 +108,10 @@ def _timed(ctx: CompressionContext, seconds: list[float]) -> CompressionContext:
 
 #: the settings each part's runs depend on: a change drops that part's runs, and only those
 PART_SETTINGS = {"hinton": ("seeds", "epochs", "teacher_epochs", "students", "kd_alpha", "recipe"),
-                 "recovery": ("seeds", "baseline_epochs", "finetune_epochs", "finetune_lr", "recovery", "recipe")}
+                 "recovery": ("seeds", "baseline_epochs", "finetune_epochs", "finetune_lr", "recovery", "recipe"),
+                 "cifar_recovery": ("seeds", "cifar_train_subset", "cifar_finetune_epochs", "finetune_lr", "recovery",
+                                    "cifar", "cifar_recipe"),
+                 "cifar_students": ("seeds", "cifar_train_subset", "cifar_epochs", "cifar", "cifar_recipe")}
 
 
 class Study:
@@ -98,7 +121,7 @@ class Study:
         self.path = path
         old = json.loads(path.read_text()) if path.exists() else {"settings": {}, "runs": {}}
         changed = [part for part, keys in PART_SETTINGS.items()
-                   if any(old["settings"].get(key) != settings[key] for key in keys)]
+                   if any(old["settings"].get(key) != settings.get(key) for key in keys)]
         runs = {key: run for key, run in old["runs"].items() if key.split("/", 1)[0] not in changed}
         self.figures: dict[str, Any] = {"settings": settings, "runs": runs, "machine": machine_provenance()}
 
@@ -114,14 +137,14 @@ class Study:
         return dict(self.figures["runs"][key])
 
 
-def _scores(model: nn.Module, dm: MNISTDataModule) -> dict[str, float]:
+def _scores(model: nn.Module, dm: ImageDataModule) -> dict[str, float]:
     model.eval()
     test = evaluate(model, dm, "test")["top1"]
     return {"test_top1": test, "test_errors": round((100.0 - test) / 100.0 * TEST_IMAGES),
             "val_top1": evaluate(model, dm, "val")["top1"]}
 
 
-def _trained(name: str, dm: MNISTDataModule, epochs: float, seed: int, work: Path, **kwargs: Any) -> nn.Module:
+def _trained(name: str, dm: ImageDataModule, epochs: float, seed: int, work: Path, **kwargs: Any) -> nn.Module:
     """``name`` trained ``epochs`` with the MNIST recipe, kept in ``work`` so a resumed study reuses it."""
     torch.manual_seed(seed)
     model = build_model(name, num_classes=10, in_chans=1, **kwargs)
@@ -134,7 +157,7 @@ def _trained(name: str, dm: MNISTDataModule, epochs: float, seed: int, work: Pat
     return model.eval()
 
 
-def hinton(study: Study, dm: MNISTDataModule, args: argparse.Namespace, work: Path) -> None:
+def hinton(study: Study, dm: ImageDataModule, args: argparse.Namespace, work: Path) -> None:
     teacher_seed = args.seeds[0]
     teacher = _trained("mlp", dm, args.teacher_epochs, teacher_seed, work)
     study.run("hinton/teacher", lambda: {"seed": teacher_seed, "params": sum(p.numel() for p in teacher.parameters()),
@@ -154,33 +177,86 @@ def hinton(study: Study, dm: MNISTDataModule, args: argparse.Namespace, work: Pa
                 study.run(f"hinton/{student}/{arm}/s{seed}", measure)
 
 
-def _baseline_row(base: nn.Module, seed: int, dm: MNISTDataModule) -> dict[str, Any]:
-    return {"seed": seed, "macs": count_macs(base, INPUT), **_scores(base, dm)}
+def _baseline_row(base: nn.Module, seed: int, dm: ImageDataModule, shape: tuple[int, ...]) -> dict[str, Any]:
+    return {"seed": seed, "macs": count_macs(base, shape), **_scores(base, dm)}
 
 
-def recovery(study: Study, dm: MNISTDataModule, args: argparse.Namespace, work: Path) -> None:
+def _recover(study: Study, part: str, dm: ImageDataModule, base: nn.Module, seed: int, methods: dict[str, Any],
+             epochs: float, recipe: Callable[[str], RecipeConfig], args: argparse.Namespace, work: Path) -> None:
+    """Each of ``methods`` applied to ``base`` and fine-tuned ``epochs`` with CE, then with KD from ``base``."""
+    shape = (1, *dm.input_shape)
+    study.run(f"{part}/baseline/s{seed}", partial(_baseline_row, base, seed, dm, shape))
+    for name, spec in methods.items():
+        for arm in ("ce", "kd"):
+            def measure(spec: dict[str, Any] = spec, arm: str = arm) -> dict[str, Any]:
+                method = create_method(spec["method"], **spec["settings"],
+                                       finetune={"epochs": epochs, "lr": args.finetune_lr})
+                seconds: list[float] = []
+                ctx = make_context(dm, LocalCPU(), recipe("none" if arm == "ce" else "kd"),
+                                   TrainerConfig(progress_bar=False), seed, work / "runs", baseline=base)
+                result = method.compress(copy.deepcopy(base), _timed(ctx, seconds))
+                return {"seed": seed, "method": spec["method"], "settings": spec["settings"],
+                        "macs": count_macs(result.model, shape), "finetune_seconds": sum(seconds),
+                        "seconds_per_epoch": sum(seconds) / epochs, **_scores(result.model, dm)}
+            study.run(f"{part}/{name}/{arm}/s{seed}", measure)
+
+
+def recovery(study: Study, dm: ImageDataModule, args: argparse.Namespace, work: Path) -> None:
     for seed in args.seeds:
         base = _trained("lenet5", dm, args.baseline_epochs, seed, work)
-        study.run(f"recovery/baseline/s{seed}", partial(_baseline_row, base, seed, dm))
-        for name, spec in RECOVERY.items():
-            for arm in ("ce", "kd"):
-                def measure(seed: int = seed, base: nn.Module = base, spec: dict[str, Any] = spec,
-                            arm: str = arm) -> dict[str, Any]:
-                    method = create_method(spec["method"], **spec["settings"],
-                                           finetune={"epochs": args.finetune_epochs, "lr": args.finetune_lr})
-                    seconds: list[float] = []
-                    recipe = _recipe(args.baseline_epochs, "none" if arm == "ce" else "kd")
-                    ctx = make_context(dm, LocalCPU(), recipe, TrainerConfig(progress_bar=False), seed, work / "runs",
-                                       baseline=base)
-                    result = method.compress(copy.deepcopy(base), _timed(ctx, seconds))
-                    return {"seed": seed, "method": spec["method"], "settings": spec["settings"],
-                            "macs": count_macs(result.model, INPUT), "finetune_seconds": sum(seconds),
-                            "seconds_per_epoch": sum(seconds) / args.finetune_epochs, **_scores(result.model, dm)}
-                study.run(f"recovery/{name}/{arm}/s{seed}", measure)
+        _recover(study, "recovery", dm, base, seed, RECOVERY, args.finetune_epochs,
+                 partial(_recipe, args.baseline_epochs), args, work)
 
 
-PARTS: dict[str, Callable[[Study, MNISTDataModule, argparse.Namespace, Path], None]] = {
-    "hinton": hinton, "recovery": recovery}
+def _cifar_teacher(args: argparse.Namespace) -> nn.Module:
+    return build_model(CIFAR_TEACHER["name"], num_classes=10, in_chans=3,
+                       pretrained=str(args.source_dir / CIFAR_TEACHER["weights"])).eval()
+
+
+def cifar_recovery(study: Study, dm: ImageDataModule, args: argparse.Namespace, work: Path) -> None:
+    base = _cifar_teacher(args)
+    pruning = {name: spec for name, spec in RECOVERY.items() if spec["method"] == "filter"}
+    for seed in args.seeds:
+        _recover(study, "cifar_recovery", dm, base, seed, pruning, args.cifar_finetune_epochs,
+                 partial(_cifar_recipe, args.cifar_finetune_epochs), args, work)
+
+
+def cifar_students(study: Study, dm: ImageDataModule, args: argparse.Namespace, work: Path) -> None:
+    teacher = _cifar_teacher(args)
+    study.run("cifar_students/teacher", partial(_baseline_row, teacher, args.seeds[0], dm, CIFAR_INPUT))
+    for seed in args.seeds:
+        for arm, alpha in (("scratch", 0.0), ("kd", CIFAR_KD["alpha"])):
+            def measure(seed: int = seed, alpha: float = alpha) -> dict[str, Any]:
+                method = create_method("kd", T=CIFAR_KD["T"], alpha=alpha, finetune={"epochs": args.cifar_epochs},
+                                       student={"name": CIFAR_STUDENT})
+                seconds: list[float] = []
+                ctx = make_context(dm, LocalCPU(), _cifar_recipe(args.cifar_epochs), TrainerConfig(progress_bar=False),
+                                   seed, work / "runs")
+                result = method.compress(teacher, _timed(ctx, seconds))
+                return {"seed": seed, "T": CIFAR_KD["T"], "alpha": alpha, "params": result.metrics["student_params"],
+                        "macs": count_macs(result.model, CIFAR_INPUT), "train_seconds": sum(seconds),
+                        "seconds_per_epoch": sum(seconds) / args.cifar_epochs, **_scores(result.model, dm)}
+            study.run(f"cifar_students/{arm}/s{seed}", measure)
+
+
+#: each part and the dataset it runs on
+PARTS: dict[str, tuple[str, Callable[[Study, ImageDataModule, argparse.Namespace, Path], None]]] = {
+    "hinton": ("mnist", hinton), "recovery": ("mnist", recovery),
+    "cifar_recovery": ("cifar10_jpeg", cifar_recovery), "cifar_students": ("cifar10_jpeg", cifar_students)}
+
+
+def _datamodule(name: str, args: argparse.Namespace) -> ImageDataModule:
+    """The study's copy of ``name``: MNIST whole; CIFAR on a seeded subset of its training split."""
+    common = {"data_dir": args.data_dir, "batch_size": 128, "eval_batch_size": 256, "seed": 42, "val_size": 5000}
+    dm: ImageDataModule
+    if name == "mnist":
+        dm = MNISTDataModule(source_dir=args.source_dir, **common)
+    else:
+        dm = CIFAR10JPEGDataModule(source_dir=args.source_dir, train_subset=args.cifar_train_subset,
+                                   val_subset=args.cifar_val_subset, **common)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,29 +272,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--finetune-lr", type=float, default=0.01,
                         help="recovery: every fine-tuning's learning rate (at the training's 0.05, KD diverged on "
                              "filter-pruned LeNet-5: T^2-scaled soft-target gradients on a net without batch norm)")
+    parser.add_argument("--cifar-train-subset", type=int, default=5000,
+                        help="cifar parts: training images (a seeded subset of the 45,000 of the training split)")
+    parser.add_argument("--cifar-val-subset", type=int, default=1000, help="cifar parts: validation images")
+    parser.add_argument("--cifar-finetune-epochs", type=float, default=1, help="cifar_recovery: every fine-tuning")
+    parser.add_argument("--cifar-epochs", type=float, default=3, help="cifar_students: both arms' epochs")
     parser.add_argument("--source-dir", type=Path, default=ROOT.parent / "shared" / "data",
-                        help="where mnist/*.gz lie (checksums checked)")
+                        help="where mnist/*.gz, cifar10-jpeg/ and weights/ lie (checksums checked)")
+    parser.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "compressbench_distillation",
+                        help="prepared (decoded) copies of the datasets")
     parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "studies" / "distillation",
                         help="trained teachers and baselines, kept for a resumed study")
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # accuracy does not depend on it; a shared 2-core machine is not oversubscribed
     settings = {k: v for k, v in vars(args).items() if k in ("seeds", "epochs", "teacher_epochs", "baseline_epochs",
-                                                                  "finetune_epochs", "finetune_lr")}
-    settings.update(students=STUDENTS, kd_alpha=KD_ALPHA, recovery=RECOVERY, recipe=dataclasses.asdict(_recipe(0)))
+                                                                  "finetune_epochs", "finetune_lr", "cifar_train_subset",
+                                                                  "cifar_val_subset", "cifar_finetune_epochs",
+                                                                  "cifar_epochs")}
+    settings.update(students=STUDENTS, kd_alpha=KD_ALPHA, recovery=RECOVERY, recipe=dataclasses.asdict(_recipe(0)),
+                    cifar={"teacher": CIFAR_TEACHER, "student": CIFAR_STUDENT, "kd": CIFAR_KD,
+                           "val_subset": args.cifar_val_subset},
+                    cifar_recipe=dataclasses.asdict(_cifar_recipe(0)))
     args.work.mkdir(parents=True, exist_ok=True)
     study = Study(args.out / FIGURES, settings)
     study.figures["command"] = "python -m benchmarks.studies.distillation " + " ".join(
         [f"--parts {' '.join(args.parts)}", f"--seeds {' '.join(map(str, args.seeds))}", f"--epochs {args.epochs:g}",
          f"--teacher-epochs {args.teacher_epochs:g}",
          f"--baseline-epochs {args.baseline_epochs:g}", f"--finetune-epochs {args.finetune_epochs:g}",
-         f"--finetune-lr {args.finetune_lr:g}"])
-    dm = MNISTDataModule(data_dir=Path(tempfile.mkdtemp(prefix="distillation_")), source_dir=args.source_dir,
-                         batch_size=128, eval_batch_size=256, seed=42, val_size=5000)
-    dm.prepare_data()
-    dm.setup("fit")
+         f"--finetune-lr {args.finetune_lr:g}", f"--cifar-train-subset {args.cifar_train_subset}",
+         f"--cifar-val-subset {args.cifar_val_subset}", f"--cifar-finetune-epochs {args.cifar_finetune_epochs:g}",
+         f"--cifar-epochs {args.cifar_epochs:g}"])
+    datamodules: dict[str, ImageDataModule] = {}
     for part in args.parts:
-        PARTS[part](study, dm, args, args.work)
+        dataset, run_part = PARTS[part]
+        if dataset not in datamodules:
+            datamodules[dataset] = _datamodule(dataset, args)
+        run_part(study, datamodules[dataset], args, args.work)
     print(f"wrote {study.path}; render the report: python -m benchmarks.studies.report distillation")
     return 0
 
@@ -273,34 +363,72 @@ def render(figures: dict[str, Any]) -> str:
                 f"{_mean_sd([r['val_top1'] for r in kd])} | "
                 f"{_paper(paper)} |")
         lines.append("")
-    baselines = _group(runs, "recovery/baseline")
-    if baselines:
-        lines += ["## Distillation as the recovery fine-tuning (LeNet-5, MNIST)", "",
-                  f"Baseline LeNet-5, {settings['baseline_epochs']:g} epochs: test top-1 "
-                  f"{_mean_sd([r['test_top1'] for r in baselines])}. Each compressed model is fine-tuned "
-                  f"{settings['finetune_epochs']:g} epoch(s) at learning rate {settings['finetune_lr']:g} with cross-entropy "
-                  "(CE) or with KD from the baseline "
-                  "(`recipe.distill=kd`, T = 4, alpha = 0.9). Fine-tuning wall time per epoch, and its ratio KD / CE "
-                  "per seed (the two run back to back): what the teacher's forward costs.", "",
-                  "| model | MACs | test top-1, CE | test top-1, KD | gain (points) | val top-1, CE | val top-1, KD | "
-                  "s/epoch CE | s/epoch KD | KD / CE time |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for name in settings["recovery"]:
-            ce, kd = _group(runs, f"recovery/{name}/ce"), _group(runs, f"recovery/{name}/kd")
-            if not ce or not kd:
-                continue
-            pairs = list(zip(ce, kd, strict=False))
-            lines.append(
-                f"| {name} | {ce[0]['macs']:,.0f} | {_mean_sd([r['test_top1'] for r in ce])} | "
-                f"{_mean_sd([r['test_top1'] for r in kd])} | {_mean_sd([k['test_top1'] - c['test_top1'] for c, k in pairs])} | "
-                f"{_mean_sd([r['val_top1'] for r in ce])} | {_mean_sd([r['val_top1'] for r in kd])} | "
-                f"{_mean_sd([r['seconds_per_epoch'] for r in ce], 1)} | {_mean_sd([r['seconds_per_epoch'] for r in kd], 1)} | "
-                f"{statistics.median(k['seconds_per_epoch'] / c['seconds_per_epoch'] for c, k in pairs):.2f}x |")
-        lines.append("")
+    lines += _recovery_section(runs, settings, "recovery", "LeNet-5, MNIST",
+                               f"Baseline LeNet-5, {settings['baseline_epochs']:g} epochs",
+                               settings["finetune_epochs"], "T = 4, alpha = 0.9")
+    lines += _students_section(runs, settings)
+    lines += _recovery_section(runs, settings, "cifar_recovery", "ResNet-56, cifar10_jpeg",
+                               f"Baseline: the pretrained ResNet-56 (`{CIFAR_TEACHER['weights']}`, no training here); "
+                               f"fine-tuning on {settings.get('cifar_train_subset', 0):,} training images, augmented",
+                               settings.get("cifar_finetune_epochs", 0),
+                               f"T = {CIFAR_KD['T']:g}, alpha = {CIFAR_KD['alpha']}")
     loads = [run["load_average"][0] for run in runs.values()]
     lines += [f"Machine load (1-min average) during the runs: {min(loads):.1f} to {max(loads):.1f} on "
               f"{figures['machine'].get('logical_cpus', '?')} logical CPUs: wall times are shared-machine figures.", ""]
     return "\n".join(lines)
+
+
+def _recovery_section(runs: dict[str, Any], settings: dict[str, Any], part: str, title: str, baseline: str,
+                      epochs: float, kd: str) -> list[str]:
+    """A recovery part's table: each compressed model fine-tuned with CE and with KD, side by side."""
+    baselines = _group(runs, f"{part}/baseline")
+    if not baselines:
+        return []
+    lines = [f"## Distillation as the recovery fine-tuning ({title})", "",
+             f"{baseline}: test top-1 {_mean_sd([r['test_top1'] for r in baselines])}. Each compressed model is "
+             f"fine-tuned {epochs:g} epoch(s) at learning rate {settings['finetune_lr']:g} with cross-entropy (CE) or "
+             f"with KD from the baseline (`recipe.distill=kd`, {kd}). Fine-tuning wall time per epoch, and its ratio "
+             "KD / CE per seed (the two run back to back): what the teacher's forward costs.", "",
+             "| model | MACs | test top-1, CE | test top-1, KD | gain (points) | val top-1, CE | val top-1, KD | "
+             "s/epoch CE | s/epoch KD | KD / CE time |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name in settings["recovery"]:
+        ce, kd_runs = _group(runs, f"{part}/{name}/ce"), _group(runs, f"{part}/{name}/kd")
+        if not ce or not kd_runs:
+            continue
+        pairs = list(zip(ce, kd_runs, strict=False))
+        lines.append(
+            f"| {name} | {ce[0]['macs']:,.0f} | {_mean_sd([r['test_top1'] for r in ce])} | "
+            f"{_mean_sd([r['test_top1'] for r in kd_runs])} | "
+            f"{_mean_sd([k['test_top1'] - c['test_top1'] for c, k in pairs])} | "
+            f"{_mean_sd([r['val_top1'] for r in ce])} | {_mean_sd([r['val_top1'] for r in kd_runs])} | "
+            f"{_mean_sd([r['seconds_per_epoch'] for r in ce], 1)} | "
+            f"{_mean_sd([r['seconds_per_epoch'] for r in kd_runs], 1)} | "
+            f"{statistics.median(k['seconds_per_epoch'] / c['seconds_per_epoch'] for c, k in pairs):.2f}x |")
+    return [*lines, ""]
+
+
+def _students_section(runs: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+    """cifar_students: ResNet-20 alone and with KD from the pretrained ResNet-56, paired by seed."""
+    teacher = runs.get("cifar_students/teacher")
+    scratch, kd = _group(runs, "cifar_students/scratch"), _group(runs, "cifar_students/kd")
+    if teacher is None or not scratch or not kd:
+        return []
+    pairs = list(zip(scratch, kd, strict=False))
+    return ["## CIFAR-10 (cifar10_jpeg): ResNet-56 teacher, ResNet-20 student", "",
+            f"Teacher: the pretrained ResNet-56 (`{CIFAR_TEACHER['weights']}`), test top-1 {teacher['test_top1']:.2f} "
+            "on this lossy JPEG copy. Student: ResNet-20 from scratch, "
+            f"{settings['cifar_epochs']:g} epochs on {settings['cifar_train_subset']:,} training images (augmented) "
+            f"with the CIFAR recipe, alone (KD with alpha = 0: the same loop) and with KD (T = {CIFAR_KD['T']:g}, "
+            f"alpha = {CIFAR_KD['alpha']}). The literature's gain at full scale: about +0.5 to +1 point; the goal is a "
+            "gain larger than the seed spread.", "",
+            "| arm | test top-1 | val top-1 | s/epoch |", "|---|---:|---:|---:|",
+            f"| alone | {_mean_sd([r['test_top1'] for r in scratch])} | {_mean_sd([r['val_top1'] for r in scratch])} | "
+            f"{_mean_sd([r['seconds_per_epoch'] for r in scratch], 1)} |",
+            f"| KD | {_mean_sd([r['test_top1'] for r in kd])} | {_mean_sd([r['val_top1'] for r in kd])} | "
+            f"{_mean_sd([r['seconds_per_epoch'] for r in kd], 1)} |",
+            f"| gain (KD - alone, paired by seed) | {_mean_sd([k['test_top1'] - a['test_top1'] for a, k in pairs])} | "
+            f"{_mean_sd([k['val_top1'] - a['val_top1'] for a, k in pairs])} | |", ""]
 
 
 def reproduction(figures: dict[str, Any]) -> str:
