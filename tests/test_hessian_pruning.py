@@ -129,6 +129,25 @@ def test_methods_reach_the_sparsity_and_their_sparse_file_round_trips(method, tm
     assert torch.equal(base[1].weight, tiny_mlp()[1].weight)  # the baseline is untouched
 
 
+class DeadFirstInput(nn.Module):
+    """Zeroes input feature 0: the weights reading it have no curvature, whatever their size."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * (torch.arange(x.shape[1]) != 0)
+
+
+@pytest.mark.parametrize("method", [OptimalBrainDamage(sparsity=0.5, finetune={"epochs": 0}),
+                                    LayerwiseOBS(sparsity=0.5, damping=1e-6, finetune={"epochs": 0})], ids=["obd", "obs"])
+def test_second_order_saliency_removes_large_weights_that_do_not_matter(method, tmp_path) -> None:
+    ctx = context(tmp_path, shape=(1, 4, 4))
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Flatten(), DeadFirstInput(), nn.Linear(16, 24), nn.ReLU(), nn.Linear(24, 10))
+    with torch.no_grad():
+        base[2].weight[:, 0] = 5.0  # the largest weights of the net: magnitude pruning keeps them all
+    result = method.compress(base, ctx)
+    assert torch.count_nonzero(result.model[2].weight[:, 0]) == 0
+
+
 def test_obs_before_finetuning_reconstructs_each_layer_better_than_its_masks_alone(tmp_path) -> None:
     ctx = context(tmp_path, shape=(1, 4, 4))
     base = tiny_mlp()
