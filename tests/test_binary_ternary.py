@@ -216,6 +216,14 @@ def test_bitfusion_runs_binary_layers_at_its_bit_serial_rate_and_says_how(result
     assert not any("1 run as 2-bit" in note for note in float_report.notes)
 
 
+
+def test_a_fixed_precision_target_says_it_runs_binary_layers_wider(results) -> None:
+    from hardware import registry
+
+    model, shape = results["xnor"].model, (1, 1, 8, 8)
+    report = registry.instantiate("titanxp").latency(model, shape, describe_layers(model, shape, results["xnor"].layer_bits))
+    assert any("bit-widths [1] run at the device's supported precisions [8, 32]" in note for note in report.notes)
+
 def test_a_measured_target_says_it_cannot_use_the_low_precision(results) -> None:
     model, shape = results["xnor"].model, (1, 1, 8, 8)
     cpu = LocalCPU(warmup=1, repeats=3, min_time_s=0)
