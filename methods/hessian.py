@@ -24,7 +24,7 @@ quantization) and each layer's input Hessian (L-OBS's update; Q-CNN's response e
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -80,7 +80,7 @@ HESSIAN_DIAGONALS: dict[str, DiagonalEstimator] = {"fisher": fisher_diagonal, "h
 def diagonal_hessian(model: nn.Module, layers: Mapping[str, nn.Module], batches: Iterable[Any],
                      estimate: DiagonalEstimator = fisher_diagonal, seed: int = 0) -> dict[str, torch.Tensor]:
     """h_ii of each layer's weight, averaged over ``batches`` of (inputs, targets), the model in eval mode."""
-    weights = {f"{name}.weight": m.weight for name, m in layers.items()}
+    weights = {f"{name}.weight": _weight(m) for name, m in layers.items()}
     generator = torch.Generator().manual_seed(seed)
     total: dict[str, torch.Tensor] = {}
     count = 0
@@ -133,8 +133,8 @@ def layer_input_hessians(model: nn.Module, layers: Mapping[str, nn.Module], batc
                 model(inputs)
     finally:
         model.train(was_training)
-        for h in handles:
-            h.remove()
+        for handle in handles:
+            handle.remove()
     if not sums:
         raise MethodConfigError("method.calibration_batches: the training split gave no batches for the Hessian")
     hessians = {}
@@ -144,18 +144,28 @@ def layer_input_hessians(model: nn.Module, layers: Mapping[str, nn.Module], batc
     return hessians
 
 
+def _weight(module: nn.Module) -> torch.Tensor:
+    return cast(torch.Tensor, module.weight)
+
+
+def _matrix(module: nn.Module) -> torch.Tensor:
+    """The layer's weight as a float64 matrix [out, in (x kh x kw)]."""
+    weight = _weight(module).detach()
+    return weight.reshape(weight.shape[0], -1).double()
+
+
 def augmented(module: nn.Module) -> torch.Tensor:
     """The layer's weight as a matrix [out, in (x kh x kw)], its bias appended as the last column (float64)."""
-    w = module.weight.detach().reshape(module.weight.shape[0], -1).double()
+    w = _matrix(module)
     bias = getattr(module, "bias", None)
     return torch.cat([w, bias.detach().double().unsqueeze(1)], dim=1) if bias is not None else w
 
 
 def obs_saliency(module: nn.Module, hessian: torch.Tensor) -> torch.Tensor:
     """L-OBS's L_q = w_q^2 / (2 [H^-1]_qq), shaped like the weight: the error removing w_q alone adds."""
-    w = module.weight.detach().reshape(module.weight.shape[0], -1).double()
+    w = _matrix(module)
     hinv_diag = torch.linalg.inv(hessian).diagonal()[:w.shape[1]]
-    return (w.square() / (2 * hinv_diag)).reshape(module.weight.shape).float()
+    return (w.square() / (2 * hinv_diag)).reshape(_weight(module).shape).float()
 
 
 def obs_update(theta: torch.Tensor, keep: torch.Tensor, hessian: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ import copy
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -76,6 +76,9 @@ def hash_positions(numel: int, buckets: int, layer: str, seed: int) -> tuple[tor
 class HashedWeight(nn.Module):
     """Parametrisation: a weight of ``shape`` drawn from a vector of ``buckets`` real weights."""
 
+    index: torch.Tensor
+    sign: torch.Tensor
+
     def __init__(self, shape: torch.Size, buckets: int, layer: str, seed: int) -> None:
         super().__init__()
         index, sign = hash_positions(shape.numel(), buckets, layer, seed)
@@ -98,17 +101,18 @@ def hash_layers(model: nn.Module, buckets: Mapping[str, int], seed: int) -> nn.M
     modules = dict(model.named_modules())
     for name, count in buckets.items():
         module = modules[name]
-        parametrize.register_parametrization(module, "weight", HashedWeight(module.weight.shape, count, name, seed))
+        shape = cast(torch.Tensor, module.weight).shape
+        parametrize.register_parametrization(module, "weight", HashedWeight(shape, count, name, seed))
     return model
 
 
 def bucket_counts(layers: Mapping[str, nn.Module], compression: float) -> dict[str, int]:
     """K = round(compression x |V|) real weights per layer (at least one)."""
-    return {name: max(1, round(compression * m.weight.numel())) for name, m in layers.items()}
+    return {name: max(1, round(compression * cast(torch.Tensor, m.weight).numel())) for name, m in layers.items()}
 
 
 def buckets_of(module: nn.Module) -> torch.Tensor:
-    return module.parametrizations.weight.original  # type: ignore[union-attr,return-value]
+    return cast(torch.Tensor, module.parametrizations.weight.original)  # type: ignore[union-attr]
 
 
 @register_architecture("hashednets")
@@ -123,13 +127,14 @@ def _scratch(model: nn.Module, layers: Mapping[str, nn.Module], seed: int) -> No
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         for module in model.modules():
-            if hasattr(module, "reset_parameters") and not parametrize.is_parametrized(module):
-                module.reset_parameters()
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset) and not parametrize.is_parametrized(module):
+                reset()
         with torch.no_grad():
             for module in layers.values():
-                bound = module.weight[0].numel() ** -0.5
+                bound = cast(torch.Tensor, module.weight)[0].numel() ** -0.5
                 buckets_of(module).uniform_(-bound, bound)
-                if module.bias is not None:
+                if isinstance(module.bias, torch.Tensor):
                     module.bias.uniform_(-bound, bound)
 
 

@@ -29,7 +29,7 @@ from methods.base import CompressionContext
 from methods.config import option
 from methods.hessian import HESSIAN_DIAGONALS, diagonal_hessian, hutchinson_diagonal
 from methods.pruning.filter import calibration_batches
-from methods.pruning.masks import SCOPES, WeightMasks
+from methods.pruning.masks import SCOPES, WeightMasks, weight_of
 from methods.pruning.saliency import SaliencyConfig, SaliencyPruning
 
 
@@ -61,4 +61,4 @@ class OptimalBrainDamage(SaliencyPruning):
             estimate = functools.partial(hutchinson_diagonal, probes=c.probes)
         diagonal = diagonal_hessian(model, masks.layers, calibration_batches(ctx, c.calibration_batches), estimate,
                                     ctx.seed)
-        masks.update(sparsity, c.scope, {n: obd_saliency(m.weight, diagonal[n]) for n, m in masks.layers.items()})
+        masks.update(sparsity, c.scope, {n: obd_saliency(weight_of(m), diagonal[n]) for n, m in masks.layers.items()})

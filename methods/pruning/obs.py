@@ -32,7 +32,7 @@ from methods.base import CompressionContext
 from methods.config import option
 from methods.hessian import augmented, layer_input_hessians, obs_saliency, obs_update
 from methods.pruning.filter import calibration_batches
-from methods.pruning.masks import WeightMasks, saliency_masks
+from methods.pruning.masks import WeightMasks, saliency_masks, weight_of
 from methods.pruning.saliency import SaliencyConfig, SaliencyPruning
 
 
@@ -57,9 +57,10 @@ class LayerwiseOBS(SaliencyPruning):
         scores = {name: obs_saliency(m, hessians[name]) for name, m in masks.layers.items()}
         masks.masks = saliency_masks(scores, sparsity, c.scope)
         for name, module in masks.layers.items():
-            keep = masks.masks[name].reshape(module.weight.shape[0], -1).cpu()
+            weight, bias = weight_of(module), module.bias
+            keep = masks.masks[name].reshape(weight.shape[0], -1).cpu()
             theta = obs_update(augmented(module), keep, hessians[name])
-            module.weight.copy_(theta[:, :keep.shape[1]].reshape(module.weight.shape))
-            if getattr(module, "bias", None) is not None:
-                module.bias.copy_(theta[:, -1])
+            weight.copy_(theta[:, :keep.shape[1]].reshape(weight.shape))
+            if isinstance(bias, torch.Tensor):
+                bias.copy_(theta[:, -1])
         masks.apply()
