@@ -19,7 +19,7 @@ free; timm's ``feature_info`` reductions still describe the ImageNet strides.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from timm.models import register_model
 from timm.models.mobilenetv3 import MobileNetV3, mobilenetv3_large_100, mobilenetv3_small_100
@@ -33,7 +33,8 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 def _cifar_strides(model: MobileNetV3) -> list[nn.Conv2d]:
     """The convs whose stride 2 the CIFAR-size variant sets to 1: the stem and the first strided block's depthwise."""
-    first_strided = next(block.conv_dw for stage in model.blocks for block in stage if block.conv_dw.stride == (2, 2))
+    depthwise = [conv for name, conv in model.blocks.named_modules() if name.endswith("conv_dw")]  # in network order
+    first_strided = next(conv for conv in depthwise if isinstance(conv, nn.Conv2d) and conv.stride == (2, 2))
     return [model.conv_stem, first_strided]
 
 
@@ -45,7 +46,7 @@ def _create(builder: Callable[..., MobileNetV3], model_name: str, cifar: bool, p
         for conv in _cifar_strides(model):
             conv.stride = (1, 1)
         in_chans = model.conv_stem.in_channels
-        model.pretrained_cfg = data_config((in_chans, 32, 32), CIFAR10_MEAN, CIFAR10_STD, model.num_classes,
+        cast(Any, model).pretrained_cfg = data_config((in_chans, 32, 32), CIFAR10_MEAN, CIFAR10_STD, model.num_classes,
                                            first_conv="conv_stem", classifier="classifier")
     return model
 
