@@ -44,3 +44,23 @@ def test_quantization_codebook_fixed_point_grid(fraction_bits, rounding):
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_quantization_ptq_variants(variant):
     assert isinstance(create_method("ptq", calibration_batches=16, **VARIANTS[variant]), CompressionMethod)
+
+
+def test_a_study_resumes_and_drops_only_the_runs_of_changed_settings(tmp_path: Path) -> None:
+    from benchmarks.studies.runs import Runs
+
+    path, measured = tmp_path / "figures.json", []
+
+    def measure(key: str) -> dict[str, str]:
+        measured.append(key)
+        return {"key": key}
+
+    parts = {"mnist": ["epochs"], "cifar": ["subset"]}
+    study = Runs(path, {"epochs": 1, "subset": 10}, parts=parts)
+    for key in ("mnist/a", "cifar/a"):
+        study.get(key, lambda key=key: measure(key))
+    resumed = Runs(path, {"epochs": 1, "subset": 20}, parts=parts)  # cifar's setting changed: its run is redone
+    for key in ("mnist/a", "cifar/a"):
+        resumed.get(key, lambda key=key: measure(key))
+    assert measured == ["mnist/a", "cifar/a", "cifar/a"]
+    assert sorted(Runs(path, {"epochs": 2, "subset": 20}).data["runs"]) == []  # no parts: all or nothing

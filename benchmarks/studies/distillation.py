@@ -34,9 +34,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import datetime as _dt
-import json
-import os
 import statistics
 import tempfile
 import time
@@ -53,10 +50,10 @@ from benchmarks.data import CIFAR10JPEGDataModule, MNISTDataModule
 from benchmarks.data.base import ImageDataModule
 from benchmarks.models import build_model
 from benchmarks.schema import RecipeConfig, TrainerConfig
+from benchmarks.studies.runs import Runs
 from benchmarks.training import evaluate, fit
 from hardware.layers import count_macs
 from hardware.measured import LocalCPU
-from hardware.protocol import machine_provenance
 from methods import create_method
 from methods.base import CompressionContext
 
@@ -114,29 +111,6 @@ PART_SETTINGS = {"hinton": ("seeds", "epochs", "teacher_epochs", "students", "kd
                  "cifar_students": ("seeds", "cifar_train_subset", "cifar_epochs", "cifar", "cifar_recipe")}
 
 
-class Study:
-    """The JSON of figures, written after every run; runs already in it, of unchanged settings, are skipped."""
-
-    def __init__(self, path: Path, settings: dict[str, Any]) -> None:
-        self.path = path
-        old = json.loads(path.read_text()) if path.exists() else {"settings": {}, "runs": {}}
-        changed = [part for part, keys in PART_SETTINGS.items()
-                   if any(old["settings"].get(key) != settings.get(key) for key in keys)]
-        runs = {key: run for key, run in old["runs"].items() if key.split("/", 1)[0] not in changed}
-        self.figures: dict[str, Any] = {"settings": settings, "runs": runs, "machine": machine_provenance()}
-
-    def run(self, key: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        if key not in self.figures["runs"]:
-            start = time.perf_counter()
-            row = measure()
-            self.figures["runs"][key] = {**row, "seconds": time.perf_counter() - start,
-                                         "load_average": list(os.getloadavg()),
-                                         "date": f"{_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC"}
-            self.path.write_text(json.dumps(self.figures, indent=1) + "\n")
-            print(key, json.dumps(self.figures["runs"][key]), flush=True)
-        return dict(self.figures["runs"][key])
-
-
 def _scores(model: nn.Module, dm: ImageDataModule) -> dict[str, float]:
     model.eval()
     test = evaluate(model, dm, "test")["top1"]
@@ -157,10 +131,10 @@ def _trained(name: str, dm: ImageDataModule, epochs: float, seed: int, work: Pat
     return model.eval()
 
 
-def hinton(study: Study, dm: ImageDataModule, args: argparse.Namespace, work: Path) -> None:
+def hinton(study: Runs, dm: ImageDataModule, args: argparse.Namespace, work: Path) -> None:
     teacher_seed = args.seeds[0]
     teacher = _trained("mlp", dm, args.teacher_epochs, teacher_seed, work)
-    study.run("hinton/teacher", lambda: {"seed": teacher_seed, "params": sum(p.numel() for p in teacher.parameters()),
+    study.get("hinton/teacher", lambda: {"seed": teacher_seed, "params": sum(p.numel() for p in teacher.parameters()),
                                          **_scores(teacher, dm)})
     for seed in args.seeds:
         for student, spec in STUDENTS.items():
@@ -174,18 +148,18 @@ def hinton(study: Study, dm: ImageDataModule, args: argparse.Namespace, work: Pa
                     result = method.compress(teacher, _timed(ctx, seconds))
                     return {"seed": seed, "T": spec["T"], "alpha": alpha, "params": result.metrics["student_params"],
                             "train_seconds": sum(seconds), **_scores(result.model, dm)}
-                study.run(f"hinton/{student}/{arm}/s{seed}", measure)
+                study.get(f"hinton/{student}/{arm}/s{seed}", measure)
 
 
 def _baseline_row(base: nn.Module, seed: int, dm: ImageDataModule, shape: tuple[int, ...]) -> dict[str, Any]:
     return {"seed": seed, "macs": count_macs(base, shape), **_scores(base, dm)}
 
 
-def _recover(study: Study, part: str, dm: ImageDataModule, base: nn.Module, seed: int, methods: dict[str, Any],
+def _recover(study: Runs, part: str, dm: ImageDataModule, base: nn.Module, seed: int, methods: dict[str, Any],
              epochs: float, recipe: Callable[[str], RecipeConfig], args: argparse.Namespace, work: Path) -> None:
     """Each of ``methods`` applied to ``base`` and fine-tuned ``epochs`` with CE, then with KD from ``base``."""
     shape = (1, *dm.input_shape)
-    study.run(f"{part}/baseline/s{seed}", partial(_baseline_row, base, seed, dm, shape))
+    study.get(f"{part}/baseline/s{seed}", partial(_baseline_row, base, seed, dm, shape))
     for name, spec in methods.items():
         for arm in ("ce", "kd"):
             def measure(spec: dict[str, Any] = spec, arm: str = arm) -> dict[str, Any]:
@@ -198,10 +172,10 @@ def _recover(study: Study, part: str, dm: ImageDataModule, base: nn.Module, seed
                 return {"seed": seed, "method": spec["method"], "settings": spec["settings"],
                         "macs": count_macs(result.model, shape), "finetune_seconds": sum(seconds),
                         "seconds_per_epoch": sum(seconds) / epochs, **_scores(result.model, dm)}
-            study.run(f"{part}/{name}/{arm}/s{seed}", measure)
+            study.get(f"{part}/{name}/{arm}/s{seed}", measure)
 
 
-def recovery(study: Study, dm: ImageDataModule, args: argparse.Namespace, work: Path) -> None:
+def recovery(study: Runs, dm: ImageDataModule, args: argparse.Namespace, work: Path) -> None:
     for seed in args.seeds:
         base = _trained("lenet5", dm, args.baseline_epochs, seed, work)
         _recover(study, "recovery", dm, base, seed, RECOVERY, args.finetune_epochs,
@@ -213,7 +187,7 @@ def _cifar_teacher(args: argparse.Namespace) -> nn.Module:
                        pretrained=str(args.source_dir / CIFAR_TEACHER["weights"])).eval()
 
 
-def cifar_recovery(study: Study, dm: ImageDataModule, args: argparse.Namespace, work: Path) -> None:
+def cifar_recovery(study: Runs, dm: ImageDataModule, args: argparse.Namespace, work: Path) -> None:
     base = _cifar_teacher(args)
     pruning = {name: spec for name, spec in RECOVERY.items() if spec["method"] == "filter"}
     for seed in args.seeds:
@@ -221,9 +195,9 @@ def cifar_recovery(study: Study, dm: ImageDataModule, args: argparse.Namespace, 
                  partial(_cifar_recipe, args.cifar_finetune_epochs), args, work)
 
 
-def cifar_students(study: Study, dm: ImageDataModule, args: argparse.Namespace, work: Path) -> None:
+def cifar_students(study: Runs, dm: ImageDataModule, args: argparse.Namespace, work: Path) -> None:
     teacher = _cifar_teacher(args)
-    study.run("cifar_students/teacher", partial(_baseline_row, teacher, args.seeds[0], dm, CIFAR_INPUT))
+    study.get("cifar_students/teacher", partial(_baseline_row, teacher, args.seeds[0], dm, CIFAR_INPUT))
     for seed in args.seeds:
         for arm, alpha in (("scratch", 0.0), ("kd", CIFAR_KD["alpha"])):
             def measure(seed: int = seed, alpha: float = alpha) -> dict[str, Any]:
@@ -236,11 +210,11 @@ def cifar_students(study: Study, dm: ImageDataModule, args: argparse.Namespace, 
                 return {"seed": seed, "T": CIFAR_KD["T"], "alpha": alpha, "params": result.metrics["student_params"],
                         "macs": count_macs(result.model, CIFAR_INPUT), "train_seconds": sum(seconds),
                         "seconds_per_epoch": sum(seconds) / args.cifar_epochs, **_scores(result.model, dm)}
-            study.run(f"cifar_students/{arm}/s{seed}", measure)
+            study.get(f"cifar_students/{arm}/s{seed}", measure)
 
 
 #: each part and the dataset it runs on
-PARTS: dict[str, tuple[str, Callable[[Study, ImageDataModule, argparse.Namespace, Path], None]]] = {
+PARTS: dict[str, tuple[str, Callable[[Runs, ImageDataModule, argparse.Namespace, Path], None]]] = {
     "hinton": ("mnist", hinton), "recovery": ("mnist", recovery),
     "cifar_recovery": ("cifar10_jpeg", cifar_recovery), "cifar_students": ("cifar10_jpeg", cifar_students)}
 
@@ -295,8 +269,8 @@ def main(argv: list[str] | None = None) -> int:
                            "val_subset": args.cifar_val_subset},
                     cifar_recipe=dataclasses.asdict(_cifar_recipe(0)))
     args.work.mkdir(parents=True, exist_ok=True)
-    study = Study(args.out / FIGURES, settings)
-    study.figures["command"] = "python -m benchmarks.studies.distillation " + " ".join(
+    study = Runs(args.out / FIGURES, settings, parts=PART_SETTINGS)
+    study.data["command"] = "python -m benchmarks.studies.distillation " + " ".join(
         [f"--parts {' '.join(args.parts)}", f"--seeds {' '.join(map(str, args.seeds))}", f"--epochs {args.epochs:g}",
          f"--teacher-epochs {args.teacher_epochs:g}",
          f"--baseline-epochs {args.baseline_epochs:g}", f"--finetune-epochs {args.finetune_epochs:g}",

@@ -1,8 +1,9 @@
 """A study's JSON of figures, resumable: one entry per finished run, written as each run ends.
 
 A rerun with the same settings skips the runs already in the file; changed settings start it
-afresh (the figures must all come from one setting). Studies whose parts depend on different
-settings (``distillation``) keep their own finer rule.
+afresh (the figures must all come from one setting). A study whose parts depend on different
+settings (``distillation``) names them: ``parts`` maps a part (the first segment of a run's key)
+to the settings it depends on, and a change drops that part's runs only.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import datetime as _dt
 import json
 import os
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,17 @@ from hardware.protocol import machine_provenance
 class Runs:
     """``path``: settings, the machine, and ``runs`` by key; ``hidden`` keys are not echoed to the console."""
 
-    def __init__(self, path: Path, settings: dict[str, Any], hidden: Collection[str] = ()) -> None:
+    def __init__(self, path: Path, settings: dict[str, Any], hidden: Collection[str] = (),
+                 parts: Mapping[str, Collection[str]] | None = None) -> None:
         self.path = path
         self.hidden = set(hidden)
         old = json.loads(path.read_text()) if path.exists() else {}
-        kept = old.get("runs", {}) if old.get("settings") == settings else {}
+        before = old.get("settings", {})
+        if parts is None:
+            kept = old.get("runs", {}) if before == settings else {}
+        else:
+            changed = {part for part, keys in parts.items() if any(before.get(k) != settings.get(k) for k in keys)}
+            kept = {key: run for key, run in old.get("runs", {}).items() if key.split("/", 1)[0] not in changed}
         self.data: dict[str, Any] = {"settings": settings, "runs": kept, "machine": machine_provenance()}
 
     def get(self, key: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
