@@ -1,0 +1,309 @@
+"""Hessian-weighted quantization and vector quantization (issue 16): Choi et al. 2017 against plain k-means,
+ECSQ against k-means at equal bits, residual quantization and Q-CNN against product quantization.
+
+    OMP_NUM_THREADS=1 python -m benchmarks.studies.hessian_quantization --parts scalar vq resnet20
+    python -m benchmarks.studies.report hessian_quantization          # results/hessian_quantization.md
+
+- ``scalar``: LeNet-5 on MNIST (trained ``--baseline-epochs`` with conf/recipe/mnist_sgd's recipe), every
+  conv/linear layer shared into 2**bits values at 2, 3 and 4 bits, codes Huffman-coded, without and with
+  ``--finetune-epochs`` of shared-value fine-tuning: plain k-means per layer (Deep Compression's) and over
+  the whole network, Hessian-weighted k-means of the whole network (``fisher``: the Gauss-Newton diagonal;
+  ``adam``: sqrt of Adam's second moment), ECSQ by uniform quantization (plain and Hessian-weighted means)
+  and iterative ECSQ (``lagrangian``, 2**4 starting clusters, two multipliers, no fine-tuning).
+- ``vq``: the same LeNet-5, its conv2 and fc1 (the first and last layers stay float32, as in Gong et al.)
+  by PQ, RQ and Q-CNN without fine-tuning; RQ with one-bit stages against PQ with two-bit codewords is an
+  exact equal-size pair, Q-CNN has PQ's size at the same settings by construction.
+- ``resnet20``: akamaster's pretrained ResNet-20 on ``cifar10_jpeg`` (no training): plain against
+  Hessian-weighted k-means of the whole network at 2, 3 and 4 bits, no fine-tuning; importance from
+  ``--cifar-batches`` training batches, test top-1 on ``--cifar-test-subset`` test images (a subset, for
+  this shared 2-core machine), validation top-1 on the 5,000-image validation split's first 1,024.
+
+Settings are fixed in advance; test top-1 is reported, validation top-1 beside it. Resumable: each finished
+run is written to the JSON at once and skipped on a rerun with the same settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from benchmarks.context import make_context
+from benchmarks.data import CIFAR10JPEGDataModule, MNISTDataModule
+from benchmarks.models import build_model
+from benchmarks.schema import RecipeConfig, TrainerConfig
+from benchmarks.training import evaluate, fit
+from hardware.measured import LocalCPU
+from hardware.protocol import machine_provenance
+from methods import create_method
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED = ROOT.parent / "shared" / "data"
+RESNET20 = SHARED / "weights" / "akamaster-resnet-cifar10" / "resnet20-12fca82f.th"
+BITS = (2, 3, 4)
+#: scalar quantizers, by label: (method, settings); all Huffman-code their indices
+SCALAR: dict[str, tuple[str, dict[str, Any]]] = {
+    "k-means, per layer": ("hessian_kmeans", {"importance": "none", "scope": "layer"}),
+    "k-means, network": ("hessian_kmeans", {"importance": "none"}),
+    "Hessian k-means (fisher)": ("hessian_kmeans", {"importance": "fisher", "calibration_batches": 2}),
+    "Hessian k-means (adam)": ("hessian_kmeans", {"importance": "adam", "calibration_batches": 2}),
+    "ECSQ uniform": ("ecsq", {"importance": "none"}),
+    "ECSQ uniform, Hessian means": ("ecsq", {"importance": "fisher", "calibration_batches": 2}),
+}
+#: 2 batches of 128 training images for the importance: the exact Fisher diagonal (per-sample gradients
+#: for each of 10 classes) took over 7 minutes for 8 batches on this loaded machine
+FINETUNED = ("k-means, per layer", "k-means, network", "Hessian k-means (fisher)")
+LAGRANGIAN = (0.005, 0.02)
+#: vector quantizers of LeNet-5's conv2 and fc1, by label: (method, settings)
+_VQ_LAYERS = {"layers": {"first": False, "last": False}}
+VQ: dict[str, tuple[str, dict[str, Any]]] = {
+    **{f"{m} b={b} d={d}": (m, {"bits": b, "subvector_length": d, "subvector_length_per_layer": {"conv2": 5 * d // 4},
+                                **_VQ_LAYERS})
+       for m in ("pq", "qcnn") for b, d in ((2, 4), (4, 4), (4, 8))},
+    **{f"rq b=1x2 d={d}": ("rq", {"bits": 1, "stages": 2, "subvector_length": d,
+                                  "subvector_length_per_layer": {"conv2": 5 * d // 4}, **_VQ_LAYERS}) for d in (4, 8)},
+    "rq b=2x2 d=4": ("rq", {"bits": 2, "stages": 2, "subvector_length": 4, "subvector_length_per_layer": {"conv2": 5},
+                            **_VQ_LAYERS}),
+}
+
+
+class Runs:
+    """results/hessian_quantization.json: settings and one entry per finished run, written as each ends."""
+
+    def __init__(self, path: Path, settings: dict[str, Any]) -> None:
+        self.path = path
+        old = json.loads(path.read_text()) if path.exists() else {}
+        kept = old.get("runs", {}) if old.get("settings") == settings else {}
+        self.data: dict[str, Any] = {"settings": settings, "runs": kept, "machine": machine_provenance()}
+
+    def get(self, key: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        runs = self.data["runs"]
+        if key not in runs:
+            start = time.perf_counter()
+            row = measure()
+            runs[key] = {**row, "seconds": round(time.perf_counter() - start, 1), "load_average": list(os.getloadavg()),
+                         "date": f"{_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC"}
+            self.path.write_text(json.dumps(self.data, indent=1) + "\n")
+            print(key, json.dumps(runs[key]), flush=True)
+        return runs[key]
+
+
+def _mnist_recipe(epochs: float) -> RecipeConfig:
+    """conf/recipe/mnist_sgd.yaml's recipe at ``epochs``."""
+    return RecipeConfig(epochs=epochs, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4, scheduler="cosine")
+
+
+def _scores(model: nn.Module, dm: Any) -> dict[str, float]:
+    model.eval()
+    return {"test_top1": evaluate(model, dm, "test")["top1"], "val_top1": evaluate(model, dm, "val")["top1"]}
+
+
+KEPT = ("size_total_bytes", "size_fixed_length_bytes", "size_weights_bytes", "size_codebook_bytes", "bits_per_weight",
+        "compression_ratio", "weighted_distortion")
+
+
+def _compress(method: str, settings: dict[str, Any], base: nn.Module, dm: Any, recipe: RecipeConfig,
+              work: Path) -> dict[str, Any]:
+    """One compression of ``base`` by ``method`` with ``settings``: its scores and stored sizes."""
+    ctx = make_context(dm, LocalCPU(), recipe, TrainerConfig(progress_bar=False), 0, Path(tempfile.mkdtemp(dir=work)))
+    result = create_method(method, **settings).compress(base, ctx)
+    errors = {k: v for k, v in result.metrics.items() if k.endswith(("response_error", "response_error_pq"))}
+    return {"method": method, "settings": settings, "stored_bytes": result.stored_bytes, **_scores(result.model, dm),
+            **{k: result.metrics[k] for k in KEPT if k in result.metrics}, **errors}
+
+
+def _lenet5(dm: MNISTDataModule, epochs: float, work: Path) -> nn.Module:
+    torch.manual_seed(1)
+    model = build_model("lenet5", num_classes=10, in_chans=1)
+    path = work / f"lenet5_s1_e{epochs:g}.pt"
+    if path.exists():
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    else:
+        fit(model, dm, _mnist_recipe(epochs), TrainerConfig(progress_bar=False), seed=1)
+        torch.save(model.state_dict(), path)
+    return model.eval()
+
+
+def scalar(runs: Runs, args: argparse.Namespace, work: Path) -> None:
+    dm = _mnist(args)
+    base = _lenet5(dm, args.baseline_epochs, work)
+    runs.get("scalar/baseline", lambda: {"stored_bytes": 4 * sum(t.numel() for t in base.state_dict().values()),
+                                         **_scores(base, dm)})
+    recipe = _mnist_recipe(args.finetune_epochs)
+    for epochs in (0.0, args.finetune_epochs):
+        for bits in BITS:
+            for label, (method, settings) in SCALAR.items():
+                if epochs and label not in FINETUNED:
+                    continue
+                full = {**settings, "bits": bits, "finetune": {"epochs": epochs, "lr": args.finetune_lr}}
+                runs.get(f"scalar/{label}/b{bits}/ft{epochs:g}", partial(_compress, method, full, base, dm, recipe, work))
+    for lagrange in LAGRANGIAN:
+        full = {"scheme": "lagrangian", "lagrange_multiplier": lagrange, "importance": "fisher", "calibration_batches": 2,
+                "bits": 4, "finetune": {"epochs": 0.0}}
+        runs.get(f"scalar/ECSQ lagrangian {lagrange:g}/b4/ft0", partial(_compress, "ecsq", full, base, dm, recipe, work))
+
+
+def vq(runs: Runs, args: argparse.Namespace, work: Path) -> None:
+    dm = _mnist(args)
+    base = _lenet5(dm, args.baseline_epochs, work)
+    for label, (method, settings) in VQ.items():
+        runs.get(f"vq/{label}", partial(_compress, method, settings, base, dm, _mnist_recipe(1), work))
+
+
+def resnet20(runs: Runs, args: argparse.Namespace, work: Path) -> None:
+    dm = CIFAR10JPEGDataModule(data_dir=ROOT / "data", source_dir=SHARED, name="cifar10_jpeg", batch_size=64,
+                               eval_batch_size=256, seed=42, val_size=5000, val_subset=1024,
+                               test_subset=args.cifar_test_subset, mean=[0.485, 0.456, 0.406],
+                               std=[0.229, 0.224, 0.225], augment=False)
+    dm.prepare_data()
+    dm.setup("fit")
+    base = build_model("resnet20_cifar", 10, 3, RESNET20).eval()
+    runs.get("resnet20/baseline", lambda: _scores(base, dm))
+    recipe = RecipeConfig(epochs=1, lr=0.01, weight_decay=0.0)
+    for bits in BITS:
+        for label in ("k-means, network", "Hessian k-means (fisher)"):
+            method, settings = SCALAR[label]
+            full = {**settings, "bits": bits, "calibration_batches": args.cifar_batches, "finetune": {"epochs": 0.0}}
+            runs.get(f"resnet20/{label}/b{bits}/ft0", partial(_compress, method, full, base, dm, recipe, work))
+
+
+def _mnist(args: argparse.Namespace) -> MNISTDataModule:
+    dm = MNISTDataModule(data_dir=ROOT / "data", source_dir=SHARED, batch_size=128, eval_batch_size=256, seed=42,
+                         val_size=5000)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+PARTS: dict[str, Callable[[Runs, argparse.Namespace, Path], None]] = {"scalar": scalar, "vq": vq, "resnet20": resnet20}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", nargs="+", choices=sorted(PARTS), default=sorted(PARTS))
+    parser.add_argument("--baseline-epochs", type=float, default=3)
+    parser.add_argument("--finetune-epochs", type=float, default=0.5)
+    parser.add_argument("--finetune-lr", type=float, default=1e-4, help="conf/method/kmeans.yaml's")
+    parser.add_argument("--cifar-test-subset", type=int, default=2000)
+    parser.add_argument("--cifar-batches", type=int, default=4, help="training batches of 64 for the importance")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "hessian_quantization.json")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    settings = {k: v for k, v in vars(args).items() if k not in ("parts", "out")}
+    runs = Runs(args.out, settings)
+    work = ROOT / "outputs" / "hessian_quantization"
+    work.mkdir(parents=True, exist_ok=True)
+    for part in args.parts:
+        PARTS[part](runs, args, work)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
+# ------------------------------------------------------------------------------ the report
+def _cell(run: dict[str, Any] | None) -> str:
+    """test top-1, stored KB, code bits per weight of one run."""
+    if run is None:
+        return "-"
+    bits = f", {run['bits_per_weight']:.2f} b/w" if "bits_per_weight" in run else ""
+    return f"{run['test_top1']:.2f} ({run['stored_bytes'] / 1024:.1f} KB{bits})"
+
+
+def _delta(runs: dict[str, Any], a: str, b: str) -> str:
+    """Test top-1 of run ``a`` minus run ``b``, in points, when both exist."""
+    if a not in runs or b not in runs:
+        return "-"
+    return f"{runs[a]['test_top1'] - runs[b]['test_top1']:+.2f}"
+
+
+def _scalar_section(runs: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+    base = runs.get("scalar/baseline")
+    if base is None:
+        return []
+    ft = settings["finetune_epochs"]
+    out = ["## Scalar quantization of LeNet-5 (MNIST), codes Huffman-coded", "",
+           f"Baseline: LeNet-5 trained {settings['baseline_epochs']:g} epochs, test top-1 {base['test_top1']:.2f} "
+           f"(validation {base['val_top1']:.2f}), {base['stored_bytes'] / 1024:.1f} KB as float32. Every conv/linear "
+           "layer shared; a cell is test top-1 (stored file, average Huffman code bits per weight).", ""]
+    for epochs, title in ((0.0, "without fine-tuning"), (ft, f"after {ft:g} epoch of shared-value fine-tuning "
+                                                             f"(lr {settings['finetune_lr']:g})")):
+        labels = [label for label in SCALAR if not epochs or label in FINETUNED]
+        out += [f"### {title.capitalize()}", "", "| quantizer | " + " | ".join(f"{b} bits" for b in BITS) + " |",
+                "|---|" + "---|" * len(BITS)]
+        out += [f"| {label} | " + " | ".join(_cell(runs.get(f"scalar/{label}/b{b}/ft{epochs:g}")) for b in BITS) + " |"
+                for label in labels]
+        pairs = [("Hessian k-means (fisher)", "k-means, network"), ("Hessian k-means (fisher)", "k-means, per layer")]
+        if not epochs:
+            pairs.append(("ECSQ uniform", "k-means, network"))
+        out += ["", "Test top-1 change at equal bits, in points: " + "; ".join(
+            f"{b} bits: " + ", ".join(f"{a} - {z} {_delta(runs, f'scalar/{a}/b{b}/ft{epochs:g}', f'scalar/{z}/b{b}/ft{epochs:g}')}"
+                                      for a, z in pairs)
+            for b in BITS) + ".", ""]
+    lagr = [(lam, runs.get(f"scalar/ECSQ lagrangian {lam:g}/b4/ft0")) for lam in LAGRANGIAN]
+    out += ["### Iterative ECSQ (Lagrangian), 16 starting clusters, Hessian (fisher) weighted, no fine-tuning", "",
+            "| lagrange_multiplier | test top-1 (stored, bits per weight) |", "|---|---|"]
+    out += [f"| {lam:g} | {_cell(run)} |" for lam, run in lagr]
+    return [*out, ""]
+
+
+def _vq_section(runs: dict[str, Any]) -> list[str]:
+    rows = [(label, runs.get(f"vq/{label}")) for label in VQ]
+    if not any(run for _label, run in rows):
+        return []
+    out = ["## Vector quantization of LeNet-5's conv2 and fc1 (no fine-tuning)", "",
+           "b: bits per codeword index (RQ: bits x stages), d: sub-vector length (conv2: 5d/4, a divisor of its 500 "
+           "columns). Response error: ||(W - W_hat) x||^2 / ||W x||^2 on the calibration inputs, per layer.", "",
+           "| quantizer | stored KB | test top-1 | val top-1 | response error conv2 | response error fc1 |",
+           "|---|---|---|---|---|---|"]
+    for label, run in rows:
+        if run is None:
+            continue
+        errors = [f"{run[f'layer/{n}/response_error']:.4f} (PQ {run[f'layer/{n}/response_error_pq']:.4f})"
+                  if f"layer/{n}/response_error" in run else "-" for n in ("conv2", "fc1")]
+        out.append(f"| {label} | {run['stored_bytes'] / 1024:.1f} | {run['test_top1']:.2f} | {run['val_top1']:.2f} | "
+                   f"{errors[0]} | {errors[1]} |")
+    out += ["", "Equal-size pairs, test top-1 change in points: " + "; ".join(
+        [f"qcnn - pq at b={b} d={d}: {_delta(runs, f'vq/qcnn b={b} d={d}', f'vq/pq b={b} d={d}')}"
+         for b, d in ((2, 4), (4, 4), (4, 8))]
+        + [f"rq b=1x2 - pq b=2 at d={d}: {_delta(runs, f'vq/rq b=1x2 d={d}', f'vq/pq b=2 d={d}')}" for d in (4,)]) + ".",
+            ""]
+    return out
+
+
+def _resnet_section(runs: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+    base = runs.get("resnet20/baseline")
+    if base is None:
+        return []
+    out = ["## ResNet-20 (akamaster's pretrained weights), cifar10_jpeg, no fine-tuning", "",
+           f"Test top-1 on the first {settings['cifar_test_subset']} test images (a subset), importance from "
+           f"{settings['cifar_batches']} training batches of 64. Float baseline: {base['test_top1']:.2f} "
+           f"(validation {base['val_top1']:.2f}).", "",
+           "| quantizer | " + " | ".join(f"{b} bits" for b in BITS) + " |", "|---|" + "---|" * len(BITS)]
+    out += [f"| {label} | " + " | ".join(_cell(runs.get(f"resnet20/{label}/b{b}/ft0")) for b in BITS) + " |"
+            for label in ("k-means, network", "Hessian k-means (fisher)")]
+    return [*out, ""]
+
+
+def render(figures: dict[str, Any]) -> str:
+    """results/hessian_quantization.md from results/hessian_quantization.json."""
+    runs, settings = figures["runs"], figures["settings"]
+    machine = figures.get("machine", {})
+    return "\n".join([
+        "# Hessian-weighted quantization and vector quantization (issue 16)", "",
+        "Written by `python -m benchmarks.studies.report hessian_quantization` from results/hessian_quantization.json "
+        "(`OMP_NUM_THREADS=1 python -m benchmarks.studies.hessian_quantization`). One seed; settings "
+        f"`{json.dumps(settings, sort_keys=True)}`; machine: {machine.get('cpu', machine) if isinstance(machine, dict) else machine}.",
+        "",
+        *_scalar_section(runs, settings), *_vq_section(runs), *_resnet_section(runs, settings)])
