@@ -17,6 +17,7 @@ errors the CLI prints as one line (``error: ...``) instead of a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import urllib.error
@@ -210,6 +211,7 @@ def check_tracking_store(logger_cfg: DictConfig) -> None:
                                   f"({err.strerror}); {fix}") from None
     elif uri.startswith(("http://", "https://")):
         check_server(uri, float(logger_cfg.get("timeout_s", 10)))
+        bound_server_calls(float(logger_cfg.get("timeout_s", 10)))
     if logger_cfg.get("artifact_location"):
         ensure_writable(Path(logger_cfg.artifact_location), "logger.artifact_location",
                         "set logger.artifact_location=<a writable folder>")
@@ -224,6 +226,17 @@ def default_logger() -> DictConfig:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config")
     return cast(DictConfig, OmegaConf.create(OmegaConf.to_container(cfg.logger, resolve=True)))  # a mapping node
+
+
+#: MLflow's REST client waits 120 s a call and retries 7 times with doubling pauses (minutes on a
+#: silent server); a run's calls wait logger.timeout_s each, in 3 tries 1 s and 2 s apart
+SERVER_CALLS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
+def bound_server_calls(timeout_s: float) -> None:
+    """Bound the wait of the run's MLflow calls on a server that stops answering (an explicit env setting wins)."""
+    for variable, value in {**SERVER_CALLS, "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, round(timeout_s)))}.items():
+        os.environ.setdefault(variable, value)
 
 
 def check_server(uri: str, timeout_s: float) -> None:

@@ -22,9 +22,11 @@ from typing import Any, TypeVar
 import mlflow
 import optuna
 from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from benchmarks.runs import Interrupted, mark_orphans, process_tags
+from benchmarks.schema import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +36,30 @@ T = TypeVar("T")
 _MAX_PARAM_LENGTH = 6000
 
 
+class TrackingServerError(ConfigError):
+    """The tracking server stopped answering during a run; each call waited ``logger.timeout_s``, tried 3 times."""
+
+
+def server_gone(error: BaseException) -> bool:
+    """An MLflow call failed because the server did not answer (MLflow's REST client words it so)."""
+    return isinstance(error, TrackingServerError) or (
+        isinstance(error, MlflowException) and str(error).startswith("API request to"))
+
+
+def _server_error(error: BaseException) -> TrackingServerError:
+    reason = " ".join(str(error).split())[:300]
+    return TrackingServerError(f"logger.tracking_uri: the tracking server stopped answering ({reason}); restart it, "
+                               "or raise logger.timeout_s if it is only slow, and run again")
+
+
 def retry_locked(fn: Callable[[], T], attempts: int = 30, wait_s: float = 0.2) -> T:
-    """Call ``fn``, retrying while the sqlite store reports that it is locked."""
+    """Call ``fn``, retrying while the sqlite store reports that it is locked; a silent server is an error."""
     for attempt in range(attempts):
         try:
             return fn()
         except Exception as err:  # sqlite3 and SQLAlchemy wrap the lock error differently
+            if server_gone(err):
+                raise _server_error(err) from None
             if "locked" not in str(err).lower() or attempt == attempts - 1:
                 raise
             time.sleep(wait_s * (1 + attempt))
@@ -218,6 +238,9 @@ def mlflow_run(
         raise
     except BaseException as err:
         status = RunStatus.to_string(RunStatus.FAILED)
+        if server_gone(err):  # nothing more can be written: say so at once
+            ending = _server_error(err)
+            raise ending from None
         recorder.text("".join(traceback.format_exception(err)), "error.txt")
         recorder.tags({"error": f"{type(err).__name__}: {err}"[:5000]})
         ending = err
@@ -225,10 +248,14 @@ def mlflow_run(
     finally:
         for signum in previous:  # the run's end is written whole, then signals act again
             signal.signal(signum, signal.SIG_IGN)
-        retry_locked(lambda: client.set_terminated(run.info.run_id, status=status))
+        if not isinstance(ending, TrackingServerError):
+            retry_locked(lambda: client.set_terminated(run.info.run_id, status=status))
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         closing = f"[mlflow] {where(run.info, status, tracking_uri)}"
+        if isinstance(ending, TrackingServerError):
+            closing = (f"[mlflow] run {run.info.run_name} ({run.info.run_id}) stays RUNNING in {tracking_uri}: once the "
+                       f"server answers, `python -m benchmarks.runs cleanup --tracking-uri {tracking_uri}` marks it KILLED")
         if ending is None:
             log.info("%s", closing)
         else:  # printed after the error (benchmarks.__main__, a traceback's last line, the sweeper's log)

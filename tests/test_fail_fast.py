@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import http.server
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -121,6 +123,40 @@ def test_unreachable_server_fails_within_the_bound(run_env: dict[str, str], list
         assert_one_line_error(done, "logger.tracking_uri", server, "does not answer")
         done = cli(run_env, "benchmarks.runs", "cleanup", "--tracking-uri", server, timeout=60)
         assert_one_line_error(done, server)
+
+
+class _HealthOnly(http.server.BaseHTTPRequestHandler):
+    """A tracking server that answers its health check, then never answers the API (a hung server)."""
+
+    def do_GET(self) -> None:  # noqa: N802  (http.server's name)
+        if self.path.startswith("/health"):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"OK")
+        else:
+            time.sleep(60)
+
+    do_POST = do_GET  # noqa: N815
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@needs_shared_data
+@pytest.mark.e2e
+def test_a_server_that_stops_answering_fails_the_run_within_its_bound(run_env: dict[str, str],
+                                                                       data_root: Path) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HealthOnly)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        uri = f"http://127.0.0.1:{server.server_address[1]}"
+        # MLflow's own bound (120 s a call, 7 retries) would outlast this timeout many times over
+        done = cli({**run_env, "MLFLOW_TRACKING_URI": uri}, "benchmarks", f"paths.data_dir={data_root}",
+                   "logger.timeout_s=1", timeout=150)
+    finally:
+        server.shutdown()
+    assert_one_line_error(done, "logger.tracking_uri", "stopped answering", "logger.timeout_s")
 
 
 def _restore_default_sigint() -> None:
