@@ -156,10 +156,15 @@ def _baseline_row(base: nn.Module, seed: int, dm: ImageDataModule, shape: tuple[
 
 
 def _recover(study: Runs, part: str, dm: ImageDataModule, base: nn.Module, seed: int, methods: dict[str, Any],
-             epochs: float, recipe: Callable[[str], RecipeConfig], args: argparse.Namespace, work: Path) -> None:
-    """Each of ``methods`` applied to ``base`` and fine-tuned ``epochs`` with CE, then with KD from ``base``."""
+             epochs: float, recipe: Callable[[str], RecipeConfig], args: argparse.Namespace, work: Path,
+             base_seed: int | None = None) -> None:
+    """Each of ``methods`` applied to ``base`` and fine-tuned ``epochs`` with CE, then with KD from ``base``.
+
+    ``base_seed``: the seed ``base`` was trained with (default ``seed``); a baseline shared by all seeds is scored once.
+    """
     shape = (1, *dm.input_shape)
-    study.get(f"{part}/baseline/s{seed}", partial(_baseline_row, base, seed, dm, shape))
+    base_seed = seed if base_seed is None else base_seed
+    study.get(f"{part}/baseline/s{base_seed}", partial(_baseline_row, base, base_seed, dm, shape))
     for name, spec in methods.items():
         for arm in ("ce", "kd"):
             def measure(spec: dict[str, Any] = spec, arm: str = arm) -> dict[str, Any]:
@@ -192,7 +197,7 @@ def cifar_recovery(study: Runs, dm: ImageDataModule, args: argparse.Namespace, w
     pruning = {name: spec for name, spec in RECOVERY.items() if spec["method"] == "filter"}
     for seed in args.seeds:
         _recover(study, "cifar_recovery", dm, base, seed, pruning, args.cifar_finetune_epochs,
-                 partial(_cifar_recipe, args.cifar_finetune_epochs), args, work)
+                 partial(_cifar_recipe, args.cifar_finetune_epochs), args, work, base_seed=args.seeds[0])
 
 
 def cifar_students(study: Runs, dm: ImageDataModule, args: argparse.Namespace, work: Path) -> None:
