@@ -25,11 +25,8 @@ run is written to the JSON at once and skipped on a rerun with the same settings
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import os
 import tempfile
-import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -42,9 +39,9 @@ from benchmarks.context import make_context
 from benchmarks.data import CIFAR10JPEGDataModule, MNISTDataModule
 from benchmarks.models import build_model
 from benchmarks.schema import RecipeConfig, TrainerConfig
+from benchmarks.studies.runs import Runs
 from benchmarks.training import evaluate, fit
 from hardware.measured import LocalCPU
-from hardware.protocol import machine_provenance
 from methods import create_method
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,27 +72,6 @@ VQ: dict[str, tuple[str, dict[str, Any]]] = {
     "rq b=2x2 d=4": ("rq", {"bits": 2, "stages": 2, "subvector_length": 4, "subvector_length_per_layer": {"conv2": 5},
                             **_VQ_LAYERS}),
 }
-
-
-class Runs:
-    """results/hessian_quantization.json: settings and one entry per finished run, written as each ends."""
-
-    def __init__(self, path: Path, settings: dict[str, Any]) -> None:
-        self.path = path
-        old = json.loads(path.read_text()) if path.exists() else {}
-        kept = old.get("runs", {}) if old.get("settings") == settings else {}
-        self.data: dict[str, Any] = {"settings": settings, "runs": kept, "machine": machine_provenance()}
-
-    def get(self, key: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        runs = self.data["runs"]
-        if key not in runs:
-            start = time.perf_counter()
-            row = measure()
-            runs[key] = {**row, "seconds": round(time.perf_counter() - start, 1), "load_average": list(os.getloadavg()),
-                         "date": f"{_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC"}
-            self.path.write_text(json.dumps(self.data, indent=1) + "\n")
-            print(key, json.dumps(runs[key]), flush=True)
-        return runs[key]
 
 
 def _mnist_recipe(epochs: float) -> RecipeConfig:
