@@ -35,6 +35,7 @@ import statistics
 import sys
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ from benchmarks.studies.runs import Runs
 from benchmarks.training import evaluate
 from methods import create_method
 from methods.base import CompressionContext
+from methods.quantization.haq import HAQ
 from methods.search.resource import make_resource
 from methods.search.threads import search_threads
 
@@ -61,6 +63,9 @@ WEIGHTS = SHARED / "weights" / "akamaster-resnet-cifar10" / "resnet20-12fca82f.t
 TARGETS = ("zynq7020", "vu9p", "bitfusion")
 SEARCHED_ON = ("zynq7020", "vu9p")
 UNIFORM_BITS = (4, 6, 8)
+#: ``--pin-ends``: the reference's wall re-pins the first layer to 8-bit weights on the float input and the
+#: classifier to 8/8 bits; here the same widths are held outside the search (HAQ's and uniform QAT's alike)
+PINNED = {"conv1": [8, 32], "linear": [8, 8]}
 #: the paper's claims this study checks (Wang et al. 2019, abstract and Table 1; Han et al. 2019, Sec. 4)
 PAPER = {"latency_vs_8bit": "1.4-1.95x", "claim": "policies differ per accelerator and each is best on its own"}
 
@@ -87,22 +92,32 @@ class Setup:
                             self.work / name)
 
     def latencies(self, model: nn.Module, bits: dict[str, Any]) -> dict[str, dict[str, float]]:
-        """ms of ``model`` at ``bits`` on every target, and the ratio to the same model at 8 bits everywhere."""
+        """ms of ``model`` at ``bits`` on every target, and the ratio to the all-8-bit model HAQ's budget refers to."""
         out = {}
-        eight = {n: (8, 8) for n in self.layers}
+        eight = {**{n: (8, 8) for n in self.layers}, **self.pins}
         for name, target in self.targets.items():
             cost = make_resource("latency", target, (target.batch_size, 3, 32, 32))
-            ms = cost(model, {n: tuple(b) for n, b in bits.items()})
+            ms = cost(model, {n: (int(b[0]), int(b[1])) for n, b in bits.items()})
             out[name] = {"ms": ms, "ratio_to_8bit": ms / cost(self.model, eight)}
         return out
 
     def ratio_to_8bit(self, target: str, bits: int) -> float:
+        """The uniform ``bits`` model's latency (pinned layers at their widths) over the all-8-bit reference HAQ uses."""
         cost = make_resource("latency", self.targets[target], (self.targets[target].batch_size, 3, 32, 32))
-        return cost(self.model, {n: (bits, bits) for n in self.layers}) / cost(self.model, {n: (8, 8) for n in self.layers})
+        return (cost(self.model, {**{n: (bits, bits) for n in self.layers}, **self.pins})
+                / cost(self.model, {**{n: (8, 8) for n in self.layers}, **self.pins}))
+
+    @property
+    def pinned(self) -> dict[str, list[int]]:
+        return PINNED if self.args.pin_ends else {}
+
+    @property
+    def pins(self) -> dict[str, tuple[int, int]]:
+        return {n: (w, a) for n, (w, a) in self.pinned.items()}
 
     def haq_options(self, target_ratio: float, **extra: Any) -> dict[str, Any]:
         a = self.args
-        return {"target_ratio": target_ratio, "warmup_episodes": a.warmup, "episodes": a.episodes,
+        return {"target_ratio": target_ratio, "layer_bits": self.pinned, "warmup_episodes": a.warmup, "episodes": a.episodes,
                 "reward_batches": a.reward_batches, "calibration_batches": 2,
                 "reward_finetune": {"epochs": a.reward_finetune, "lr": a.lr}, "finetune": {"epochs": a.finetune, "lr": a.lr},
                 **extra}
@@ -124,20 +139,20 @@ def _search(s: Setup, target: str, ratio: float) -> dict[str, Any]:
 
 def specialization(runs: Runs, s: Setup) -> None:
     for target in SEARCHED_ON:
-        runs.get(f"search/{target}/r{s.args.ratio:g}", lambda target=target: _search(s, target, s.args.ratio))
+        runs.get(f"search/{target}/r{s.args.ratio:g}", partial(_search, s, target, s.args.ratio))
 
 
 def uniform(runs: Runs, s: Setup) -> None:
     runs.get("float", lambda: {"test_top1": evaluate(s.model, s.dm, "test")["top1"]})
     for bits in UNIFORM_BITS:
         def qat(bits: int = bits) -> dict[str, Any]:
-            method = create_method("qat", bits=bits, act_bits=bits, calibration_batches=2, onnx=False,
+            method = create_method("qat", bits=bits, act_bits=bits, layer_bits=s.pinned, calibration_batches=2, onnx=False,
                                    reduce_range=False, finetune={"epochs": s.args.finetune, "lr": s.args.lr})
             return {"bits": bits, **s.scored(method.compress(s.model, s.ctx("vu9p", f"qat{bits}")))}
         runs.get(f"uniform/{bits}", qat)
     for bits in (4, 6):
         ratio = s.ratio_to_8bit("vu9p", bits)
-        runs.get(f"equal/{bits}", lambda ratio=ratio: _search(s, "vu9p", ratio))
+        runs.get(f"equal/{bits}", partial(_search, s, "vu9p", ratio))
 
 
 def curve(runs: Runs, s: Setup) -> None:
@@ -148,6 +163,7 @@ def curve(runs: Runs, s: Setup) -> None:
                 options = s.haq_options(a.ratio, warmup_episodes=warmup, episodes=episodes,
                                         reward_finetune={"epochs": a.curve_finetune, "lr": a.lr})
                 haq = create_method("haq", **options)
+                assert isinstance(haq, HAQ)
                 with search_threads(1):
                     history = haq.search_policy(haq.environment(s.model, s.ctx("vu9p", f"curve_{seed}", seed)), seed)
                 rewards = [e.reward for e in history]
@@ -268,13 +284,18 @@ def _specialization_verdict(searches: dict[str, Any]) -> str:
     by = {r["target"]: r for r in searches.values()}
     if set(by) != set(SEARCHED_ON):
         return ""
-    differ = sum(by["zynq7020"]["layer_bits"][n] != by["vu9p"]["layer_bits"][n] for n in by["vu9p"]["layer_bits"])
-    own = [t for t in SEARCHED_ON if by[t]["latency"][t]["ratio_to_8bit"] <= min(
-        r["latency"][t]["ratio_to_8bit"] for r in by.values())]
-    return (f"The two policies differ in {differ} of {len(by['vu9p']['layer_bits'])} layers. Fastest on its own target: "
-            f"{', '.join(own) or 'neither'} (each policy only has to meet its own budget, so the one searched under "
-            "the tighter relative budget is faster everywhere; the paper's claim is about the best policy at equal "
-            "accuracy).")
+    layers = list(by["vu9p"]["layer_bits"])
+    differ = sum(by["zynq7020"]["layer_bits"][n] != by["vu9p"]["layer_bits"][n] for n in layers)
+    fastest = {t: min(by, key=lambda p: by[p]["latency"][t]["ratio_to_8bit"]) for t in TARGETS}
+    best = max(by, key=lambda p: by[p]["test_top1"])
+    return (f"The two policies differ in {differ} of {len(layers)} layers. Fastest policy on each target: "
+            + ", ".join(f"{t}: the one searched for {p}" for t, p in fastest.items())
+            + f"; the more accurate one is the one searched for {best}. The same relative budget is not the same "
+            "constraint on both boards: zynq7020's fitted per-layer overhead (1 ms, host-driven dispatch) does not "
+            "shrink with bits, so low bits save only a few percent of its latency and a budget near 1 already forces "
+            "them, while on vu9p the same ratio leaves room for wide layers (the uniform rows below give each "
+            "target's ratio at 4, 6 and 8 bits). The paper compares policies at equal accuracy; here each policy "
+            "only has to meet its own budget.")
 
 
 def _curve_section(curve_data: dict[str, Any]) -> list[str]:
@@ -293,6 +314,16 @@ def _curve_section(curve_data: dict[str, Any]) -> list[str]:
             lines.append(f"| {seed} | {max(d['rewards']):.3f} | {max(r['rewards']):.3f} | {np.mean(d['rewards'][-10:]):.3f} | "
                          f"{np.mean(r['rewards'][-10:]):.3f} | {np.mean(d['mean_bits'][-10:]):.2f} | "
                          f"{np.mean(r['mean_bits'][-10:]):.2f} |")
+    pairs = [(cr[f"curve/ddpg/s{x}"], cr[f"curve/random/s{x}"]) for x in cs["seeds"]
+             if f"curve/ddpg/s{x}" in cr and f"curve/random/s{x}" in cr]
+    if pairs:
+        wins = sum(max(d["rewards"]) > max(r["rewards"]) for d, r in pairs)
+        lines += ["", f"Over {len(pairs)} seed(s) (of {len(cs['seeds'])} planned) the agent's best reward beats random "
+                  f"search's in {wins}: mean best {np.mean([max(d['rewards']) for d, _ in pairs]):.3f} against "
+                  f"{np.mean([max(r['rewards']) for _, r in pairs]):.3f}. The warm-up episodes of both arms are the "
+                  "same draws (same seed), so the curves part at the end of the warm-up. Pin-ends: "
+                  f"{cs.get('pin_ends', False)} (without pinning, a random policy often puts 2 bits on the input "
+                  "image or the classifier, which alone costs most of the accuracy)."]
     lines += ["", "![learning curves](haq_curve.png)", ""]
     return lines
 
@@ -312,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--curve-finetune", type=float, default=0.0, help="epochs per episode in the curve part")
     parser.add_argument("--finetune", type=float, default=0.5, help="epochs for the best policy and uniform QAT")
     parser.add_argument("--lr", type=float, default=0.001)
+    parser.add_argument("--pin-ends", action=argparse.BooleanOptionalAction, default=True,
+                        help=f"hold {PINNED} outside the search, as the reference does (uniform QAT too)")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "haq.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)

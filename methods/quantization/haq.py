@@ -329,7 +329,7 @@ class HAQ(CompressionMethod):
             "pinned": list(env.pinned), "history": [dataclasses.asdict(e) for e in history],
         }
         result.artifacts.append(write_json(ctx.workdir / "haq_policy.json", policy))
-        title = (f"HAQ ({self.config.mode}) on {policy['resource'].get('hw', '')}: {env.resource.kind} "
+        title = (f"HAQ ({self.config.mode}) on {env.resource.describe().get('hw', '')}: {env.resource.kind} "
                  f"{final_cost / env.reference:.2f}x of the reference")
         shown = {n: result.layer_bits[n] for n in env.kinds()}
         result.artifacts += plot_layer_bits(shown, env.kinds(), ctx.workdir / "haq_policy.png", title)
