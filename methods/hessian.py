@@ -53,7 +53,8 @@ def fisher_diagonal(model: nn.Module, weights: Mapping[str, torch.Tensor], input
     per_sample = vmap(grad(nll), in_dims=(None, 0, None))
     total = {name: torch.zeros_like(w) for name, w in params.items()}
     for k in range(probs.shape[-1]):
-        grads = per_sample(params, inputs, torch.tensor(k))
+        with torch.no_grad():  # grad() still differentiates; the outer graph (to the biases) is not kept: GBs a batch
+            grads = per_sample(params, inputs, torch.tensor(k))
         for name, g in grads.items():
             total[name] += torch.einsum("n,n...->...", probs[:, k], g.square())
     return {name: t / inputs.shape[0] for name, t in total.items()}

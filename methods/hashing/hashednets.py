@@ -12,9 +12,9 @@ is ordinary back-propagation: dL/dw_k = sum over (i, j) with h(i, j) = k of xi(i
   keyed per layer by the CRC-32 of its name and by ``seed``; bucket and sign use different keys.
   Index and sign tensors are computed once per layer (buffers, not stored), so a forward pass is a
   gather and a multiply. Departure: the paper uses xxHash on (i, j); any well-mixing hash serves.
-* A layer is an ordinary ``nn.Linear`` / ``nn.Conv2d`` whose ``weight`` is parametrised
-  (``torch.nn.utils.parametrize``) by its buckets, so tracing, MAC counts and export see the usual
-  layer. Convolutions hash their [out, in x kh x kw] weight alike (the paper hashes fully connected
+* A hashed layer is a subclass of ``nn.Linear`` / ``nn.Conv2d`` (:class:`HashedLinear`,
+  :class:`HashedConv2d`) whose ``weight`` is computed from its ``buckets`` parameter, so tracing, MAC
+  counts and export see the usual layer, and the model pickles (MLflow logs it). Convolutions hash their [out, in x kh x kw] weight alike (the paper hashes fully connected
   layers; Chen et al. 2016 hash convolutions in the frequency domain instead).
 * ``init: scratch`` trains from random buckets (U(-1/sqrt(fan_in), +)) and re-initialised other
   parameters, as the paper; ``init: baseline`` starts from the trained baseline projected onto the
@@ -35,9 +35,8 @@ from typing import Any, cast
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
-from methods.base import CompressionContext, CompressionMethod, CompressionResult
+from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
 from methods.config import FineTuning, LayerSelection, fail, finetune_default, option, select_layers
 from methods.reporting import write_json
 from methods.storage import StoredState, load_model, load_state_into, register_architecture, save_model
@@ -73,46 +72,63 @@ def hash_positions(numel: int, buckets: int, layer: str, seed: int) -> tuple[tor
     return index, sign
 
 
-class HashedWeight(nn.Module):
-    """Parametrisation: a weight of ``shape`` drawn from a vector of ``buckets`` real weights."""
+def project(weight: torch.Tensor, index: torch.Tensor, sign: torch.Tensor, buckets: int) -> torch.Tensor:
+    """The buckets that fit ``weight`` best (least squares): each the mean of its signed weights."""
+    flat = index.flatten()
+    sums = torch.zeros(buckets, dtype=weight.dtype).index_add_(0, flat, (weight * sign).flatten())
+    return sums / torch.bincount(flat, minlength=buckets).clamp_min(1).to(weight.dtype)
 
+
+class _Hashed:
+    """A layer whose ``weight`` is drawn from ``buckets`` (a parameter) through ``index`` and ``sign`` (buffers)."""
+
+    buckets: nn.Parameter
     index: torch.Tensor
     sign: torch.Tensor
 
-    def __init__(self, shape: torch.Size, buckets: int, layer: str, seed: int) -> None:
-        super().__init__()
-        index, sign = hash_positions(shape.numel(), buckets, layer, seed)
-        self.buckets = buckets
-        self.register_buffer("index", index.reshape(shape), persistent=False)
-        self.register_buffer("sign", sign.reshape(shape), persistent=False)
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.buckets[self.index] * self.sign
 
-    def forward(self, buckets: torch.Tensor) -> torch.Tensor:
-        return buckets[self.index] * self.sign
 
-    def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
-        """The buckets that fit ``weight`` best (least squares): each the mean of its signed weights."""
-        index = self.index.flatten()
-        sums = torch.zeros(self.buckets, dtype=weight.dtype).index_add_(0, index, (weight * self.sign).flatten())
-        return sums / torch.bincount(index, minlength=self.buckets).clamp_min(1).to(weight.dtype)
+class HashedLinear(_Hashed, nn.Linear):  # type: ignore[override]  # weight: computed, read-only
+    """``nn.Linear`` with a hashed weight (tracers, MAC counts and export see a linear layer)."""
+
+
+class HashedConv2d(_Hashed, nn.Conv2d):  # type: ignore[override]
+    """``nn.Conv2d`` with a hashed weight."""
+
+
+HASHED: dict[type[nn.Module], type[nn.Module]] = {nn.Linear: HashedLinear, nn.Conv2d: HashedConv2d}
+
+
+def hash_layer(module: nn.Module, buckets: int, name: str, seed: int) -> None:
+    """Turn ``module`` (in place) into its hashed class, its buckets the projection of its weight."""
+    if type(module) not in HASHED:
+        raise MethodConfigError(f"method.layers: layer {name!r} is a {type(module).__name__}; HashedNets hashes plain "
+                                f"{' and '.join(c.__name__ for c in HASHED)} layers: leave it out with "
+                                "method.layers.exclude")
+    weight = cast(torch.Tensor, module.weight).detach()
+    index, sign = hash_positions(weight.numel(), buckets, name, seed)
+    index, sign = index.reshape(weight.shape), sign.reshape(weight.shape).to(weight.dtype)
+    del module.weight
+    module.__class__ = HASHED[type(module)]
+    module.register_buffer("index", index, persistent=False)
+    module.register_buffer("sign", sign, persistent=False)
+    module.register_parameter("buckets", nn.Parameter(project(weight, index, sign, buckets)))
 
 
 def hash_layers(model: nn.Module, buckets: Mapping[str, int], seed: int) -> nn.Module:
-    """Parametrise the weights of the named layers of ``model`` (in place) by their buckets."""
+    """Hash the named layers of ``model`` (in place), each into its number of buckets."""
     modules = dict(model.named_modules())
     for name, count in buckets.items():
-        module = modules[name]
-        shape = cast(torch.Tensor, module.weight).shape
-        parametrize.register_parametrization(module, "weight", HashedWeight(shape, count, name, seed))
+        hash_layer(modules[name], count, name, seed)
     return model
 
 
 def bucket_counts(layers: Mapping[str, nn.Module], compression: float) -> dict[str, int]:
     """K = round(compression x |V|) real weights per layer (at least one)."""
     return {name: max(1, round(compression * cast(torch.Tensor, m.weight).numel())) for name, m in layers.items()}
-
-
-def buckets_of(module: nn.Module) -> torch.Tensor:
-    return cast(torch.Tensor, module.parametrizations.weight.original)  # type: ignore[union-attr]
 
 
 @register_architecture("hashednets")
@@ -128,12 +144,12 @@ def _scratch(model: nn.Module, layers: Mapping[str, nn.Module], seed: int) -> No
         torch.manual_seed(seed)
         for module in model.modules():
             reset = getattr(module, "reset_parameters", None)
-            if callable(reset) and not parametrize.is_parametrized(module):
+            if callable(reset) and not isinstance(module, _Hashed):
                 reset()
         with torch.no_grad():
             for module in layers.values():
                 bound = cast(torch.Tensor, module.weight)[0].numel() ** -0.5
-                buckets_of(module).uniform_(-bound, bound)
+                cast(_Hashed, module).buckets.uniform_(-bound, bound)
                 if isinstance(module.bias, torch.Tensor):
                     module.bias.uniform_(-bound, bound)
 
@@ -176,7 +192,7 @@ class HashedNets(CompressionMethod):
             ctx.finetune(model, c.finetune.epochs, lr=c.finetune.lr)
 
         stored = ctx.workdir / "model.hashednets.cbm"
-        entries = [raw_entry(name, tensor, "weights" if name.endswith(".original") else "other")
+        entries = [raw_entry(name, tensor, "weights" if name.endswith(".buckets") else "other")
                    for name, tensor in model.state_dict().items()]
         sizes = save_model(stored, entries, meta={"method": self.name, "seed": c.seed, "buckets": buckets},
                            architecture="hashednets")
