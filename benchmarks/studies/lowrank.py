@@ -43,7 +43,7 @@ from benchmarks.context import make_context
 from benchmarks.data import CIFAR10JPEGDataModule, MNISTDataModule
 from benchmarks.models import build_model
 from benchmarks.schema import RecipeConfig, TrainerConfig
-from benchmarks.training import evaluate, fit
+from benchmarks.training import TrainingDivergedError, evaluate, fit
 from hardware.layers import count_macs
 from hardware.measured import LocalCPU, MeasuredTarget, OnnxRuntimeCPU
 from hardware.protocol import machine_provenance
@@ -70,8 +70,8 @@ ROUNDS = 9  # paired rounds per speedup
 class Study:
     """The JSON of figures, written after every row; rows of unchanged settings are kept on a rerun."""
 
-    def __init__(self, path: Path, settings: dict[str, Any]) -> None:
-        self.path = path
+    def __init__(self, path: Path, settings: dict[str, Any], options: str) -> None:
+        self.path, self.options = path, options
         old = json.loads(path.read_text()) if path.exists() else {}
         rows = old.get("rows", {}) if old.get("settings") == settings else {}
         self.figures: dict[str, Any] = {"settings": settings, "rows": rows, "machine": machine_provenance()}
@@ -79,13 +79,25 @@ class Study:
     def row(self, key: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         if key not in self.figures["rows"]:
             start = time.perf_counter()
-            row = measure()
+            try:
+                row = measure()
+            except TrainingDivergedError as err:  # a row of its own: the comparison says so instead of stopping
+                row = {"diverged": str(err)}
             self.figures["rows"][key] = {**row, "seconds": time.perf_counter() - start,
                                          "load_average": list(os.getloadavg()),
                                          "date": f"{_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC"}
-            self.path.write_text(json.dumps(self.figures, indent=1) + "\n")
+            self.save()
             print(key, json.dumps({k: v for k, v in row.items() if k != "metrics"}), flush=True)
         return dict(self.figures["rows"][key])
+
+    def save(self) -> None:
+        """Write the figures, keeping rows another process of the same settings wrote meanwhile (parts run apart)."""
+        old = json.loads(self.path.read_text()) if self.path.exists() else {}
+        if old.get("settings") == self.figures["settings"]:
+            self.figures["rows"] = {**old["rows"], **self.figures["rows"]}
+        parts = sorted({key.split("/", 1)[0] for key in self.figures["rows"]})
+        self.figures["command"] = f"python -m benchmarks.studies.lowrank --parts {' '.join(parts)} {self.options}"
+        self.path.write_text(json.dumps(self.figures, indent=1) + "\n")
 
 
 def _recipe(epochs: float, lr: float) -> RecipeConfig:
@@ -141,6 +153,8 @@ def conv(study: Study, args: argparse.Namespace, work: Path) -> None:
     for name, settings in CONV_ARMS.items():
         low = study.row(f"conv/{name}", partial(_compressed, "lowrank", {**settings, "finetune": finetune}, base, dm,
                                                 recipe, work / "lowrank", shape))
+        if "diverged" in low:
+            continue
         ratio = low["macs"] / study.figures["rows"]["conv/baseline"]["macs"]
         study.row(f"conv/filter l1 at the MACs of {name}", partial(
             _compressed, "filter", {"criterion": "l1", "target_macs_ratio": round(ratio, 4), "finetune": finetune}, base,
@@ -176,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-subset", type=int, default=8000, help="conv: training images the fine-tunings see")
     parser.add_argument("--test-subset", type=int, default=2000, help="conv: test images top-1 is measured on")
     parser.add_argument("--finetune-epochs", type=float, default=1.0, help="conv: every fine-tuning, baseline's too")
-    parser.add_argument("--finetune-lr", type=float, default=0.01, help="conv: every fine-tuning's learning rate")
+    parser.add_argument("--finetune-lr", type=float, default=0.002,
+                        help="conv: every fine-tuning's learning rate (at 0.01 filter pruning to 0.15x MACs diverged at step 4)")
     parser.add_argument("--tt-epochs", type=float, default=3.0, help="tt: the dense and the random-core TT nets' training")
     parser.add_argument("--source-dir", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=ROOT / "results")
@@ -184,13 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)  # 5 studies share 2 cores; speedups are 1-thread figures anyway
     settings = {k: v for k, v in vars(args).items() if k not in ("parts", "source_dir", "out")}
     settings.update(conv_arms=CONV_ARMS, tt_shapes=TT_SHAPES, tt_ranks=list(TT_RANKS), mlp=MLP, rounds=ROUNDS)
-    study = Study(args.out / FIGURES, settings)
-    study.figures["command"] = ("python -m benchmarks.studies.lowrank --parts " + " ".join(args.parts) + " " + " ".join(
+    study = Study(args.out / FIGURES, settings, " ".join(
         f"--{k.replace('_', '-')} {v:g}" for k, v in vars(args).items() if isinstance(v, (int, float))))
     work = Path(tempfile.mkdtemp(prefix="lowrank_"))
     for part in args.parts:
         PARTS[part](study, args, work)
-    study.path.write_text(json.dumps(study.figures, indent=1) + "\n")
+    study.save()
     print(f"wrote {study.path}; render the report: python -m benchmarks.studies.report lowrank")
     return 0
 
@@ -200,6 +214,19 @@ def main(argv: list[str] | None = None) -> int:
 def _speedup(cell: dict[str, Any]) -> str:
     text = f"x{cell['speedup']:.2f} [{cell['low']:.2f}, {cell['high']:.2f}]"
     return text + (" (noisy)" if cell["noisy"] else "")
+
+
+def _kb(row: dict[str, Any]) -> str:
+    return f"{row['stored_bytes'] / 1024:.0f}" if row.get("stored_bytes") else "-"
+
+
+def _table(header: list[str], rows: dict[str, dict[str, Any]], cells: Callable[[dict[str, Any]], list[str]]) -> list[str]:
+    """A markdown table, a row per study row (its name first); a diverged row says so across the table."""
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for name, row in rows.items():
+        body = f"{row['diverged']} |" + "|" * (len(header) - 2) if "diverged" in row else " | ".join(cells(row)) + " |"
+        lines.append(f"| {name} | {body}")
+    return lines
 
 
 def _two_se(n: int, *top1: float) -> float:
@@ -223,20 +250,15 @@ def _conv_section(figures: dict[str, Any]) -> list[str]:
              f"median of {s['rounds']} paired interleaved rounds with its 95% bootstrap interval "
              "(hardware/speedup.py); local_cpu = PyTorch eager (thread CPU clock), onnxruntime_cpu = ONNX Runtime "
              "(wall clock). Filter pruning: `filter`, l1, `target_macs_ratio` = the low-rank model's MACs ratio.", "",
-             "| model | MACs (x base) | params | stored KB | top-1 before FT | test top-1 | vs fine-tuned baseline "
-             "| local_cpu speedup | onnxruntime_cpu speedup |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, r in rows.items():
-        before = r.get("metrics", {}).get("top1_before_finetune")
-        stored = f"{r['stored_bytes'] / 1024:.0f}" if r.get("stored_bytes") else "-"
-        lines.append(f"| {name} | {r['macs'] / base['macs']:.3f} | {r['params']:,} | {stored} | "
-                     + (f"{before:.2f}" if before is not None else "-")
-                     + f" | {r['test_top1']:.2f} | {r['test_top1'] - tuned['test_top1']:+.2f} | {_speedup(r['local_cpu'])} "
-                       f"| {_speedup(r['onnxruntime_cpu'])} |")
+             *_table(["model", "MACs (x base)", "params", "stored KB", "top-1 before FT", "test top-1",
+                      "vs fine-tuned baseline", "local_cpu speedup", "onnxruntime_cpu speedup"], rows, lambda r: [
+                 f"{r['macs'] / base['macs']:.3f}", f"{r['params']:,}", _kb(r),
+                 f"{r['metrics']['top1_before_finetune']:.2f}" if "metrics" in r else "-", f"{r['test_top1']:.2f}",
+                 f"{r['test_top1'] - tuned['test_top1']:+.2f}", _speedup(r["local_cpu"]), _speedup(r["onnxruntime_cpu"])])]
     lines += ["", "Reading (computed from the rows above):"]
     for arm in s["conv_arms"]:
         low, flt = rows.get(arm), rows.get(f"filter l1 at the MACs of {arm}")
-        if low is None or flt is None:
+        if low is None or flt is None or "diverged" in low or "diverged" in flt:
             continue
         diff, bound = low["test_top1"] - flt["test_top1"], _two_se(s["test_subset"], low["test_top1"], flt["test_top1"])
         lines.append(f"- {arm} ({low['macs'] / base['macs']:.3f}x MACs) against filter pruning "
@@ -264,16 +286,12 @@ def _tt_section(figures: dict[str, Any]) -> list[str]:
              "weight matrices' parameters / their TT cores'; network compression = all parameters. Test error on "
              "the 10,000 MNIST test images. The paper's MNIST figures were not retrieved "
              "(../shared/reference/method-notes/hashing-tt-svd.md), so no paper number is printed here.", "",
-             "| model | layer compression | network compression | stored KB | test error % | vs dense "
-             "| local_cpu speedup | onnxruntime_cpu speedup |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, r in rows.items():
-        m = r.get("metrics", {})
-        stored = f"{r['stored_bytes'] / 1024:.0f}" if r.get("stored_bytes") else "-"
-        layer = f"{m['layer_compression_factor']:.0f}x" if m else "1x"
-        network = f"{m['network_compression_factor']:.1f}x" if m else "1x"
-        lines.append(f"| {name} | {layer} | {network} | {stored} | {100 - r['test_top1']:.2f} | "
-                     f"{dense['test_top1'] - r['test_top1']:+.2f} | {_speedup(r['local_cpu'])} | {_speedup(r['onnxruntime_cpu'])} |")
+             *_table(["model", "layer compression", "network compression", "MACs (x dense)", "stored KB", "test error %",
+                      "error vs dense (points)", "local_cpu speedup", "onnxruntime_cpu speedup"], rows, lambda r: [
+                 f"{r['metrics']['layer_compression_factor']:.0f}x" if "metrics" in r else "1x",
+                 f"{r['metrics']['network_compression_factor']:.1f}x" if "metrics" in r else "1x",
+                 f"{r['macs'] / dense['macs']:.2f}", _kb(r), f"{100 - r['test_top1']:.2f}",
+                 f"{dense['test_top1'] - r['test_top1']:+.2f}", _speedup(r["local_cpu"]), _speedup(r["onnxruntime_cpu"])])]
     return lines
 
 

@@ -15,9 +15,20 @@ from typing import Any
 
 from torch import nn
 
-from methods.lowrank.decompose import SKELETONS
+from hardware.layers import count_macs
+from methods.base import CompressionContext
+from methods.config import FineTuning
+from methods.lowrank.decompose import SKELETONS, parameter_count
 from methods.lowrank.ttmatrix import TTLinear
-from methods.storage import StorageError, StoredState, load_state_into, register_architecture, save_model
+from methods.storage import (
+    StorageError,
+    StoredState,
+    load_model,
+    load_state_into,
+    register_architecture,
+    save_model,
+    size_metrics,
+)
 from methods.storage.codecs import dense_entries
 
 ARCHITECTURE = "factorized"
@@ -43,6 +54,24 @@ def save_factorized(model: nn.Module, layers: Mapping[str, Mapping[str, Any]], p
     """Write the factorized ``model``'s tensors and the per-layer ``layers`` specs; return the sizes by kind."""
     meta = {"layers": {name: dict(spec) for name, spec in layers.items()}, **dict(extra or {})}
     return save_model(path, dense_entries(model.state_dict()), meta, architecture=ARCHITECTURE)
+
+
+def finetune_and_store(model: nn.Module, baseline: nn.Module, layers: Mapping[str, Mapping[str, Any]],
+                       ctx: CompressionContext, finetune: FineTuning, method: str) -> tuple[nn.Module, Path, dict[str, float]]:
+    """Fine-tune the factorized ``model``, store it, decode it: the model a method returns, its file, and
+    its accuracy before and after, sizes, MACs and parameters against the ``baseline``."""
+    metrics: dict[str, float] = {"top1_before_finetune": ctx.evaluate(model, "val")["top1"]}
+    if finetune.epochs > 0:
+        ctx.finetune(model, finetune.epochs, lr=finetune.lr)
+    path = ctx.workdir / f"model.{method}.cbm"
+    metrics.update(size_metrics(save_factorized(model, layers, path, {"method": method})))
+    decoded = load_model(path, baseline)
+    shape = (1, *tuple(ctx.input_shape)[1:])
+    macs_before, macs_after = count_macs(baseline, shape), count_macs(decoded, shape)
+    metrics.update({"top1_after_finetune": ctx.evaluate(decoded, "val")["top1"], "layers_factorized": float(len(layers)),
+                    "macs_before": float(macs_before), "macs_after": float(macs_after), "macs_ratio": macs_after / macs_before,
+                    "params_ratio": parameter_count(decoded) / parameter_count(baseline)})
+    return decoded, path, metrics
 
 
 @register_architecture(ARCHITECTURE)

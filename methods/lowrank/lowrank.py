@@ -24,7 +24,6 @@ from typing import Any
 
 from torch import nn
 
-from hardware.layers import count_macs
 from methods.base import CompressionContext, CompressionMethod, CompressionResult
 from methods.config import FineTuning, Layer, LayerSelection, fail, finetune_default, option, select_layers
 from methods.lowrank.decompose import (
@@ -36,10 +35,9 @@ from methods.lowrank.decompose import (
     parameter_count,
     rule_ranks,
 )
-from methods.lowrank.factorized import replace_layer, save_factorized
+from methods.lowrank.factorized import finetune_and_store, replace_layer
 from methods.lowrank.ranks import RULES
 from methods.reporting import plot_policy, write_json
-from methods.storage import load_model, size_metrics
 
 log = logging.getLogger(__name__)
 
@@ -109,18 +107,7 @@ class LowRank(CompressionMethod):
             policy[name] = {**specs[name], "params_before": before, "params_after": after,
                             "param_ratio": after / before}
             log.info("lowrank: %s %s ranks %s, parameters %d -> %d", name, kind, list(ranks), before, after)
-        metrics: dict[str, float] = {"top1_before_finetune": ctx.evaluate(model, "val")["top1"]}
-        if c.finetune.epochs > 0:
-            ctx.finetune(model, c.finetune.epochs, lr=c.finetune.lr)
-        path = ctx.workdir / "model.factorized.cbm"
-        sizes = save_factorized(model, specs, path, {"method": self.name})
-        decoded = load_model(path, baseline)
-        macs_before, macs_after = count_macs(baseline, shape), count_macs(decoded, shape)
-        metrics.update(size_metrics(sizes))
-        metrics.update({"top1_after_finetune": ctx.evaluate(decoded, "val")["top1"], "layers_factorized": float(len(specs)),
-                        "macs_before": float(macs_before), "macs_after": float(macs_after),
-                        "macs_ratio": macs_after / macs_before,
-                        "params_ratio": parameter_count(decoded) / parameter_count(baseline)})
+        decoded, path, metrics = finetune_and_store(model, baseline, specs, ctx, c.finetune, self.name)
         artifacts = [write_json(ctx.workdir / "policy.json", {"method": self.name, "config": {
             "conv_decomposition": c.conv_decomposition, "rank_rule": c.rank_rule, "energy": c.energy}, "layers": policy}),
             *plot_policy({n: p.get("param_ratio", 1.0) for n, p in policy.items()}, "parameters after / before",

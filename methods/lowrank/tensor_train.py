@@ -23,14 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from hardware.layers import count_macs
 from methods.base import CompressionContext, CompressionMethod, CompressionResult
 from methods.config import FineTuning, LayerSelection, fail, finetune_default, option, select_layers
 from methods.lowrank.decompose import parameter_count
-from methods.lowrank.factorized import replace_layer, save_factorized
+from methods.lowrank.factorized import finetune_and_store, replace_layer
 from methods.lowrank.ttmatrix import TTLinear, bond_ranks, factor_modes, max_ranks, random_cores, tt_svd
 from methods.reporting import plot_policy, write_json
-from methods.storage import load_model, size_metrics
 
 
 @dataclass
@@ -110,19 +108,10 @@ class TensorTrain(CompressionMethod):
             dense, cores = layer.weight.numel(), sum(core.numel() for core in tt.cores)
             policy[name] = {**specs[name], "weight_params": dense, "core_params": cores,
                             "compression_factor": dense / cores}
-        metrics: dict[str, float] = {"top1_before_finetune": ctx.evaluate(model, "val")["top1"]}
-        if c.finetune.epochs > 0:
-            ctx.finetune(model, c.finetune.epochs, lr=c.finetune.lr)
-        path = ctx.workdir / "model.tt.cbm"
-        sizes = save_factorized(model, specs, path, {"method": self.name})
-        decoded = load_model(path, baseline)
-        macs_before, macs_after = count_macs(baseline, shape), count_macs(decoded, shape)
+        decoded, path, metrics = finetune_and_store(model, baseline, specs, ctx, c.finetune, self.name)
         weights = sum(p["weight_params"] for p in policy.values())
-        metrics.update(size_metrics(sizes))
-        metrics.update({"top1_after_finetune": ctx.evaluate(decoded, "val")["top1"],
-                        "layer_compression_factor": weights / sum(p["core_params"] for p in policy.values()),
-                        "network_compression_factor": parameter_count(baseline) / parameter_count(decoded),
-                        "macs_before": float(macs_before), "macs_after": float(macs_after)})
+        metrics.update({"layer_compression_factor": weights / sum(p["core_params"] for p in policy.values()),
+                        "network_compression_factor": parameter_count(baseline) / parameter_count(decoded)})
         artifacts = [write_json(ctx.workdir / "policy.json", {"method": self.name, "init": c.init, "layers": policy}),
                      *plot_policy({n: p["compression_factor"] for n, p in policy.items()}, "weight / core parameters",
                                   ctx.workdir / "policy.png")]
