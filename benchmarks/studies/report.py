@@ -24,6 +24,7 @@ from benchmarks.studies import (
     deep_compression_selection,
     distillation,
     fail_fast,
+    hashing_hessian,
     pruning_auto,
     quantization_codebook,
     quantization_ptq,
@@ -67,6 +68,7 @@ REPORTS: dict[str, Report] = {
     "pruning_platform_exchange": Report(("pruning_platform_exchange.json",), pruning_auto.exchange_report),
     "speedup_pairing": Report(("speedup_pairing.json",), speedup_pairing.report),
     "distillation": Report(("distillation.json",), distillation.render),
+    "hessian_pruning": Report(("hessian_pruning.json",), hashing_hessian.render_hessian),
 }
 #: how a source is read, by its suffix
 READERS: dict[str, Callable[[str], Any]] = {".json": json.loads, ".yaml": yaml.safe_load}
