@@ -41,7 +41,7 @@ from benchmarks.data import MNISTDataModule
 from benchmarks.schema import TrainerConfig
 from benchmarks.studies.distillation import _recipe, _trained
 from benchmarks.studies.runs import Runs
-from benchmarks.training import evaluate
+from benchmarks.training import TrainingDivergedError, evaluate
 from hardware import registry as hw_registry
 from hardware.layers import describe_layers
 from hardware.measured import LocalCPU
@@ -103,12 +103,16 @@ def _compressed_row(label: str, base: nn.Module, dm: MNISTDataModule, seed: int,
                     work: Path) -> dict[str, Any]:
     spec = RUNS[label]
     epochs = spec.get("epochs", args.finetune_epochs)
-    lr = args.lab_lr if spec["method"] == "lab" else args.finetune_lr
+    lr = {"lab": args.lab_lr, "ttq": args.ttq_lr}.get(spec["method"], args.finetune_lr)
     method = create_method(spec["method"], **spec["settings"], finetune={"epochs": epochs, "lr": lr})
     ctx = make_context(dm, LocalCPU(), _recipe(args.baseline_epochs), TrainerConfig(progress_bar=False), seed,
                        work / "runs" / spec["method"])
     start = time.perf_counter()
-    result = method.compress(copy.deepcopy(base), ctx)
+    try:
+        result = method.compress(copy.deepcopy(base), ctx)
+    except TrainingDivergedError as err:  # recorded as such: a learning rate this method does not survive
+        return {"method": spec["method"], "settings": spec["settings"], "finetune_epochs": epochs, "lr": lr,
+                "diverged": str(err)}
     seconds = time.perf_counter() - start
     m = result.metrics
     return {"method": spec["method"], "settings": spec["settings"], "finetune_epochs": epochs, "lr": lr,
@@ -125,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--finetune-epochs", type=float, default=1)
     parser.add_argument("--finetune-lr", type=float, default=0.01)
     parser.add_argument("--lab-lr", type=float, default=0.001, help="LAB's preconditioned step (its yaml's)")
+    parser.add_argument("--ttq-lr", type=float, default=1e-4,
+                        help="TTQ's (at 0.01 LeNet-5 diverged in 3 steps: each scale's gradient sums a whole layer's, "
+                             "and nothing renormalises a network without batch norm); recorded in each run")
     parser.add_argument("--runs", nargs="+", choices=sorted(RUNS), default=list(RUNS), metavar="RUN")
     parser.add_argument("--redo", nargs="+", choices=sorted(RUNS), default=[], metavar="RUN",
                         help="run these again (their recorded runs are dropped first)")
@@ -143,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     study.data["command"] = "python -m benchmarks.studies.binary " + " ".join(
         [f"--seeds {' '.join(map(str, args.seeds))}", f"--baseline-epochs {args.baseline_epochs:g}",
          f"--finetune-epochs {args.finetune_epochs:g}", f"--finetune-lr {args.finetune_lr:g}",
-         f"--lab-lr {args.lab_lr:g}"])
+         f"--lab-lr {args.lab_lr:g}", f"--ttq-lr {args.ttq_lr:g}"])
     dm = MNISTDataModule(data_dir=Path(tempfile.mkdtemp(prefix="binary_")), source_dir=args.source_dir,
                          batch_size=128, eval_batch_size=256, seed=42, val_size=5000)
     dm.prepare_data()
@@ -167,10 +174,11 @@ def _mean_sd(values: list[float], digits: int = 2, sign: bool = False) -> str:
     return mean if len(values) == 1 else f"{mean} ± {sd:.{digits}f}"
 
 
-def _pairs(runs: dict[str, Any], label: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """(baseline, run) of each seed that has both."""
+def _pairs(runs: dict[str, Any], label: str, diverged: bool = False) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(baseline, run) of each seed that has both, of the runs that trained (or, ``diverged``, of those that did not)."""
     return [(runs[f"baseline/{key.rsplit('/', 1)[1]}"], run) for key, run in sorted(runs.items())
-            if key.rsplit("/", 1)[0] == label and f"baseline/{key.rsplit('/', 1)[1]}" in runs]
+            if key.rsplit("/", 1)[0] == label and f"baseline/{key.rsplit('/', 1)[1]}" in runs
+            and ("diverged" in run) == diverged]
 
 
 def _paper_change(label: str) -> str:
@@ -194,23 +202,28 @@ def render(figures: dict[str, Any]) -> str:
     lines += [f"Float baseline (Caffe LeNet-5, {settings['baseline_epochs']:g} epochs of the MNIST SGD recipe): test "
               f"top-1 {_mean_sd([b['test_top1'] for b in baselines])}, fp32 weights {fp32:,} bytes. Each method "
               f"fine-tunes that baseline {settings['finetune_epochs']:g} epochs at learning rate "
-              f"{settings['finetune_lr']:g} (LAB: {settings['lab_lr']:g}), unless the row says otherwise.", "",
-              "| method | quantized layers (w, a bits) | test top-1 | change vs float (points) | paper's change | "
+              f"{settings['finetune_lr']:g} unless the row says otherwise (column lr).", "",
+              "| method | quantized layers (w, a bits) | lr | test top-1 | change vs float (points) | paper's change | "
               "val top-1 | file bytes | whole model smaller | quantized layers smaller | compress s |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    diverged = []
     for label in settings["runs"]:
+        diverged += [f"{label} diverged at learning rate {r['lr']:g} ({r['diverged'].split(':')[0]})"
+                     for _b, r in _pairs(runs, label, diverged=True)]
         pairs = _pairs(runs, label)
         if not pairs:
             continue
         first = pairs[0][1]
         bits = ", ".join(f"{name} ({w},{a})" for name, (w, a) in first["layer_bits"].items())
         lines.append(
-            f"| {label} | {bits} | {_mean_sd([r['test_top1'] for _b, r in pairs])} | "
+            f"| {label} | {bits} | {first['lr'] if first['finetune_epochs'] else '-'} | "
+            f"{_mean_sd([r['test_top1'] for _b, r in pairs])} | "
             f"{_mean_sd([r['test_top1'] - b['test_top1'] for b, r in pairs], sign=True)} | {_paper_change(label)} | "
             f"{_mean_sd([r['val_top1'] for _b, r in pairs])} | {first['file_bytes']:,} | "
             f"{_mean_sd([r['compression_ratio'] for _b, r in pairs], 1)}x | "
             f"{_mean_sd([r['quantized_layer_compression'] for _b, r in pairs], 1)}x | "
             f"{_mean_sd([r['compress_seconds'] for _b, r in pairs], 0)} |")
+    lines += [f"- {line}." for line in diverged]
     lines += ["", "Paper's change: the published top-1 change on the same network and data, where one exists: "
               + "; ".join(f"{label}: {p['compressed']:.2f} against {p['float']:.2f} float ({p['source']})"
                           for label, p in PAPER.items())
