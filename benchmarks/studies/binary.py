@@ -129,9 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--finetune-epochs", type=float, default=1)
     parser.add_argument("--finetune-lr", type=float, default=0.01)
     parser.add_argument("--lab-lr", type=float, default=0.001, help="LAB's preconditioned step (its yaml's)")
-    parser.add_argument("--ttq-lr", type=float, default=1e-4,
-                        help="TTQ's (at 0.01 LeNet-5 diverged in 3 steps: each scale's gradient sums a whole layer's, "
-                             "and nothing renormalises a network without batch norm); recorded in each run")
+    parser.add_argument("--ttq-lr", type=float, default=1e-5,
+                        help="TTQ's (LeNet-5 diverged at 0.01 within 3 steps and at 1e-4 within 103: each scale's "
+                             "gradient sums a whole layer's, and nothing renormalises a network without batch norm); "
+                             "recorded in each run")
     parser.add_argument("--runs", nargs="+", choices=sorted(RUNS), default=list(RUNS), metavar="RUN")
     parser.add_argument("--redo", nargs="+", choices=sorted(RUNS), default=[], metavar="RUN",
                         help="run these again (their recorded runs are dropped first)")
