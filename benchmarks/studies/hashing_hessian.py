@@ -3,7 +3,8 @@
     python -m benchmarks.studies.hashing_hessian --parts hashing hessian   # results/{hashing,hessian_pruning}.json
     python -m benchmarks.studies.report hashing hessian_pruning            # their .md
 
-- ``hashing``: Chen et al. 2015's 3-layer net (784-1000-10, ReLU) on MNIST: ``hashednets`` at
+- ``hashing``: Chen et al. 2015's 3-layer net (784-1000-10, ReLU; the width is recalled, not checked against
+  the paper, whose tables the shared notes do not hold) on MNIST: ``hashednets`` at
   compression 1/8 and 1/64, trained from scratch (``init: scratch``, as the paper), against a dense
   784-h-10 net with as many stored parameters (the paper's "NN" column: h chosen so the dense net's
   weights and biases match the hashed net's buckets and biases) and the uncompressed 784-1000-10,
@@ -45,7 +46,7 @@ from methods import create_method
 
 ROOT = Path(__file__).resolve().parents[2]
 OUTPUTS = {"hashing": "hashing.json", "hessian": "hessian_pruning.json"}
-HIDDEN = 1000  # Chen et al.'s 3-layer net: one hidden layer of 1,000 units
+HIDDEN = 1000  # Chen et al.'s 3-layer net: one hidden layer of 1,000 units [M: recalled, not in the shared notes]
 COMPRESSIONS = {"1/8": 1 / 8, "1/64": 1 / 64}
 #: the pruning arms: method name and its settings besides sparsity and fine-tuning
 PRUNERS: dict[str, dict[str, Any]] = {

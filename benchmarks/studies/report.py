@@ -68,6 +68,7 @@ REPORTS: dict[str, Report] = {
     "pruning_platform_exchange": Report(("pruning_platform_exchange.json",), pruning_auto.exchange_report),
     "speedup_pairing": Report(("speedup_pairing.json",), speedup_pairing.report),
     "distillation": Report(("distillation.json",), distillation.render),
+    "hashing": Report(("hashing.json",), hashing_hessian.render_hashing),
     "hessian_pruning": Report(("hessian_pruning.json",), hashing_hessian.render_hessian),
 }
 #: how a source is read, by its suffix
