@@ -6,6 +6,7 @@
         --out hardware/tables/local_cpu.json
     python -m hardware profile --hw local_cpu --threads 1 --import benchmarks.models --model resnet20_cifar \\
         --input-size 32 --out hardware/tables/local_cpu.json   # merges into an existing table
+    python -m hardware profile --kernels --samples 300 --out hardware/tables/local_cpu_kernels.json
     python -m hardware calibrate --hw local_cpu_table [--n 40]   # in-sequence scale and per-unit overhead
     python -m hardware validate --hw local_cpu_table [--n 50]
 
@@ -137,11 +138,29 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 # -- profile ------------------------------------------------------------------------------
+def profile_kernels(args: argparse.Namespace) -> int:
+    """Sample ``--samples`` kernel configurations and time each with one thread on the thread-CPU clock."""
+    from hardware.kernelcost import profiling
+    from hardware.protocol import TimingProtocol
+
+    if args.space or args.model:
+        raise HardwareError("--kernels samples kernel configurations itself; drop --space/--model")
+    protocol = TimingProtocol(warmup=args.warmup, repeats=args.repeats, min_time_s=args.min_time, clock="thread_cpu")
+    kernels = profiling.sample_kernels(args.samples, args.seed)
+    _log(f"measuring {len(kernels)} kernel configurations (seed {args.seed}), 1 thread, thread-CPU clock")
+    entries = profiling.measure_kernels(kernels, protocol)
+    out = profiling.save_table(Path(args.out), entries, protocol, args.seed)
+    _log(f"wrote {out}: {len(profiling.load_table(out)['entries'])} kernels")
+    return 0
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     from hardware import lookup, search_space
     from hardware.protocol import TimingProtocol
     from hardware.registry import instantiate, parse_overrides
 
+    if args.kernels:
+        return profile_kernels(args)
     if not args.space and not args.model:
         raise HardwareError("profile needs --space NAME (repeatable) or --model NAME --input-size N")
     if args.model and not args.input_size:
@@ -276,8 +295,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         ]
         if target.source == "table" and not args.no_stability:
             extra += stability_lines([1, None], ["wall", "thread_cpu"])
-        if hasattr(target, "predictor_comparison"):
-            extra += target.predictor_comparison()
+        if hasattr(target, "validation_lines"):
+            extra += target.validation_lines(cases)
         if args.note:
             extra += [args.note, ""]
         md, png = validation.write_report(
@@ -335,7 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hw", default="local_cpu", help="measured device to profile on (a PyTorch CPU target)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the device yaml's)")
     p.add_argument("--space", action="append", help="search space(s) to sample: mobilenetv2, resnet, tiny")
-    p.add_argument("--samples", type=int, default=300, help="architectures sampled per space")
+    p.add_argument("--samples", type=int, default=300, help="architectures sampled per space (kernels with --kernels)")
+    p.add_argument("--kernels", action="store_true",
+                   help="sample and measure kernel configurations (1 thread, thread-CPU clock) into a kernel table")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", help="profile this timm/registered model's layers instead of (or besides) a space")
     p.add_argument("--input-size", type=int, default=None)

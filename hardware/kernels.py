@@ -149,7 +149,8 @@ class _Fuser:
             elif step.op in ("conv", "dwconv", "linear"):
                 self.compute(step)
             elif _is_global_pool(step):
-                self.squeeze_excite(step) or self.kernels.append(_map_kernel("gpool", step.input_shape, [step.name]))
+                if not self.squeeze_excite(step):
+                    self.kernels.append(_map_kernel("gpool", step.input_shape, [step.name]))
             elif step.op == "add":
                 kernel = _map_kernel("add", step.output_shape, [step.name], act="")
                 self.absorb_act(kernel, step.output_shape)

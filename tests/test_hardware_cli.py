@@ -139,6 +139,8 @@ def test_predict_with_a_table_device(tmp_path: Path, capsys: pytest.CaptureFixtu
                 "2",
                 "--set",
                 f"table={path}",
+                "--set",
+                "on_missing=profile",
             ]
         )
         == 0

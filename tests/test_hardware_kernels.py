@@ -90,7 +90,7 @@ def test_a_predictor_fitted_on_a_known_cost_function_recovers_it():
     singles = [KernelSample(f"k{i}", [k], _known_cost(k)) for i, k in enumerate(kernels[:60])]
     # blocks of three kernels measured together fit the same coefficients
     blocks = [KernelSample(f"b{i}", kernels[i : i + 3], sum(map(_known_cost, kernels[i : i + 3]))) for i in range(60, 90, 3)]
-    predictor = KernelPredictor.fit(singles + blocks, small_m_rows=0, cache_bytes=1e12)
+    predictor = KernelPredictor.fit(singles + blocks, trees=20, small_m_rows=0, cache_bytes=1e12)
     assert predictor.coefficients["gemm.macs"] == pytest.approx(0.3, rel=1e-3)
     assert predictor.coefficients["gemm.output"] == pytest.approx(2.0, rel=1e-3)
     held = kernels[90:]
@@ -108,3 +108,61 @@ def test_the_table_is_an_exact_cache_and_misses_come_from_the_model():
     assert predictor.predict(kernels[0]) == (1.2345, "table")
     ms, source = predictor.predict(kernels[1])
     assert source == "analytical" and ms == pytest.approx(_known_cost(kernels[1]), rel=0.05)
+
+
+def test_sampled_kernels_build_back_into_the_same_kernels():
+    from hardware.kernelcost.profiling import kernel_module, sample_kernels
+
+    kernels = sample_kernels(24, seed=3)
+    assert len({k.type for k in kernels}) >= 8
+    for kernel in kernels:
+        module, inputs = kernel_module(kernel)
+        if len(inputs) == 1:  # one-input kernels trace on their own
+            (traced,) = model_kernels(module, tuple(inputs[0].shape), "pytorch")
+            assert traced.key == kernel.key
+
+
+def test_profiled_kernels_answer_for_a_model_the_unit_table_lacks(tmp_path):
+    from hardware.kernelcost.profiling import measure_kernels, sample_kernels, save_table
+    from hardware.lookup import LatencyTable, TableTarget
+    from hardware.protocol import TimingProtocol
+
+    protocol = TimingProtocol(warmup=1, repeats=3, min_time_s=0.0, clock="thread_cpu")
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Hardswish(), _SE(8)).eval()
+    own = model_kernels(model, (1, 3, 16, 16), "pytorch")
+    kernels = sample_kernels(16, seed=1) + own[:1]  # the model's conv is measured: a table hit
+    table_path = save_table(tmp_path / "kernels.json", measure_kernels(kernels, protocol, progress=False), protocol, 1)
+    LatencyTable().save(tmp_path / "units.json")  # an empty unit table: every unit is missing
+    device = {"_target_": "hardware.kernelcost.KernelTarget", "name": "k", "device": "cpu", "citation": "test",
+              "source": "table", "calibration": "measured", "runtime": "pytorch", "predictor": "analytical",
+              "sources": [{"name": "kernels", "format": "kernel_table", "path": str(table_path), "cache": True}]}
+    target = TableTarget(table=str(tmp_path / "units.json"), on_missing="kernels", kernels=device)
+    report = target.latency(model, (1, 3, 16, 16))
+    by_kernel = report.provenance["kernels"]
+    assert [k["type"] for k in by_kernel] == ["conv", "se"] and report.provenance["answered_by"] == device
+    assert by_kernel[0]["from"] == "table" and by_kernel[1]["from"] == "analytical"
+    assert report.latency_ms == pytest.approx(sum(k["ms"] for k in by_kernel)) and report.hw == "local_cpu_table"
+    assert any("kernel predictors" in note for note in report.notes)
+
+
+def test_two_sources_are_cross_validated_and_left_out_in_turn(tmp_path):
+    """Two kernel tables of one known cost function: every validation group predicts it closely."""
+    import json
+
+    from hardware.kernelcost import KernelTarget
+    from hardware.kernelcost.profiling import TABLE_FORMAT
+
+    rng, sources = random.Random(2), []
+    for name in ("a", "b"):
+        entries = [{"type": k.type, "config": k.config, "ms": _known_cost(k)} for k in (_conv(rng) for _ in range(30))]
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"format": TABLE_FORMAT, "metadata": {}, "entries": entries}))
+        sources.append({"name": name, "format": "kernel_table", "path": str(path)})
+    target = KernelTarget("t", "cpu", "test", sources, runtime="pytorch", predictor="analytical", small_m_rows=0,
+                          cache_bytes=1e12, validation={"cv_folds": 3})
+    cases = target.validation_cases()
+    groups = {(c.group, c.fit) for c in cases}
+    assert groups == {("a", "in-sample"), ("b", "in-sample"), ("a-cv", "leave-one-out"), ("b-cv", "leave-one-out"),
+                      ("a-from-other-sources", "held-out"), ("b-from-other-sources", "held-out")}
+    assert max(abs(c.relative_error) for c in cases) < 0.02
+    assert "| a | 100% / " in "\n".join(target.predictor_comparison())

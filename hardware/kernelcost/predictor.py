@@ -33,13 +33,10 @@ from hardware.opcost.model import _nnls_relative
 
 #: Operator family of each kernel type (the analytical form's terms are per family).
 FAMILY = {"conv": "gemm", "linear": "gemm", "dwconv": "depthwise"}
-#: The family of every other kernel type: elementwise (add, mul, act, bn, pool, gpool, concat).
+#: The family of every other kernel type: elementwise (add, mul, act, bn, pool, gpool, concat). Their terms
+#: are per kind (``<type>[:<activation>].elements`` and ``.overhead``); a kind without measurements is priced
+#: by ``elementwise.*``, the same terms fitted with every elementwise kind sharing them.
 ELEMENTWISE = "elementwise"
-TERMS = {
-    "gemm": ("macs", "map_macs", "input", "output", "weights", "im2col", "small_m_macs", "spill", "act", "overhead"),
-    "depthwise": ("macs", "map_macs", "input", "output", "spill", "act", "overhead"),
-    ELEMENTWISE: ("elements", "overhead"),
-}
 ACTIVATIONS = ("", "ReLU", "ReLU6", "Hardswish", "Hardsigmoid", "SiLU", "Sigmoid", "GELU", "Tanh", "Identity")
 PREDICTORS = ("analytical", "forest")
 #: Terms fitted per runtime build: the per-kernel overhead and how efficiency changes with the
@@ -81,6 +78,13 @@ def _se_parts(kernel: Kernel) -> list[Kernel]:
     ]
 
 
+def _elementwise_kind(kernel: Kernel) -> str:
+    """Elementwise kernels differ per type (and per function for activations): each has its own terms."""
+    activation = kernel.config.get("act", "")
+    return f"{kernel.type}:{activation}" if kernel.type == "act" or (kernel.type in ("add", "bn") and activation) \
+        else kernel.type
+
+
 def kernel_terms(kernel: Kernel, cache_bytes: float = 1.0e6, small_m_rows: int = 100,
                  simd_channels: int = 16) -> dict[str, float]:
     """The analytical terms of one kernel, keyed ``<family>.<term>`` (MACs and elements in millions)."""
@@ -93,7 +97,7 @@ def kernel_terms(kernel: Kernel, cache_bytes: float = 1.0e6, small_m_rows: int =
     family, c = _family(kernel), kernel.config
     if family == ELEMENTWISE:
         touched = _elements(kernel) * (3 if kernel.type in ("add", "mul") else 2)
-        return {f"{family}.elements": touched / 1e6, f"{family}.overhead": 1.0}
+        return {f"{_elementwise_kind(kernel)}.elements": touched / 1e6, f"{_elementwise_kind(kernel)}.overhead": 1.0}
     act = 1.0 if c.get("act") not in ("", "ReLU", "ReLU6", "Identity", None) else 0.0
     if kernel.type == "linear":
         m, k, n = c["rows"], c["cin"], c["cout"]
@@ -121,8 +125,9 @@ def _map_scale(rows: int) -> float:
     return max(0.0, math.log2(rows / 49)) if rows > 0 else 0.0
 
 
-def term_names() -> list[str]:
-    return [f"{family}.{term}" for family, terms in TERMS.items() for term in terms]
+def _family_of_term(name: str) -> str:
+    family = name.split(".", 1)[0]
+    return family if family in ("gemm", "depthwise") else ELEMENTWISE
 
 
 def forest_features(kernel: Kernel) -> list[float]:
@@ -142,13 +147,18 @@ class KernelPredictor:
     forests: dict[str, Any] = field(default_factory=dict)  # kernel type -> fitted forest
     choice: dict[str, str] = field(default_factory=dict)  # kernel type -> "analytical" | "forest"
     table: dict[str, float] = field(default_factory=dict)  # Kernel.key -> measured ms (exact cache)
-    settings: dict[str, float] = field(default_factory=dict)  # cache_bytes, small_m_rows, simd_channels
+    settings: dict[str, Any] = field(default_factory=dict)  # cache_bytes, small_m_rows, simd_channels
     cv_error: dict[str, dict[str, float]] = field(default_factory=dict)  # type -> predictor -> held-out RMSPE
     build: str = ""  # the runtime build predictions stand for (its BUILD_TERMS coefficients)
 
     def analytical(self, kernel: Kernel) -> float:
         terms = kernel_terms(kernel, **self.settings)
-        return sum(self.coefficients.get(_term_key(name, self.build), 0.0) * value for name, value in terms.items())
+        return sum(self._coefficient(_term_key(name, self.build)) * value for name, value in terms.items())
+
+    def _coefficient(self, name: str) -> float:
+        if name in self.coefficients or _family_of_term(name) != ELEMENTWISE:
+            return self.coefficients.get(name, 0.0)
+        return self.coefficients.get(f"{ELEMENTWISE}.{name.rsplit('.', 1)[1]}", 0.0)
 
     def forest(self, kernel: Kernel) -> float | None:
         model = self.forests.get(kernel.type)
@@ -173,11 +183,15 @@ class KernelPredictor:
     # ----- fitting
     @classmethod
     def fit(cls, samples: list[KernelSample], table: dict[str, float] | None = None, folds: int = 5,
-            forest: bool = True, seed: int = 0, **settings: float) -> KernelPredictor:
+            forest: bool = True, seed: int = 0, trees: int = 100, **settings: Any) -> KernelPredictor:
         """Fit the analytical form on every sample, a forest per type on its single-kernel samples,
-        and choose per type by ``folds``-fold cross-validated RMSPE of the single-kernel samples."""
+        and choose per type by ``folds``-fold cross-validated RMSPE of the single-kernel samples
+        (``folds`` < 2: no choice, every type analytical)."""
         predictor = cls(coefficients=fit_analytical(samples, settings), table=dict(table or {}), settings=dict(settings))
         if not forest:
+            return predictor
+        if folds < 2:  # forests without the choice (every type analytical until the caller chooses)
+            predictor.forests = _fit_forests(samples, seed, trees)
             return predictor
         singles: dict[str, list[KernelSample]] = {}
         for sample in samples:
@@ -193,13 +207,13 @@ class KernelPredictor:
             if not held:
                 continue
             part = cls(coefficients=fit_analytical(train, settings), settings=dict(settings))
-            part.forests = _fit_forests(train, seed)
+            part.forests = _fit_forests(train, seed, trees)
             for sample in held:
                 kernel = sample.kernels[0]
                 errors[kernel.type]["analytical"].append(part.analytical(kernel) / sample.ms - 1)
                 by_forest = part.forest(kernel)
                 errors[kernel.type]["forest"].append((by_forest if by_forest is not None else math.inf) / sample.ms - 1)
-        predictor.forests = _fit_forests(samples, seed)
+        predictor.forests = _fit_forests(samples, seed, trees)
         for kind, by_predictor in errors.items():
             predictor.cv_error[kind] = {p: _rmspe(e) for p, e in by_predictor.items() if e}
             scores = predictor.cv_error[kind]
@@ -215,19 +229,30 @@ def _term_key(name: str, build: str) -> str:
     return f"{name}@{build}" if build and name in BUILD_TERMS else name
 
 
-def fit_analytical(samples: list[KernelSample], settings: dict[str, float]) -> dict[str, float]:
+def fit_analytical(samples: list[KernelSample], settings: dict[str, Any]) -> dict[str, float]:
     """NNLS on relative error over every sample (groups of kernels sum their terms); terms without data stay 0.
 
     BUILD_TERMS get one coefficient per build of the samples that name one."""
-    builds = sorted({s.build for s in samples if s.build})
-    names = [n for n in term_names() if n not in BUILD_TERMS or not builds or any(not s.build for s in samples)]
-    names += [_term_key(n, b) for n in BUILD_TERMS for b in builds]
+    rows = [[(_term_key(name, sample.build), value) for kernel in sample.kernels
+             for name, value in kernel_terms(kernel, **settings).items()] for sample in samples]
+    coefficients = _nnls_terms(rows, samples)
+    shared = [[(_shared(name), value) for name, value in row] for row in rows]
+    fallback = _nnls_terms(shared, samples)
+    return {**coefficients, **{k: v for k, v in fallback.items() if k.startswith(f"{ELEMENTWISE}.")}}
+
+
+def _shared(name: str) -> str:
+    """The elementwise kinds' terms under one name (the fallback of kinds without measurements)."""
+    return f"{ELEMENTWISE}.{name.rsplit('.', 1)[1]}" if _family_of_term(name) == ELEMENTWISE else name
+
+
+def _nnls_terms(rows: list[list[tuple[str, float]]], samples: list[KernelSample]) -> dict[str, float]:
+    names = sorted({name for row in rows for name, _ in row})
     index = {name: i for i, name in enumerate(names)}
     x = np.zeros((len(samples), len(names)))
-    for row, sample in enumerate(samples):
-        for kernel in sample.kernels:
-            for name, value in kernel_terms(kernel, **settings).items():
-                x[row, index[_term_key(name, sample.build)]] += value
+    for i, row in enumerate(rows):
+        for name, value in row:
+            x[i, index[name]] += value
     y = np.array([s.ms for s in samples])
     used = np.flatnonzero(np.abs(x).sum(axis=0) > 0)
     coef = np.zeros(len(names))
@@ -236,7 +261,7 @@ def fit_analytical(samples: list[KernelSample], settings: dict[str, float]) -> d
     return {name: float(c) for name, c in zip(names, coef, strict=True)}
 
 
-def _fit_forests(samples: list[KernelSample], seed: int) -> dict[str, Any]:
+def _fit_forests(samples: list[KernelSample], seed: int, trees: int) -> dict[str, Any]:
     """One random forest per kernel type on log latency, from the single-kernel samples (3 at least)."""
     from sklearn.ensemble import RandomForestRegressor
 
@@ -248,7 +273,7 @@ def _fit_forests(samples: list[KernelSample], seed: int) -> dict[str, Any]:
     for kind, group in by_type.items():
         if len(group) < 3:
             continue
-        model = RandomForestRegressor(n_estimators=100, random_state=seed, n_jobs=1, min_samples_leaf=1)
+        model = RandomForestRegressor(n_estimators=trees, random_state=seed, n_jobs=1, min_samples_leaf=1)
         model.fit(np.array([forest_features(s.kernels[0]) for s in group]), np.log([s.ms for s in group]))
         forests[kind] = model
     return forests

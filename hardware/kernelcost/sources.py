@@ -4,7 +4,8 @@
 (a folder of TF-Lite per-operator profiles, ``hardware.tflite_profiles``: one sample per
 profiled operator and one per whole model) and ``proxylessnas_lut`` (the ProxylessNAS
 per-block latency table, ``mobile_trim.yaml``: one sample per block, its kernels read off
-the block rebuilt in PyTorch and traced by the one layer tracer).
+the block rebuilt in PyTorch and traced by the one layer tracer) and ``kernel_table``
+(kernels measured on this CPU by ``python -m hardware profile --kernels``).
 """
 
 from __future__ import annotations
@@ -61,9 +62,9 @@ def proxylessnas_block(key: str) -> tuple[nn.Module, tuple[int, int, int, int]]:
             raise HardwareError(f"ProxylessNAS table key {key!r}: shortcut or output size disagrees with the block")
         return block, (1, cin, h, h)
     if match := _CONV.match(key):
-        name, h, _w, cin, ho, _wo, cout = match.groups()
-        stride = int(h) // int(ho)
-        return search_space.conv_bn_act(int(cin), int(cout), 3 if name == "Conv" else 1, stride), (1, int(cin), int(h), int(h))
+        first = match.group(1) == "Conv"
+        size, _, c_in, size_out, _, c_out = map(int, match.groups()[1:])
+        return search_space.conv_bn_act(c_in, c_out, 3 if first else 1, size // size_out), (1, c_in, size, size)
     if match := _LOGITS.match(key):
         h, _w, cin, classes = map(int, match.groups())
         return search_space.Classifier(cin, classes), (1, cin, h, h)
@@ -88,8 +89,23 @@ def proxylessnas_lut_samples(path: Path) -> list[KernelSample]:
     return samples
 
 
+def kernel_table_samples(path: Path) -> list[KernelSample]:
+    """One sample per measured kernel of a table written by ``python -m hardware profile --kernels``."""
+    from hardware.kernelcost.profiling import load_table
+    from hardware.kernels import Kernel
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; measure it with `python -m hardware profile --kernels --out {path}`")
+    samples = []
+    for entry in load_table(path)["entries"]:
+        kernel = Kernel(entry["type"], dict(entry["config"]))
+        samples.append(KernelSample(kernel.key, [kernel], float(entry["ms"]), "kernel-table"))
+    return samples
+
+
 #: Source formats a device's yaml names: a loader of samples from a file or folder.
 SOURCES: dict[str, Callable[[Path], list[KernelSample]]] = {
     "tflite_benchmark_model": tflite_profile_samples,
     "proxylessnas_lut": proxylessnas_lut_samples,
+    "kernel_table": kernel_table_samples,
 }

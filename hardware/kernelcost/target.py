@@ -10,6 +10,7 @@ other sources only), plus published whole-network figures never fitted (``holdou
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from pathlib import Path
@@ -39,7 +40,8 @@ def _load(fmt: str, path: str, build: str) -> tuple[KernelSample, ...]:
 class KernelTarget(LayerCostTarget):
     """Latency = sum of the kernels' predictions, from predictors fitted on ``sources``.
 
-    ``sources``: list of {name, format (a key of SOURCES), path, build}; ``build``: the
+    ``sources``: list of {name, format (a key of SOURCES), path, build, cache}; a source with
+    ``cache: true`` is also the exact cache (its single-kernel samples are returned as measured); ``build``: the
     runtime build predictions stand for (a source's build); ``predictor``: analytical,
     forest, or auto (per kernel type, the lower cross-validated error).
     """
@@ -48,16 +50,21 @@ class KernelTarget(LayerCostTarget):
                  runtime: str = "tflite", predictor: str = "auto", calibration: str = "published",
                  batch_size: int = 1, cache_bytes: float = 1.0e6, small_m_rows: int = 100, simd_channels: int = 16,
                  holdout_file: str | None = None, validation: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        kwargs.pop("source", None)
+        source = kwargs.pop("source", "analytical")
         super().__init__(name=name, calibration=calibration, batch_size=batch_size, **kwargs)
+        if source not in ("analytical", "table"):
+            raise ValueError(f"hw.source {source!r}: a kernel target is 'table' (fitted on kernels measured here) "
+                             "or 'analytical' (fitted on published figures)")
+        self.source = source
         if runtime not in FUSIBLE_ACTIVATIONS:
             raise ValueError(f"hw.runtime {runtime!r} is unknown; use one of {sorted(FUSIBLE_ACTIVATIONS)}")
         if predictor not in (*PREDICTORS, "auto"):
             raise ValueError(f"hw.predictor {predictor!r} is unknown; use auto or one of {PREDICTORS}")
         self.device, self.citation, self.runtime, self.predictor_kind = device, citation, runtime, predictor
-        self.settings = {"cache_bytes": float(cache_bytes), "small_m_rows": int(small_m_rows),
+        self.settings: dict[str, Any] = {"cache_bytes": float(cache_bytes), "small_m_rows": int(small_m_rows),
                          "simd_channels": int(simd_channels)}
         self.samples: dict[str, list[KernelSample]] = {}
+        self.cached: set[str] = set()
         for index, source in enumerate(sources):
             missing = {"name", "format", "path"} - set(source)
             if missing:
@@ -69,6 +76,8 @@ class KernelTarget(LayerCostTarget):
                 self.samples[source["name"]] = list(_load(source["format"], str(path), source.get("build", "")))
             except FileNotFoundError as err:
                 raise HardwareError(f"hw.sources[{index}].path: {err}") from err
+            if source.get("cache"):
+                self.cached.add(source["name"])
         builds = {s.build for group in self.samples.values() for s in group}
         if build and build not in builds:
             raise ValueError(f"hw.build {build!r} is not the build of any source; use one of {sorted(builds)}")
@@ -85,7 +94,10 @@ class KernelTarget(LayerCostTarget):
     def fit(self, samples: list[KernelSample], predictor: str | None = None) -> KernelPredictor:
         """Predictors fitted on ``samples``, standing for this target's build (else the samples' first)."""
         kind = predictor or self.predictor_kind
-        fitted = KernelPredictor.fit(samples, forest=kind != "analytical", **self.settings)
+        cache = {id(s) for name in self.cached for s in self.samples[name]}
+        table = {s.kernels[0].key: s.ms for s in samples if id(s) in cache and len(s.kernels) == 1}
+        fitted = KernelPredictor.fit(samples, table=table, forest=kind != "analytical", folds=5 if kind == "auto" else 0,
+                                     **self.settings)
         if kind == "forest":
             fitted.choice = {t: "forest" for t in fitted.forests}
         builds = sorted({s.build for s in samples})
@@ -134,8 +146,9 @@ class KernelTarget(LayerCostTarget):
 
     # ----- validation
     def validation_cases(self, cv_folds: int | None = None, holdout: bool | None = None, seed: int | None = None,
-                         **_: Any) -> list[ValidationCase]:
-        """In-sample, k-fold / leave-one-model-out, leave-one-source-out, and (``holdout``) published networks."""
+                         progress: Any = None, **_: Any) -> list[ValidationCase]:
+        """In-sample, k-fold / leave-one-model-out, leave-one-source-out, (``holdout``) published networks,
+        and (``validation.networks``) timm networks measured here against a reference."""
         folds = int(cv_folds or self.validation["cv_folds"])
         holdout = self.validation["holdout"] if holdout is None else holdout
         cases = [self._case(s, self.predictor, "in-sample", name) for name, group in self.samples.items() for s in group]
@@ -150,24 +163,95 @@ class KernelTarget(LayerCostTarget):
                 cases += [self._case(s, fitted, "held-out", f"{name}-from-other-sources") for s in group]
         if holdout:
             cases += self.holdout_cases()
+        if self.validation.get("networks"):
+            cases += self.network_cases(progress)
+        return cases
+
+    def network_cases(self, progress: Any = None) -> list[ValidationCase]:
+        """Whole timm networks never profiled, predicted and measured here (``validation.networks`` at
+        ``validation.sizes``), each timed in interleaved rounds with ``validation.reference``.
+
+        The machine drifts (other jobs, clocks): a network's measurement is normalised by its
+        reference's, ``measured * median(reference over the run) / reference in its rounds``; the
+        case compares that normalised figure, the raw one travels in its info. The first
+        ``validation.repeat`` networks are measured twice (the repeatability floor).
+        """
+        import timm
+
+        from hardware.measured import LocalCPU
+
+        v = self.validation
+        timer = LocalCPU(threads=1, clock="thread_cpu", per_layer=False, **v.get("protocol", {}))
+        rows = []
+        for size in v.get("sizes", [224]):
+            shape = (1, 3, int(size), int(size))
+            reference = timm.create_model(v.get("reference", "resnet18"), pretrained=False).eval()
+            reference_layers = trace_model(reference, shape).layers
+            for index, name in enumerate(v["networks"]):
+                model = timm.create_model(name, pretrained=False).eval()
+                trace = trace_model(model, shape)  # once: for the prediction and the measured report
+                predicted = self.kernel_report(detect_kernels(trace, self.runtime), trace.layers)
+                passes = 2 if index < int(v.get("repeat", 5)) else 1
+                layers = {"reference": reference_layers, "network": trace.layers}
+                timed = [timer.latencies({"reference": reference, "network": model}, shape, layers) for _ in range(passes)]
+                rows.append((f"{name}@{size}", predicted, [(t["network"].latency_ms, t["reference"].latency_ms)
+                                                           for t in timed]))
+                if progress is not None:
+                    progress(f"{name}@{size}: predicted {predicted.latency_ms:.2f} ms, measured "
+                             f"{timed[0]['network'].latency_ms:.2f} ms (reference {timed[0]['reference'].latency_ms:.2f})")
+        baseline = float(np.median([ref for _, _, pairs in rows for _, ref in pairs]))
+        cases = []
+        for name, predicted, pairs in rows:
+            normalised = [net * baseline / ref for net, ref in pairs]
+            info: dict[str, Any] = {"raw_measured_ms": pairs[0][0], "reference_ms": pairs[0][1],
+                                    "raw_error": predicted.latency_ms / pairs[0][0] - 1,
+                                    "kernels_from_table": predicted.provenance["kernels_from"]["table"]}
+            if len(normalised) > 1:
+                info["measured_again_ms"] = normalised[1]
+            cases.append(ValidationCase(name, predicted.latency_ms, normalised[0], "timm-networks", info,
+                                        fit="held-out"))
         return cases
 
     def _case(self, sample: KernelSample, predictor: KernelPredictor, fit: str, group: str) -> ValidationCase:
         scope = "operator" if ":network" not in sample.source else "network"
+        if any(key.endswith(f"@{sample.build}") for key in predictor.coefficients):  # a build it was fitted on
+            predictor = dataclasses.replace(predictor, build=sample.build)
         return ValidationCase(sample.name, predictor.total(sample.kernels), sample.ms, group,
                               {"kernels": len(sample.kernels)}, fit=fit, scope=scope)
 
-    def predictor_comparison(self) -> list[str]:
-        """Analytical against forest, leave-one-source-out: the lines `validate` adds to the section."""
-        lines = ["Predictors compared, leave-one-source-out (fit on the other sources, predict this one): "
-                 "share within ±10% / RMSPE", "", "| predicted source | analytical | forest (where fitted) |", "|---|---|---|"]
+    def validation_lines(self, cases: list[ValidationCase]) -> list[str]:
+        """What `validate` adds to the section: the raw figures beside the drift-normalised ones, and
+        the predictors compared."""
+        lines = []
+        measured = [c for c in cases if "raw_measured_ms" in c.info]
+        if measured:
+            raw = [dataclasses.replace(c, measured_ms=float(c.info["raw_measured_ms"])) for c in measured]
+            normalised, plain = _validation.summarise(measured), _validation.summarise(raw)
+            lines += [f"Measured networks: drift-normalised by the interleaved reference network "
+                      f"({self.validation.get('reference', 'resnet18')}), {normalised['within']:.1%} within ±10% "
+                      f"(RMSPE {normalised['rmspe']:.1%}); raw, {plain['within']:.1%} within ±10% "
+                      f"(RMSPE {plain['rmspe']:.1%}). One thread, thread-CPU clock, on a shared loaded machine.", ""]
+        return lines + self.predictor_comparison()
+
+    def predictor_comparison(self, folds: int = 5) -> list[str]:
+        """Analytical against forest on data neither was fitted on: the lines `validate` adds to the section.
+
+        With several sources, leave-one-source-out (fit on the others, predict this one); with one, ``folds``-fold."""
+        several = len(self.samples) > 1
+        how = "leave-one-source-out (fit on the other sources, predict this one)" if several else f"{folds}-fold"
+        lines = [f"Predictors compared, {how}: share within ±10% / RMSPE", "",
+                 "| predicted source | analytical | forest (where fitted, else analytical) |", "|---|---|---|"]
         for name, group in self.samples.items():
-            train = [s for other, g in self.samples.items() if other != name for s in g]
+            others = [s for other, g in self.samples.items() if other != name for s in g]
+            splits = [(group, others)] if several else [(held, train) for held, train in _folds(group, folds, 0)]
             cells = []
             for kind in PREDICTORS:
-                fitted = self.fit(train, kind)
-                errors = np.array([fitted.total(s.kernels) / s.ms - 1 for s in group])
-                cells.append(f"{np.mean(np.abs(errors) <= 0.1):.0%} / {np.sqrt(np.mean(errors ** 2)):.1%}")
+                errors = []
+                for held, train in splits:
+                    fitted = self.fit(train, kind)
+                    errors += [fitted.total(s.kernels) / s.ms - 1 for s in held]
+                e = np.array(errors)
+                cells.append(f"{np.mean(np.abs(e) <= 0.1):.0%} / {np.sqrt(np.mean(e ** 2)):.1%}")
             lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
         return [*lines, ""]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -37,12 +38,16 @@ class TableTarget(HardwareTarget):
         on_missing: str = "profile",
         validation: dict[str, Any] | None = None,
         statistic: str = "median",
+        kernels: str | Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.pop("source", None)
         super().__init__(name=name, calibration=calibration, batch_size=batch_size, **kwargs)
-        if on_missing not in ("profile", "error"):
-            raise ValueError(f"hw.on_missing must be 'profile' or 'error', got {on_missing!r}")
+        if on_missing not in ("profile", "error", "kernels"):
+            raise ValueError(f"hw.on_missing must be 'profile', 'error' or 'kernels', got {on_missing!r}")
+        if on_missing == "kernels" and not kernels:
+            raise ValueError("hw.on_missing=kernels needs hw.kernels: the device of kernel predictors (local_cpu_kernels)")
+        self.kernels = kernels
         self.table_path = resolve_path(table)
         if not self.table_path.is_file():
             raise HardwareError(
@@ -65,6 +70,7 @@ class TableTarget(HardwareTarget):
         if self.cpu_warning:
             log.warning("hw %r: %s", name, self.cpu_warning)
         self._reference = None
+        self._kernel_target: HardwareTarget | None = None
 
     # -- the measured device the table stands for -------------------------------------
     def reference_target(self, **overrides: Any):
@@ -89,6 +95,8 @@ class TableTarget(HardwareTarget):
         input_shape = tuple(int(s) for s in input_shape)
         trace = trace_model(model, input_shape)
         units, unmodelled = units_of(trace, self.granularity)
+        if self.on_missing == "kernels" and any(self.table.lookup(u, self._field)[0] is None for u in units):
+            return self._kernel_report(model, input_shape, layers)
         counts = {"exact": 0, "interpolated": 0, "measured_now": 0}
         values: list[float] = []
         minima: list[float] = []
@@ -164,6 +172,21 @@ class TableTarget(HardwareTarget):
             },
             notes=notes,
         )
+
+    def _kernel_report(self, model: nn.Module, input_shape: tuple[int, ...], layers: list[LayerSpec] | None) -> LatencyReport:
+        """The answer of the kernel predictors (hw.kernels) for a model whose units the table lacks."""
+        from hydra.utils import instantiate as hydra_instantiate
+
+        from hardware.registry import instantiate
+
+        if self._kernel_target is None:  # a device name, or a device's config (its yaml as a mapping)
+            self._kernel_target = (hydra_instantiate(dict(self.kernels)) if isinstance(self.kernels, Mapping)
+                                   else instantiate(str(self.kernels)))
+        report = self._kernel_target.latency(model, input_shape, layers)
+        note = (f"units outside {self.table_path.name}: answered by the kernel predictors of {self.kernels!r} "
+                "(provenance 'kernels' says which kernels came from its table and which from its models)")
+        return dataclasses.replace(report, hw=self.name, notes=[note, *report.notes],
+                                   provenance={**report.provenance, "answered_by": self.kernels})
 
     def validation_cases(
         self,
