@@ -14,7 +14,7 @@ from hardware.measured import LocalCPU
 from methods.base import MethodConfigError
 from methods.quantization.ecsq import ECSQ, entropy_constrained_lloyd, uniform_quantize
 from methods.quantization.hessian_kmeans import HessianKMeans, adam_second_moment, weight_importance
-from methods.quantization.kmeans import kmeans_1d
+from methods.quantization.kmeans import attach_shared, kmeans_1d, share_layer
 from methods.quantization.pq import ProductQuantization, product_quantize
 from methods.quantization.ptq import calibration_inputs
 from methods.quantization.qcnn import QCNN
@@ -95,6 +95,22 @@ def test_hessian_importance_pulls_the_shared_values_toward_high_curvature_weight
         distortion[name] = sum(float((h[n] * (shared.get_submodule(n).weight - modules[n].weight) ** 2).sum())
                                for n in modules)
     assert distortion["fisher"] < 0.9 * distortion["plain"]
+
+
+def test_average_shared_gradient_is_the_cluster_mean():
+    """Choi et al. fine-tune a shared value with its cluster's mean gradient, Deep Compression with the sum."""
+    layer = nn.Linear(4, 2, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.05, 0.1, 0.2, 5.0], [0.3, 0.1, 5.1, 0.2]]))
+    grads = {}
+    for average in (False, True):
+        shared = share_layer("weight", layer.weight, 1, "linear", 50, None)
+        module = nn.Linear(4, 2, bias=False)
+        attach_shared(module, shared, average)
+        module(torch.ones(3, 4)).sum().backward()
+        grads[average] = module.parametrizations.weight.original.grad
+    assert torch.allclose(grads[False], torch.tensor([18.0, 6.0]))  # 6 and 2 weights, each d/dw = 3
+    assert torch.allclose(grads[True], torch.tensor([3.0, 3.0]))
 
 
 def test_hessian_kmeans_shares_one_codebook_across_the_network_and_round_trips(task):

@@ -50,7 +50,7 @@ RESNET20 = SHARED / "weights" / "akamaster-resnet-cifar10" / "resnet20-12fca82f.
 BITS = (2, 3, 4)
 #: scalar quantizers, by label: (method, settings); all Huffman-code their indices
 SCALAR: dict[str, tuple[str, dict[str, Any]]] = {
-    "k-means, per layer": ("hessian_kmeans", {"importance": "none", "scope": "layer"}),
+    "k-means, per layer": ("hessian_kmeans", {"importance": "none", "scope": "layer", "shared_gradient": "sum"}),
     "k-means, network": ("hessian_kmeans", {"importance": "none"}),
     "Hessian k-means (fisher)": ("hessian_kmeans", {"importance": "fisher", "calibration_batches": 2}),
     "Hessian k-means (adam)": ("hessian_kmeans", {"importance": "adam", "calibration_batches": 2}),
@@ -60,6 +60,10 @@ SCALAR: dict[str, tuple[str, dict[str, Any]]] = {
 #: 2 batches of 128 training images for the importance: the exact Fisher diagonal (per-sample gradients
 #: for each of 10 classes) took over 7 minutes for 8 batches on this loaded machine
 FINETUNED = ("k-means, per layer", "k-means, network", "Hessian k-means (fisher)")
+#: fine-tuning learning rate of the quantizers trained with their clusters' mean gradient (Choi et al.); the
+#: per-layer k-means keeps Deep Compression's summed gradient at ``--finetune-lr`` (summed over a
+#: network-wide cluster it diverged at 1e-4)
+MEAN_GRADIENT_LR = 1e-3
 LAGRANGIAN = (0.005, 0.02)
 #: vector quantizers of LeNet-5's conv2 and fc1, by label: (method, settings)
 _VQ_LAYERS = {"layers": {"first": False, "last": False}}
@@ -116,17 +120,18 @@ def scalar(runs: Runs, args: argparse.Namespace, work: Path) -> None:
     runs.get("scalar/baseline", lambda: {"stored_bytes": 4 * sum(t.numel() for t in base.state_dict().values()),
                                          **_scores(base, dm)})
     recipe = _mnist_recipe(args.finetune_epochs)
+    for lagrange in LAGRANGIAN:
+        full = {"scheme": "lagrangian", "lagrange_multiplier": lagrange, "importance": "fisher", "calibration_batches": 2,
+                "bits": 4, "finetune": {"epochs": 0.0}}
+        runs.get(f"scalar/ECSQ lagrangian {lagrange:g}/b4/ft0", partial(_compress, "ecsq", full, base, dm, recipe, work))
     for epochs in (0.0, args.finetune_epochs):
         for bits in BITS:
             for label, (method, settings) in SCALAR.items():
                 if epochs and label not in FINETUNED:
                     continue
-                full = {**settings, "bits": bits, "finetune": {"epochs": epochs, "lr": args.finetune_lr}}
+                lr = args.finetune_lr if settings.get("shared_gradient") == "sum" else MEAN_GRADIENT_LR
+                full = {**settings, "bits": bits, "finetune": {"epochs": epochs, "lr": lr}}
                 runs.get(f"scalar/{label}/b{bits}/ft{epochs:g}", partial(_compress, method, full, base, dm, recipe, work))
-    for lagrange in LAGRANGIAN:
-        full = {"scheme": "lagrangian", "lagrange_multiplier": lagrange, "importance": "fisher", "calibration_batches": 2,
-                "bits": 4, "finetune": {"epochs": 0.0}}
-        runs.get(f"scalar/ECSQ lagrangian {lagrange:g}/b4/ft0", partial(_compress, "ecsq", full, base, dm, recipe, work))
 
 
 def vq(runs: Runs, args: argparse.Namespace, work: Path) -> None:
@@ -213,8 +218,10 @@ def _scalar_section(runs: dict[str, Any], settings: dict[str, Any]) -> list[str]
            f"Baseline: LeNet-5 trained {settings['baseline_epochs']:g} epochs, test top-1 {base['test_top1']:.2f} "
            f"(validation {base['val_top1']:.2f}), {base['stored_bytes'] / 1024:.1f} KB as float32. Every conv/linear "
            "layer shared; a cell is test top-1 (stored file, average Huffman code bits per weight).", ""]
-    for epochs, title in ((0.0, "without fine-tuning"), (ft, f"after {ft:g} epoch of shared-value fine-tuning "
-                                                             f"(lr {settings['finetune_lr']:g})")):
+    for epochs, title in ((0.0, "without fine-tuning"),
+                          (ft, f"after {ft:g} epoch of shared-value fine-tuning (k-means per layer: summed cluster "
+                               f"gradients at lr {settings['finetune_lr']:g}, as Deep Compression; the others: mean "
+                               f"cluster gradients at lr {MEAN_GRADIENT_LR:g}, as Choi et al.)")):
         labels = [label for label in SCALAR if not epochs or label in FINETUNED]
         out += [f"### {title.capitalize()}", "", "| quantizer | " + " | ".join(f"{b} bits" for b in BITS) + " |",
                 "|---|" + "---|" * len(BITS)]

@@ -171,22 +171,43 @@ def share_values(flat: torch.Tensor, k: int, cluster: Clusterer) -> tuple[torch.
     return centroids.float(), codes, True
 
 
+class _ScaleGradient(torch.autograd.Function):
+    """Identity whose backward multiplies the gradient by ``scale``."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(scale)  # type: ignore[attr-defined]
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (scale,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return grad * scale, None
+
+
 class SharedWeights(nn.Module):
     """Parametrization ``weight = codebook[codes]`` whose trainable tensor is the centroids.
 
     Autograd then gives each centroid the sum of the gradients of its cluster's weights
-    (Deep Compression, Sec. 3.3).
+    (Deep Compression, Sec. 3.3); ``average`` divides it by the cluster's size, the mean gradient
+    Choi et al. (2017) fine-tune with (a sum over a network-wide cluster diverges).
     """
 
     codes: torch.Tensor
+    scale: torch.Tensor
 
-    def __init__(self, layer: SharedLayer) -> None:
+    def __init__(self, layer: SharedLayer, average: bool = False) -> None:
         super().__init__()
         self.register_buffer("codes", layer.codes.reshape(layer.shape).clone())
         self.zero_code = layer.zero_code
         self._initial = layer.centroids.clone()
+        self.average = average
+        sizes = torch.bincount(layer.codes.flatten(), minlength=len(layer.codebook))[int(layer.zero_code):]
+        self.register_buffer("scale", 1.0 / sizes.clamp(min=1).float())
 
     def forward(self, centroids: torch.Tensor) -> torch.Tensor:
+        if self.average:
+            centroids = _ScaleGradient.apply(centroids, self.scale.to(centroids.dtype))
         if self.zero_code:
             centroids = torch.cat([centroids.new_zeros(1), centroids])
         return centroids[self.codes]
@@ -195,9 +216,9 @@ class SharedWeights(nn.Module):
         return self._initial.clone().to(weight.dtype)
 
 
-def attach_shared(module: nn.Module, layer: SharedLayer) -> None:
-    """Make ``module.weight`` a function of ``layer``'s centroids (trainable)."""
-    parametrize.register_parametrization(module, "weight", SharedWeights(layer))
+def attach_shared(module: nn.Module, layer: SharedLayer, average: bool = False) -> None:
+    """Make ``module.weight`` a function of ``layer``'s centroids (trainable; ``average``: mean gradients)."""
+    parametrize.register_parametrization(module, "weight", SharedWeights(layer, average))
 
 
 def detach_shared(module: nn.Module, layer: SharedLayer) -> None:
@@ -271,11 +292,12 @@ def share_weights(model: nn.Module, config: SharingConfig, ctx: CompressionConte
 
 
 def finetune_shared(model: nn.Module, modules: Mapping[str, nn.Module], layers: Mapping[str, SharedLayer],
-                    finetune: FineTuning, ctx: CompressionContext) -> None:
+                    finetune: FineTuning, ctx: CompressionContext, average: bool = False) -> None:
     """Train the centroids of ``layers`` (by module name) in ``model`` with ``ctx.finetune`` when
-    ``finetune.epochs`` > 0 (Deep Compression, Sec. 3.3); the layers get the trained centroids back."""
+    ``finetune.epochs`` > 0 (Deep Compression, Sec. 3.3; ``average``: with each cluster's mean gradient,
+    Choi et al.'s); the layers get the trained centroids back."""
     for module_name, module in modules.items():
-        attach_shared(module, layers[module_name])
+        attach_shared(module, layers[module_name], average)
     try:
         if finetune.epochs > 0:
             ctx.finetune(model, finetune.epochs, lr=finetune.lr)
