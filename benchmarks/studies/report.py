@@ -24,6 +24,7 @@ from benchmarks.studies import (
     deep_compression_selection,
     distillation,
     fail_fast,
+    haq,
     hashing_hessian,
     pruning_auto,
     quantization_codebook,
@@ -70,6 +71,7 @@ REPORTS: dict[str, Report] = {
     "distillation": Report(("distillation.json",), distillation.render),
     "hashing": Report(("hashing.json",), hashing_hessian.render_hashing),
     "hessian_pruning": Report(("hessian_pruning.json",), hashing_hessian.render_hessian),
+    "haq": Report(("haq.json", "haq_curve.json"), haq.render, optional=("haq_curve.json",)),
 }
 #: how a source is read, by its suffix
 READERS: dict[str, Callable[[str], Any]] = {".json": json.loads, ".yaml": yaml.safe_load}
