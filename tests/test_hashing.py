@@ -113,3 +113,10 @@ def test_impossible_requests_name_the_key() -> None:
             assert key in str(err), (options, err)
         else:
             raise AssertionError(f"{options} was accepted")
+    subclass = nn.ModuleDict({"proj": nn.modules.linear.NonDynamicallyQuantizableLinear(4, 4)})  # its own class
+    try:
+        hash_layers(subclass, {"proj": 4}, seed=0)
+    except MethodConfigError as err:
+        assert "method.layers.exclude" in str(err) and "'proj'" in str(err)
+    else:
+        raise AssertionError("a Linear subclass was hashed as a plain Linear")
