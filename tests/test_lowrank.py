@@ -60,6 +60,7 @@ def test_cp_of_a_rank_r_kernel_is_exact_at_r() -> None:
 def test_rank_rules_find_the_rank_of_a_noisy_low_rank_matrix() -> None:
     matrix = (_randn(64, 7) @ _randn(7, 144) + 0.05 * _randn(64, 144)).float()
     assert vbmf_rank(matrix) == 7
+    assert vbmf_rank(_randn(64, 144).float()) == 1  # pure noise: VBMF keeps nothing (at least one component)
     assert energy_rank(matrix, 0.999) == 7
     assert energy_rank(matrix, 0.5) < 7
 
