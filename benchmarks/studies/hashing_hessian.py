@@ -53,10 +53,12 @@ PRUNERS: dict[str, dict[str, Any]] = {
     "magnitude, per layer": {"method": "magnitude", "settings": {"scope": "layer"}},
     "magnitude, global": {"method": "magnitude", "settings": {"scope": "global"}},
     "OBD, global (Gauss-Newton diagonal)": {"method": "obd", "settings": {"scope": "global", "hessian": "fisher"}},
+    "OBD, per layer (Gauss-Newton diagonal)": {"method": "obd", "settings": {"scope": "layer", "hessian": "fisher"}},
     "L-OBS, per layer": {"method": "obs", "settings": {"scope": "layer"}},
 }
 #: (second-order arm, magnitude arm at the same scope) the report compares
-PAIRS = (("OBD, global (Gauss-Newton diagonal)", "magnitude, global"), ("L-OBS, per layer", "magnitude, per layer"))
+PAIRS = (("OBD, global (Gauss-Newton diagonal)", "magnitude, global"),
+         ("OBD, per layer (Gauss-Newton diagonal)", "magnitude, per layer"), ("L-OBS, per layer", "magnitude, per layer"))
 #: a third-party PyTorch port's MNIST figures at 1/64 (docs: shared method notes, hashing-tt-svd.md, [V])
 PORT_1_64 = {"hashed": 96.83, "same-size dense": 94.09}
 
@@ -81,12 +83,19 @@ def equal_size_hidden(stored_params: int) -> int:
 
 
 class Figures:
-    """One JSON of runs by key, rewritten after each run; a change of settings starts it afresh."""
+    """One JSON of runs by key, rewritten after each run; a change of settings starts it afresh, but for
+    the pruning arms, whose runs (keys ``<arm>/...``) are kept while that arm's settings are unchanged."""
 
     def __init__(self, path: Path, settings: dict[str, Any], command: str) -> None:
         self.path = path
         old = json.loads(path.read_text()) if path.exists() else {}
-        runs = old.get("runs", {}) if old.get("settings") == settings else {}
+        old_settings = old.get("settings", {})
+        same = {k: v for k, v in old_settings.items() if k != "pruners"} == \
+            {k: v for k, v in settings.items() if k != "pruners"}
+        kept = {arm for arm, spec in (settings.get("pruners") or {}).items()
+                if (old_settings.get("pruners") or {}).get(arm) == spec}
+        runs = {key: run for key, run in old.get("runs", {}).items()
+                if same and (old_settings.get("pruners") is None or key.split("/", 1)[0] in kept | {"baseline"})}
         self.data: dict[str, Any] = {"settings": settings, "command": command, "machine": machine_provenance(),
                                      "runs": runs}
 
