@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from benchmarks.studies import (
+    binary,
     deep_compression_selection,
     distillation,
     fail_fast,
@@ -46,10 +47,12 @@ class Report:
     optional: tuple[str, ...] = ()
 
 
-def _reproductions(paper: dict[str, Any], dc_runs: dict[str, Any], distilled: dict[str, Any] | None) -> str:
+def _reproductions(paper: dict[str, Any], dc_runs: dict[str, Any], distilled: dict[str, Any] | None,
+                   binarized: dict[str, Any] | None = None) -> str:
     """results/reproductions.md: each study's paper figures beside ours, one section per paper."""
     sections = [deep_compression_selection.reproductions(paper, dc_runs),
-                distillation.reproduction(distilled) if distilled else ""]
+                distillation.reproduction(distilled) if distilled else "",
+                binary.reproduction(binarized) if binarized else ""]
     return "\n".join(section for section in sections if section)
 
 
@@ -62,14 +65,15 @@ REPORTS: dict[str, Report] = {
     "deep_compression_selection": Report(("deep_compression_mnist.json",),
                                          partial(deep_compression_selection.report,
                                                  goal=deep_compression_selection.COMPRESSION_GOAL)),
-    "reproductions": Report(("deep_compression_paper.yaml", "deep_compression_mnist.json", "distillation.json"),
-                            _reproductions, optional=("distillation.json",)),
+    "reproductions": Report(("deep_compression_paper.yaml", "deep_compression_mnist.json", "distillation.json",
+                             "binary.json"), _reproductions, optional=("distillation.json", "binary.json")),
     "quantization_fixed_point": Report(("quantization_fixed_point.json",), quantization_codebook.fixed_point_markdown),
     "pruning_amc": Report(("pruning_amc.json",), pruning_auto.amc_report),
     "pruning_amc_vs_uniform": Report(("pruning_amc_vs_uniform.json",), pruning_auto.amc_report),
     "pruning_platform_exchange": Report(("pruning_platform_exchange.json",), pruning_auto.exchange_report),
     "speedup_pairing": Report(("speedup_pairing.json",), speedup_pairing.report),
     "distillation": Report(("distillation.json",), distillation.render),
+    "binary": Report(("binary.json",), binary.render),
     "lowrank": Report(("lowrank.json",), lowrank.render),
     "hashing": Report(("hashing.json",), hashing_hessian.render_hashing),
     "hessian_pruning": Report(("hessian_pruning.json",), hashing_hessian.render_hessian),
