@@ -157,7 +157,10 @@ def fit(
         logger=logger,
         callbacks=callbacks or [],
     )
+    was_training = model.training
+    model.train()  # Lightning keeps the mode it is given: a model in eval mode would train with frozen BN statistics
     trainer.fit(Classifier(model, recipe, loss_terms, task_loss, teacher), datamodule=datamodule)
+    model.train(was_training)
     return model
 
 

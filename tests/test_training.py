@@ -95,3 +95,20 @@ def test_a_diverging_training_stops_at_once_naming_the_learning_rate() -> None:
     exploding = RecipeConfig(epochs=1, lr=1e30, scheduler="none", weight_decay=0.0)
     with pytest.raises(TrainingDivergedError, match=r"diverged at learning rate 1e\+30; lower it"):
         fit(model, TinyData(), exploding, TRAINER, seed=0)
+
+
+def test_a_model_handed_over_in_eval_mode_trains_in_train_mode() -> None:
+    """Lightning 2.6 keeps the modes it is given: a compressed model decoded from its file (or checked in
+    eval mode before the run) would fine-tune with frozen batch-norm statistics and no dropout."""
+    torch.manual_seed(0)
+    model = small_net().eval()
+    modes: list[bool] = []
+
+    def mode(step: TrainingStep) -> torch.Tensor:
+        modes.append(step.model.training)
+        return 0.0 * step.logits.sum()
+
+    fit(model, TinyData(), RECIPE, TRAINER, seed=0, loss_terms=[mode])
+    assert modes and all(modes)
+    assert not torch.equal(model[1].running_mean, torch.zeros(8))  # the statistics followed the batches
+    assert not model.training  # handed back in the mode it came in
