@@ -217,13 +217,14 @@ def _scalar_section(runs: dict[str, Any], settings: dict[str, Any]) -> list[str]
     out = ["## Scalar quantization of LeNet-5 (MNIST), codes Huffman-coded", "",
            f"Baseline: LeNet-5 trained {settings['baseline_epochs']:g} epochs, test top-1 {base['test_top1']:.2f} "
            f"(validation {base['val_top1']:.2f}), {base['stored_bytes'] / 1024:.1f} KB as float32. Every conv/linear "
-           "layer shared; a cell is test top-1 (stored file, average Huffman code bits per weight).", ""]
+           "layer shared; a cell is test top-1 (stored file, average Huffman code bits per weight). Hessian (fisher) "
+           "and Adam importance from 2 training batches of 128; each run's settings are in the JSON.", ""]
     for epochs, title in ((0.0, "without fine-tuning"),
                           (ft, f"after {ft:g} epoch of shared-value fine-tuning (k-means per layer: summed cluster "
                                f"gradients at lr {settings['finetune_lr']:g}, as Deep Compression; the others: mean "
                                f"cluster gradients at lr {MEAN_GRADIENT_LR:g}, as Choi et al.)")):
         labels = [label for label in SCALAR if not epochs or label in FINETUNED]
-        out += [f"### {title.capitalize()}", "", "| quantizer | " + " | ".join(f"{b} bits" for b in BITS) + " |",
+        out += [f"### {title[0].upper()}{title[1:]}", "", "| quantizer | " + " | ".join(f"{b} bits" for b in BITS) + " |",
                 "|---|" + "---|" * len(BITS)]
         out += [f"| {label} | " + " | ".join(_cell(runs.get(f"scalar/{label}/b{b}/ft{epochs:g}")) for b in BITS) + " |"
                 for label in labels]
@@ -270,9 +271,11 @@ def _resnet_section(runs: dict[str, Any], settings: dict[str, Any]) -> list[str]
     if base is None:
         return []
     out = ["## ResNet-20 (akamaster's pretrained weights), cifar10_jpeg, no fine-tuning", "",
-           f"Test top-1 on the first {settings['cifar_test_subset']} test images (a subset), importance from "
-           f"{settings['cifar_batches']} training batches of 64. Float baseline: {base['test_top1']:.2f} "
-           f"(validation {base['val_top1']:.2f}).", "",
+           f"Test top-1 on a {settings['cifar_test_subset']}-image subset of the test split, importance from "
+           f"{settings['cifar_batches']} training batches of 64; all 20 conv/linear layers shared, first and last "
+           f"included. Float baseline: {base['test_top1']:.2f} (validation {base['val_top1']:.2f}; this project's "
+           "JPEG copy of CIFAR-10 gives the pretrained net ~81%, as in results/quantization_ptq.md: read the "
+           "accuracies relative to it). Fine-tuning ResNet-20 was not affordable on this shared 2-core machine.", "",
            "| quantizer | " + " | ".join(f"{b} bits" for b in BITS) + " |", "|---|" + "---|" * len(BITS)]
     out += [f"| {label} | " + " | ".join(_cell(runs.get(f"resnet20/{label}/b{b}/ft0")) for b in BITS) + " |"
             for label in ("k-means, network", "Hessian k-means (fisher)")]

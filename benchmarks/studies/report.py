@@ -27,6 +27,7 @@ from benchmarks.studies import (
     fail_fast,
     haq,
     hashing_hessian,
+    hessian_quantization,
     lowrank,
     pruning_auto,
     quantization_codebook,
@@ -73,10 +74,11 @@ REPORTS: dict[str, Report] = {
     "pruning_platform_exchange": Report(("pruning_platform_exchange.json",), pruning_auto.exchange_report),
     "speedup_pairing": Report(("speedup_pairing.json",), speedup_pairing.report),
     "distillation": Report(("distillation.json",), distillation.render),
-    "binary": Report(("binary.json",), binary.render),
     "lowrank": Report(("lowrank.json",), lowrank.render),
+    "hessian_quantization": Report(("hessian_quantization.json",), hessian_quantization.render),
     "hashing": Report(("hashing.json",), hashing_hessian.render_hashing),
     "hessian_pruning": Report(("hessian_pruning.json",), hashing_hessian.render_hessian),
+    "binary": Report(("binary.json",), binary.render),
     "haq": Report(("haq.json", "haq_curve.json"), haq.render, optional=("haq_curve.json",)),
 }
 #: how a source is read, by its suffix
