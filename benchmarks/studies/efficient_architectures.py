@@ -148,11 +148,11 @@ def measure_size(builder: str, classes: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--train-subset", type=int, default=2000, help="seeded subset of the 45,000 training images")
+    parser.add_argument("--train-subset", type=int, default=4000, help="seeded subset of the 45,000 training images")
     parser.add_argument("--test-subset", type=int, default=1000, help="seeded subset of the 10,000 test images")
     parser.add_argument("--epochs", type=float, default=1)
     parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5, help="local_cpu: interleaved timing rounds")
     parser.add_argument("--source-dir", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--data-dir", type=Path, default=ROOT / "data")
