@@ -166,3 +166,11 @@ def test_two_sources_are_cross_validated_and_left_out_in_turn(tmp_path):
                       ("a-from-other-sources", "held-out"), ("b-from-other-sources", "held-out")}
     assert max(abs(c.relative_error) for c in cases) < 0.02
     assert "| a | 100% / " in "\n".join(target.predictor_comparison())
+
+
+def test_drift_normalisation_divides_out_the_reference_drift_per_input_size():
+    from hardware.kernelcost.target import drift_normalised
+
+    # at 128 px the reference takes 10 ms, at 160 px 20 ms; the second 128-px pair ran on a 20 % slower machine
+    rows = [(128, [(5.0, 10.0)]), (128, [(6.0, 12.0)]), (128, [(5.0, 10.0)]), (160, [(8.0, 20.0)])]
+    assert drift_normalised(rows) == [[5.0], [5.0], [5.0], [8.0]]

@@ -172,7 +172,7 @@ class KernelTarget(LayerCostTarget):
         ``validation.sizes``), each timed in interleaved rounds with ``validation.reference``.
 
         The machine drifts (other jobs, clocks): a network's measurement is normalised by its
-        reference's, ``measured * median(reference over the run) / reference in its rounds``; the
+        reference's, ``measured * median(reference at that size over the run) / reference in its rounds``; the
         case compares that normalised figure, the raw one travels in its info. The first
         ``validation.repeat`` networks are measured twice (the repeatability floor).
         """
@@ -194,15 +194,14 @@ class KernelTarget(LayerCostTarget):
                 passes = 2 if index < int(v.get("repeat", 5)) else 1
                 layers = {"reference": reference_layers, "network": trace.layers}
                 timed = [timer.latencies({"reference": reference, "network": model}, shape, layers) for _ in range(passes)]
-                rows.append((f"{name}@{size}", predicted, [(t["network"].latency_ms, t["reference"].latency_ms)
-                                                           for t in timed]))
+                rows.append((f"{name}@{size}", size, predicted, [(t["network"].latency_ms, t["reference"].latency_ms)
+                                                                 for t in timed]))
                 if progress is not None:
                     progress(f"{name}@{size}: predicted {predicted.latency_ms:.2f} ms, measured "
                              f"{timed[0]['network'].latency_ms:.2f} ms (reference {timed[0]['reference'].latency_ms:.2f})")
-        baseline = float(np.median([ref for _, _, pairs in rows for _, ref in pairs]))
+        normalised_of = drift_normalised([(size, pairs) for _, size, _, pairs in rows])
         cases = []
-        for name, predicted, pairs in rows:
-            normalised = [net * baseline / ref for net, ref in pairs]
+        for (name, _size, predicted, pairs), normalised in zip(rows, normalised_of, strict=True):
             info: dict[str, Any] = {"raw_measured_ms": pairs[0][0], "reference_ms": pairs[0][1],
                                     "raw_error": predicted.latency_ms / pairs[0][0] - 1,
                                     "kernels_from_table": predicted.provenance["kernels_from"]["table"]}
@@ -273,6 +272,17 @@ class KernelTarget(LayerCostTarget):
                                         f"holdout-{entry.get('group', 'published')}", {"timm": entry["timm"]},
                                         fit="held-out"))
         return cases
+
+
+def drift_normalised(rows: list[tuple[Any, list[tuple[float, float]]]]) -> list[list[float]]:
+    """Each (group, [(network ms, reference ms) per measurement]) row's network times, normalised by its
+    reference: ``network * median(reference in the group) / reference``. The group is the input size:
+    the reference's level differs per size, only its drift within a size is divided out."""
+    references: dict[Any, list[float]] = {}
+    for group, pairs in rows:
+        references.setdefault(group, []).extend(ref for _, ref in pairs)
+    baseline = {group: float(np.median(values)) for group, values in references.items()}
+    return [[net * baseline[group] / ref for net, ref in pairs] for group, pairs in rows]
 
 
 def _folds(samples: list[KernelSample], folds: int, seed: int) -> list[tuple[list[KernelSample], list[KernelSample]]]:
