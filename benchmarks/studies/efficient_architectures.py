@@ -23,12 +23,9 @@ once and kept on a rerun with the same settings (a changed setting starts the fi
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import os
 import tempfile
 import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -40,10 +37,10 @@ from torch import nn
 from benchmarks.data import CIFAR10JPEGDataModule
 from benchmarks.models import build_model
 from benchmarks.schema import RecipeConfig, TrainerConfig
+from benchmarks.studies.runs import Runs
 from benchmarks.training import evaluate, fit
 from hardware.layers import count_macs
 from hardware.measured import LocalCPU
-from hardware.protocol import machine_provenance
 from hardware.registry import instantiate
 from methods.baseline import save_dense
 
@@ -69,30 +66,6 @@ SIZE_ROWS: tuple[tuple[str, str, int], ...] = (
     ("alexnet, 10 classes", "alexnet", 10), ("squeezenet1_0_cifar", "squeezenet1_0_cifar", 10),
     ("squeezenet1_1_cifar", "squeezenet1_1_cifar", 10),
 )
-
-
-class Figures:
-    """The JSON of figures, written after every row; rows of unchanged settings are kept on a rerun."""
-
-    def __init__(self, path: Path, settings: dict[str, Any]) -> None:
-        self.path = path
-        old = json.loads(path.read_text()) if path.exists() else {}
-        rows = old.get("rows", {}) if old.get("settings") == settings else {}
-        self.figures: dict[str, Any] = {"settings": settings, "rows": rows, "machine": machine_provenance()}
-
-    def row(self, key: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        if key not in self.figures["rows"]:
-            start = time.perf_counter()
-            row = measure()
-            self.figures["rows"][key] = {**row, "seconds": time.perf_counter() - start,
-                                         "load_average": list(os.getloadavg()),
-                                         "date": f"{_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC"}
-            self.write()
-            print(key, json.dumps(self.figures["rows"][key]), flush=True)
-        return dict(self.figures["rows"][key])
-
-    def write(self) -> None:
-        self.path.write_text(json.dumps(self.figures, indent=1) + "\n")
 
 
 def _params(model: nn.Module) -> int:
@@ -168,20 +141,20 @@ def main(argv: list[str] | None = None) -> int:
                                                     "rounds")}
     settings["models"] = MODELS
     args.work.mkdir(parents=True, exist_ok=True)
-    figures = Figures(args.out / f"{NAME}.json", settings)
-    figures.figures["command"] = f"python -m benchmarks.studies.{NAME} " + " ".join(
+    figures = Runs(args.out / f"{NAME}.json", settings, collection="rows")
+    figures.data["command"] = f"python -m benchmarks.studies.{NAME} " + " ".join(
         f"--{key.replace('_', '-')} {value:g}" for key, value in settings.items() if key != "models")
     for row, builder, classes in SIZE_ROWS:
-        figures.row(f"size/{row}", partial(measure_size, builder, classes))
-    figures.row("latency/local_cpu", lambda: measure_latency(args))
+        figures.get(f"size/{row}", partial(measure_size, builder, classes))
+    figures.get("latency/local_cpu", lambda: measure_latency(args))
     dm = CIFAR10JPEGDataModule(data_dir=args.data_dir, source_dir=args.source_dir, batch_size=args.batch_size,
                                eval_batch_size=256, seed=args.seed, val_size=5000, train_subset=args.train_subset,
                                val_subset=256, test_subset=args.test_subset)
     dm.prepare_data()
     dm.setup("fit")
     for name in MODELS:
-        figures.row(f"models/{name}", partial(measure_model, name, dm, args, args.work))
-    (args.out / f"{NAME}.md").write_text(render(figures.figures))
+        figures.get(f"models/{name}", partial(measure_model, name, dm, args, args.work))
+    (args.out / f"{NAME}.md").write_text(render(figures.data))
     print(f"wrote {figures.path} and {NAME}.md")
     return 0
 

@@ -23,21 +23,23 @@ class Runs:
     """``path``: settings, the machine, and ``runs`` by key; ``hidden`` keys are not echoed to the console."""
 
     def __init__(self, path: Path, settings: dict[str, Any], hidden: Collection[str] = (),
-                 parts: Mapping[str, Collection[str]] | None = None) -> None:
+                 parts: Mapping[str, Collection[str]] | None = None, collection: str = "runs") -> None:
+        """``collection``: the JSON field holding the runs (a study's renderer reads it by that name)."""
         self.path = path
         self.hidden = set(hidden)
+        self.collection = collection
         old = json.loads(path.read_text()) if path.exists() else {}
         before = old.get("settings", {})
         if parts is None:
-            kept = old.get("runs", {}) if before == settings else {}
+            kept = old.get(collection, {}) if before == settings else {}
         else:
             changed = {part for part, keys in parts.items() if any(before.get(k) != settings.get(k) for k in keys)}
-            kept = {key: run for key, run in old.get("runs", {}).items() if key.split("/", 1)[0] not in changed}
-        self.data: dict[str, Any] = {"settings": settings, "runs": kept, "machine": machine_provenance()}
+            kept = {key: run for key, run in old.get(collection, {}).items() if key.split("/", 1)[0] not in changed}
+        self.data: dict[str, Any] = {"settings": settings, collection: kept, "machine": machine_provenance()}
 
     def get(self, key: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """The run ``key``: from the file, else measured now (with its wall time, load and date) and written."""
-        runs = self.data["runs"]
+        runs = self.data[self.collection]
         if key not in runs:
             start = time.perf_counter()
             row = measure()
