@@ -7,8 +7,6 @@ import torch
 from torch import nn
 
 from benchmarks.context import make_context
-from benchmarks.schema import RecipeConfig, TrainerConfig
-from benchmarks.training import fit
 from hardware.layers import describe_layers
 from hardware.measured import LocalCPU
 from methods import create_method
@@ -19,7 +17,7 @@ from methods.quantization.uniform import QuantizationError, QuantScheme
 from methods.storage import load_model, read_entries, read_state, save_model
 from methods.storage.codebook import codebook_entry
 from methods.storage.codecs import sign_entry
-from tests.test_quantization_codebook import BlobData
+from tests.test_quantization_codebook import blob_task
 
 METHODS = ("binaryconnect", "bwn", "xnor", "twn", "ttq", "lab")
 
@@ -42,12 +40,8 @@ class SmallNet(nn.Module):
 
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
-    data = BlobData()
-    recipe = RecipeConfig(epochs=2, lr=0.05, weight_decay=0.0)
-    trainer = TrainerConfig(progress_bar=False, limit_val_batches=0)
-    torch.manual_seed(0)
-    model = fit(SmallNet(), data, recipe, trainer, seed=0).eval()
-    return data, recipe, trainer, model, tmp_path_factory
+    data, recipe, trainer, model, factory = blob_task(SmallNet, tmp_path_factory)
+    return data, recipe, trainer, model.eval(), factory
 
 
 def _compress(task, name: str, **overrides):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import lightning as L
 import numpy as np
@@ -60,14 +61,18 @@ def _mlp(hidden: int = 256) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
 
 
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
+def blob_task(build: Callable[[], nn.Module], tmp_path_factory):
+    """The blob data, its recipe and trainer, the model ``build`` makes trained on it (seed 0), and the tmp factory."""
     data = BlobData()
     recipe = RecipeConfig(epochs=2, lr=0.05, weight_decay=0.0)
     trainer = TrainerConfig(progress_bar=False, limit_val_batches=0)
     torch.manual_seed(0)
-    model = fit(_mlp(), data, recipe, trainer, seed=0)
-    return data, recipe, trainer, model, tmp_path_factory
+    return data, recipe, trainer, fit(build(), data, recipe, trainer, seed=0), tmp_path_factory
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    return blob_task(_mlp, tmp_path_factory)
 
 
 def _ctx(task, name: str):

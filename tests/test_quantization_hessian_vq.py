@@ -8,8 +8,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.context import make_context
-from benchmarks.schema import RecipeConfig, TrainerConfig
-from benchmarks.training import fit
 from hardware.measured import LocalCPU
 from methods.base import MethodConfigError
 from methods.quantization.ecsq import ECSQ, entropy_constrained_lloyd, uniform_quantize
@@ -20,7 +18,7 @@ from methods.quantization.ptq import calibration_inputs
 from methods.quantization.qcnn import QCNN
 from methods.quantization.rq import ResidualQuantization
 from methods.storage import load_model, read_entries, read_state
-from tests.test_quantization_codebook import BlobData
+from tests.test_quantization_codebook import blob_task
 
 
 def _net() -> nn.Module:
@@ -29,11 +27,7 @@ def _net() -> nn.Module:
 
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
-    data = BlobData()
-    recipe = RecipeConfig(epochs=2, lr=0.05, weight_decay=0.0)
-    trainer = TrainerConfig(progress_bar=False, limit_val_batches=0)
-    torch.manual_seed(0)
-    return data, recipe, trainer, fit(_net(), data, recipe, trainer, seed=0), tmp_path_factory
+    return blob_task(_net, tmp_path_factory)
 
 
 def _ctx(task, name: str):
