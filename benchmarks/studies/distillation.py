@@ -50,6 +50,7 @@ from benchmarks.data import CIFAR10JPEGDataModule, MNISTDataModule
 from benchmarks.data.base import ImageDataModule
 from benchmarks.models import build_model
 from benchmarks.schema import RecipeConfig, TrainerConfig
+from benchmarks.studies.recipes import conf_recipe
 from benchmarks.studies.runs import Runs
 from benchmarks.training import evaluate, fit
 from hardware.layers import count_macs
@@ -82,14 +83,12 @@ CIFAR_INPUT = (1, 3, 32, 32)
 
 def _recipe(epochs: float, distill: str = "none") -> RecipeConfig:
     """conf/recipe/mnist_sgd.yaml's recipe (the run pipeline's MNIST default) at ``epochs``."""
-    return RecipeConfig(epochs=epochs, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4, scheduler="cosine",
-                        distill=distill)
+    return conf_recipe("mnist_sgd", epochs, distill=distill)
 
 
 def _cifar_recipe(epochs: float, distill: str = "none") -> RecipeConfig:
     """conf/recipe/cifar_sgd.yaml's recipe (the run pipeline's CIFAR default) at ``epochs``."""
-    return RecipeConfig(epochs=epochs, lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4, scheduler="cosine",
-                        distill=distill, distill_T=CIFAR_KD["T"], distill_alpha=CIFAR_KD["alpha"])
+    return conf_recipe("cifar_sgd", epochs, distill=distill, distill_T=CIFAR_KD["T"], distill_alpha=CIFAR_KD["alpha"])
 
 
 def _timed(ctx: CompressionContext, seconds: list[float]) -> CompressionContext:

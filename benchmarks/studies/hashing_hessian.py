@@ -39,6 +39,7 @@ from benchmarks.context import make_context
 from benchmarks.data import MNISTDataModule
 from benchmarks.models import build_model
 from benchmarks.schema import RecipeConfig, TrainerConfig
+from benchmarks.studies.recipes import conf_recipe
 from benchmarks.training import evaluate, fit
 from hardware.measured import LocalCPU
 from hardware.protocol import machine_provenance
@@ -65,7 +66,7 @@ PORT_1_64 = {"hashed": 96.83, "same-size dense": 94.09}
 
 def _recipe(epochs: float) -> RecipeConfig:
     """conf/recipe/mnist_sgd.yaml's recipe (the run pipeline's MNIST default) at ``epochs``."""
-    return RecipeConfig(epochs=epochs, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4, scheduler="cosine")
+    return conf_recipe("mnist_sgd", epochs)
 
 
 def mlp(hidden: int) -> nn.Module:

@@ -39,6 +39,7 @@ from benchmarks.context import make_context
 from benchmarks.data import CIFAR10JPEGDataModule, MNISTDataModule
 from benchmarks.models import build_model
 from benchmarks.schema import RecipeConfig, TrainerConfig
+from benchmarks.studies.recipes import conf_recipe
 from benchmarks.studies.runs import Runs
 from benchmarks.training import evaluate, fit
 from hardware.measured import LocalCPU
@@ -80,7 +81,7 @@ VQ: dict[str, tuple[str, dict[str, Any]]] = {
 
 def _mnist_recipe(epochs: float) -> RecipeConfig:
     """conf/recipe/mnist_sgd.yaml's recipe at ``epochs``."""
-    return RecipeConfig(epochs=epochs, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4, scheduler="cosine")
+    return conf_recipe("mnist_sgd", epochs)
 
 
 def _scores(model: nn.Module, dm: Any) -> dict[str, float]:

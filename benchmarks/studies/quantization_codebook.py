@@ -38,8 +38,9 @@ from omegaconf import OmegaConf
 import benchmarks.models  # noqa: F401  (registers the LeNets)
 from benchmarks.context import make_context
 from benchmarks.data import MNISTDataModule
-from benchmarks.schema import RecipeConfig, TrainerConfig
+from benchmarks.schema import TrainerConfig
 from benchmarks.studies.deep_compression_selection import RUNS
+from benchmarks.studies.recipes import conf_recipe
 from benchmarks.training import fit
 from hardware.measured import LocalCPU
 from methods import create_method
@@ -71,7 +72,7 @@ def context(workdir: Path, seed: int):
                            val_size=5000, seed=seed)
     data.prepare_data()
     data.setup("fit")
-    recipe = RecipeConfig(**cast(dict[str, Any], OmegaConf.to_container(OmegaConf.load(ROOT / "conf/recipe/mnist_sgd.yaml"))))
+    recipe = conf_recipe("mnist_sgd")
     trainer = TrainerConfig(progress_bar=False, limit_val_batches=0)
     return data, recipe, trainer, make_context(data, LocalCPU(), recipe, trainer, seed, workdir)
 
