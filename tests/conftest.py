@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -22,6 +23,17 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 needs_shared_data = pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir(), reason=f"no shared data at {SHARED_DATA}")
+
+
+def tiny_mnist(folder: Path, val_size: int, val_subset: int) -> Any:
+    """The real MNIST from the shared data, cut to 256 training and 128 test images (seed 0), set up for fitting."""
+    from benchmarks.data import MNISTDataModule
+
+    dm = MNISTDataModule(data_dir=folder, source_dir=SHARED_DATA, batch_size=64, eval_batch_size=128,
+                         val_size=val_size, seed=0, train_subset=256, val_subset=val_subset, test_subset=128)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
 
 #: Latency protocol for tests: correct but short (timing is not what tests check).
 FAST_LATENCY = ["+hw=local_cpu", "hw.warmup=2", "hw.repeats=5", "hw.min_time_s=0", "hw.per_layer=false"]

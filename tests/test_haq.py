@@ -28,7 +28,7 @@ from methods.base import MethodConfigError
 from methods.search.resource import make_resource
 from methods.search.threads import search_threads
 from methods.storage import load_model
-from tests.conftest import REPO_ROOT, SHARED_DATA, needs_shared_data
+from tests.conftest import REPO_ROOT, needs_shared_data, tiny_mnist
 
 pytestmark = needs_shared_data
 
@@ -43,11 +43,7 @@ def _hw(name: str) -> HardwareTarget:
 
 @pytest.fixture(scope="module")
 def mnist(tmp_path_factory: pytest.TempPathFactory) -> MNISTDataModule:
-    dm = MNISTDataModule(data_dir=tmp_path_factory.mktemp("mnist"), source_dir=SHARED_DATA, batch_size=64,
-                         eval_batch_size=128, val_size=256, seed=0, train_subset=256, val_subset=128, test_subset=128)
-    dm.prepare_data()
-    dm.setup("fit")
-    return dm
+    return tiny_mnist(tmp_path_factory.mktemp("mnist"), val_size=256, val_subset=128)
 
 
 @pytest.fixture(scope="module")

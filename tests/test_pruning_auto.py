@@ -37,7 +37,7 @@ from methods.search.ddpg import DDPGAgent, DDPGConfig
 from methods.search.resource import LatencyResource, MacsResource
 from methods.search.threads import search_threads
 from methods.storage import load_model
-from tests.conftest import SHARED_DATA, needs_shared_data
+from tests.conftest import SHARED_DATA, needs_shared_data, tiny_mnist
 
 PIXEL1_PROFILES = SHARED_DATA.parent / "reference" / "pixel1-amc-tflite"
 INPUT = (1, 1, 28, 28)
@@ -47,11 +47,7 @@ pytestmark = needs_shared_data
 
 @pytest.fixture(scope="module")
 def mnist(tmp_path_factory: pytest.TempPathFactory) -> MNISTDataModule:
-    dm = MNISTDataModule(data_dir=tmp_path_factory.mktemp("mnist"), source_dir=SHARED_DATA, batch_size=64,
-                         eval_batch_size=128, val_size=1000, seed=0, train_subset=256, val_subset=256, test_subset=128)
-    dm.prepare_data()
-    dm.setup("fit")
-    return dm
+    return tiny_mnist(tmp_path_factory.mktemp("mnist"), val_size=1000, val_subset=256)
 
 
 @pytest.fixture(scope="module")
