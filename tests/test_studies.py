@@ -64,3 +64,22 @@ def test_a_study_resumes_and_drops_only_the_runs_of_changed_settings(tmp_path: P
         resumed.get(key, lambda key=key: measure(key))
     assert measured == ["mnist/a", "cifar/a", "cifar/a"]
     assert sorted(Runs(path, {"epochs": 2, "subset": 20}).data["runs"]) == []  # no parts: all or nothing
+
+
+def test_parts_run_apart_keep_each_others_runs_and_a_diverged_run_is_a_row(tmp_path: Path) -> None:
+    from benchmarks.studies.runs import Runs
+    from benchmarks.training import TrainingDivergedError
+
+    path, settings = tmp_path / "figures.json", {"lr": 0.01}
+    first, second = Runs(path, settings, collection="rows"), Runs(path, settings, collection="rows")  # two processes
+    first.get("conv/a", lambda: {"top1": 1.0})
+    second.get("tt/a", lambda: {"top1": 2.0})
+    assert sorted(Runs(path, settings, collection="rows").data["rows"]) == ["conv/a", "tt/a"]
+
+    def diverges() -> dict[str, float]:
+        raise TrainingDivergedError("the training loss is nan")
+
+    with pytest.raises(TrainingDivergedError):
+        first.get("conv/b", diverges)
+    recorded = Runs(path, settings, collection="rows", diverged_rows=True).get("conv/b", diverges)
+    assert recorded["diverged"] == "the training loss is nan"

@@ -26,11 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as _dt
-import json
-import os
 import tempfile
-import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -43,10 +39,10 @@ from benchmarks.context import make_context
 from benchmarks.data import CIFAR10JPEGDataModule, MNISTDataModule
 from benchmarks.models import build_model
 from benchmarks.schema import RecipeConfig, TrainerConfig
-from benchmarks.training import TrainingDivergedError, evaluate, fit
+from benchmarks.studies.runs import Runs
+from benchmarks.training import evaluate, fit
 from hardware.layers import count_macs
 from hardware.measured import LocalCPU, MeasuredTarget, OnnxRuntimeCPU
-from hardware.protocol import machine_provenance
 from hardware.speedup import speedup_between
 from methods import create_method
 
@@ -65,39 +61,6 @@ TT_SHAPES = {"fc1": {"in_modes": [4, 7, 7, 4], "out_modes": [4, 8, 8, 4]},
 TT_RANKS = (2, 4, 8)
 MLP: dict[str, Any] = {"hidden_features": [1024, 1024], "dropout": 0.0, "input_dropout": 0.0}
 ROUNDS = 9  # paired rounds per speedup
-
-
-class Study:
-    """The JSON of figures, written after every row; rows of unchanged settings are kept on a rerun."""
-
-    def __init__(self, path: Path, settings: dict[str, Any], options: str) -> None:
-        self.path, self.options = path, options
-        old = json.loads(path.read_text()) if path.exists() else {}
-        rows = old.get("rows", {}) if old.get("settings") == settings else {}
-        self.figures: dict[str, Any] = {"settings": settings, "rows": rows, "machine": machine_provenance()}
-
-    def row(self, key: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        if key not in self.figures["rows"]:
-            start = time.perf_counter()
-            try:
-                row = measure()
-            except TrainingDivergedError as err:  # a row of its own: the comparison says so instead of stopping
-                row = {"diverged": str(err)}
-            self.figures["rows"][key] = {**row, "seconds": time.perf_counter() - start,
-                                         "load_average": list(os.getloadavg()),
-                                         "date": f"{_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC"}
-            self.save()
-            print(key, json.dumps({k: v for k, v in row.items() if k != "metrics"}), flush=True)
-        return dict(self.figures["rows"][key])
-
-    def save(self) -> None:
-        """Write the figures, keeping rows another process of the same settings wrote meanwhile (parts run apart)."""
-        old = json.loads(self.path.read_text()) if self.path.exists() else {}
-        if old.get("settings") == self.figures["settings"]:
-            self.figures["rows"] = {**old["rows"], **self.figures["rows"]}
-        parts = sorted({key.split("/", 1)[0] for key in self.figures["rows"]})
-        self.figures["command"] = f"python -m benchmarks.studies.lowrank --parts {' '.join(parts)} {self.options}"
-        self.path.write_text(json.dumps(self.figures, indent=1) + "\n")
 
 
 def _recipe(epochs: float, lr: float) -> RecipeConfig:
@@ -131,7 +94,7 @@ def _compressed(method: str, settings: dict[str, Any], base: nn.Module, dm: Any,
             "metrics": result.metrics, **_measure(base, result.model, dm, input_shape)}
 
 
-def conv(study: Study, args: argparse.Namespace, work: Path) -> None:
+def conv(study: Runs, args: argparse.Namespace, work: Path) -> None:
     dm = CIFAR10JPEGDataModule(data_dir=work / "data", source_dir=args.source_dir, batch_size=128, eval_batch_size=256,
                                seed=42, val_size=5000, train_subset=args.train_subset, val_subset=1000,
                                test_subset=args.test_subset)
@@ -141,7 +104,7 @@ def conv(study: Study, args: argparse.Namespace, work: Path) -> None:
     base = build_model("resnet20_cifar", 10, 3, pretrained=args.source_dir / WEIGHTS).eval()
     recipe = _recipe(args.finetune_epochs, args.finetune_lr)
     finetune = {"epochs": args.finetune_epochs, "lr": args.finetune_lr}
-    study.row("conv/baseline", lambda: {"stored_bytes": None, **_measure(base, base, dm, shape)})
+    study.get("conv/baseline", lambda: {"stored_bytes": None, **_measure(base, base, dm, shape)})
 
     def tuned_baseline() -> dict[str, Any]:
         tuned = copy.deepcopy(base)
@@ -149,19 +112,19 @@ def conv(study: Study, args: argparse.Namespace, work: Path) -> None:
             tuned, args.finetune_epochs, lr=args.finetune_lr)
         return _measure(base, tuned, dm, shape)
 
-    study.row("conv/baseline fine-tuned", tuned_baseline)
+    study.get("conv/baseline fine-tuned", tuned_baseline)
     for name, settings in CONV_ARMS.items():
-        low = study.row(f"conv/{name}", partial(_compressed, "lowrank", {**settings, "finetune": finetune}, base, dm,
+        low = study.get(f"conv/{name}", partial(_compressed, "lowrank", {**settings, "finetune": finetune}, base, dm,
                                                 recipe, work / "lowrank", shape))
         if "diverged" in low:
             continue
-        ratio = low["macs"] / study.figures["rows"]["conv/baseline"]["macs"]
-        study.row(f"conv/filter l1 at the MACs of {name}", partial(
+        ratio = low["macs"] / study.data["rows"]["conv/baseline"]["macs"]
+        study.get(f"conv/filter l1 at the MACs of {name}", partial(
             _compressed, "filter", {"criterion": "l1", "target_macs_ratio": round(ratio, 4), "finetune": finetune}, base,
             dm, recipe, work / "filter", shape))
 
 
-def tt(study: Study, args: argparse.Namespace, work: Path) -> None:
+def tt(study: Runs, args: argparse.Namespace, work: Path) -> None:
     dm = MNISTDataModule(data_dir=work / "mnist", source_dir=args.source_dir, batch_size=128, eval_batch_size=512,
                          seed=42, val_size=5000)
     dm.prepare_data()
@@ -172,16 +135,16 @@ def tt(study: Study, args: argparse.Namespace, work: Path) -> None:
     base = build_model("mlp", 10, 1, **MLP)
     fit(base, dm, recipe, TrainerConfig(progress_bar=False), seed=42)
     base.eval()
-    study.row("tt/dense 784-1024-1024-10", lambda: {"stored_bytes": None, **_measure(base, base, dm, shape)})
+    study.get("tt/dense 784-1024-1024-10", lambda: {"stored_bytes": None, **_measure(base, base, dm, shape)})
     runs = [(f"TT rank {r}, random cores, {args.tt_epochs:g} epochs", r, "random", args.tt_epochs) for r in TT_RANKS]
     runs.append((f"TT rank {TT_RANKS[-1]}, TT-SVD of the trained layers, 1 epoch", TT_RANKS[-1], "tt_svd", 1.0))
     for name, rank, init, epochs in runs:
         settings = {"rank": rank, "shapes": TT_SHAPES, "init": init, "finetune": {"epochs": epochs, "lr": 0.05}}
-        study.row(f"tt/{name}", partial(_compressed, "tensor_train", settings, base, dm, _recipe(epochs, 0.05),
+        study.get(f"tt/{name}", partial(_compressed, "tensor_train", settings, base, dm, _recipe(epochs, 0.05),
                                         work / "tt", shape))
 
 
-PARTS: dict[str, Callable[[Study, argparse.Namespace, Path], None]] = {"conv": conv, "tt": tt}
+PARTS: dict[str, Callable[[Runs, argparse.Namespace, Path], None]] = {"conv": conv, "tt": tt}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,12 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)  # 5 studies share 2 cores; speedups are 1-thread figures anyway
     settings = {k: v for k, v in vars(args).items() if k not in ("parts", "source_dir", "out")}
     settings.update(conv_arms=CONV_ARMS, tt_shapes=TT_SHAPES, tt_ranks=list(TT_RANKS), mlp=MLP, rounds=ROUNDS)
-    study = Study(args.out / FIGURES, settings, " ".join(
-        f"--{k.replace('_', '-')} {v:g}" for k, v in vars(args).items() if isinstance(v, (int, float))))
+    study = Runs(args.out / FIGURES, settings, hidden=("metrics",), collection="rows", diverged_rows=True)
+    options = " ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in vars(args).items() if isinstance(v, (int, float)))
+    parts = sorted(set(args.parts) | {key.split("/", 1)[0] for key in study.data["rows"]})  # every part in the file
+    study.data["command"] = f"python -m benchmarks.studies.lowrank --parts {' '.join(parts)} {options}"
     work = Path(tempfile.mkdtemp(prefix="lowrank_"))
     for part in args.parts:
         PARTS[part](study, args, work)
-    study.save()
     print(f"wrote {study.path}; render the report: python -m benchmarks.studies.report lowrank")
     return 0
 

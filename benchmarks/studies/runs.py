@@ -16,6 +16,7 @@ from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
+from benchmarks.training import TrainingDivergedError
 from hardware.protocol import machine_provenance
 
 
@@ -23,11 +24,15 @@ class Runs:
     """``path``: settings, the machine, and ``runs`` by key; ``hidden`` keys are not echoed to the console."""
 
     def __init__(self, path: Path, settings: dict[str, Any], hidden: Collection[str] = (),
-                 parts: Mapping[str, Collection[str]] | None = None, collection: str = "runs") -> None:
-        """``collection``: the JSON field holding the runs (a study's renderer reads it by that name)."""
+                 parts: Mapping[str, Collection[str]] | None = None, collection: str = "runs",
+                 diverged_rows: bool = False) -> None:
+        """``collection``: the JSON field holding the runs (a study's renderer reads it by that name);
+        ``diverged_rows``: a training that diverges is recorded as ``{"diverged": <the error>}`` instead of
+        stopping the study (a comparison then says which arm did not survive its learning rate)."""
         self.path = path
         self.hidden = set(hidden)
         self.collection = collection
+        self.diverged_rows = diverged_rows
         old = json.loads(path.read_text()) if path.exists() else {}
         before = old.get("settings", {})
         if parts is None:
@@ -42,9 +47,21 @@ class Runs:
         runs = self.data[self.collection]
         if key not in runs:
             start = time.perf_counter()
-            row = measure()
+            try:
+                row = measure()
+            except TrainingDivergedError as err:
+                if not self.diverged_rows:
+                    raise
+                row = {"diverged": str(err)}
             runs[key] = {**row, "seconds": round(time.perf_counter() - start, 1), "load_average": list(os.getloadavg()),
                          "date": f"{_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC"}
-            self.path.write_text(json.dumps(self.data, indent=1) + "\n")
+            self.write()
             print(key, json.dumps({k: v for k, v in runs[key].items() if k not in self.hidden}), flush=True)
         return runs[key]
+
+    def write(self) -> None:
+        """Write the file, keeping the runs another process of the same settings wrote meanwhile (parts run apart)."""
+        old = json.loads(self.path.read_text()) if self.path.exists() else {}
+        if old.get("settings") == self.data["settings"]:
+            self.data[self.collection] = {**old.get(self.collection, {}), **self.data[self.collection]}
+        self.path.write_text(json.dumps(self.data, indent=1) + "\n")
