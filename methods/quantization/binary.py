@@ -217,7 +217,6 @@ def train_quantized(model: nn.Module, ctx: CompressionContext, config: BinaryCon
         parametrize.register_parametrization(layer, "weight", quantizers[name])
     try:
         if config.finetune.epochs > 0:
-            model.train()  # Lightning keeps the modes it is given: batch norm and stochastic binarization must train
             ctx.finetune(model, config.finetune.epochs, lr=config.finetune.lr, callbacks=[LatentWeights(layers)])
         model.eval()
         entries = {f"{name}.weight": quantizers[name].entry(f"{name}.weight", latent_of(layer))
