@@ -15,6 +15,8 @@ from typing import Any
 
 from torch import nn
 
+from benchmarks.data.base import IMAGENET_MEAN, IMAGENET_STD
+
 # Arguments timm.create_model passes to every factory that only concern hub/URL weights.
 _TIMM_DOWNLOAD_ARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "pretrained_model_args")
 
@@ -61,9 +63,6 @@ def data_config(
     )
 
 
-#: ImageNet's channel statistics: the ImageNet-size models' and the cifar10_jpeg data module's default
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def input_size_config(in_chans: int, cifar: bool, num_classes: int, first_conv: str, classifier: str) -> dict[str, Any]:

@@ -28,7 +28,7 @@ import torch
 from timm.models import register_model
 from torch import nn
 
-from benchmarks.models._entrypoint import architecture_args, data_config
+from benchmarks.models._entrypoint import architecture_args, init_conv_linear, input_size_config
 
 # Stride of each of the 13 depthwise-separable blocks (Howard et al. 2017, Table 1).
 BLOCK_STRIDES = (1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1)
@@ -41,8 +41,6 @@ CHANNEL_PLANS: dict[str, tuple[int, ...]] = {
     "amc_0.5time": (16, 48, 88, 80, 192, 168, 336, 360, 360, 352, 352, 368, 768, 680),
 }
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ConvBnReLU(nn.Sequential):
@@ -108,17 +106,8 @@ class MobileNetV1(nn.Module):
         self.flatten = nn.Flatten()
         self.dropout = nn.Dropout(drop_rate)
         self.classifier = nn.Linear(self.channel_plan[-1], num_classes)
-        image_size = 32 if cifar_stem else 224
-        self.pretrained_cfg = data_config(
-            (in_chans, image_size, image_size), IMAGENET_MEAN, IMAGENET_STD, num_classes,
-            first_conv="stem.conv", classifier="classifier",
-        )
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=0.01)
-                nn.init.zeros_(module.bias)
+        self.pretrained_cfg = input_size_config(in_chans, cifar_stem, num_classes, "stem.conv", "classifier")
+        init_conv_linear(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(self.stem(x))

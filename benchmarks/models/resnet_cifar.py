@@ -26,11 +26,10 @@ import torch.nn.functional as F
 from timm.models import register_model
 from torch import nn
 
+from benchmarks.data.base import IMAGENET_MEAN, IMAGENET_STD
 from benchmarks.models._entrypoint import architecture_args, data_config
 
 STAGE_CHANNELS = (16, 32, 64)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class PaddedSubsampleShortcut(nn.Module):
