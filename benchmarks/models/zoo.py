@@ -2,7 +2,8 @@
 
 Every model, ours or timm's own, is made by ``timm.create_model``; importing
 ``benchmarks.models`` registers ours (``lenet``, ``resnet_cifar``, ``mobilenetv1``,
-``mobilenetv2_cifar``, ``mobilenetv3``, ``squeezenet``, ``shufflenet_v1``, ``shufflenet_v2``).
+``mobilenetv2_cifar``, ``mobilenetv3``, ``squeezenet``, ``shufflenet_v1``, ``shufflenet_v2``,
+``searched``: NAS-derived networks and the supernet).
 Weights never download: a checkpoint path is loaded with
 :func:`benchmarks.models.checkpoint.load_pretrained`.
 """
@@ -23,7 +24,7 @@ from benchmarks.models.checkpoint import load_pretrained
 ZOO_PACKAGE = "benchmarks.models"
 ZOO_MODULES = (
     "lenet", "resnet_cifar", "mobilenetv1", "mobilenetv2_cifar", "mobilenetv3", "squeezenet", "shufflenet_v1",
-    "shufflenet_v2",
+    "shufflenet_v2", "searched",
 )
 _CODE_VERSION_LENGTH = 12
 

@@ -39,11 +39,12 @@ log = logging.getLogger(__name__)
 
 
 def architecture_key(model: nn.Module) -> tuple:
-    """The channel count of every conv/linear layer: equal keys mean equal cost."""
+    """The shape of every conv/linear layer (channels, groups, kernel, stride): equal keys mean equal cost."""
     key: list[tuple] = []
     for name, module in model.named_modules():
         if isinstance(module, nn.Conv2d):
-            key.append((name, module.in_channels, module.out_channels, module.groups))
+            key.append((name, module.in_channels, module.out_channels, module.groups, module.kernel_size,
+                        module.stride))
         elif isinstance(module, nn.Linear):
             key.append((name, module.in_features, module.out_features))
     return tuple(key)
