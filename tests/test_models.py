@@ -36,7 +36,7 @@ EXPECTED_MODELS = {
     "lenet_300_100", "mlp", "lenet5",
     "resnet20_cifar", "resnet32_cifar", "resnet44_cifar", "resnet56_cifar", "resnet110_cifar",
     "mobilenetv1", "mobilenetv1_075", "mobilenetv1_amc_0_5flops", "mobilenetv1_amc_0_5time",
-    "mobilenetv2_cifar",
+    "mobilenetv2_cifar", "searched", "proxyless_supernet",
     *EFFICIENT_IMAGENET,
     *(f"{name}_cifar" for name in EFFICIENT_IMAGENET),
 }
@@ -44,6 +44,7 @@ EXPECTED_MODELS = {
 CONFIG_KWARGS = {
     "shufflenet_v1": {"groups": 3, "width_mult": 1.0}, "shufflenet_v1_cifar": {"groups": 3, "width_mult": 1.0},
     "shufflenet_v2": {"width_mult": 1.0}, "shufflenet_v2_cifar": {"width_mult": 1.0},
+    "searched": {"arch": "${model.arch}", "drop_rate": 0.0},
 }
 
 
@@ -56,8 +57,9 @@ def test_zoo_registers_every_model_in_timm():
     assert set(timm.list_models("resnet*_cifar")) >= {"resnet20_cifar", "resnet110_cifar"}
 
 
-# The ImageNet-size efficient nets are counted (test_parameter_counts), not run at 224 px, but for the cheapest.
-@pytest.mark.parametrize("name", sorted(EXPECTED_MODELS - set(EFFICIENT_IMAGENET) | {"mobilenetv3_small"}))
+# The ImageNet-size efficient nets are counted (test_parameter_counts), not run at 224 px, but for the cheapest;
+# `searched` needs an architecture file (tests/test_nas_proxyless.py builds it from one).
+@pytest.mark.parametrize("name", sorted(EXPECTED_MODELS - set(EFFICIENT_IMAGENET) - {"searched"} | {"mobilenetv3_small"}))
 def test_every_model_builds_through_timm_and_runs_at_its_input_size(name):
     num_classes = 7
     model = timm.create_model(name, num_classes=num_classes).eval()
@@ -269,6 +271,8 @@ def test_every_model_has_a_config():
 
     for name in EXPECTED_MODELS:
         config = yaml.safe_load((CONF_MODEL_DIR / f"{name}.yaml").read_text())
+        if name == "searched":  # its architecture file is a key of its own (model.arch=<file>)
+            assert config.pop("arch") is None
         assert config == {"name": name, "kwargs": CONFIG_KWARGS.get(name, {}), "pretrained": None}
     for depth in (20, 32, 44, 56):
         config = yaml.safe_load((CONF_MODEL_DIR / f"resnet{depth}_cifar_pretrained.yaml").read_text())

@@ -179,7 +179,7 @@ class ProxylessNAS(CompressionMethod):
         metrics = {"search_wall_s": search_seconds, "search_epochs": c.warmup_epochs + c.search_epochs,
                    "arch_steps": float(search.arch_steps), "weight_steps": float(search.weight_steps),
                    "reference_cost": reference, "uniform_expected_cost": uniform,
-                   "expected_cost": search.history[-1]["expected_cost"], "derived_cost": table.of(arch)}
+                   "expected_cost": search.history[-1]["expected_cost"]}
         artifacts = record_search(ctx.workdir, arch, table, search.history)
         return store_searched(arch, model, ctx, c.finetune, c.drop_rate, table, metrics, artifacts)
 

@@ -21,6 +21,7 @@ from methods.config import FineTuning
 from methods.nas.costs import CostTable
 from methods.nas.space import Architecture, SearchedNet, describe
 from methods.reporting import save_figure, write_json
+from methods.search.resource import make_resource
 from methods.storage import StoredState, load_model, load_state_into, register_architecture, save_model, size_metrics
 from methods.storage.codecs import dense_entries
 
@@ -64,6 +65,20 @@ def record_search(workdir: Path, arch: Architecture, table: CostTable, history: 
     return artifacts
 
 
+def table_check(table: CostTable, arch: Architecture, net: nn.Module, ctx: CompressionContext) -> dict[str, float]:
+    """The derived net priced whole by the target (or counted), against the sum of its candidates in the table.
+
+    They agree where the target is deterministic and additive over blocks (tables, analytical
+    models, MACs); a measured target differs by its noise and by what the whole network shares.
+    """
+    size = table.source["input_size"]
+    shape = (int(table.source["batch_size"]), int(ctx.input_shape[1]), size, size)
+    whole = make_resource(table.kind, ctx.target, shape, key="method.cost")(net.eval())
+    summed = table.of(arch)
+    return {"derived_cost": summed, "derived_target_cost": whole,
+            "cost_table_error_pct": 100.0 * (summed - whole) / whole if whole else 0.0}
+
+
 def store_searched(arch: Architecture, template: nn.Module, ctx: CompressionContext, finetune: FineTuning,
                    drop_rate: float, table: CostTable, metrics: dict[str, float],
                    artifacts: list[Path]) -> CompressionResult:
@@ -77,6 +92,7 @@ def store_searched(arch: Architecture, template: nn.Module, ctx: CompressionCont
     sizes = save_model(path, dense_entries(net.state_dict()), meta, architecture=SEARCHED_ARCHITECTURE)
     described = list(describe(arch))
     shape = {"derived_blocks": float(sum(row["op"] != "zero" for row in described)),
-             "derived_params": float(sum(p.numel() for p in net.parameters()))}
+             "derived_params": float(sum(p.numel() for p in net.parameters())),
+             **table_check(table, arch, net, ctx)}
     return CompressionResult(model=load_model(path, template), stored_file=path,
                              metrics={**metrics, **shape, **size_metrics(sizes)}, artifacts=artifacts)
