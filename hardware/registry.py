@@ -10,6 +10,7 @@ lazily, so ``python -m hardware list`` works for every file without building a t
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,13 @@ def instantiate(name: str, overrides: dict[str, Any] | None = None, conf_dir: Pa
         if isinstance(cause, ValueError):  # a target's own check of a key (hw.batch_size must be >= 1)
             raise HardwareError(str(cause)) from None
         raise
+
+
+def build(spec: str | Mapping[str, Any]):
+    """A device named by another device's yaml: its name in conf/hw, or its config inlined as a mapping."""
+    from hydra.utils import instantiate as hydra_instantiate
+
+    return hydra_instantiate(dict(spec)) if isinstance(spec, Mapping) else instantiate(str(spec))
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:

@@ -2,10 +2,12 @@
 
 ``predictor``: the analytical form and the random forest, with a lookup table as exact cache;
 ``sources``: measured latencies from public sources (TF-Lite profiles, the ProxylessNAS table);
-``target``: :class:`KernelTarget`, a device emulated by predictors fitted on its sources.
+``target``: :class:`KernelTarget`, a device emulated by predictors fitted on its sources;
+``proxyless``: :class:`ProxylessTableTarget`, the ProxylessNAS per-block table itself as a device.
 """
 
 from hardware.kernelcost.predictor import KernelPredictor, KernelSample
+from hardware.kernelcost.proxyless import ProxylessTableTarget
 from hardware.kernelcost.target import KernelTarget
 
-__all__ = ["KernelPredictor", "KernelSample", "KernelTarget"]
+__all__ = ["KernelPredictor", "KernelSample", "KernelTarget", "ProxylessTableTarget"]

@@ -71,17 +71,31 @@ def proxylessnas_block(key: str) -> tuple[nn.Module, tuple[int, int, int, int]]:
     raise HardwareError(f"ProxylessNAS table key {key!r} is not a Conv, Conv_1, expanded_conv or Logits entry")
 
 
-def proxylessnas_lut_samples(path: Path) -> list[KernelSample]:
-    """One sample per entry of the table (its mean latency)."""
+def read_proxylessnas_lut(path: Path) -> dict[str, dict[str, float]]:
+    """The table's entries by key ({count, mean, var}, ms), every key of a known form and with a mean."""
     import yaml
 
     if not path.is_file():
         raise FileNotFoundError(f"{path} is not a ProxylessNAS latency table (mobile_trim.yaml)")
-    table = yaml.safe_load(path.read_text(encoding="utf-8"))
-    samples = []
+    try:
+        table = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise HardwareError(f"{path} is not valid YAML ({' '.join(str(err).split())}); "
+                            "use the ProxylessNAS mobile_trim.yaml") from None
+    if not isinstance(table, dict) or not table:
+        raise HardwareError(f"{path} holds no table entries (key: {{count, mean, var}}); use the ProxylessNAS mobile_trim.yaml")
     for key, entry in table.items():
-        if not isinstance(entry, dict) or "mean" not in entry:
-            raise HardwareError(f"{path}: entry {key!r} has no 'mean' latency")
+        if not any(form.match(str(key)) for form in (_BLOCK, _CONV, _LOGITS)):
+            raise HardwareError(f"{path}: key {key!r} is not a Conv, Conv_1, expanded_conv or Logits entry")
+        if not isinstance(entry, dict) or not isinstance(entry.get("mean"), int | float):
+            raise HardwareError(f"{path}: entry {key!r} has no numeric 'mean' latency")
+    return table
+
+
+def proxylessnas_lut_samples(path: Path) -> list[KernelSample]:
+    """One sample per entry of the table (its mean latency)."""
+    samples = []
+    for key, entry in read_proxylessnas_lut(path).items():
         module, shape = proxylessnas_block(key)
         with torch.no_grad():
             kernels = model_kernels(module, shape, "tflite")

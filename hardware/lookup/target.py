@@ -175,13 +175,11 @@ class TableTarget(HardwareTarget):
 
     def _kernel_report(self, model: nn.Module, input_shape: tuple[int, ...], layers: list[LayerSpec] | None) -> LatencyReport:
         """The answer of the kernel predictors (hw.kernels) for a model whose units the table lacks."""
-        from hydra.utils import instantiate as hydra_instantiate
-
-        from hardware.registry import instantiate
+        from hardware.registry import build
 
         if self._kernel_target is None:  # a device name, or a device's config (its yaml as a mapping)
-            self._kernel_target = (hydra_instantiate(dict(self.kernels)) if isinstance(self.kernels, Mapping)
-                                   else instantiate(str(self.kernels)))
+            assert self.kernels is not None  # __init__ refuses on_missing=kernels without it
+            self._kernel_target = build(self.kernels)
         report = self._kernel_target.latency(model, input_shape, layers)
         note = (f"units outside {self.table_path.name}: answered by the kernel predictors of {self.kernels!r} "
                 "(provenance 'kernels' says which kernels came from its table and which from its models)")
