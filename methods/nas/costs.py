@@ -30,6 +30,11 @@ from methods.search.resource import Resource, make_resource
 COST_KINDS = ("latency", "flops")
 
 
+def mnasnet_reward(accuracy: float, cost: float, target: float, alpha: float, beta: float) -> float:
+    """MnasNet's reward (Tan et al., CVPR 2019, Sec. 3): ACC x (cost/T)^w, w = ``alpha`` if cost <= T else ``beta``."""
+    return accuracy * (cost / target) ** (alpha if cost <= target else beta)
+
+
 @dataclass
 class CostTable:
     """Per searched block, the cost of each candidate; plus the fixed parts' cost."""
@@ -63,6 +68,14 @@ class CostTable:
         """The cheapest and the dearest network of the space."""
         return (self.fixed + sum(min(c.values()) for c in self.blocks),
                 self.fixed + sum(max(c.values()) for c in self.blocks))
+
+    def reachable(self, target: float, key: str) -> float:
+        """``target`` (T) in the table's unit, refused naming ``key`` when no network of the space meets it."""
+        fastest, slowest = self.bounds()
+        if target < fastest:
+            fail(key, f"is {target:.4g} {self.unit}, below the cheapest network of the space ({fastest:.4g} {self.unit}; "
+                      f"the dearest is {slowest:.4g}): no architecture can meet it; raise it or widen the space")
+        return target
 
     def save(self, path: Path) -> Path:
         path.write_text(json.dumps({"kind": self.kind, "unit": self.unit, "fixed": self.fixed, "blocks": self.blocks,

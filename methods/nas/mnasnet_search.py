@@ -46,7 +46,7 @@ from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult
 from methods.config import FineTuning, fail, finetune_default, option
-from methods.nas.costs import COST_KINDS, CostTable, build_cost_table
+from methods.nas.costs import COST_KINDS, CostTable, build_cost_table, mnasnet_reward
 from methods.nas.searched import record_search, store_searched
 from methods.nas.space import Architecture, SearchSpace, Slot, SpaceConfig
 from methods.nas.supernet import SuperNet
@@ -60,9 +60,8 @@ COST_ATTR = {"latency": "lat", "flops": "flops"}
 
 
 def reward(accuracy: float, cost: float, target: float, constraint: str) -> float:
-    """MnasNet's R = ACC x (LAT/T)^w, w = alpha if LAT <= T else beta; ``accuracy`` as a fraction."""
-    alpha, beta = CONSTRAINTS[constraint]
-    return accuracy * (cost / target) ** (alpha if cost <= target else beta)
+    """MnasNet's R = ACC x (LAT/T)^w under the ``soft`` or ``hard`` constraint; ``accuracy`` as a fraction."""
+    return mnasnet_reward(accuracy, cost, target, *CONSTRAINTS[constraint])
 
 
 def block_param(slot: Slot) -> str:
@@ -305,13 +304,9 @@ class MnasNetSearch(CompressionMethod):
         return store_searched(arch, model, ctx, c.finetune, c.drop_rate, table, metrics, artifacts)
 
     def _target(self, table: CostTable) -> float:
-        fastest, slowest = table.bounds()
-        target = self.config.target if self.config.target is not None else (fastest + slowest) / 2
-        if target < fastest:
-            fail("method.target", f"is {target:.4g} {table.unit}, below the cheapest network of the space "
-                                  f"({fastest:.4g} {table.unit}; the dearest is {slowest:.4g}): no architecture can "
-                                  "meet it; raise it or widen the space")
-        return target
+        if self.config.target is None:
+            return sum(table.bounds()) / 2
+        return table.reachable(self.config.target, "method.target")
 
     def _storage(self, ctx: CompressionContext) -> str:
         return self.config.storage or f"sqlite:///{ctx.workdir.parent.resolve() / 'nas_studies.db'}"
