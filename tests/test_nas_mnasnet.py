@@ -145,6 +145,8 @@ def test_a_killed_search_resumes_keeping_its_finished_candidates(mnist: Any, tmp
     assert again.count("finetune") == 1
     assert again.count("evaluate") == result.metrics["candidates_evaluated"] <= 6 - len(done)
     assert result.metrics["candidates_resumed"] == len(done)
+    if controller == "reinforce":  # the policy replayed from every finished batch of both runs
+        assert len(json.loads((tmp_path / "run2" / "arch_history.json").read_text())) == 6 // 2
 
     with pytest.raises(MethodConfigError, match=r"method.study_name 'resume' holds a search with other settings "
                                                 r"\(differing: \['constraint'\]\)"):

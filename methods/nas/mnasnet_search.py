@@ -41,6 +41,7 @@ import numpy as np
 import optuna
 import torch
 from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
@@ -270,6 +271,8 @@ class MnasNetSearch(CompressionMethod):
         before = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
         stale = fail_stale_trials(study)
         study.optimize(self._objective(space, table, target, evaluate, study), n_trials=max(c.candidates - before, 0))
+        if isinstance(sampler, ReinforceSampler):
+            sampler.catch_up(study)  # the policy after every finished batch, also when nothing was left to sample
         search_seconds = time.perf_counter() - started
         finished = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number)
         front = list(study.best_trials) if c.controller == "nsga2" else []
@@ -296,7 +299,8 @@ class MnasNetSearch(CompressionMethod):
             "stale_trials_failed": stale}))
         artifacts += plot_candidates(finished, front, chosen_trial, cost_attr, table.unit, target,
                                      ctx.workdir / "search_candidates.png")
-        metrics = {"search_wall_s": search_seconds, "candidates_evaluated": float(evaluate.evaluated),
+        metrics = {"search_wall_s": search_seconds, "study_wall_s": _study_seconds(study, finished),
+                   "candidates_evaluated": float(evaluate.evaluated),
                    "candidates_total": float(len(finished)), "candidates_resumed": float(before),
                    "target_cost": target, "pareto_size": float(len(front)),
                    "derived_oneshot_top1": chosen_trial.user_attrs["acc"], "derived_rerank_top1": chosen["acc"],
@@ -326,7 +330,8 @@ class MnasNetSearch(CompressionMethod):
         c = self.config
         settings = self._settings(space, table, target, ctx)
         name = c.study_name or f"{self.name}-{c.controller}-{_fingerprint(settings)}"
-        directions = ["maximize", "minimize"] if c.controller == "nsga2" else ["maximize"]
+        directions = [StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE] if c.controller == "nsga2" \
+            else [StudyDirection.MAXIMIZE]
         study = optuna.create_study(storage=self._storage(ctx), study_name=name, sampler=optuna.samplers.RandomSampler(),
                                     directions=directions, load_if_exists=True)
         # a resumed search continues with fresh random numbers (not the first run's proposals again)
@@ -361,11 +366,13 @@ class MnasNetSearch(CompressionMethod):
         if saved.is_file():
             supernet.load_state_dict(torch.load(saved, weights_only=True))
             return supernet
+        started = time.perf_counter()
         ctx.finetune(supernet, self.config.supernet_epochs,
                      callbacks=[UniformPaths(supernet, torch.Generator().manual_seed(ctx.seed))])
         path = ctx.workdir / "supernet.pt"
         torch.save(supernet.state_dict(), path)
         study.set_user_attr("supernet_file", str(path.resolve()))
+        study.set_user_attr("supernet_wall_s", time.perf_counter() - started)
         return supernet
 
     def _objective(self, space: SearchSpace, table: CostTable, target: float, evaluate: OneShotEvaluator,
@@ -403,6 +410,12 @@ class MnasNetSearch(CompressionMethod):
             acc = evaluate.score(net, arch)
             rescored.append((trial, {"acc": acc, "reward": reward(acc / 100, table.of(arch), target, c.constraint)}))
         return rescored
+
+
+def _study_seconds(study: optuna.Study, finished: list[FrozenTrial]) -> float:
+    """The search cost over every run of the study: the supernet's training plus each finished candidate."""
+    candidates = sum(t.duration.total_seconds() for t in finished if t.duration is not None)
+    return float(study.user_attrs.get("supernet_wall_s", 0.0)) + candidates
 
 
 def _arch_of(space: SearchSpace, trial: FrozenTrial) -> Architecture:
