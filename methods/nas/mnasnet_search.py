@@ -261,10 +261,9 @@ class MnasNetSearch(CompressionMethod):
         c = self.config
         space = c.space.resolved()
         num_classes, in_chans = int(ctx.datamodule.num_classes), int(ctx.input_shape[1])
-        table = build_cost_table(space, c.cost, ctx.target, ctx.input_shape[0], in_chans, num_classes)
-        target = self._target(table)
         started = time.perf_counter()
-        study, sampler = self._study(space, table, target, ctx)
+        study, table, target = self._open(space, num_classes, in_chans, ctx)
+        sampler = study.sampler
         supernet = self._supernet(space, num_classes, in_chans, study, ctx)
         calibration = [x for x, _ in itertools.islice(ctx.datamodule.train_dataloader(), c.calibration_batches)]
         evaluate = OneShotEvaluator(supernet, ctx, calibration, c.eval_batches)
@@ -315,44 +314,58 @@ class MnasNetSearch(CompressionMethod):
     def _storage(self, ctx: CompressionContext) -> str:
         return self.config.storage or f"sqlite:///{ctx.workdir.parent.resolve() / 'nas_studies.db'}"
 
-    def _settings(self, space: SearchSpace, table: CostTable, target: float, ctx: CompressionContext) -> dict[str, Any]:
+    def _settings(self, space: SearchSpace, ctx: CompressionContext) -> dict[str, Any]:
         """What the study's candidates depend on: a rerun resumes a study only with the same settings."""
         c = self.config
         return {"method": self.name, "space": space.as_dict(), "cost": c.cost, "hw": ctx.target.name,
                 "data": getattr(ctx.datamodule, "checksum", "") or type(ctx.datamodule).__name__,
-                "input_shape": list(ctx.input_shape), "seed": ctx.seed, "constraint": c.constraint, "target": target,
+                "input_shape": list(ctx.input_shape), "seed": ctx.seed, "constraint": c.constraint, "target": c.target,
                 "controller": c.controller, "reinforce": asdict(c.reinforce), "tpe_startup": c.tpe_startup,
                 "population": c.population, "supernet_epochs": c.supernet_epochs,
-                "calibration_batches": c.calibration_batches, "eval_batches": c.eval_batches, "unit": table.unit}
+                "calibration_batches": c.calibration_batches, "eval_batches": c.eval_batches}
 
-    def _study(self, space: SearchSpace, table: CostTable, target: float,
-               ctx: CompressionContext) -> tuple[optuna.Study, optuna.samplers.BaseSampler]:
+    def _open(self, space: SearchSpace, num_classes: int, in_chans: int,
+              ctx: CompressionContext) -> tuple[optuna.Study, CostTable, float]:
+        """The search's study (resumed when the storage holds it), the cost table it priced with, and T.
+
+        A new study asks the target for the table and keeps it, so a resumed search (a measured
+        target too) prices and resolves T exactly as before; an impossible T is refused before any
+        study is written.
+        """
         c = self.config
-        settings = self._settings(space, table, target, ctx)
+        settings = json.loads(json.dumps(self._settings(space, ctx), default=str))
         name = c.study_name or f"{self.name}-{c.controller}-{_fingerprint(settings)}"
-        directions = [StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE] if c.controller == "nsga2" \
-            else [StudyDirection.MAXIMIZE]
-        study = optuna.create_study(storage=self._storage(ctx), study_name=name, sampler=optuna.samplers.RandomSampler(),
-                                    directions=directions, load_if_exists=True)
-        # a resumed search continues with fresh random numbers (not the first run's proposals again)
-        seed = ctx.seed + len(study.get_trials(deepcopy=False))
-        sampler: optuna.samplers.BaseSampler
-        if c.controller == "reinforce":
-            sampler = ReinforceSampler(space.slots(), c.reinforce, ctx.seed)  # seeded per trial number
-        elif c.controller == "tpe":
-            sampler = optuna.samplers.TPESampler(n_startup_trials=c.tpe_startup, seed=seed)
-        else:
-            sampler = optuna.samplers.NSGAIISampler(population_size=c.population, seed=seed)
-        study.sampler = sampler
-        held = study.user_attrs.get("settings")
-        if held is None:
-            study.set_user_attr("settings", json.loads(json.dumps(settings, default=str)))
-        elif _fingerprint(held) != _fingerprint(settings):
-            changed = sorted(k for k in settings | held if json.dumps(settings.get(k), default=str)
-                             != json.dumps(held.get(k), default=str))
+        try:
+            study: optuna.Study | None = optuna.load_study(study_name=name, storage=self._storage(ctx),
+                                                           sampler=optuna.samplers.RandomSampler())
+        except KeyError:
+            study = None
+        held = study.user_attrs if study is not None else {}
+        if "settings" in held and _fingerprint(held["settings"]) != _fingerprint(settings):
+            changed = sorted(k for k in settings | held["settings"]
+                             if json.dumps(settings.get(k)) != json.dumps(held["settings"].get(k)))
             fail("method.study_name", f"{name!r} holds a search with other settings (differing: {changed}); "
                                       "choose another study_name (or null) to start a new search")
-        return study, sampler
+        table = (CostTable(**held["cost_table"]) if "cost_table" in held else
+                 build_cost_table(space, c.cost, ctx.target, ctx.input_shape[0], in_chans, num_classes))
+        target = self._target(table)
+        if study is None:
+            directions = [StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE] if c.controller == "nsga2" \
+                else [StudyDirection.MAXIMIZE]
+            study = optuna.create_study(storage=self._storage(ctx), study_name=name, directions=directions,
+                                        sampler=optuna.samplers.RandomSampler(), load_if_exists=True)
+        if "cost_table" not in held:
+            study.set_user_attr("settings", settings)
+            study.set_user_attr("cost_table", asdict(table))
+        # a resumed search continues with fresh random numbers (not the first run's proposals again)
+        seed = ctx.seed + len(study.get_trials(deepcopy=False))
+        if c.controller == "reinforce":
+            study.sampler = ReinforceSampler(space.slots(), c.reinforce, ctx.seed)  # seeded per trial number
+        elif c.controller == "tpe":
+            study.sampler = optuna.samplers.TPESampler(n_startup_trials=c.tpe_startup, seed=seed)
+        else:
+            study.sampler = optuna.samplers.NSGAIISampler(population_size=c.population, seed=seed)
+        return study, table, target
 
     def _supernet(self, space: SearchSpace, num_classes: int, in_chans: int, study: optuna.Study,
                   ctx: CompressionContext) -> SuperNet:
