@@ -221,7 +221,10 @@ def _fingerprint(settings: dict[str, Any]) -> str:
 
 
 def fail_stale_trials(study: optuna.Study) -> int:
-    """Trials left running by a killed search are marked failed (never counted, never learnt from)."""
+    """Trials left running by a killed search are marked failed (never counted, never learnt from).
+
+    A study is searched by one process at a time: a second one would see the first's trial as stale.
+    """
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in stale:
         study.tell(trial.number, state=TrialState.FAIL)
@@ -275,7 +278,9 @@ class MnasNetSearch(CompressionMethod):
         search_seconds = time.perf_counter() - started
         finished = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number)
         front = list(study.best_trials) if c.controller == "nsga2" else []
+        reranking = time.perf_counter()
         reranked = self._rerank(front or finished, supernet, evaluate, table, target, space, ctx)
+        rerank_seconds = time.perf_counter() - reranking
         chosen_trial, chosen = max(reranked, key=lambda pair: pair[1]["reward"])
         arch = _arch_of(space, chosen_trial)
         cost_attr, on_front = COST_ATTR[table.kind], {t.number for t in front}
@@ -299,6 +304,7 @@ class MnasNetSearch(CompressionMethod):
         artifacts += plot_candidates(finished, front, chosen_trial, cost_attr, table.unit, target,
                                      ctx.workdir / "search_candidates.png")
         metrics = {"search_wall_s": search_seconds, "study_wall_s": _study_seconds(study, finished),
+                   "rerank_wall_s": rerank_seconds,
                    "candidates_evaluated": float(evaluate.evaluated),
                    "candidates_total": float(len(finished)), "candidates_resumed": float(before),
                    "target_cost": target, "pareto_size": float(len(front)),
