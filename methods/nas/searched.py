@@ -81,11 +81,13 @@ def table_check(table: CostTable, arch: Architecture, net: nn.Module, ctx: Compr
 
 def store_searched(arch: Architecture, template: nn.Module, ctx: CompressionContext, finetune: FineTuning,
                    drop_rate: float, table: CostTable, metrics: dict[str, float],
-                   artifacts: list[Path]) -> CompressionResult:
-    """Train ``arch`` from scratch on the run's recipe, store it, and return it decoded from its file."""
+                   artifacts: list[Path], net: SearchedNet | None = None) -> CompressionResult:
+    """Train ``arch`` from scratch on the run's recipe (or go on training ``net``, a network of ``arch`` a search
+    trained), store it, and return it decoded from its file."""
     num_classes, in_chans = int(ctx.datamodule.num_classes), int(ctx.input_shape[1])
-    torch.manual_seed(ctx.seed)  # the same initial weights for the same seed
-    net = SearchedNet(arch, num_classes, in_chans, drop_rate)
+    if net is None:
+        torch.manual_seed(ctx.seed)  # the same initial weights for the same seed
+        net = SearchedNet(arch, num_classes, in_chans, drop_rate)
     ctx.finetune(net, finetune.epochs, lr=finetune.lr)
     path = ctx.workdir / "searched.cbm"
     meta = {"arch": arch.to_dict(), "num_classes": num_classes, "in_chans": in_chans, "drop_rate": drop_rate}
