@@ -153,6 +153,19 @@ def test_an_evolution_run_breeds_ages_scores_and_stores_the_fittest(tmp_path) ->
     assert {p.name for p in result.artifacts} >= {"evolution_history.json", "evolution_fitness.png", "arch.json"}
 
 
+def test_children_from_scratch_do_not_inherit_their_parents_weights(tmp_path) -> None:
+    """Real et al.'s own setting (the ablation of the morphism): a child starts from a fresh initialisation."""
+    method = create_method("evolution", space=TINY, population=2, sample=1, cycles=1, seed_epochs=6, child_epochs=1,
+                           children="scratch", final="inherit", finetune={"epochs": 0})
+    result = method.compress(nn.Identity(), tiny_context(tmp_path))
+    history = json.loads((tmp_path / "evolution_history.json").read_text())
+    assert [row["preserving"] for row in history] == [None, None, None] and "birth_drop_scratch" in result.metrics
+    seed = history[0]
+    for row in history[1:]:
+        parent = history[row["parent"]]
+        assert row["birth_top1"] < parent["val_top1"] == seed["val_top1"]  # the seed learnt; the fresh child did not
+
+
 @pytest.mark.parametrize(("options", "key"), [
     ({"sample": 9, "population": 4}, "method.sample"),
     ({"mutations": []}, "method.mutations"),

@@ -8,7 +8,8 @@ A mutation changes one block's op (:mod:`.morphism`: the type uniformly among th
 the block); the child is built from its parent's weights (Net2Net / network morphism, the survey's
 morphism methods): exactly its parent's function after grow_kernel, widen and deepen, the weights that
 fit after shrink_kernel, narrow and remove. It trains ``child_epochs`` from there (Real et al. train
-every child from scratch; inheriting is what makes a CPU search affordable, as in EAS and NASH).
+every child from scratch, ``children: scratch``, the ablation; inheriting is what makes a CPU search
+affordable, as in EAS and NASH).
 Fitness is val top-1, times MnasNet's latency factor (Tan et al., CVPR 2019, Eq. 2) (LAT/T)^w, w =
 ``alpha`` where LAT <= T and ``beta`` above, when ``reward.target`` (T) is set; LAT is the cost table's
 price of the architecture (each candidate asked of the run's target once, :mod:`.costs`).
@@ -43,6 +44,7 @@ from methods.nas.space import ZERO, Architecture, SearchedNet, SearchSpace, Spac
 from methods.reporting import save_figure, write_json
 
 INITIAL = ("smallest", "random")
+CHILDREN = ("morphism", "scratch")
 FINAL = ("scratch", "inherit")
 T = TypeVar("T")
 
@@ -66,6 +68,8 @@ class EvolutionConfig:
     cycles: int = option(16, ge=0, why="C: children bred, trained and evaluated")
     initial: str = option("smallest", choices=INITIAL)
     mutations: list[str] = option(factory=lambda: list(MUTATIONS), choices=tuple(MUTATIONS))
+    children: str = option("morphism", choices=CHILDREN,
+                           why="a child starts from its parent's weights, or from scratch (Real et al.'s; the ablation)")
     noise: float = option(0.0, ge=0, why="deepen: std of the new block's projection BN scale (0: exactly preserving)")
     seed_epochs: float = option(1.0, gt=0, why="training of each individual of the initial population built from scratch")
     child_epochs: float = option(0.25, gt=0, why="training of each child from its inherited weights")
@@ -116,7 +120,7 @@ class Individual:
     mutation: str | None = None
     block: int | None = None
     preserving: bool | None = None
-    birth_top1: float | None = None  # the inherited weights on val, before the child's training
+    birth_top1: float | None = None  # the child's weights (inherited or fresh) on val, before its training
     top1: float = 0.0
     cost: float = 0.0
     fitness: float = 0.0
@@ -184,9 +188,15 @@ class Search:
                                      f"allow more of {list(MUTATIONS)}")
         name = self.rng.choice(sorted(choices))
         block = self.rng.choice(choices[name])
-        net, transfers = morph(parent.net, mutate(parent.arch, name, block), self.config.noise, self.generator)
-        child = Individual(len(self.individuals), net.arch, cycle, parent=parent.id, mutation=name, block=block,
-                           preserving=all(t.preserving for t in transfers), birth_top1=self.top1(net))
+        arch = mutate(parent.arch, name, block)
+        preserving = None
+        if self.config.children == "scratch":
+            net = self.fresh(arch)
+        else:
+            net, transfers = morph(parent.net, arch, self.config.noise, self.generator)
+            preserving = all(t.preserving for t in transfers)
+        child = Individual(len(self.individuals), arch, cycle, parent=parent.id, mutation=name, block=block,
+                           preserving=preserving, birth_top1=self.top1(net))
         return self.train(child, net, self.config.child_epochs)
 
     def died(self, individual: Individual, cycle: int) -> None:
@@ -195,12 +205,12 @@ class Search:
             individual.net = None  # its weights are no longer anyone's parent
 
     def metrics(self) -> dict[str, float]:
-        """Search cost, and how much val top-1 children lost at birth (0 where the morphism preserves)."""
+        """Search cost, and how much val top-1 children lost at birth (0 where the morphism preserves; all of it from scratch)."""
         assert self.best is not None
         out = {"individuals_trained": float(len(self.individuals)), "search_epochs": self.epochs,
                "best_fitness": self.best.fitness, "best_val_top1": self.best.top1, "best_born": float(self.best.born)}
         by_id = {i.id: i for i in self.individuals}
-        for kind, preserving in (("preserving", True), ("lossy", False)):
+        for kind, preserving in (("preserving", True), ("lossy", False), ("scratch", None)):
             drops = [by_id[i.parent].top1 - i.birth_top1 for i in self.individuals
                      if i.preserving is preserving and i.parent is not None and i.birth_top1 is not None]
             if drops:
@@ -218,7 +228,8 @@ def plot_fitness(history: list[dict[str, Any]], path: Path) -> list[Path]:
     def draw(ax: Any) -> None:
         for label, pick, marker in (("initial", lambda r: r["born"] == 0, "s"),
                                     ("preserving child", lambda r: r["born"] > 0 and r["preserving"], "o"),
-                                    ("lossy child", lambda r: r["born"] > 0 and not r["preserving"], "x")):
+                                    ("lossy child", lambda r: r["born"] > 0 and r["preserving"] is False, "x"),
+                                    ("child from scratch", lambda r: r["born"] > 0 and r["preserving"] is None, "^")):
             rows = [r for r in history if pick(r)]
             ax.scatter([r["born"] for r in rows], [r["fitness"] for r in rows], marker=marker, label=label, s=22)
         ax.step([r["born"] for r in history], best, where="post", color="k", lw=1, label="best so far")
