@@ -29,6 +29,7 @@ from benchmarks.studies import (
     hashing_hessian,
     hessian_quantization,
     lowrank,
+    nas_specialization,
     pruning_auto,
     quantization_codebook,
     quantization_ptq,
@@ -79,6 +80,7 @@ REPORTS: dict[str, Report] = {
     "hashing": Report(("hashing.json",), hashing_hessian.render_hashing),
     "hessian_pruning": Report(("hessian_pruning.json",), hashing_hessian.render_hessian),
     "binary": Report(("binary.json",), binary.render),
+    "nas_specialization": Report(("nas_specialization.json",), nas_specialization.render),
     "haq": Report(("haq.json", "haq_curve.json"), haq.render, optional=("haq_curve.json",)),
 }
 #: how a source is read, by its suffix

@@ -56,7 +56,7 @@ class SpacePreset:
 PRESETS: dict[str, SpacePreset] = {
     "imagenet": SpacePreset(224, 32, 2, 16, (24, 40, 80, 96, 192, 320), (4, 4, 4, 4, 4, 1), (2, 2, 2, 1, 2, 1)),
     "cifar": SpacePreset(32, 32, 1, 16, (24, 40, 80, 96, 192, 320), (4, 4, 4, 4, 4, 1), (1, 2, 2, 1, 2, 1)),
-    "cifar_small": SpacePreset(32, 16, 1, 16, (24, 32, 64, 96), (2, 3, 3, 2), (1, 2, 2, 1), head_channels=512),
+    "cifar_small": SpacePreset(32, 16, 1, 16, (24, 32, 64, 96), (2, 3, 3, 2), (2, 2, 2, 1), head_channels=512),
 }
 
 
@@ -121,7 +121,7 @@ class SearchSpace:
 
     def slots(self) -> list[Slot]:
         size = _out_size(_out_size(self.input_size, self.stem_stride), 1)  # stem, then the fixed MBConv1
-        channels, slots = self.first_channels, []
+        channels, slots = self.first_channels, list[Slot]()
         for width, depth, stride in zip(self.widths, self.depths, self.strides, strict=True):
             for position in range(depth):
                 block_stride = stride if position == 0 else 1
@@ -222,7 +222,8 @@ class Architecture:
         fields = {f.name for f in dataclasses.fields(SearchSpace)}
         if not isinstance(data["space"], dict) or set(data["space"]) != fields:
             fail(f"{key}.space", f"must have exactly the keys {sorted(fields)}")
-        space = SearchSpace(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["space"].items()})
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data["space"].items()}
+        space = SearchSpace(**values)
         return cls(space, tuple(data["ops"]))
 
     @classmethod

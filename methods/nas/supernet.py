@@ -24,6 +24,7 @@ the active path its alpha gets no gradient from that step, as in the reference c
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +44,8 @@ class MixedOp(nn.Module):
         # the shortcut is the block's (added outside), so a candidate is its conv branch alone and zero is 0
         self.candidates = nn.ModuleList(build_op(op, slot, shortcut=False) for op in slot.candidates)
         self.alpha = nn.Parameter(torch.empty(len(slot.candidates)).normal_(0, 1e-3))
-        self.mode, self.active, self.pair = "sample", 0, (0,)
+        self.mode, self.active = "sample", 0
+        self.pair: tuple[int, ...] = (0,)
 
     def probabilities(self) -> torch.Tensor:
         return F.softmax(self.alpha, dim=0)
@@ -125,7 +127,7 @@ class SuperNet(nn.Module):
         return self.head(x)
 
     def mixed_ops(self) -> list[MixedOp]:
-        return [block.mixed for block in self.blocks]
+        return [cast(SearchBlock, block).mixed for block in self.blocks]
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return [op.alpha for op in self.mixed_ops()]
