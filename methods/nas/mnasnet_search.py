@@ -326,9 +326,10 @@ class MnasNetSearch(CompressionMethod):
         return {"method": self.name, "space": space.as_dict(), "cost": c.cost, "hw": ctx.target.name,
                 "data": getattr(ctx.datamodule, "checksum", "") or type(ctx.datamodule).__name__,
                 "input_shape": list(ctx.input_shape), "seed": ctx.seed, "constraint": c.constraint, "target": c.target,
-                "controller": c.controller, "reinforce": asdict(c.reinforce), "tpe_startup": c.tpe_startup,
-                "population": c.population, "supernet_epochs": c.supernet_epochs,
-                "calibration_batches": c.calibration_batches, "eval_batches": c.eval_batches}
+                "controller": c.controller, "supernet_epochs": c.supernet_epochs,
+                "calibration_batches": c.calibration_batches, "eval_batches": c.eval_batches,
+                "controller_settings": {"reinforce": asdict(c.reinforce), "tpe": {"startup": c.tpe_startup},
+                                        "nsga2": {"population": c.population}}[c.controller]}
 
     def _open(self, space: SearchSpace, num_classes: int, in_chans: int,
               ctx: CompressionContext) -> tuple[optuna.Study, CostTable, float]:
