@@ -26,7 +26,7 @@ from benchmarks.context import make_context
 from benchmarks.schema import RecipeConfig, TrainerConfig
 from methods import create_method
 from methods.base import CompressionContext, MethodConfigError
-from methods.nas.mnasnet_search import ReinforceConfig, ReinforceSampler, block_param, reward
+from methods.nas.mnasnet_search import ReinforceConfig, ReinforceSampler, block_param, recalibrate_batch_norm, reward
 from methods.nas.space import Architecture, SpaceConfig
 from methods.storage import load_model
 from tests.conftest import REPO_ROOT, needs_shared_data, tiny_mnist
@@ -71,6 +71,22 @@ def test_reinforce_raises_the_probability_of_the_rewarded_op_and_smooths_its_bas
     assert history[1]["baseline"] == pytest.approx(0.9 * first + 0.1 * second)
     # the other blocks' rewards do not depend on their op: their policies stay near uniform
     assert max(sampler.probabilities()[0]) < 0.5
+
+
+def test_batch_norm_recalibration_sets_the_plain_average_of_the_calibration_batches() -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).eval()
+    net[1].running_mean.fill_(5.0)  # stale statistics (another path's, after many steps) that must not survive
+    net[1].num_batches_tracked.fill_(100)
+    batches = [torch.randn(8, 3, 6, 6) * (i + 1) + i for i in range(3)]
+    recalibrate_batch_norm(net, batches)
+    with torch.no_grad():
+        outputs = [net[0](x).transpose(0, 1).flatten(1) for x in batches]
+    expected_mean = torch.stack([o.mean(1) for o in outputs]).mean(0)
+    expected_var = torch.stack([o.var(1) for o in outputs]).mean(0)  # unbiased per batch, as BatchNorm keeps it
+    assert torch.allclose(net[1].running_mean, expected_mean, atol=1e-5)
+    assert torch.allclose(net[1].running_var, expected_var, rtol=1e-4)
+    assert not net.training and net[1].momentum == 0.1  # mode and momentum handed back
 
 
 def _roofline() -> Any:
