@@ -24,6 +24,8 @@ from typing import Any
 
 import pandas as pd
 
+from benchmarks.run_labels import SEARCH_CANDIDATE_KIND
+
 log = logging.getLogger(__name__)
 
 #: Leaderboard columns: (column, MLflow field it comes from); accuracy columns name their split.
@@ -69,8 +71,8 @@ HIDDEN = [
     ("status", "status"),
 ]
 FIELDS = [*COLUMNS, *HIDDEN]
-#: Kinds left out unless asked for: smoke tests, and the leaderboard's own runs (they hold the table, not a model).
-DEFAULT_EXCLUDED_KINDS = ("smoke",)
+#: Kinds left out unless asked for: smoke tests, and a search's candidates (child runs of the derived net's run).
+DEFAULT_EXCLUDED_KINDS = ("smoke", SEARCH_CANDIDATE_KIND)
 LEADERBOARD_KIND = "leaderboard"
 SORT = {"by": ["dataset", "hw", "test_top1"], "ascending": [True, True, False]}
 
@@ -298,8 +300,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     from benchmarks.run_labels import RUN_KINDS
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.leaderboard", description=__doc__.split("\n")[0])
-    parser.add_argument("--kind", action="append", choices=[*RUN_KINDS, "unknown"],
-                        help="run kinds to include (repeatable; default: all but smoke)")
+    parser.add_argument("--kind", action="append", choices=[*RUN_KINDS, SEARCH_CANDIDATE_KIND, "unknown"],
+                        help="run kinds to include (repeatable; default: all but smoke and search candidates)")
     parser.add_argument("--dataset", action="append", help="only these datasets (repeatable)")
     parser.add_argument("--device", action="append", help="only these hardware targets, the runs' hw (repeatable)")
     parser.add_argument("--since", type=pd.Timestamp, help="runs started on or after this date (YYYY-MM-DD)")

@@ -29,7 +29,7 @@ from benchmarks.context import make_context
 from benchmarks.evaluation import ModelReport, comparison, evaluate_pair, speedup_tags, speedups, write_layer_table
 from benchmarks.lineage import check_model_format, data_fraction, dataset_of, log_dataset, log_model
 from benchmarks.preflight import CONF_DIR, DEFAULT_OPTIONS, Prepared, prepare, with_defaults
-from benchmarks.run_labels import run_kind, run_name
+from benchmarks.run_labels import SEARCH_CANDIDATE_KIND, run_kind, run_name
 from benchmarks.schema import RecipeConfig, TrainerConfig
 from benchmarks.splits import DEFAULT_OBJECTIVE
 from benchmarks.tracking import RunRecorder, git_state, mlflow_run
@@ -219,6 +219,12 @@ def _record(cfg: DictConfig, recorder: RunRecorder, report: ModelReport, base_re
         recorder.artifact(path, "model")
     for path in result.artifacts:
         recorder.artifact(path, "method")
+    for index, candidate in enumerate(result.candidates):
+        recorder.child(str(candidate.get("name", f"candidate-{index}")),
+                       {"run_kind": SEARCH_CANDIDATE_KIND, "search_method": cfg.method.name},
+                       candidate.get("params", {}), candidate.get("metrics", {}))
+    if result.candidates:
+        recorder.tags({"search_candidates": len(result.candidates)})
 
 
 def _latency_dict(report: LatencyReport | None) -> dict[str, Any] | None:

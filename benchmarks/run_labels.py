@@ -15,6 +15,8 @@ from typing import Any
 from benchmarks.schema import ConfigError
 
 RUN_KINDS = ("smoke", "quick", "full", "user", "sweep_trial")
+#: the kind of the child runs a search's candidates become (never a run of its own: not settable)
+SEARCH_CANDIDATE_KIND = "search_candidate"
 #: The kind of the runs of a DVC matrix (conf/bench/<name>.yaml); another matrix's runs are ``user`` runs.
 MATRIX_KINDS = {"tiny": "smoke", "quick": "quick", "full": "full"}
 

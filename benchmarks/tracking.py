@@ -181,6 +181,18 @@ class RunRecorder:
     def text(self, text: str, name: str) -> None:
         retry_locked(lambda: self.client.log_text(self.run_id, text, name))
 
+    def child(self, name: str, tags: Mapping[str, Any], params: Mapping[str, Any],
+              metrics: Mapping[str, float | int | None]) -> str:
+        """A finished run nested under this one (a search's candidate: the UI groups it under its parent)."""
+        experiment = self.client.get_run(self.run_id).info.experiment_id
+        run = retry_locked(partial(self.client.create_run, experiment, run_name=name,
+                                   tags={"mlflow.parentRunId": self.run_id, **{k: str(v) for k, v in tags.items()}}))
+        child = RunRecorder(run.info.run_id, self.client)
+        child.params(params)
+        child.metrics(metrics)
+        retry_locked(partial(self.client.set_terminated, child.run_id, "FINISHED"))
+        return child.run_id
+
 
 @contextmanager
 def mlflow_run(

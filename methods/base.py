@@ -68,6 +68,9 @@ class CompressionResult:
     #: deployable files of the model by runtime format (``{"onnx": int8 QDQ model}``): a target
     #: whose ``executes`` names one of them runs that file instead of the PyTorch model
     deployables: dict[str, Path] = field(default_factory=dict)
+    #: the candidates a search evaluated, one ``{"name", "params", "metrics"}`` each: the run pipeline records
+    #: each as a child MLflow run of this one, so a search's runs are grouped under the derived net's run
+    candidates: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def stored_bytes(self) -> int:

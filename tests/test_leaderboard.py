@@ -39,6 +39,7 @@ RUNS = table(
     row(run_id="pixel1", run_kind="full", hw="pixel1", date="2026-12-01 08:00"),
     row(run_id="board", run_kind="leaderboard", test_top1=None),
     row(run_id="legacy", run_kind=None),
+    row(run_id="candidate", run_kind="search_candidate", test_top1=None),
 )
 
 
@@ -46,10 +47,11 @@ def ids(frame: pd.DataFrame) -> set[str]:
     return set(frame["run_id"])
 
 
-def test_smoke_runs_and_leaderboard_runs_are_left_out_by_default() -> None:
+def test_smoke_runs_search_candidates_and_leaderboard_runs_are_left_out_by_default() -> None:
     assert ids(select(RUNS)) == {"user1", "quick1", "pixel1", "legacy"}
     assert ids(select(RUNS, kinds=["smoke"])) == {"smoke1"}
     assert ids(select(RUNS, kinds=["unknown"])) == {"legacy"}  # recorded before run kinds existed
+    assert ids(select(RUNS, kinds=["search_candidate"])) == {"candidate"}  # a search's candidates, on request
 
 
 def test_filters_by_kind_dataset_device_and_date() -> None:

@@ -57,3 +57,13 @@ def test_log_model_none_and_a_typo() -> None:
     assert check_model_format("none") == "none"
     with pytest.raises(ConfigError, match=r"logger.log_model: 'pikle' is not one of \['pickle', 'pt2', 'none'\]"):
         check_model_format("pikle")
+
+
+def test_a_search_candidate_is_a_finished_child_run_of_the_derived_nets_run(recorder: RunRecorder) -> None:
+    child_id = recorder.child("net-cand3", {"run_kind": "search_candidate"}, {"ops": "k3e6,zero"},
+                              {"val_top1": 41.5, "latency_ms": 2.5})
+    child = recorder.client.get_run(child_id)
+    assert child.data.tags["mlflow.parentRunId"] == recorder.run_id  # the UI nests it under the search's run
+    assert child.info.run_name == "net-cand3" and child.info.status == "FINISHED"
+    assert child.data.params == {"ops": "k3e6,zero"}
+    assert child.data.metrics == {"val_top1": 41.5, "latency_ms": 2.5}
