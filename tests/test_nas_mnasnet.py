@@ -183,6 +183,9 @@ def test_an_nsga2_search_records_its_candidates_and_front_and_stores_the_chosen_
     candidates = json.loads((ctx.workdir / "candidates.json").read_text())
     search = json.loads((ctx.workdir / "search.json").read_text())
     assert len(candidates) == 8 and result.metrics["candidates_total"] == 8
+    # each candidate also goes to the pipeline as a child run, with what candidates.json says of it
+    assert [(r["params"]["ops"], r["metrics"]["reward"]) for r in result.candidates] == \
+        [(" ".join(c["ops"]), c["reward"]) for c in candidates]
     front = [c for c in candidates if c["pareto"]]
     assert front and len(front) == result.metrics["pareto_size"]
     for c in front:  # nothing on the front is dominated by another candidate

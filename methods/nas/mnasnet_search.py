@@ -286,10 +286,10 @@ class MnasNetSearch(CompressionMethod):
         cost_attr, on_front = COST_ATTR[table.kind], {t.number for t in front}
         history = sampler.history if isinstance(sampler, ReinforceSampler) else None
         artifacts = record_search(ctx.workdir, arch, table, history)
-        artifacts.append(write_json(ctx.workdir / "candidates.json", [
-            {"trial": t.number, "ops": list(_arch_of(space, t).ops), "acc": t.user_attrs["acc"],
-             cost_attr: t.user_attrs[cost_attr], "reward": t.user_attrs["reward"],
-             "pareto": t.number in on_front} for t in finished]))
+        rows = [{"trial": t.number, "ops": list(_arch_of(space, t).ops), "acc": t.user_attrs["acc"],
+                 cost_attr: t.user_attrs[cost_attr], "reward": t.user_attrs["reward"],
+                 "pareto": t.number in on_front} for t in finished]
+        artifacts.append(write_json(ctx.workdir / "candidates.json", rows))
         artifacts.append(write_json(ctx.workdir / "search.json", {
             "controller": c.controller, "constraint": c.constraint, "alpha_beta": CONSTRAINTS[c.constraint],
             "target": target, "unit": table.unit, "study": study.study_name, "storage": self._storage(ctx),
@@ -310,7 +310,12 @@ class MnasNetSearch(CompressionMethod):
                    "target_cost": target, "pareto_size": float(len(front)),
                    "derived_oneshot_top1": chosen_trial.user_attrs["acc"], "derived_rerank_top1": chosen["acc"],
                    "derived_reward": chosen["reward"]}
-        return store_searched(arch, model, ctx, c.finetune, c.drop_rate, table, metrics, artifacts)
+        result = store_searched(arch, model, ctx, c.finetune, c.drop_rate, table, metrics, artifacts)
+        result.candidates = [{"name": f"{study.study_name}-trial{row['trial']}",
+                              "params": {"trial": row["trial"], "ops": " ".join(row["ops"]), "study": study.study_name},
+                              "metrics": {"val_top1_oneshot": row["acc"], cost_attr: row[cost_attr],
+                                          "reward": row["reward"], "pareto": float(row["pareto"])}} for row in rows]
+        return result
 
     def _target(self, table: CostTable) -> float:
         if self.config.target is None:
