@@ -9,6 +9,7 @@
     python -m hardware profile --kernels --samples 300 --out hardware/tables/local_cpu_kernels.json
     python -m hardware calibrate --hw local_cpu_table [--n 40]   # in-sequence scale and per-unit overhead
     python -m hardware validate --hw local_cpu_table [--n 50]
+    python -m hardware fit --name my_phone --measurements rows.csv --base pixel1_kernels   # a new device
 
 ``--set key=value`` overrides any key of the device's yaml (``--set threads=1``). ``--model``
 names a timm model; ``--import MODULE`` first imports a module that registers more models
@@ -329,6 +330,7 @@ IMPORT_HELP = "import a module that registers models into timm first (repeatable
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from hardware import fit
     from hardware.lookup import DEFAULT_CHANNEL_GRID, GRANULARITIES
 
     parser = argparse.ArgumentParser(prog="python -m hardware", description=__doc__.split("\n")[0])
@@ -399,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--note", default=None, help="a line added to this target's section")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.set_defaults(func=cmd_validate)
+
+    fit.add_parser(sub, IMPORT_HELP)
     return parser
 
 

@@ -53,6 +53,7 @@ class ProfiledOp:
     first_ms: float
     avg_ms: float
     name: str
+    line: int = 0  # line of the file (errors name it)
 
 
 @dataclass
@@ -117,13 +118,16 @@ def parse_profile(path: str | Path) -> TFLiteProfile:
     except StopIteration:
         raise ValueError(f"{path}: no 'Run Order' table; is this a TF-Lite benchmark_model profile?") from None
     ops: list[ProfiledOp] = []
-    for line in lines[start + 2 :]:
+    for number, line in enumerate(lines[start + 2 :], start=start + 3):
         if not line.strip() or line.lstrip().startswith("="):
             break
         cols = line.split()
         # node type, start, first, avg ms, %, cdf%, mem KB, times called, [name]
         if len(cols) < 9:
-            raise ValueError(f"{path}: cannot parse profile row {line!r}")
+            raise ValueError(f"{path} line {number}: cannot parse profile row {line.strip()!r}")
+        if cols[0] not in TFLITE_OP_TO_LAYER_OP:
+            raise ValueError(f"{path} line {number}: unknown operator {cols[0]!r}; the reader knows "
+                             f"{sorted(TFLITE_OP_TO_LAYER_OP)} (add the new one to TFLITE_OP_TO_LAYER_OP)")
         ops.append(
             ProfiledOp(
                 node_type=cols[0],
@@ -131,6 +135,7 @@ def parse_profile(path: str | Path) -> TFLiteProfile:
                 first_ms=float(cols[2]),
                 avg_ms=float(cols[3]),
                 name=cols[-1].strip("[]"),
+                line=number,
             )
         )
     no_stats = _NO_STATS.search(text)
@@ -214,7 +219,8 @@ def _check_alignment(model: ReferenceModel) -> None:
             expected = TFLITE_OP_TO_LAYER_OP.get(op.node_type)
             if expected != layer.op or (layer.op in _TAIL_OPS and op.node_type != layer.module_type):
                 raise ValueError(
-                    f"{profile.path}: operator {op.name} is {op.node_type}, expected the {layer.op} layer {layer.name}"
+                    f"{profile.path} line {op.line}: operator {op.name} is {op.node_type}, expected the {layer.op} "
+                    f"layer {layer.name} of the channel plan {model.prefix!r}"
                 )
 
 

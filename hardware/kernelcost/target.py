@@ -20,6 +20,7 @@ import numpy as np
 from torch import nn
 
 from hardware import validation as _validation
+from hardware.kernelcost.fewshot import DeviceFit, scale_cases
 from hardware.kernelcost.predictor import PREDICTORS, KernelPredictor, KernelSample
 from hardware.kernelcost.sources import SOURCES
 from hardware.kernels import FUSIBLE_ACTIVATIONS, Kernel, detect_kernels
@@ -43,13 +44,16 @@ class KernelTarget(LayerCostTarget):
     ``sources``: list of {name, format (a key of SOURCES), path, build, cache}; a source with
     ``cache: true`` is also the exact cache (its single-kernel samples are returned as measured); ``build``: the
     runtime build predictions stand for (a source's build); ``predictor``: analytical,
-    forest, or auto (per kernel type, the lower cross-validated error).
+    forest, or auto (per kernel type, the lower cross-validated error); ``fitted``: the parameter file
+    ``python -m hardware fit`` wrote (``hardware.kernelcost.fewshot.DeviceFit``): per-kernel-type scales
+    applied to the sources' predictors, or analytical coefficients used as fitted.
     """
 
     def __init__(self, name: str, device: str, citation: str, sources: list[dict[str, str]], build: str = "",
                  runtime: str = "tflite", predictor: str = "auto", calibration: str = "published",
                  batch_size: int = 1, cache_bytes: float = 1.0e6, small_m_rows: int = 100, simd_channels: int = 16,
-                 holdout_file: str | None = None, validation: dict[str, Any] | None = None, **kwargs: Any) -> None:
+                 holdout_file: str | None = None, validation: dict[str, Any] | None = None, fitted: str | None = None,
+                 **kwargs: Any) -> None:
         source = kwargs.pop("source", "analytical")
         super().__init__(name=name, calibration=calibration, batch_size=batch_size, **kwargs)
         if source not in ("analytical", "table"):
@@ -84,8 +88,14 @@ class KernelTarget(LayerCostTarget):
         self.build = build
         self.holdout_file = resolve_path(holdout_file) if holdout_file else None
         self.validation = {"cv_folds": 10, "holdout": False, **dict(validation or {})}
-        self.predictor = self.fit(self.all_samples())
-        self.stated_error_file = _validation.stated_error_path(name)
+        # a device written by `python -m hardware fit`: its predictor as fitted there, or the sources' scaled
+        self.fitted = DeviceFit.load(resolve_path(fitted)) if fitted else None
+        if self.fitted is not None and self.fitted.kind == "analytical":
+            self.predictor = self.fitted.predictor()
+        else:
+            self.predictor = self.fit(self.all_samples())
+        self.scales = self.fitted.scales() if self.fitted else None
+        self.stated_error_file = _validation.stated_error_path(name, self.fitted.path.parent if self.fitted else None)
         self.stated_error = _validation.StatedError.load(self.stated_error_file)
 
     def all_samples(self) -> list[KernelSample]:
@@ -115,6 +125,8 @@ class KernelTarget(LayerCostTarget):
 
     def kernel_report(self, kernels: list[Kernel], layers: list[LayerSpec]) -> LatencyReport:
         predicted = self.predictor.predict_all(kernels)
+        if self.scales is not None:
+            predicted = [(ms * self.scales.scale(k.type), how) for k, (ms, how) in zip(kernels, predicted, strict=True)]
         per_layer = {layer.name: 0.0 for layer in layers}
         last = layers[0].name if layers else ""
         for kernel, (ms, _) in zip(kernels, predicted, strict=True):
@@ -128,6 +140,9 @@ class KernelTarget(LayerCostTarget):
                  "energy: not modelled", _validation.stated_error_note(self.name, self.stated_error)]
         if kinds:
             notes.append(f"kernel types without measurements of their own, priced by the elementwise terms: {kinds}")
+        if self.scales is not None and self.fitted is not None:
+            notes.append(f"{self.fitted.data.get('base')}'s predictions scaled per kernel type "
+                         f"(hw.fitted {self.fitted.path.name})")
         return self.new_report(
             math.fsum(ms for ms, _ in predicted),
             error_fraction=self.stated_error.fraction() if self.stated_error else 0.0,
@@ -149,6 +164,8 @@ class KernelTarget(LayerCostTarget):
                          progress: Any = None, **_: Any) -> list[ValidationCase]:
         """In-sample, k-fold / leave-one-model-out, leave-one-source-out, (``holdout``) published networks,
         and (``validation.networks``) timm networks measured here against a reference."""
+        if self.fitted is not None and self.scales is not None:  # its measurements, in-sample and cross-validated
+            return scale_cases(self.predictor, self.fitted.samples(self.runtime), fitted=self.scales)
         folds = int(cv_folds or self.validation["cv_folds"])
         holdout = self.validation["holdout"] if holdout is None else holdout
         cases = [self._case(s, self.predictor, "in-sample", name) for name, group in self.samples.items() for s in group]
@@ -221,6 +238,10 @@ class KernelTarget(LayerCostTarget):
     def validation_lines(self, cases: list[ValidationCase]) -> list[str]:
         """What `validate` adds to the section: the raw figures beside the drift-normalised ones, and
         the predictors compared."""
+        if self.scales is not None:  # a few-shot device: its scales, not the base's predictors, are what it fitted
+            scales = ", ".join(f"{kind} {scale:.3g}" for kind, scale in sorted(self.scales.scales.items()))
+            return [f"Per-kernel-type scales of the base device's predictors (ridge {self.scales.ridge:g}): {scales}; "
+                    f"other types {self.scales.default:.3g}.", ""]
         lines = []
         measured = [c for c in cases if "raw_measured_ms" in c.info]
         if measured:
