@@ -33,58 +33,6 @@ OP_FORMAT = "k<kernel>e<expansion> (e.g. k3e6) or 'zero'"
 
 
 @dataclass(frozen=True)
-class SpacePreset:
-    """The numbers of one search space; :class:`SpaceConfig` keys left null take them."""
-
-    input_size: int
-    stem_channels: int
-    stem_stride: int
-    first_channels: int
-    widths: tuple[int, ...]
-    depths: tuple[int, ...]
-    strides: tuple[int, ...]
-    kernels: tuple[int, ...] = (3, 5, 7)
-    expansions: tuple[int, ...] = (3, 6)
-    zero: bool = True
-    head_channels: int = 1280
-
-
-#: ``imagenet``: the paper's mobile space at 224 px (for latency; no ImageNet training here).
-#: ``cifar``: the same stages for 32 px inputs, with the stem and the first stage at stride 1 (total
-#: stride 8, as MobileNetV2-CIFAR here). ``cifar_small``: a narrower, shallower CIFAR space whose search
-#: and training fit a 2-core CPU (the preset of conf/experiment/nas_cifar_small.yaml).
-PRESETS: dict[str, SpacePreset] = {
-    "imagenet": SpacePreset(224, 32, 2, 16, (24, 40, 80, 96, 192, 320), (4, 4, 4, 4, 4, 1), (2, 2, 2, 1, 2, 1)),
-    "cifar": SpacePreset(32, 32, 1, 16, (24, 40, 80, 96, 192, 320), (4, 4, 4, 4, 4, 1), (1, 2, 2, 1, 2, 1)),
-    "cifar_small": SpacePreset(32, 16, 1, 16, (24, 32, 64, 96), (2, 3, 3, 2), (2, 2, 2, 1), head_channels=512),
-}
-
-
-@dataclass
-class SpaceConfig:
-    """``space``: a preset, and any of its numbers overridden (null = the preset's)."""
-
-    preset: str = option("cifar", choices=tuple(PRESETS), why="the named space every null key below is taken from")
-    input_size: int | None = option(None, gt=0, why="input resolution at which candidates are priced (null: the preset's)")
-    stem_channels: int | None = option(None, gt=0)
-    stem_stride: int | None = option(None, choices=(1, 2))
-    first_channels: int | None = option(None, gt=0)
-    widths: list[int] | None = None
-    depths: list[int] | None = None
-    strides: list[int] | None = None
-    kernels: list[int] | None = None
-    expansions: list[int] | None = None
-    zero: bool | None = None
-    head_channels: int | None = option(None, gt=0)
-
-    def check(self, key: str) -> None:
-        resolve(self, key)
-
-    def resolved(self) -> SearchSpace:
-        return resolve(self, "method.space")
-
-
-@dataclass(frozen=True)
 class Slot:
     """One searched block: where it sits, its shapes and the ops it may take (in order)."""
 
@@ -102,7 +50,8 @@ class Slot:
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """A resolved space: every number fixed; what the supernet, the derived nets and the costs read."""
+    """A space with every number fixed (a preset, or one resolved from config): what the supernet, the derived nets
+    and the costs read."""
 
     input_size: int
     stem_channels: int
@@ -111,10 +60,10 @@ class SearchSpace:
     widths: tuple[int, ...]
     depths: tuple[int, ...]
     strides: tuple[int, ...]
-    kernels: tuple[int, ...]
-    expansions: tuple[int, ...]
-    zero: bool
-    head_channels: int
+    kernels: tuple[int, ...] = (3, 5, 7)
+    expansions: tuple[int, ...] = (3, 6)
+    zero: bool = True
+    head_channels: int = 1280
 
     def ops(self) -> tuple[str, ...]:
         return tuple(op_name(k, e) for k in self.kernels for e in self.expansions)
@@ -144,6 +93,17 @@ class SearchSpace:
                 for f in dataclasses.fields(self)}
 
 
+#: ``imagenet``: the paper's mobile space at 224 px (for latency; no ImageNet training here).
+#: ``cifar``: the same stages for 32 px inputs, with the stem and the first stage at stride 1 (total
+#: stride 8, as MobileNetV2-CIFAR here). ``cifar_small``: a narrower, shallower CIFAR space whose search
+#: and training fit a 2-core CPU (the preset of conf/experiment/nas_cifar_small.yaml).
+PRESETS: dict[str, SearchSpace] = {
+    "imagenet": SearchSpace(224, 32, 2, 16, (24, 40, 80, 96, 192, 320), (4, 4, 4, 4, 4, 1), (2, 2, 2, 1, 2, 1)),
+    "cifar": SearchSpace(32, 32, 1, 16, (24, 40, 80, 96, 192, 320), (4, 4, 4, 4, 4, 1), (1, 2, 2, 1, 2, 1)),
+    "cifar_small": SearchSpace(32, 16, 1, 16, (24, 32, 64, 96), (2, 3, 3, 2), (2, 2, 2, 1), head_channels=512),
+}
+
+
 def _out_size(size: int, stride: int) -> int:
     return (size + stride - 1) // stride
 
@@ -164,15 +124,35 @@ def parse_op(name: str, key: str = "op") -> tuple[int, int]:
     return parsed
 
 
+@dataclass
+class SpaceConfig:
+    """``space``: a preset, and any of its numbers overridden (null = the preset's)."""
+
+    preset: str = option("cifar", choices=tuple(PRESETS), why="the named space every null key below is taken from")
+    input_size: int | None = option(None, gt=0, why="input resolution at which candidates are priced (null: the preset's)")
+    stem_channels: int | None = option(None, gt=0)
+    stem_stride: int | None = option(None, choices=(1, 2))
+    first_channels: int | None = option(None, gt=0)
+    widths: list[int] | None = None
+    depths: list[int] | None = None
+    strides: list[int] | None = None
+    kernels: list[int] | None = None
+    expansions: list[int] | None = None
+    zero: bool | None = None
+    head_channels: int | None = option(None, gt=0)
+
+    def check(self, key: str) -> None:
+        resolve(self, key)
+
+    def resolved(self) -> SearchSpace:
+        return resolve(self, "method.space")
+
+
 def resolve(config: SpaceConfig, key: str) -> SearchSpace:
     """``config``'s preset with its non-null keys applied, checked; errors name ``key.<field>``."""
-    preset = PRESETS[config.preset]
-    values = {f.name: getattr(preset, f.name) for f in dataclasses.fields(preset)}
-    for name in values:
-        given = getattr(config, name)
-        if given is not None:
-            values[name] = tuple(given) if isinstance(given, list) else given
-    space = SearchSpace(**values)
+    changes: dict[str, Any] = {f.name: tuple(value) if isinstance(value, list) else value
+                               for f in dataclasses.fields(SearchSpace) if (value := getattr(config, f.name)) is not None}
+    space = dataclasses.replace(PRESETS[config.preset], **changes)
     stages = {"widths": space.widths, "depths": space.depths, "strides": space.strides}
     if len({len(v) for v in stages.values()}) != 1 or not space.widths:
         fail(key, f"widths, depths and strides must give one value per stage, got {stages}")
