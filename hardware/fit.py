@@ -135,7 +135,10 @@ def fit_device(name: str, measured: Path, fmt: str | None = None, base: str | No
     fit_path = out / f"{name}.fit.json"
     rows = [c for c in cases if c.fit == "in-sample"]
     cv = cv_summary(cases)
-    parameters = {"format": FIT_FORMAT, "device": name, **parameters,
+    command = " ".join([f"python -m hardware fit --name {name} --measurements {_shown(measured)} --format {fmt}",
+                        *([f"--base {base}"] if base else []), f"--calibration {calibration}",
+                        *(f"--set '{key}={json.dumps(value)}'" for key, value in (overrides or {}).items())])
+    parameters = {"format": FIT_FORMAT, "device": name, "command": command, **parameters,
                   "measurements": {"path": _shown(measured), "format": fmt, "imports": imports, "rows": len(rows),
                                    "models": parameters.pop("models")},
                   "cv": {"how": "leave-one-model-out (nested: the ridge chosen without the held-out model)", **cv},
@@ -150,8 +153,9 @@ def fit_device(name: str, measured: Path, fmt: str | None = None, base: str | No
               f"# its stated error is the leave-one-model-out error of those measurements ({name}.validation.json).\n")
     yaml_path.parent.mkdir(parents=True, exist_ok=True)
     yaml_path.write_text(header + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    validation.store_stated_error(validation.stated_error_path(name, out), name, cases,
-                                  {"name": name, "base": base or "", "fitted": _shown(fit_path)})
+    record = validation.stated_error_record(name, cases, {"name": name, "base": base or "", "fitted": _shown(fit_path)})
+    record["command"] = command  # `python -m hardware validate --hw <name>` rewrites it from the same cases
+    validation.stated_error_path(name, out).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return parameters
 
 
