@@ -6,8 +6,8 @@
     python -m hardware fit --name my_phone_ops --measurements profiles/     # per-operator profiles, from scratch
 
 Measurements (``hardware.kernelcost.measurements.FORMATS``): whole-model rows (CSV ``model,
-input_size,latency_ms``), or TF-Lite ``benchmark_model`` profiles (per operator, or their
-whole-model totals). With ``--base`` (a kernel device), the base's predictors are adapted by
+input_size,latency_ms``), TF-Lite ``benchmark_model`` profiles (per operator, or their
+whole-model totals), or ONNX Runtime profiler JSONs (their whole-model runs). With ``--base`` (a kernel device), the base's predictors are adapted by
 per-kernel-type scales fitted on the measurements (``hardware.kernelcost.fewshot``, HELP's few-shot
 idea): ten whole-model rows are enough. Without it, per-operator profiles fit the analytical
 kernel form from scratch. It writes ``conf/hw/<name>.yaml`` (a ``KernelTarget``), the fitted
@@ -183,9 +183,10 @@ def add_parser(sub: Any, import_help: str) -> None:
     p = sub.add_parser("fit", help="a new device from its measurements: conf/hw/<name>.yaml and its fitted parameters")
     p.add_argument("--name", required=True, help="the new device (conf/hw/<name>.yaml, +hw=<name>)")
     p.add_argument("--measurements", required=True,
-                   help="whole-model CSV (model,input_size,latency_ms) or a folder of TF-Lite benchmark_model profiles")
+                   help="whole-model CSV (model,input_size,latency_ms), a folder of TF-Lite benchmark_model profiles, "
+                        "or ONNX Runtime profiler JSONs named <timm model>@<input size>.json")
     p.add_argument("--format", choices=sorted(measurements.FORMATS), default=None,
-                   help="default: a folder is tflite_benchmark_model, a .csv whole_model_csv")
+                   help="default: from the name (a .csv, a .json or a folder of them, else TF-Lite profiles)")
     p.add_argument("--base", default=None,
                    help="a kernel device whose predictors are scaled per kernel type (needed for whole-model rows)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of the base device's yaml")

@@ -3,7 +3,9 @@
 ``predictor``: the analytical form and the random forest, with a lookup table as exact cache;
 ``sources``: measured latencies from public sources (TF-Lite profiles, the ProxylessNAS table);
 ``target``: :class:`KernelTarget`, a device emulated by predictors fitted on its sources;
-``proxyless``: :class:`ProxylessTableTarget`, the ProxylessNAS per-block table itself as a device.
+``proxyless``: :class:`ProxylessTableTarget`, the ProxylessNAS per-block table itself as a device;
+``measurements`` and ``fewshot``: what ``python -m hardware fit`` reads, and the per-kernel-type scales that
+adapt a device's predictors to another device from a few whole-model measurements.
 """
 
 from hardware.kernelcost.predictor import KernelPredictor, KernelSample
