@@ -1,7 +1,8 @@
 """ProxylessNAS specialised per device (issue 14): the paper's Table 4 idea on CIFAR-10, sized for a 2-core CPU.
 
     python -m benchmarks.studies.nas_specialization --parts search:pixel1 search:local_cpu search:v100
-    python -m benchmarks.studies.nas_specialization --parts matrix mobilenetv2   # after the three searches
+    python -m benchmarks.studies.nas_specialization --parts matrix               # after the three searches
+    python -m benchmarks.studies.nas_specialization --parts mobilenetv2:pixel1 mobilenetv2:local_cpu mobilenetv2:v100
     python -m benchmarks.studies.report nas_specialization                       # results/nas_specialization.md
 
 - ``search:<hw>``: ``proxylessnas`` on ``cifar10_jpeg`` with the ``cifar_small`` space and the same
@@ -12,7 +13,7 @@
   ``results/nas/<hw>.arch.json`` (``model=searched model.arch=results/nas/<hw>.arch.json`` rebuilds it).
 - ``matrix``: every derived net on every target (the paper's specialisation table); on the measured
   CPU the three nets are timed together in interleaved rounds.
-- ``mobilenetv2``: MobileNetV2-CIFAR with its width multiplier set (bisection) so its latency on each
+- ``mobilenetv2:<hw>``: MobileNetV2-CIFAR with its width multiplier set (bisection) so its latency on each
   target equals that target's derived net's, trained with the same recipe: the hand-designed reference.
 
 Departures for this machine (all in the JSON): the searches and trainings see a subset of the training
@@ -139,30 +140,33 @@ def _width_for(latency_ms: float, device: HardwareTarget) -> tuple[float, float]
     return best
 
 
-def mobilenetv2(study: Runs, args: argparse.Namespace, work: Path) -> None:
-    for hw in TARGETS:
-        def run(hw: str = hw) -> dict[str, Any]:
-            goal = study.data["rows"]["matrix"]["latency_ms"][hw][f"searched for {hw}"]
-            width, ms = _width_for(goal, target(hw))
-            dm = _data(args, work)
-            torch.manual_seed(42)
-            net = build_model("mobilenetv2_cifar", 10, 3, width_mult=round(width, 4))
-            _context(dm, hw, args, work / f"mbv2_{hw}").finetune(net, args.train_epochs, lr=args.lr)
-            return {"width_mult": round(width, 4), "latency_ms": ms, "goal_ms": goal, **_accuracy(copy.deepcopy(net), dm)}
+def mobilenetv2(hw: str, study: Runs, args: argparse.Namespace, work: Path) -> None:
+    def run() -> dict[str, Any]:
+        searched = study.data["rows"].get(f"search/{hw}")
+        if searched is None:
+            raise SystemExit(f"search/{hw} is not in {study.path}: run --parts search:{hw} first")
+        goal = searched["metrics"]["derived_target_cost"]  # the derived net on its own target, whole
+        width, ms = _width_for(goal, target(hw))
+        dm = _data(args, work)
+        torch.manual_seed(42)
+        net = build_model("mobilenetv2_cifar", 10, 3, width_mult=round(width, 4))
+        _context(dm, hw, args, work / f"mbv2_{hw}").finetune(net, args.train_epochs, lr=args.lr)
+        return {"width_mult": round(width, 4), "latency_ms": ms, "goal_ms": goal, **_accuracy(copy.deepcopy(net), dm)}
 
-        study.get(f"mobilenetv2/{hw}", run)
+    study.get(f"mobilenetv2/{hw}", run)
 
 
 Part = Callable[[Runs, argparse.Namespace, Path], None]
 
 
-def _search_part(hw: str) -> Part:
-    return lambda study, args, work: search(hw, study, args, work)
+def _per_target(part: Callable[[str, Runs, argparse.Namespace, Path], None], hw: str) -> Part:
+    return lambda study, args, work: part(hw, study, args, work)
 
 
 PARTS: dict[str, Part] = {
-    **{f"search:{hw}": _search_part(hw) for hw in TARGETS},
-    "matrix": matrix, "mobilenetv2": mobilenetv2,
+    **{f"search:{hw}": _per_target(search, hw) for hw in TARGETS},
+    "matrix": matrix,
+    **{f"mobilenetv2:{hw}": _per_target(mobilenetv2, hw) for hw in TARGETS},
 }
 
 
