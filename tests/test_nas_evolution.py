@@ -8,6 +8,7 @@ an analytical target) breeds, ages, scores and stores as it records.
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 
@@ -15,6 +16,7 @@ import pytest
 import torch
 from torch import nn
 
+from benchmarks.studies.nas_evolution import ARMS, method_settings, trained_epochs
 from methods import create_method
 from methods.base import MethodConfigError
 from methods.nas.evolution import aging_evolution, smallest
@@ -180,3 +182,14 @@ def test_a_latency_target_below_the_fastest_network_is_refused(tmp_path) -> None
     method = create_method("evolution", space=TINY, reward={"target": 1e-9})
     with pytest.raises(MethodConfigError, match=r"method.reward.target .* below the cheapest network"):
         method.compress(nn.Identity(), tiny_context(tmp_path))
+
+
+def test_the_study_settings_build_the_method_and_count_inherited_epochs() -> None:
+    """benchmarks/studies/nas_evolution.py: both arms are valid configs; a morphism child holds its ancestors' epochs."""
+    args = argparse.Namespace(population=5, sample=2, cycles=20, seed_epochs=2.0, child_epochs=1.0)
+    for children in ARMS:
+        assert create_method("evolution", **method_settings(args, children)).config.children == children
+    history = [{"parent": None}, {"parent": 0}, {"parent": 1}, {"parent": 0}]
+    settings = {"seed_epochs": 2.0, "child_epochs": 1.0}
+    assert [trained_epochs(history, i, settings, inherits=True) for i in range(4)] == [2.0, 3.0, 4.0, 3.0]
+    assert [trained_epochs(history, i, settings, inherits=False) for i in range(4)] == [2.0, 1.0, 1.0, 1.0]

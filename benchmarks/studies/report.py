@@ -29,6 +29,7 @@ from benchmarks.studies import (
     hashing_hessian,
     hessian_quantization,
     lowrank,
+    nas_evolution,
     nas_specialization,
     pruning_auto,
     quantization_codebook,
@@ -81,6 +82,7 @@ REPORTS: dict[str, Report] = {
     "hessian_pruning": Report(("hessian_pruning.json",), hashing_hessian.render_hessian),
     "binary": Report(("binary.json",), binary.render),
     "nas_specialization": Report(("nas_specialization.json",), nas_specialization.render),
+    "nas_evolution": Report(("nas_evolution.json",), nas_evolution.render),
     "haq": Report(("haq.json", "haq_curve.json"), haq.render, optional=("haq_curve.json",)),
 }
 #: how a source is read, by its suffix
