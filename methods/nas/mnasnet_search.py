@@ -11,7 +11,10 @@ with a moving-average baseline (ProxylessNAS-RL's form of MnasNet's controller);
 TPE maximising R; ``nsga2``, Optuna's NSGA-II on (val accuracy max, cost min), whose Pareto front
 (``study.best_trials``) is drawn. Every controller runs as an Optuna study in ``storage``, so a
 search killed midway resumes where it stopped: finished candidates are kept and not re-evaluated
-(the REINFORCE policy is rebuilt by replaying them in order).
+(the REINFORCE policy is rebuilt by replaying them in order). Records: every candidate
+(``candidates.json``, and one child run each), the settings and the rerank (``search.json``), accuracy
+against cost with the front and T (``search_candidates.png``), the search cost (``search_wall_s`` this
+run, ``study_wall_s`` over every run of the study, ``candidates_evaluated``).
 
 Departures, all said in the run (``search.json``): candidate accuracy is one-shot (ENAS, OFA), not
 a proxy training per candidate: a supernet (:mod:`.supernet`) is trained once with one uniformly
