@@ -153,6 +153,9 @@ def test_an_evolution_run_breeds_ages_scores_and_stores_the_fittest(tmp_path) ->
     assert ctx.evaluate(result.model, "val")["top1"] == pytest.approx(best["val_top1"])
     assert any(row["preserving"] for row in history)
     assert {p.name for p in result.artifacts} >= {"evolution_history.json", "evolution_fitness.png", "arch.json"}
+    # every individual becomes a child run of the search's run (benchmarks.pipeline)
+    assert [c["params"]["ops"] for c in result.candidates] == [" ".join(row["ops"]) for row in history]
+    assert [c["metrics"]["fitness"] for c in result.candidates] == [row["fitness"] for row in history]
 
 
 def test_children_from_scratch_do_not_inherit_their_parents_weights(tmp_path) -> None:

@@ -218,6 +218,16 @@ class Search:
         return out
 
 
+def candidate(row: dict[str, Any]) -> dict[str, Any]:
+    """One individual as a child run of the search's run: its ops and lineage as params, its scores as metrics."""
+    params = {"ops": " ".join(row["ops"]), **{k: row[k] for k in ("parent", "mutation", "block", "preserving",
+                                                                      "born", "died") if row[k] is not None}}
+    scores = {"val_top1": row["val_top1"], "cost": row["cost"], "fitness": row["fitness"], "age": row["age"],
+              "birth_top1": row["birth_top1"]}
+    return {"name": f"evolution-individual{row['id']}", "params": params,
+            "metrics": {k: float(v) for k, v in scores.items() if v is not None}}
+
+
 def plot_fitness(history: list[dict[str, Any]], path: Path) -> list[Path]:
     """Fitness of every individual at its birth cycle, by kind of mutation, and the best so far."""
     best, running = [], float("-inf")
@@ -272,4 +282,6 @@ class Evolution(CompressionMethod):
         if c.reward.target is not None:
             metrics["reward_target"] = c.reward.target
         net = best.net if c.final == "inherit" else None
-        return store_searched(best.arch, model, ctx, c.finetune, c.drop_rate, table, metrics, artifacts, net=net)
+        result = store_searched(best.arch, model, ctx, c.finetune, c.drop_rate, table, metrics, artifacts, net=net)
+        result.candidates = [candidate(row) for row in history]
+        return result
