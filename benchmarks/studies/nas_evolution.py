@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from benchmarks.context import make_context
-from benchmarks.data import CIFAR10JPEGDataModule
 from benchmarks.schema import TrainerConfig
+from benchmarks.studies.cifar_subsets import PATH_ARGUMENTS, add_subset_arguments, command, subset_datamodule
 from benchmarks.studies.recipes import conf_recipe
 from benchmarks.studies.runs import Runs
 from benchmarks.training import evaluate
@@ -36,7 +36,6 @@ from hardware.registry import build
 from methods import create_method
 from methods.reporting import save_figure
 
-ROOT = Path(__file__).resolve().parents[2]
 FIGURES = "nas_evolution.json"
 ARMS = ("morphism", "scratch")
 
@@ -49,11 +48,7 @@ def method_settings(args: argparse.Namespace, children: str) -> dict[str, Any]:
 
 def arm(children: str, study: Runs, args: argparse.Namespace, work: Path) -> None:
     def run() -> dict[str, Any]:
-        dm = CIFAR10JPEGDataModule(data_dir=args.data_dir, source_dir=args.source_dir, batch_size=args.batch_size,
-                                   eval_batch_size=256, seed=42, val_size=5000, train_subset=args.train_subset,
-                                   val_subset=args.val_subset, test_subset=args.test_subset)
-        dm.prepare_data()
-        dm.setup("fit")
+        dm = subset_datamodule(args)
         recipe = conf_recipe("cifar_sgd", epochs=args.seed_epochs, lr=args.lr)
         ctx = make_context(dm, build("v100"), recipe, TrainerConfig(progress_bar=False, limit_val_batches=0), 42,
                            work / children)
@@ -87,27 +82,20 @@ def plot(rows: dict[str, Any], path: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_subset_arguments(parser)
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
-    parser.add_argument("--train-subset", type=int, default=3000, help="training images every individual sees")
-    parser.add_argument("--val-subset", type=int, default=1000, help="val images fitness is measured on")
-    parser.add_argument("--test-subset", type=int, default=2000, help="test images the best is reported on")
-    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--population", type=int, default=5)
     parser.add_argument("--sample", type=int, default=2)
     parser.add_argument("--cycles", type=int, default=20)
     parser.add_argument("--seed-epochs", type=float, default=1.0, help="the founder's training from scratch")
     parser.add_argument("--child-epochs", type=float, default=1.0, help="every other individual's training")
     parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--source-dir", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--data-dir", type=Path, default=ROOT / "data", help="prepared datasets (paths.data_dir)")
-    parser.add_argument("--out", type=Path, default=ROOT / "results")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    settings = {k: v for k, v in vars(args).items() if k not in ("arms", "source_dir", "data_dir", "out")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("arms", *PATH_ARGUMENTS)}
     settings.update(method={children: method_settings(args, children) for children in ARMS})
     study = Runs(args.out / FIGURES, settings, hidden=("metrics", "history"), collection="rows")
-    options = " ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in vars(args).items() if isinstance(v, (int, float)))
-    study.data["command"] = f"python -m benchmarks.studies.nas_evolution {options}"
+    study.data["command"] = command("nas_evolution", args)
     work = Path(tempfile.mkdtemp(prefix="nas_evolution_"))
     for children in args.arms:
         arm(children, study, args, work)

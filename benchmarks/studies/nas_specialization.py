@@ -36,9 +36,9 @@ import torch
 from torch import nn
 
 from benchmarks.context import make_context
-from benchmarks.data import CIFAR10JPEGDataModule
 from benchmarks.models import build_model
 from benchmarks.schema import TrainerConfig
+from benchmarks.studies.cifar_subsets import PATH_ARGUMENTS, add_subset_arguments, command, subset_datamodule
 from benchmarks.studies.recipes import conf_recipe
 from benchmarks.studies.runs import Runs
 from benchmarks.training import evaluate
@@ -49,7 +49,6 @@ from hardware.target import HardwareTarget
 from methods import create_method
 from methods.nas.space import Architecture, SearchedNet, describe
 
-ROOT = Path(__file__).resolve().parents[2]
 FIGURES = "nas_specialization.json"
 TARGETS = ("pixel1", "local_cpu", "v100")
 SHAPE = (1, 3, 32, 32)
@@ -60,15 +59,6 @@ def target(name: str) -> HardwareTarget:
     if name == "local_cpu":
         return LocalCPU(threads=1, clock="thread_cpu", warmup=3, repeats=15, min_time_s=0.05, rounds=9)
     return build(name)
-
-
-def _data(args: argparse.Namespace, work: Path) -> CIFAR10JPEGDataModule:
-    dm = CIFAR10JPEGDataModule(data_dir=args.data_dir, source_dir=args.source_dir, batch_size=args.batch_size,
-                               eval_batch_size=256, seed=42, val_size=5000, train_subset=args.train_subset,
-                               val_subset=args.val_subset, test_subset=args.test_subset)
-    dm.prepare_data()
-    dm.setup("fit")
-    return dm
 
 
 def _accuracy(model: nn.Module, dm: Any) -> dict[str, Any]:
@@ -90,7 +80,7 @@ def method_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def search(hw: str, study: Runs, args: argparse.Namespace, work: Path) -> None:
     def run() -> dict[str, Any]:
-        dm = _data(args, work)
+        dm = subset_datamodule(args)
         ctx = _context(dm, hw, args, work / hw)
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         result = create_method("proxylessnas", **method_settings(args)).compress(nn.Identity(), ctx)
@@ -147,7 +137,7 @@ def mobilenetv2(hw: str, study: Runs, args: argparse.Namespace, work: Path) -> N
             raise SystemExit(f"search/{hw} is not in {study.path}: run --parts search:{hw} first")
         goal = searched["metrics"]["derived_target_cost"]  # the derived net on its own target, whole
         width, ms = _width_for(goal, target(hw))
-        dm = _data(args, work)
+        dm = subset_datamodule(args)
         torch.manual_seed(42)
         net = build_model("mobilenetv2_cifar", 10, 3, width_mult=round(width, 4))
         _context(dm, hw, args, work / f"mbv2_{hw}").finetune(net, args.train_epochs, lr=args.lr)
@@ -172,26 +162,19 @@ PARTS: dict[str, Part] = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_subset_arguments(parser)
     parser.add_argument("--parts", nargs="+", choices=list(PARTS), default=list(PARTS))
-    parser.add_argument("--train-subset", type=int, default=4000, help="training images every search/training sees")
-    parser.add_argument("--val-subset", type=int, default=1000, help="val images (architecture steps, selection)")
-    parser.add_argument("--test-subset", type=int, default=2000, help="test images top-1 is reported on")
-    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--warmup-epochs", type=float, default=1.0)
     parser.add_argument("--search-epochs", type=float, default=2.0)
     parser.add_argument("--arch-lr", type=float, default=0.03)
     parser.add_argument("--train-epochs", type=float, default=5.0, help="the derived nets' and MobileNetV2's training")
     parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--source-dir", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--data-dir", type=Path, default=ROOT / "data", help="prepared datasets (paths.data_dir)")
-    parser.add_argument("--out", type=Path, default=ROOT / "results")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    settings = {k: v for k, v in vars(args).items() if k not in ("parts", "source_dir", "data_dir", "out")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("parts", *PATH_ARGUMENTS)}
     settings.update(targets=list(TARGETS), method=method_settings(args))
     study = Runs(args.out / FIGURES, settings, hidden=("metrics", "blocks"), collection="rows")
-    options = " ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in vars(args).items() if isinstance(v, (int, float)))
-    study.data["command"] = f"python -m benchmarks.studies.nas_specialization {options}"
+    study.data["command"] = command("nas_specialization", args)
     work = Path(tempfile.mkdtemp(prefix="nas_"))
     for part in args.parts:
         PARTS[part](study, args, work)
