@@ -172,7 +172,7 @@ class ProxylessNAS(CompressionMethod):
             alpha.requires_grad_(False)  # the weight optimiser never sees them
         with torch.no_grad():
             uniform = float(table.expected([op.probabilities() for op in supernet.mixed_ops()]))
-        reference = self._reference(table, uniform)
+        reference = table.reachable(uniform if c.reference is None else c.reference, "method.reference")
         search = ArchitectureSearch(supernet, table, reference, c, cycle(ctx.datamodule.val_dataloader()),
                                     torch.Generator().manual_seed(ctx.seed))
         started = time.perf_counter()
@@ -189,13 +189,3 @@ class ProxylessNAS(CompressionMethod):
                    "expected_cost": search.history[-1]["expected_cost"]}
         artifacts = record_search(ctx.workdir, arch, table, search.history)
         return store_searched(arch, model, ctx, c.finetune, c.drop_rate, table, metrics, artifacts)
-
-    def _reference(self, table: CostTable, uniform: float) -> float:
-        fastest, slowest = table.bounds()
-        reference = self.config.reference if self.config.reference is not None else uniform
-        if reference < fastest:
-            fail("method.reference", f"is {reference:.4g} {table.unit}, below the cheapest network of the space "
-                                     f"({fastest:.4g} {table.unit}; the dearest is {slowest:.4g}): no architecture can "
-                                     "meet it; raise it or widen the space")
-        return reference
-
