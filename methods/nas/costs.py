@@ -13,6 +13,7 @@ candidates from the same table without asking the target again.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +23,12 @@ import torch
 from torch import nn
 
 from hardware.target import HardwareTarget
+from methods.base import CompressionContext
 from methods.config import fail
 from methods.nas.space import ZERO, Architecture, Head, SearchSpace, build_op, stem
 from methods.search.resource import Resource, make_resource
+
+log = logging.getLogger(__name__)
 
 #: what a search may be steered by (a methods.search resource kind)
 COST_KINDS = ("latency", "flops")
@@ -114,3 +118,13 @@ def build_cost_table(space: SearchSpace, kind: str, target: HardwareTarget, batc
     return CostTable(kind=kind, unit=some.unit, fixed=fixed_stem + fixed_head, blocks=blocks,
                      source={**some.describe(), "input_size": size, "batch_size": batch_size,
                              "queries": sum(r.queries for r in resources.values())})
+
+
+def run_cost_table(space: SearchSpace, kind: str, ctx: CompressionContext) -> CostTable:
+    """:func:`build_cost_table` for a run: its target, batch, channels and classes (a search's first step)."""
+    if space.input_size != ctx.input_shape[-1]:
+        log.warning("[nas] candidates are priced at %d px (method.space.input_size or its preset) while the data are "
+                    "%d px: the search steers by the network's latency at %d px", space.input_size, ctx.input_shape[-1],
+                    space.input_size)
+    return build_cost_table(space, kind, ctx.target, ctx.input_shape[0], int(ctx.input_shape[1]),
+                            int(ctx.datamodule.num_classes))

@@ -37,7 +37,7 @@ from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult
 from methods.config import FineTuning, fail, finetune_default, option
-from methods.nas.costs import COST_KINDS, CostTable, build_cost_table, mnasnet_reward
+from methods.nas.costs import COST_KINDS, CostTable, mnasnet_reward, run_cost_table
 from methods.nas.morphism import MUTATIONS, applicable, morph, mutate
 from methods.nas.searched import record_search, store_searched
 from methods.nas.space import ZERO, Architecture, SearchedNet, SearchSpace, SpaceConfig, op_name
@@ -261,8 +261,7 @@ class Evolution(CompressionMethod):
     def compress(self, model: nn.Module, ctx: CompressionContext) -> CompressionResult:
         c = self.config
         space = c.space.resolved()
-        table = build_cost_table(space, c.cost, ctx.target, ctx.input_shape[0], int(ctx.input_shape[1]),
-                                 int(ctx.datamodule.num_classes))
+        table = run_cost_table(space, c.cost, ctx)
         if c.reward.target is not None:
             table.reachable(c.reward.target, "method.reward.target")
         rng = random.Random(ctx.seed)

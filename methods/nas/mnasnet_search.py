@@ -50,7 +50,7 @@ from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult
 from methods.config import FineTuning, fail, finetune_default, option
-from methods.nas.costs import COST_KINDS, CostTable, build_cost_table, mnasnet_reward
+from methods.nas.costs import COST_KINDS, CostTable, mnasnet_reward, run_cost_table
 from methods.nas.searched import record_search, store_searched
 from methods.nas.space import Architecture, SearchSpace, Slot, SpaceConfig
 from methods.nas.supernet import SuperNet
@@ -362,7 +362,7 @@ class MnasNetSearch(CompressionMethod):
             fail("method.study_name", f"{name!r} holds a search with other settings (differing: {changed}); "
                                       "choose another study_name (or null) to start a new search")
         table = (CostTable(**held["cost_table"]) if "cost_table" in held else
-                 build_cost_table(space, c.cost, ctx.target, ctx.input_shape[0], in_chans, num_classes))
+                 run_cost_table(space, c.cost, ctx))
         target = self._target(table)
         if study is None:
             directions = [StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE] if c.controller == "nsga2" \

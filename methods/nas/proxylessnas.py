@@ -22,7 +22,6 @@ cost of the supernet at initialisation (uniform p).
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Iterator
@@ -36,12 +35,10 @@ from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult
 from methods.config import FineTuning, fail, finetune_default, option
-from methods.nas.costs import COST_KINDS, CostTable, build_cost_table
+from methods.nas.costs import COST_KINDS, CostTable, run_cost_table
 from methods.nas.searched import record_search, store_searched
 from methods.nas.space import SpaceConfig
 from methods.nas.supernet import SuperNet
-
-log = logging.getLogger(__name__)
 
 #: the authors' mobile reference latency (ms): the scale at which ``mul_log`` is evaluated
 PAPER_REFERENCE_MS = 80.0
@@ -161,11 +158,7 @@ class ProxylessNAS(CompressionMethod):
         c = self.config
         space = c.space.resolved()
         num_classes, in_chans = int(ctx.datamodule.num_classes), int(ctx.input_shape[1])
-        if space.input_size != ctx.input_shape[-1]:
-            log.warning("[proxylessnas] candidates are priced at %d px (method.space.input_size / its preset) while the "
-                        "data are %d px: the search steers by the latency of the network at %d px", space.input_size,
-                        ctx.input_shape[-1], space.input_size)
-        table = build_cost_table(space, c.cost, ctx.target, ctx.input_shape[0], in_chans, num_classes)
+        table = run_cost_table(space, c.cost, ctx)
         torch.manual_seed(ctx.seed)
         supernet = SuperNet(space, num_classes, in_chans)
         for alpha in supernet.arch_parameters():
