@@ -12,6 +12,7 @@ candidates from the same table without asking the target again.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Sequence
@@ -53,20 +54,19 @@ class CostTable:
         """The cost of a derived network: fixed parts plus its op in every block."""
         return self.fixed + sum(costs[op] for costs, op in zip(self.blocks, arch.ops, strict=True))
 
+    @functools.cached_property
+    def _costs(self) -> list[torch.Tensor]:
+        """Each block's candidate costs as a tensor, in candidate order (built once: every architecture step reads them)."""
+        return [torch.tensor(list(costs.values()), dtype=torch.float32) for costs in self.blocks]
+
     def expected(self, probabilities: Sequence[torch.Tensor]) -> torch.Tensor:
         """E[cost] = fixed + sum_blocks sum_j p_j cost_j (differentiable in ``probabilities``)."""
-        total = torch.tensor(self.fixed)
-        for costs, p in zip(self.blocks, probabilities, strict=True):
-            total = total + (p * torch.tensor(list(costs.values()), dtype=p.dtype)).sum()
-        return total
+        return self.fixed + torch.stack([(p * costs).sum() for costs, p in zip(self._costs, probabilities, strict=True)]).sum()
 
     def expected_sampled(self, alphas: Sequence[torch.Tensor], pairs: Sequence[tuple[int, ...]]) -> torch.Tensor:
         """E[cost] over the sampled paths of each block with their renormalised probabilities (two-path mode)."""
-        total = torch.tensor(self.fixed)
-        for costs, alpha, pair in zip(self.blocks, alphas, pairs, strict=True):
-            values = torch.tensor([list(costs.values())[i] for i in pair], dtype=alpha.dtype)
-            total = total + (torch.softmax(alpha[list(pair)], 0) * values).sum()
-        return total
+        return self.fixed + torch.stack([(torch.softmax(alpha[list(pair)], 0) * costs[list(pair)]).sum()
+                                         for costs, alpha, pair in zip(self._costs, alphas, pairs, strict=True)]).sum()
 
     def bounds(self) -> tuple[float, float]:
         """The cheapest and the dearest network of the space."""

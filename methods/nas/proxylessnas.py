@@ -111,7 +111,7 @@ class ArchitectureSearch(L.Callback):
         if self.searching and self.weight_steps % self.config.arch.every == 0:
             self.architecture_step(pl_module.device)
 
-    def architecture_step(self, device: torch.device) -> dict[str, float]:
+    def architecture_step(self, device: torch.device) -> None:
         inputs, labels = next(self.held_out)
         alphas = self.supernet.arch_parameters()
         before = [a.detach().clone() for a in alphas]
@@ -133,7 +133,6 @@ class ArchitectureSearch(L.Callback):
         self.optimizer.zero_grad(set_to_none=True)
         self.supernet.rebalance(before)
         self.arch_steps += 1
-        return {"ce": float(ce.detach()), "cost": float(cost.detach()), "loss": float(loss.detach())}
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.record()
