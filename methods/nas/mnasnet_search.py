@@ -39,7 +39,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import optuna
 import torch
@@ -53,7 +52,7 @@ from methods.config import FineTuning, fail, finetune_default, option
 from methods.nas.costs import COST_KINDS, CostTable, mnasnet_reward, run_cost_table
 from methods.nas.searched import record_search, store_searched
 from methods.nas.space import Architecture, SearchSpace, Slot, SpaceConfig
-from methods.nas.supernet import SuperNet
+from methods.nas.supernet import SampledPaths, SuperNet
 from methods.reporting import save_figure, write_json
 
 #: (alpha, beta) of the reward's exponent: soft and hard latency constraints (MnasNet Sec. 3)
@@ -169,16 +168,6 @@ class ReinforceSampler(optuna.samplers.BaseSampler):
         self.baseline = self.config.decay * baseline + (1 - self.config.decay) * mean
         self.history.append({"update": len(self.history) + 1, "candidates": self.learnt + len(samples),
                              "mean_reward": mean, "baseline": self.baseline, "probabilities": self.probabilities()})
-
-
-class UniformPaths(L.Callback):
-    """Before every weight step of the supernet, one path per block drawn uniformly (alphas held at zero)."""
-
-    def __init__(self, supernet: SuperNet, generator: torch.Generator) -> None:
-        self.supernet, self.generator = supernet, generator
-
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
-        self.supernet.sample(self.generator)
 
 
 @torch.no_grad()
@@ -396,7 +385,7 @@ class MnasNetSearch(CompressionMethod):
             return supernet
         started = time.perf_counter()
         ctx.finetune(supernet, self.config.supernet_epochs,
-                     callbacks=[UniformPaths(supernet, torch.Generator().manual_seed(ctx.seed))])
+                     callbacks=[SampledPaths(supernet, torch.Generator().manual_seed(ctx.seed))])
         path = ctx.workdir / "supernet.pt"
         torch.save(supernet.state_dict(), path)
         study.set_user_attr("supernet_file", str(path.resolve()))

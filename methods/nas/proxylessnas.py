@@ -38,7 +38,7 @@ from methods.config import FineTuning, fail, finetune_default, option
 from methods.nas.costs import COST_KINDS, CostTable, run_cost_table
 from methods.nas.searched import record_search, store_searched
 from methods.nas.space import SpaceConfig
-from methods.nas.supernet import SuperNet
+from methods.nas.supernet import SampledPaths, SuperNet
 
 #: the authors' mobile reference latency (ms): the scale at which ``mul_log`` is evaluated
 PAPER_REFERENCE_MS = 80.0
@@ -88,22 +88,19 @@ def cycle(loader: Any) -> Iterator[Any]:
         yield from loader
 
 
-class ArchitectureSearch(L.Callback):
+class ArchitectureSearch(SampledPaths):
     """Inside the one training loop: a path per block before every weight step, an architecture step every k."""
 
     def __init__(self, supernet: SuperNet, table: CostTable, reference: float, config: ProxylessConfig,
                  held_out: Any, generator: torch.Generator) -> None:
-        self.supernet, self.table, self.reference, self.config = supernet, table, reference, config
-        self.held_out, self.generator = held_out, generator
+        super().__init__(supernet, generator)
+        self.table, self.reference, self.config, self.held_out = table, reference, config, held_out
         self.optimizer = torch.optim.Adam(supernet.arch_parameters(), lr=config.arch.lr,
                                           betas=(config.arch.beta1, config.arch.beta2), weight_decay=0.0)
         self.searching = False
         self.weight_steps = self.arch_steps = 0
         self.history: list[dict[str, Any]] = []
         self.phase = "warmup"
-
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
-        self.supernet.sample(self.generator)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

@@ -24,8 +24,9 @@ the active path its alpha gets no gradient from that step, as in the reference c
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import cast
+from typing import Any, cast
 
+import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -165,3 +166,14 @@ class SuperNet(nn.Module):
     def derive(self) -> Architecture:
         """The argmax of p in every block (Sec. 3.2: the derived architecture)."""
         return Architecture(self.space, tuple(op.names[int(op.alpha.argmax())] for op in self.mixed_ops()))
+
+
+class SampledPaths(L.Callback):
+    """Before every weight step of ``supernet`` (in the one training loop), one path per block drawn from p
+    (uniform while the alphas are equal): the binarized weight step every supernet search trains with."""
+
+    def __init__(self, supernet: SuperNet, generator: torch.Generator) -> None:
+        self.supernet, self.generator = supernet, generator
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        self.supernet.sample(self.generator)
