@@ -101,7 +101,9 @@ def git_state(root: Path) -> dict[str, str]:
     return state
 
 
-#: The UI opens a model-training experiment on its runs table, not on an empty GenAI traces page.
+#: The experiment's kind for MLflow clients that read it. MLflow 3.17's UI does not: its view follows
+#: its GenAI / Model training toggle (the ``workflowType`` URL parameter, else the browser's last choice,
+#: else GenAI), so the page we print names the view (``ui_page``).
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
@@ -277,12 +279,18 @@ def mlflow_run(
 def where(info: Any, status: str, tracking_uri: str) -> str:
     """The console's last line about a run: its name and id, status, store, artifact folder and how to open it."""
     artifacts = info.artifact_uri.removeprefix("file://")
-    page = f"#/experiments/{info.experiment_id}/runs/{info.run_id}"  # the run itself, whatever view the UI starts in
+    page = ui_page(info.experiment_id)
     if tracking_uri.startswith(("http://", "https://")):
         open_it = f"open {tracking_uri.rstrip('/')}/{page}"
     else:
         open_it = f"open it with: mlflow ui --backend-store-uri {tracking_uri}, then http://127.0.0.1:5000/{page}"
     return f"run {info.run_name} ({info.run_id}) {status}: store {tracking_uri}, artifacts {artifacts}; {open_it}"
+
+
+def ui_page(experiment_id: str) -> str:
+    """The MLflow UI's address of an experiment's runs table (newest run first): in its Model training view
+    (``workflowType=machine_learning``) an experiment opens on the runs table, in its GenAI view on traces."""
+    return f"#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
 def _in_main_thread() -> bool:

@@ -250,7 +250,7 @@ def test_the_next_run_marks_orphans_and_says_where_it_is(tmp_path: Path, caplog:
     last = caplog.records[-1].getMessage()
     assert last == (f"[mlflow] run second ({second.run_id}) FINISHED: store {uri}, artifacts {run.info.artifact_uri.removeprefix('file://')}; "
                     f"open it with: mlflow ui --backend-store-uri {uri}, then "
-                    f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{second.run_id}")
+                    f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}?workflowType=machine_learning")
     assert str(artifacts) in last
 
 

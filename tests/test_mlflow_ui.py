@@ -30,6 +30,7 @@ from benchmarks.leaderboard import main as leaderboard_main
 from benchmarks.lineage import MODEL_NAME
 from benchmarks.models import build_model
 from benchmarks.pipeline import CONF_DIR, run
+from benchmarks.tracking import ui_page
 from methods.storage.container import load_model as load_stored_model
 from tests.conftest import FAST_LATENCY, REPO_ROOT, SHARED_DATA, needs_shared_data
 
@@ -166,14 +167,19 @@ def browser_page(url: str, wait_for: str) -> Iterator[Any]:
             browser.close()
 
 
-def test_mlflow_ui_shows_the_named_runs_and_their_top1(store: dict[str, str], serve: Serve) -> None:
+def test_mlflow_ui_opens_the_printed_page_on_the_runs_table_with_the_named_runs_and_their_top1(
+        store: dict[str, str], serve: Serve) -> None:
+    """The page a run's closing line names (``ui_page``) in a fresh browser: MLflow's UI opens it on the
+    runs table in its Model training view, not on the GenAI overview it opens a bare experiment on."""
     port = free_port()
     serve([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store["MLFLOW_TRACKING_URI"],
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], f"http://127.0.0.1:{port}/health", store)
     runs = runs_by_name(store)
     experiment = next(iter(runs.values())).info.experiment_id
-    with browser_page(f"http://127.0.0.1:{port}/#/experiments/{experiment}?workflowType=machine_learning",
-                      "lenet5-magnitude-local_cpu-s42") as page:
+    with browser_page(f"http://127.0.0.1:{port}/{ui_page(experiment)}", "lenet5-magnitude-local_cpu-s42") as page:
+        opened = page.url.split("#", 1)[1]
+        assert opened.startswith(f"/experiments/{experiment}/runs?workflowType=machine_learning"), opened
+        assert page.locator("input[name=runs-view-mode][value=TABLE]").is_checked()  # the table, not the charts
         page.get_by_role("button", name="Columns", exact=True).click()  # metrics are hidden until chosen
         page.get_by_text("top1", exact=True).first.click()
         page.keyboard.press("Escape")
