@@ -1,7 +1,8 @@
 """Knowledge distillation (issue 12): Hinton's MNIST setting scaled to this machine, and distillation as
 the recovery fine-tuning of a pruned and of a low-bit model, each against plain cross-entropy, over seeds.
 
-    python -m benchmarks.studies.distillation --parts hinton recovery cifar_recovery cifar_students
+    python -m benchmarks.studies.distillation --parts hinton recovery cifar_recovery cifar_recovery_lowbit \
+        cifar_students
     python -m benchmarks.studies.report distillation                     # results/distillation.md
 
 - ``hinton``: Hinton, Vinyals, Dean (2015), Sec. 3. A 1200-1200 MLP teacher with dropout (zoo model
@@ -19,14 +20,21 @@ the recovery fine-tuning of a pruned and of a low-bit model, each against plain 
   (shared/data weights; no training here) filter-pruned to <= 50% of its MACs, fine-tuned with CE and
   with KD from the unpruned ResNet-56, on a seeded ``--cifar-train-subset`` of the training split
   (augmented: random crop and flip) for ``--cifar-finetune-epochs``.
+- ``cifar_recovery_lowbit``: the same with PACT at 4 bits (weights and activations) instead of pruning,
+  at PACT's own learning rate 0.001 (why 4 bits, not LeNet-5's 2, and why not 0.01: ``CIFAR_RECOVERY``);
+  a part of its own, so each table's runs stay when the
+  other's change. Both are rendered as one table.
 - ``cifar_students``: ResNet-20 trained from scratch alone and with KD (T = 4, alpha = 0.9) from the
   pretrained ResNet-56, the same epochs on the same subset. Departures for this 2-core machine: a subset
   and a few epochs instead of 50,000 images and ~160 epochs, so absolute top-1 is far below the
-  literature's; the comparison (same data, epochs and seeds for both arms) is what is measured.
+  literature's; the comparison (same data, epochs and seeds for both arms) is what is measured. The
+  committed run's ``--cifar-epochs`` was set by the wall time left on one shared core, before any result.
 
 Choices use no test data: the settings above are fixed in advance; test top-1 is reported, validation
 top-1 beside it. Resumable: every finished run is written to the JSON at once and skipped on a rerun
-with the same settings (a changed setting starts the file afresh).
+with the same settings (a changed setting drops the runs of the parts that depend on it, ``PART_SETTINGS``).
+Parts may come from different invocations: the report names, per section, the command that reproduces
+its runs (its part's flags, from the JSON's settings) and the dates of its runs.
 """
 
 from __future__ import annotations
@@ -79,6 +87,17 @@ CIFAR_TEACHER = {"name": "resnet56_cifar", "weights": "weights/akamaster-resnet-
 CIFAR_STUDENT = "resnet20_cifar"
 CIFAR_KD = {"T": 4.0, "alpha": KD_ALPHA}
 CIFAR_INPUT = (1, 3, 32, 32)
+#: ResNet-56's recovery tables, one part each, so that adding a model does not drop the other part's runs.
+#: PACT at 4 bits, not LeNet-5's 2 (fixed before any CIFAR run): 2-bit symmetric weights have 3 levels (most of
+#: a min-max-scaled layer rounds to 0), which 1 epoch on 5,000 images (40 steps) cannot be expected to recover
+#: (the PACT paper's 2-bit CIFAR ResNets are trained in full), so the row would compare two collapsed models.
+#: Its own learning rate (a spec's ``lr`` overrides ``--finetune-lr``), PACT's default (conf/method/pact.yaml): at
+#: 0.01 the BN-folded ResNet-56 collapsed in 2 steps (validation top-1 81.6 -> 11.7; the pruned one keeps its BN).
+CIFAR_RECOVERY: dict[str, dict[str, dict[str, Any]]] = {
+    "cifar_recovery": {name: spec for name, spec in RECOVERY.items() if spec["method"] == "filter"},
+    "cifar_recovery_lowbit": {"PACT, 4-bit weights and activations, lr 0.001": {
+        "method": "pact", "settings": {"bits": 4, "act_bits": 4}, "lr": 0.001}},
+}
 
 
 def _recipe(epochs: float, distill: str = "none") -> RecipeConfig:
@@ -105,9 +124,15 @@ def _timed(ctx: CompressionContext, seconds: list[float]) -> CompressionContext:
 #: the settings each part's runs depend on: a change drops that part's runs, and only those
 PART_SETTINGS = {"hinton": ("seeds", "epochs", "teacher_epochs", "students", "kd_alpha", "recipe"),
                  "recovery": ("seeds", "baseline_epochs", "finetune_epochs", "finetune_lr", "recovery", "recipe"),
-                 "cifar_recovery": ("seeds", "cifar_train_subset", "cifar_finetune_epochs", "finetune_lr", "recovery",
-                                    "cifar", "cifar_recipe"),
-                 "cifar_students": ("seeds", "cifar_train_subset", "cifar_epochs", "cifar", "cifar_recipe")}
+                 "cifar_recovery": ("seeds", "cifar_train_subset", "cifar_val_subset", "cifar_finetune_epochs",
+                                    "finetune_lr", "recovery", "cifar", "cifar_recipe"),
+                 "cifar_recovery_lowbit": ("seeds", "cifar_train_subset", "cifar_val_subset", "cifar_finetune_epochs",
+                                           "finetune_lr", "cifar_lowbit", "cifar", "cifar_recipe"),
+                 "cifar_students": ("seeds", "cifar_train_subset", "cifar_val_subset", "cifar_epochs", "cifar",
+                                    "cifar_recipe")}
+#: the settings the command line sets (the others are this module's constants), in the order of its flags
+FLAGS = ("seeds", "epochs", "teacher_epochs", "baseline_epochs", "finetune_epochs", "finetune_lr", "cifar_train_subset",
+         "cifar_val_subset", "cifar_finetune_epochs", "cifar_epochs")
 
 
 def _scores(model: nn.Module, dm: ImageDataModule) -> dict[str, float]:
@@ -168,12 +193,13 @@ def _recover(study: Runs, part: str, dm: ImageDataModule, base: nn.Module, seed:
         for arm in ("ce", "kd"):
             def measure(spec: dict[str, Any] = spec, arm: str = arm) -> dict[str, Any]:
                 method = create_method(spec["method"], **spec["settings"],
-                                       finetune={"epochs": epochs, "lr": args.finetune_lr})
+                                       finetune={"epochs": epochs, "lr": spec.get("lr", args.finetune_lr)})
                 seconds: list[float] = []
                 ctx = make_context(dm, LocalCPU(), recipe("none" if arm == "ce" else "kd"),
                                    TrainerConfig(progress_bar=False), seed, work / "runs", baseline=base)
                 result = method.compress(copy.deepcopy(base), _timed(ctx, seconds))
                 return {"seed": seed, "method": spec["method"], "settings": spec["settings"],
+                        "lr": spec.get("lr", args.finetune_lr),
                         "macs": count_macs(result.model, shape), "finetune_seconds": sum(seconds),
                         "seconds_per_epoch": sum(seconds) / epochs, **_scores(result.model, dm)}
             study.get(f"{part}/{name}/{arm}/s{seed}", measure)
@@ -191,11 +217,11 @@ def _cifar_teacher(args: argparse.Namespace) -> nn.Module:
                        pretrained=str(args.source_dir / CIFAR_TEACHER["weights"])).eval()
 
 
-def cifar_recovery(study: Runs, dm: ImageDataModule, args: argparse.Namespace, work: Path) -> None:
+def cifar_recovery(part: str, study: Runs, dm: ImageDataModule, args: argparse.Namespace, work: Path) -> None:
+    """``part``: its table in ``CIFAR_RECOVERY``, applied to the pretrained ResNet-56 (one baseline for all seeds)."""
     base = _cifar_teacher(args)
-    pruning = {name: spec for name, spec in RECOVERY.items() if spec["method"] == "filter"}
     for seed in args.seeds:
-        _recover(study, "cifar_recovery", dm, base, seed, pruning, args.cifar_finetune_epochs,
+        _recover(study, part, dm, base, seed, CIFAR_RECOVERY[part], args.cifar_finetune_epochs,
                  partial(_cifar_recipe, args.cifar_finetune_epochs), args, work, base_seed=args.seeds[0])
 
 
@@ -220,7 +246,9 @@ def cifar_students(study: Runs, dm: ImageDataModule, args: argparse.Namespace, w
 #: each part and the dataset it runs on
 PARTS: dict[str, tuple[str, Callable[[Runs, ImageDataModule, argparse.Namespace, Path], None]]] = {
     "hinton": ("mnist", hinton), "recovery": ("mnist", recovery),
-    "cifar_recovery": ("cifar10_jpeg", cifar_recovery), "cifar_students": ("cifar10_jpeg", cifar_students)}
+    "cifar_recovery": ("cifar10_jpeg", partial(cifar_recovery, "cifar_recovery")),
+    "cifar_recovery_lowbit": ("cifar10_jpeg", partial(cifar_recovery, "cifar_recovery_lowbit")),
+    "cifar_students": ("cifar10_jpeg", cifar_students)}
 
 
 def _datamodule(name: str, args: argparse.Namespace) -> ImageDataModule:
@@ -264,23 +292,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # accuracy does not depend on it; a shared 2-core machine is not oversubscribed
-    settings = {k: v for k, v in vars(args).items() if k in ("seeds", "epochs", "teacher_epochs", "baseline_epochs",
-                                                                  "finetune_epochs", "finetune_lr", "cifar_train_subset",
-                                                                  "cifar_val_subset", "cifar_finetune_epochs",
-                                                                  "cifar_epochs")}
+    settings = {k: v for k, v in vars(args).items() if k in FLAGS}
     settings.update(students=STUDENTS, kd_alpha=KD_ALPHA, recovery=RECOVERY, recipe=dataclasses.asdict(_recipe(0)),
+                    cifar_lowbit=CIFAR_RECOVERY["cifar_recovery_lowbit"],
                     cifar={"teacher": CIFAR_TEACHER, "student": CIFAR_STUDENT, "kd": CIFAR_KD,
                            "val_subset": args.cifar_val_subset},
                     cifar_recipe=dataclasses.asdict(_cifar_recipe(0)))
     args.work.mkdir(parents=True, exist_ok=True)
     study = Runs(args.out / FIGURES, settings, parts=PART_SETTINGS)
-    study.data["command"] = "python -m benchmarks.studies.distillation " + " ".join(
-        [f"--parts {' '.join(args.parts)}", f"--seeds {' '.join(map(str, args.seeds))}", f"--epochs {args.epochs:g}",
-         f"--teacher-epochs {args.teacher_epochs:g}",
-         f"--baseline-epochs {args.baseline_epochs:g}", f"--finetune-epochs {args.finetune_epochs:g}",
-         f"--finetune-lr {args.finetune_lr:g}", f"--cifar-train-subset {args.cifar_train_subset}",
-         f"--cifar-val-subset {args.cifar_val_subset}", f"--cifar-finetune-epochs {args.cifar_finetune_epochs:g}",
-         f"--cifar-epochs {args.cifar_epochs:g}"])
     datamodules: dict[str, ImageDataModule] = {}
     for part in args.parts:
         dataset, run_part = PARTS[part]
@@ -313,8 +332,9 @@ def render(figures: dict[str, Any]) -> str:
     seeds = len(settings["seeds"])
     lines = ["# Knowledge distillation", "",
              f"Generated by `python -m benchmarks.studies.report distillation` from `results/{FIGURES}`, written by "
-             f"`{figures.get('command', 'python -m benchmarks.studies.distillation')}` "
-             f"({figures['machine'].get('cpu', 'this machine')}). Mean ± standard deviation over {seeds} seeds "
+             "`python -m benchmarks.studies.distillation` part by part: each section names the command that "
+             f"reproduces its runs and their dates ({figures['machine'].get('cpu', 'this machine')}, the machine of "
+             f"the last invocation). Mean ± standard deviation over {seeds} seeds "
              f"({', '.join(map(str, settings['seeds']))}); test top-1 reported, validation top-1 beside it; every "
              "setting fixed in advance (nothing chosen on test data). Method: see the study's docstring.", ""]
     teacher = runs.get("hinton/teacher")
@@ -323,7 +343,7 @@ def render(figures: dict[str, Any]) -> str:
                   f"Teacher: `mlp` 1200-1200, dropout 0.5 / input 0.2, {settings['teacher_epochs']:g} epochs (seed "
                   f"{teacher['seed']}): test top-1 {teacher['test_top1']:.2f} ({teacher['test_errors']} errors; the "
                   f"paper's teacher: {PAPER['teacher']}). Students: no dropout, {settings['epochs']:g} epochs each, "
-                  f"alpha = {settings['kd_alpha']} for KD.", "",
+                  f"alpha = {settings['kd_alpha']} for KD. {_provenance(runs, settings, ['hinton'])}", "",
                   "| student | params | T | test errors, scratch | test errors, KD | gain (errors) | "
                   "test top-1 scratch | test top-1 KD | val top-1 scratch | val top-1 KD | paper (scratch -> KD) |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -341,11 +361,13 @@ def render(figures: dict[str, Any]) -> str:
                 f"{_mean_sd([r['val_top1'] for r in kd])} | "
                 f"{_paper(paper)} |")
         lines.append("")
-    lines += _recovery_section(runs, settings, "recovery", "LeNet-5, MNIST",
+    lines += _recovery_section(runs, settings, {"recovery": settings["recovery"]}, "LeNet-5, MNIST",
                                f"Baseline LeNet-5, {settings['baseline_epochs']:g} epochs",
                                settings["finetune_epochs"], "T = 4, alpha = 0.9")
     lines += _students_section(runs, settings)
-    lines += _recovery_section(runs, settings, "cifar_recovery", "ResNet-56, cifar10_jpeg",
+    lines += _recovery_section(runs, settings, {"cifar_recovery": settings["recovery"],
+                                                "cifar_recovery_lowbit": settings.get("cifar_lowbit", {})},
+                               "ResNet-56, cifar10_jpeg",
                                f"Baseline: the pretrained ResNet-56 (`{CIFAR_TEACHER['weights']}`, no training here); "
                                f"fine-tuning on {settings.get('cifar_train_subset', 0):,} training images, augmented",
                                settings.get("cifar_finetune_epochs", 0),
@@ -356,21 +378,43 @@ def render(figures: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _recovery_section(runs: dict[str, Any], settings: dict[str, Any], part: str, title: str, baseline: str,
-                      epochs: float, kd: str) -> list[str]:
-    """A recovery part's table: each compressed model fine-tuned with CE and with KD, side by side."""
-    baselines = _group(runs, f"{part}/baseline")
-    if not baselines:
+def _flag(value: Any) -> str:
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def part_command(parts: list[str], settings: dict[str, Any]) -> str:
+    """The command that reproduces ``parts``' runs: the flags they depend on, at the values in ``settings``."""
+    keys = {key for part in parts for key in PART_SETTINGS[part]}
+    flags = [f"--{key.replace('_', '-')} {_flag(settings[key])}" for key in FLAGS if key in keys]
+    return " ".join(["python -m benchmarks.studies.distillation --parts", *parts, *flags])
+
+
+def _provenance(runs: dict[str, Any], settings: dict[str, Any], parts: list[str]) -> str:
+    """Which command wrote ``parts``' runs, and when (parts may come from different invocations)."""
+    dates = sorted(run["date"] for key, run in runs.items() if key.split("/", 1)[0] in parts)
+    return f"Reproduce: `{part_command(parts, settings)}` (runs dated {dates[0]} to {dates[-1]})."
+
+
+def _recovery_section(runs: dict[str, Any], settings: dict[str, Any], tables: dict[str, Any], title: str,
+                      baseline: str, epochs: float, kd: str) -> list[str]:
+    """Recovery parts' table (``tables``: each part's compressed models): each fine-tuned with CE and with KD."""
+    parts = [part for part in tables if _group(runs, f"{part}/baseline")]
+    if not parts:
         return []
+    baselines = _group(runs, f"{parts[0]}/baseline")
     lines = [f"## Distillation as the recovery fine-tuning ({title})", "",
              f"{baseline}: test top-1 {_mean_sd([r['test_top1'] for r in baselines])}. Each compressed model is "
-             f"fine-tuned {epochs:g} epoch(s) at learning rate {settings['finetune_lr']:g} with cross-entropy (CE) or "
+             f"fine-tuned {epochs:g} epoch(s) at learning rate {settings['finetune_lr']:g} (unless its row names "
+             "another) with cross-entropy (CE) or "
              f"with KD from the baseline (`recipe.distill=kd`, {kd}). Fine-tuning wall time per epoch, and its ratio "
-             "KD / CE per seed (the two run back to back): what the teacher's forward costs.", "",
+             "KD / CE per seed (the two run back to back): what the teacher's forward costs. "
+             f"{_provenance(runs, settings, parts)}", "",
              "| model | MACs | test top-1, CE | test top-1, KD | gain (points) | val top-1, CE | val top-1, KD | "
              "s/epoch CE | s/epoch KD | KD / CE time |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name in settings["recovery"]:
+    for part, name in ((p, name) for p in parts for name in tables[p]):
         ce, kd_runs = _group(runs, f"{part}/{name}/ce"), _group(runs, f"{part}/{name}/kd")
         if not ce or not kd_runs:
             continue
@@ -399,7 +443,7 @@ def _students_section(runs: dict[str, Any], settings: dict[str, Any]) -> list[st
             f"{settings['cifar_epochs']:g} epochs on {settings['cifar_train_subset']:,} training images (augmented) "
             f"with the CIFAR recipe, alone (KD with alpha = 0: the same loop) and with KD (T = {CIFAR_KD['T']:g}, "
             f"alpha = {CIFAR_KD['alpha']}). The literature's gain at full scale: about +0.5 to +1 point; the goal is a "
-            "gain larger than the seed spread.", "",
+            f"gain larger than the seed spread. {_provenance(runs, settings, ['cifar_students'])}", "",
             "| arm | test top-1 | val top-1 | s/epoch |", "|---|---:|---:|---:|",
             f"| alone | {_mean_sd([r['test_top1'] for r in scratch])} | {_mean_sd([r['val_top1'] for r in scratch])} | "
             f"{_mean_sd([r['seconds_per_epoch'] for r in scratch], 1)} |",
