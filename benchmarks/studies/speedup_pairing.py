@@ -1,10 +1,11 @@
 """Paired speedups on a busy machine (issue 11, section 1): do the stated intervals hold?
 
-    python -m benchmarks.studies.speedup_pairing [--identity-runs 20] [--pruned-runs 10] [--out results]
+    python -m benchmarks.studies.speedup_pairing [--identity-runs 20] [--pruned-runs 10] [--threads 1] [--out results]
 
 On this machine, with a CPU-burning process of its own running beside it (started here, its
 command and process id recorded), the study compares models as every run does
-(``HardwareTarget.latencies`` on the default ``local_cpu`` target of conf/hw/local_cpu.yaml, then
+(``HardwareTarget.latencies`` on the default ``local_cpu`` target of conf/hw/local_cpu.yaml with
+``--threads`` intra-op threads, then
 ``hardware.speedup.speedup_between``):
 
 (a) the identity: LeNet-5 (the default composition's model) against the ``baseline`` method's
@@ -82,7 +83,9 @@ def compare(target: MeasuredTarget, baseline: nn.Module, compressed: nn.Module, 
     apart = target.latency(baseline, shape).latency_ms / target.latency(compressed, shape).latency_ms if unpaired else None
     row = {"speedup": speedup.value, "low": speedup.low, "high": speedup.high, "verdict": speedup.verdict,
            "noisy": speedup.noisy, "cv_baseline": reports["baseline"].provenance["cv"],
-           "cv_compressed": reports["compressed"].provenance["cv"], "unpaired": apart, "seconds": seconds,
+           "cv_compressed": reports["compressed"].provenance["cv"],
+           "robust_cv_baseline": reports["baseline"].provenance["robust_cv"],
+           "robust_cv_compressed": reports["compressed"].provenance["robust_cv"], "unpaired": apart, "seconds": seconds,
            "load_average_1m": os.getloadavg()[0]}
     print(json.dumps(row), flush=True)
     return row
@@ -107,10 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pruned-runs", type=int, default=10)
     parser.add_argument("--unpaired-runs", type=int, default=5,
                         help="the first N comparisons of each part also time the two models apart (the old way)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="hw.threads of the local_cpu target (1: one core for the study, one for the other job)")
     parser.add_argument("--out", type=Path, default=ROOT / "results", help="where speedup_pairing.json goes")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="speedup_pairing_"))
-    target = cast(MeasuredTarget, registry.instantiate("local_cpu", {"per_layer": False}))  # no per-layer breakdown
+    target = cast(MeasuredTarget, registry.instantiate("local_cpu", {"per_layer": False, "threads": args.threads}))
     # (a) LeNet-5, the default composition's model, and the baseline method's stored-and-decoded copy of it
     mnist = MNISTDataModule(data_dir=ROOT / "data", source_dir=SHARED_DATA, batch_size=128, eval_batch_size=256,
                             seed=42, val_size=5000, val_subset=256, test_subset=256)
@@ -131,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     figures = {
         "date": f"{_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC",
         "command": f"python -m benchmarks.studies.speedup_pairing --identity-runs {args.identity_runs} "
-                   f"--pruned-runs {args.pruned_runs} --unpaired-runs {args.unpaired_runs}",
+                   f"--pruned-runs {args.pruned_runs} --unpaired-runs {args.unpaired_runs} --threads {args.threads}",
         "machine": machine_provenance(), "another_job": job, "seconds": time.perf_counter() - started,
         "target": "local_cpu (conf/hw/local_cpu.yaml, per_layer off)", "threads": target.threads,
         "protocol": protocol_dict(target.protocol), "identity_goal": IDENTITY_GOAL,
@@ -154,12 +159,14 @@ def _spread(values: list[float | None]) -> str:
 
 
 def _table(runs: list[dict[str, Any]]) -> list[str]:
-    lines = ["| run | paired speedup | interval | verdict | noisy (CV baseline / compressed) | unpaired ratio | seconds |",
-             "|---:|---:|---|---|---|---:|---:|"]
+    lines = ["| run | paired speedup | interval | verdict | noisy (robust CV baseline / compressed) | "
+             "CV baseline / compressed | unpaired ratio | seconds | load (1 min) |", "|---:|---:|---|---|---|---|---:|---:|---:|"]
     for i, r in enumerate(runs, 1):
         lines.append(f"| {i} | {r['speedup']:.3f} | [{r['low']:.3f}, {r['high']:.3f}] | {r['verdict']} | "
-                     f"{'yes' if r['noisy'] else 'no'} ({r['cv_baseline']:.0%} / {r['cv_compressed']:.0%}) | "
-                     f"{'' if r['unpaired'] is None else format(r['unpaired'], '.3f')} | {r['seconds']:.1f} |")
+                     f"{'yes' if r['noisy'] else 'no'} ({r['robust_cv_baseline']:.1%} / {r['robust_cv_compressed']:.1%}) | "
+                     f"{r['cv_baseline']:.0%} / {r['cv_compressed']:.0%} | "
+                     f"{'' if r['unpaired'] is None else format(r['unpaired'], '.3f')} | {r['seconds']:.1f} | "
+                     f"{r['load_average_1m']:.1f} |")
     return lines
 
 
@@ -175,7 +182,7 @@ def report(figures: dict[str, Any]) -> str:
     pairs = len(pruned) * (len(pruned) - 1) // 2
     macs, params = figures["pruned"]["macs"], figures["pruned"]["params"]
     noisy = sum(r["noisy"] for r in identity + pruned)
-    cvs = [r[k] for r in identity + pruned for k in ("cv_baseline", "cv_compressed")]
+    cvs = [r[k] for r in identity + pruned for k in ("robust_cv_baseline", "robust_cv_compressed")]
     return "\n".join([
         "# Paired speedups on a busy machine (issue 11, section 1)", "",
         f"Generated by `{figures['command']}` on {figures['date']} ({figures['seconds']:.0f} s of comparisons), "
@@ -188,8 +195,11 @@ def report(figures: dict[str, Any]) -> str:
         f"{protocol['repeats']} timed calls and {protocol['min_time_s']} s per model; speedup = median of the "
         f"per-round ratios, interval = its percentile bootstrap interval at {protocol['confidence']:.0%} "
         "(`hardware.speedup`). *Unpaired ratio*: the same two models timed one after the other, each with the "
-        "same protocol, as runs did before (the first runs of each part only, to keep the study short). *Noisy*: the timing protocol's coefficient of variation exceeded "
-        f"{protocol['noise_threshold']:.0%}, which a run reports as `latency_noisy=true`.", "",
+        "same protocol, as runs did before (the first runs of each part only, to keep the study short). *Noisy*: the "
+        "timing protocol's verdict (`hardware.protocol.TimingResult.noisy`): the robust coefficient of variation of "
+        f"the per-call times (IQR / 1.349 median) exceeded {protocol['noise_threshold']:.0%} for either model, which a "
+        "run reports as `latency_noisy=true`; the plain coefficient of variation (standard deviation / mean) is shown "
+        "beside it.", "",
         "## (a) The identity against itself", "",
         f"{figures['identity']['model']}.", "",
         f"**{inside} of {len(identity)} runs ({share:.0%}) read 1 within their stated interval** (goal "
@@ -207,8 +217,8 @@ def report(figures: dict[str, Any]) -> str:
         + f" Paired speedups {_spread([r['speedup'] for r in pruned])}; unpaired ratios "
           f"{_spread([r['unpaired'] for r in pruned])}.", "",
         *_table(pruned), "",
-        f"{noisy} of {len(identity) + len(pruned)} comparisons were flagged noisy (coefficient of variation of the "
-        f"per-call times {min(cvs):.0%}-{max(cvs):.0%}); "
+        f"{noisy} of {len(identity) + len(pruned)} comparisons were flagged noisy (robust coefficient of variation "
+        f"of the per-call times {min(cvs):.1%}-{max(cvs):.1%}); "
         "a run says so beside its speedup (console, `latency_noisy` tag, leaderboard column).", ""])
 
 
