@@ -270,7 +270,7 @@ def _exchange_reading(run: dict[str, Any]) -> list[str]:
         home = next(r["speedup"] for r in own if r["evaluated_on"] == trimmed)
         lines.append(f"- The model trimmed for {trimmed}: {home:.2f}x on {trimmed} (target {run['speedup']}x), "
                      f"{elsewhere}; top-1 {run['top1'][trimmed]:.2f}% (baseline {run['top1']['baseline']:.2f}%).")
-    measured = [r for r in rows if r["spread_ms"] > 0]
+    measured = [r for r in rows if r.get("verdict") not in (None, "predicted")]  # timed in rounds here
     if measured:
         spread = _share_range([r["spread_ms"] / r["latency_ms"] for r in measured])
         lines.append(f"- Measured rows: IQR over the rounds {spread} of the median.")
@@ -291,7 +291,8 @@ def exchange_report(run: dict[str, Any]) -> str:
                 "uncalibrated: the sum of its entries), so that it stays fixed during the search. Bold: the model on "
                 "the target it was trimmed for. local_cpu rows are direct measurements of the same models: each "
                 f"model measured {run['rounds']} times, the three models interleaved, median of the rounds' "
-                "medians ± their IQR (the emulated and table rows are deterministic: IQR 0).")
+                "medians ± their IQR (the emulated rows: ± the target's stated out-of-sample error, 0 where it "
+                "has none; the table rows are deterministic: 0).")
     return exchange_markdown(run["rows"], run["top1"], run["channels"], header) + "\n" + "\n".join(
         _exchange_reading(run)) + "\n"
 
