@@ -16,10 +16,11 @@ from typing import Any
 from torch import nn
 
 from benchmarks.schema import ConfigError, RecipeConfig, TrainerConfig
-from benchmarks.training import evaluate, fit, with_epochs
+from benchmarks.training import HookCallback, evaluate, fit, with_epochs
 from hardware.target import HardwareTarget
 from methods.base import CompressionContext
 from methods.distillation.losses import RECOVERY_LOSSES
+from methods.hooks import TrainingHook
 from methods.losses import CrossEntropy, LossTerm
 
 
@@ -81,7 +82,7 @@ def make_context(
         epochs: float,
         *,
         lr: float | None = None,
-        callbacks: list[Any] | None = None,
+        hooks: Sequence[TrainingHook] = (),
         loss_terms: Sequence[LossTerm] = (),
         task_loss: LossTerm | None = None,
         teacher: nn.Module | None = None,
@@ -91,7 +92,7 @@ def make_context(
         if on_finetune is not None:
             on_finetune(describe_loss(task_loss if task_loss is not None else CrossEntropy(recipe.label_smoothing), loss_terms))
         return fit(model, datamodule, with_epochs(recipe, epochs, lr), trainer_cfg, seed=seed,
-                   callbacks=[*run_callbacks, *(callbacks or [])], loss_terms=loss_terms, task_loss=task_loss,
+                   callbacks=[*run_callbacks, *map(HookCallback, hooks)], loss_terms=loss_terms, task_loss=task_loss,
                    teacher=teacher, logger=logger)
 
     def evaluate_on(model: nn.Module, split: str = "val", max_batches: int | None = None) -> dict[str, float]:

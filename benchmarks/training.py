@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.schema import RecipeConfig, TrainerConfig
+from methods.hooks import TrainingHook
 from methods.losses import CrossEntropy, LossTerm, TrainingStep
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,51 @@ class Classifier(L.LightningModule):
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class LoopState:
+    """Where Lightning's loop stands, as a method's hook sees it (methods.hooks.TrainingState)."""
+
+    def __init__(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._trainer, self._module = trainer, module
+
+    @property
+    def step(self) -> int:
+        return int(self._trainer.global_step)
+
+    @property
+    def total_steps(self) -> int:
+        return int(self._trainer.estimated_stepping_batches)
+
+    @property
+    def device(self) -> torch.device:
+        return self._module.device
+
+
+class HookCallback(L.Callback):
+    """Runs a method's training hook at the matching points of Lightning's loop (methods stay Lightning-free)."""
+
+    def __init__(self, hook: TrainingHook) -> None:
+        self.hook = hook
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.hook.on_train_start(LoopState(trainer, pl_module))
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        self.hook.on_train_batch_start(LoopState(trainer, pl_module))
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        self.hook.on_before_optimizer_step(LoopState(trainer, pl_module))
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self.hook.on_train_batch_end(LoopState(trainer, pl_module))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.hook.on_train_epoch_end(LoopState(trainer, pl_module))
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.hook.on_train_end(LoopState(trainer, pl_module))
 
 
 def fit(

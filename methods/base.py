@@ -20,18 +20,20 @@ from torch import nn
 from hardware.target import HardwareTarget
 from methods.config import MethodConfigError as MethodConfigError  # raised by methods, defined with the schemas
 from methods.config import parse_config
+from methods.hooks import TrainingHook
 from methods.losses import LossTerm
 
 
 class FineTune(Protocol):
-    def __call__(self, model: nn.Module, epochs: float, *, lr: float | None = None, callbacks: list[Any] | None = None,
+    def __call__(self, model: nn.Module, epochs: float, *, lr: float | None = None, hooks: Sequence[TrainingHook] = (),
                  loss_terms: Sequence[LossTerm] = (), task_loss: LossTerm | None = None,
                  teacher: nn.Module | None = None) -> nn.Module:
         """Train ``model`` in place on the training split with the run's recipe; return it.
 
         The loss is ``task_loss`` (default: the recipe's cross-entropy) plus every term of
         ``loss_terms`` (methods.losses); ``teacher``, when given, is frozen and its logits
-        reach the terms as ``step.teacher_logits``.
+        reach the terms as ``step.teacher_logits``. ``hooks`` (methods.hooks) run at their points
+        of the training loop.
         """
 
 

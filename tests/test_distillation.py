@@ -235,11 +235,12 @@ def test_a_recovery_fine_tuning_minimises_the_distillation_loss_from_the_baselin
     reference = copy.deepcopy(baseline).eval()
     recipe = RecipeConfig(**{**vars(RECIPE), "distill": kind, "distill_T": 2.0, "distill_alpha": 0.7})
     heard: list[str] = []
-    ctx = context(tmp_path, recipe, baseline=baseline, on_finetune=heard.append)
+    capture = LossCapture()  # a run's callback (as a sweep trial's pruning): it hears every fine-tuning
+    ctx = context(tmp_path, recipe, baseline=baseline, on_finetune=heard.append, callbacks=[capture])
     torch.manual_seed(2)
     model = TinyCNN()
-    recorder, capture = Recorder(), LossCapture()
-    ctx.finetune(model, 1.0, loss_terms=[recorder], callbacks=[capture])
+    recorder = Recorder()
+    ctx.finetune(model, 1.0, loss_terms=[recorder])
     expected = HintonKD(2.0, 0.7) if kind == "kd" else LogitMimic()
     assert len(capture.losses) == len(recorder.steps) == 4
     for step, loss in zip(recorder.steps, capture.losses, strict=True):

@@ -385,7 +385,7 @@ class MnasNetSearch(CompressionMethod):
             return supernet
         started = time.perf_counter()
         ctx.finetune(supernet, self.config.supernet_epochs,
-                     callbacks=[SampledPaths(supernet, torch.Generator().manual_seed(ctx.seed))])
+                     hooks=[SampledPaths(supernet, torch.Generator().manual_seed(ctx.seed))])
         path = ctx.workdir / "supernet.pt"
         torch.save(supernet.state_dict(), path)
         study.set_user_attr("supernet_file", str(path.resolve()))

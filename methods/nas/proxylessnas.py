@@ -28,13 +28,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult
 from methods.config import FineTuning, fail, finetune_default, option
+from methods.hooks import TrainingState
 from methods.nas.costs import COST_KINDS, CostTable, run_cost_table
 from methods.nas.searched import record_search, store_searched
 from methods.nas.space import SpaceConfig
@@ -102,11 +102,10 @@ class ArchitectureSearch(SampledPaths):
         self.history: list[dict[str, Any]] = []
         self.phase = "warmup"
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(self, state: TrainingState) -> None:
         self.weight_steps += 1
         if self.searching and self.weight_steps % self.config.arch.every == 0:
-            self.architecture_step(pl_module.device)
+            self.architecture_step(state.device)
 
     def architecture_step(self, device: torch.device) -> None:
         inputs, labels = next(self.held_out)
@@ -131,7 +130,7 @@ class ArchitectureSearch(SampledPaths):
         self.supernet.rebalance(before)
         self.arch_steps += 1
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_epoch_end(self, state: TrainingState) -> None:
         self.record()
 
     def record(self) -> None:
@@ -167,9 +166,9 @@ class ProxylessNAS(CompressionMethod):
         started = time.perf_counter()
         search.record()
         if c.warmup_epochs > 0:
-            ctx.finetune(supernet, c.warmup_epochs, callbacks=[search])
+            ctx.finetune(supernet, c.warmup_epochs, hooks=[search])
         search.searching, search.phase = True, "search"
-        ctx.finetune(supernet, c.search_epochs, callbacks=[search])
+        ctx.finetune(supernet, c.search_epochs, hooks=[search])
         search_seconds = time.perf_counter() - started
         arch = supernet.derive()
         metrics = {"search_wall_s": search_seconds, "search_epochs": c.warmup_epochs + c.search_epochs,

@@ -24,13 +24,13 @@ the active path its alpha gets no gradient from that step, as in the reference c
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, cast
+from typing import cast
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from methods.hooks import TrainingHook, TrainingState
 from methods.nas.space import ZERO, Architecture, Head, SearchSpace, Slot, build_op, init_weights, stem
 
 MODES = ("sample", "two", "fixed")
@@ -168,12 +168,12 @@ class SuperNet(nn.Module):
         return Architecture(self.space, tuple(op.names[int(op.alpha.argmax())] for op in self.mixed_ops()))
 
 
-class SampledPaths(L.Callback):
+class SampledPaths(TrainingHook):
     """Before every weight step of ``supernet`` (in the one training loop), one path per block drawn from p
     (uniform while the alphas are equal): the binarized weight step every supernet search trains with."""
 
     def __init__(self, supernet: SuperNet, generator: torch.Generator) -> None:
         self.supernet, self.generator = supernet, generator
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(self, state: TrainingState) -> None:
         self.supernet.sample(self.generator)

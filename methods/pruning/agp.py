@@ -29,15 +29,14 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import lightning as L
 from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
 from methods.config import FineTuning, LayerSelection, fail, finetune_default, option, select_layers
+from methods.hooks import TrainingState
 from methods.pruning.magnitude import store_sparse, unstructured_metrics
-from methods.pruning.masks import SCOPES, MaskCallback, WeightMasks
+from methods.pruning.masks import SCOPES, MaskHook, WeightMasks
 from methods.reporting import plot_policy, write_json
 from methods.storage.sparse import FORMATS
 
@@ -71,8 +70,8 @@ class AGPSchedule:
         return [self.start_step + i * self.frequency for i in range(self.num_pruning_steps + 1)]
 
 
-class AGPCallback(MaskCallback):
-    """Recomputes the masks at every schedule step; holds them in between (Lightning callback)."""
+class AGPHook(MaskHook):
+    """Recomputes the masks at every schedule step; holds them in between."""
 
     def __init__(self, masks: WeightMasks, schedule: AGPSchedule | None, scope: str = "layer",
                  end_fraction: float = 0.75, initial_sparsity: float = 0.0, final_sparsity: float = 0.5,
@@ -85,8 +84,8 @@ class AGPCallback(MaskCallback):
         #: rows (optimizer step, formula sparsity, measured sparsity after the mask update)
         self.history: list[tuple[int, float, float]] = []
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        total = int(trainer.estimated_stepping_batches)
+    def on_train_start(self, state: TrainingState) -> None:
+        total = state.total_steps
         if self.schedule is None:
             d = self._derive
             span = int(d["end_fraction"] * total) - d["start_step"]
@@ -102,10 +101,10 @@ class AGPCallback(MaskCallback):
             raise MethodConfigError(
                 f"AGP schedule ends at step {self.schedule.end_step} but fine-tuning has only {total} steps; "
                 "lower method.num_pruning_steps or method.frequency, or raise method.finetune.epochs")
-        super().on_train_start(trainer, pl_module)
+        super().on_train_start(state)
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
-        step = int(trainer.global_step)  # optimizer steps taken so far
+    def on_train_batch_start(self, state: TrainingState) -> None:
+        step = state.step  # optimizer steps taken so far
         if self.schedule is not None and self.schedule.is_update_step(step) and (not self.history or self.history[-1][0] != step):
             target = self.schedule.sparsity_at(step)
             self.masks.update(target, self.scope)
@@ -196,15 +195,15 @@ class AutomatedGradualPruning(CompressionMethod):
         metrics["top1_before_finetune"] = ctx.evaluate(one_shot, "val")["top1"]
         del one_shot, one_shot_masks
 
-        callback = AGPCallback(masks, self.schedule(), c.scope, c.end_fraction, c.initial_sparsity,
-                               c.final_sparsity, c.start_step, c.frequency)
-        ctx.finetune(model, c.finetune.epochs, lr=c.finetune.lr, callbacks=[callback])
+        hook = AGPHook(masks, self.schedule(), c.scope, c.end_fraction, c.initial_sparsity,
+                       c.final_sparsity, c.start_step, c.frequency)
+        ctx.finetune(model, c.finetune.epochs, lr=c.finetune.lr, hooks=[hook])
         masks.apply()
-        schedule = callback.schedule
+        schedule = hook.schedule
         assert schedule is not None  # set at the start of training
-        if not callback.history or callback.history[-1][0] != schedule.end_step:
+        if not hook.history or hook.history[-1][0] != schedule.end_step:
             raise RuntimeError(f"AGP: training stopped before the schedule's last step {schedule.end_step} "
-                               f"(last update at {callback.history[-1][0] if callback.history else None})")
+                               f"(last update at {hook.history[-1][0] if hook.history else None})")
 
         stored = ctx.workdir / "model.sparse.cbm"
         decoded, report = store_sparse(model, baseline, stored, c.storage_formats)
@@ -221,6 +220,6 @@ class AutomatedGradualPruning(CompressionMethod):
             "achieved": achieved,
         }
         artifacts = [write_json(ctx.workdir / "policy.json", policy), write_json(ctx.workdir / "storage.json", report),
-                     *write_schedule(callback.history, schedule, ctx.workdir),
+                     *write_schedule(hook.history, schedule, ctx.workdir),
                      *plot_policy(achieved, "sparsity", ctx.workdir / "policy.png")]
         return CompressionResult(model=decoded, stored_file=stored, metrics=metrics, artifacts=artifacts)

@@ -10,7 +10,7 @@ the remaining ones with the removed ones held at zero; iterate (Aswani survey, S
   Departure: Han et al. set the threshold as a quality factor times the layer's weight
   standard deviation; a sparsity target is what benchmarks compare at.
 * ``iterations: k`` prunes to s*i/k at step i and retrains after each step (one-shot: k=1).
-* Pruned weights stay zero during retraining (:class:`methods.pruning.masks.MaskCallback`).
+* Pruned weights stay zero during retraining (:class:`methods.pruning.masks.MaskHook`).
 * The stored file is the sparse state dict (:mod:`methods.storage.sparse`: per
   tensor CSR or relative-index, whichever is smaller); the returned model is decoded from it.
   Unstructured zeros save storage, not time on dense hardware: MACs are reported dense
@@ -31,7 +31,7 @@ from torch import nn
 from hardware.layers import count_macs, describe_layers
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
 from methods.config import FineTuning, LayerSelection, fail, finetune_default, option, select_layers
-from methods.pruning.masks import SCOPES, MaskCallback, WeightMasks
+from methods.pruning.masks import SCOPES, MaskHook, WeightMasks
 from methods.reporting import plot_policy, write_json
 from methods.storage import load_model, save_model
 from methods.storage.sparse import FORMATS, sparse_entry, stored_format
@@ -128,7 +128,7 @@ class MagnitudePruning(CompressionMethod):
             pruned_top1 = ctx.evaluate(model, "val")["top1"]
             epochs = c.finetune.epochs / c.iterations
             if epochs > 0:
-                ctx.finetune(model, epochs, lr=c.finetune.lr, callbacks=[MaskCallback(masks)])
+                ctx.finetune(model, epochs, lr=c.finetune.lr, hooks=[MaskHook(masks)])
             masks.apply()
             steps.append({"step": step, "sparsity": masks.sparsity(), "top1_pruned": pruned_top1,
                           "top1_finetuned": ctx.evaluate(model, "val")["top1"]})

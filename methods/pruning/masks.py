@@ -8,21 +8,21 @@ requested *sparsity*, per layer or one threshold for all layers together ("globa
 
 Zhu & Gupta's gradual pruning (AGP) uses the same masks, recomputed every few steps
 (Aswani survey, Sec. II.K: "for every layer, a binary mask variable is added ... of the same
-size and shape as the weights"). :class:`MaskCallback` keeps pruned weights at zero while
-Lightning trains: their gradients are zeroed before each optimizer step and the mask is
+size and shape as the weights"). :class:`MaskHook` keeps pruned weights at zero while
+the model is fine-tuned: their gradients are zeroed before each optimizer step and the mask is
 re-applied after it (momentum or weight decay would otherwise revive them).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import cast
 
-import lightning as L
 import torch
 from torch import nn
 
 from methods.base import MethodConfigError
+from methods.hooks import TrainingHook, TrainingState
 
 
 def weight_of(module: nn.Module) -> torch.Tensor:
@@ -128,21 +128,20 @@ class WeightMasks:
         return 1.0 - nonzero / total if total else 0.0
 
 
-class MaskCallback(L.Callback):
-    """Holds pruned weights at zero during Lightning training (Han et al. 2015's retraining)."""
+class MaskHook(TrainingHook):
+    """Holds pruned weights at zero during fine-tuning (Han et al. 2015's retraining)."""
 
     def __init__(self, masks: WeightMasks) -> None:
         self.masks = masks
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_start(self, state: TrainingState) -> None:
         self.masks.apply()
 
-    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+    def on_before_optimizer_step(self, state: TrainingState) -> None:
         self.masks.mask_gradients()
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(self, state: TrainingState) -> None:
         self.masks.apply()
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_end(self, state: TrainingState) -> None:
         self.masks.apply()

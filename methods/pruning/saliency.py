@@ -2,7 +2,7 @@
 
 Each of ``iterations`` steps removes weights up to s*i/k of the pruned layers (the lowest saliency
 first, per layer or over all of them), then fine-tunes ``finetune.epochs / k`` with the removed
-weights held at zero (:class:`methods.pruning.masks.MaskCallback`); the saliency is recomputed
+weights held at zero (:class:`methods.pruning.masks.MaskHook`); the saliency is recomputed
 from the current weights at every step. Masks, the sparse file and the metrics are those of
 magnitude pruning (:mod:`methods.pruning.magnitude`), so the methods compare at equal sparsity.
 A subclass says how one step chooses (and, for OBS, corrects) the weights: :meth:`prune_to`.
@@ -21,7 +21,7 @@ from torch import nn
 from methods.base import CompressionContext, CompressionMethod, CompressionResult
 from methods.config import FineTuning, LayerSelection, fail, finetune_default, option, select_layers
 from methods.pruning.magnitude import store_sparse, unstructured_metrics
-from methods.pruning.masks import SCOPES, MaskCallback, WeightMasks
+from methods.pruning.masks import SCOPES, MaskHook, WeightMasks
 from methods.reporting import plot_policy, write_json
 from methods.storage.sparse import FORMATS
 
@@ -65,7 +65,7 @@ class SaliencyPruning(CompressionMethod):
             self.prune_to(model, masks, c.sparsity * step / c.iterations, ctx)
             row = {"step": step, "sparsity": masks.sparsity(), "top1_pruned": ctx.evaluate(model, "val")["top1"]}
             if c.finetune.epochs > 0:
-                ctx.finetune(model, c.finetune.epochs / c.iterations, lr=c.finetune.lr, callbacks=[MaskCallback(masks)])
+                ctx.finetune(model, c.finetune.epochs / c.iterations, lr=c.finetune.lr, hooks=[MaskHook(masks)])
             masks.apply()
             steps.append({**row, "top1_finetuned": ctx.evaluate(model, "val")["top1"]})
             log.info("%s step %d/%d: sparsity %.3f, top1 %.2f -> %.2f", self.name, step, c.iterations,

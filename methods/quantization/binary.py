@@ -13,7 +13,7 @@ same way, which lives here once:
 * :class:`SignSTE`: ``sign`` forward, the straight-through estimator with clipping backward
   (Courbariaux et al. 2015, Sec. 2; Hubara et al. 2016): the gradient passes where
   ``|x| <= clip`` and is zero outside;
-* :class:`LatentWeights`, a Lightning callback calling each quantizer's hooks around the
+* :class:`LatentWeights`, a training hook calling each quantizer's hooks around the
   optimizer step (BinaryConnect clips the latent weights to ``[-H, H]``; LAB preconditions their
   gradient with its second moment);
 * the file: a binary weight is its signs bit-packed at 1 bit plus one float32 scale per layer or
@@ -30,13 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import lightning as L
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from methods.base import CompressionContext, CompressionResult
 from methods.config import FineTuning, Layer, LayerSelection, fail, finetune_default, option, select_layers
+from methods.hooks import TrainingHook, TrainingState
 from methods.quantization.quantizers import create_quantizer
 from methods.quantization.uniform import QuantScheme
 from methods.storage import TensorEntry, load_model, save_model, size_metrics
@@ -159,18 +159,17 @@ def latent_of(module: nn.Module) -> nn.Parameter:
     return module.get_parameter("parametrizations.weight.original")
 
 
-class LatentWeights(L.Callback):
+class LatentWeights(TrainingHook):
     """Runs each quantizer's hooks around the optimizer step of every binarized layer."""
 
     def __init__(self, modules: Mapping[str, nn.Module]) -> None:
         self.modules = dict(modules)
 
-    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+    def on_before_optimizer_step(self, state: TrainingState) -> None:
         for module in self.modules.values():
             quantizer_of(module).before_step(latent_of(module))
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(self, state: TrainingState) -> None:
         for module in self.modules.values():
             quantizer_of(module).after_step(latent_of(module))
 
@@ -217,7 +216,7 @@ def train_quantized(model: nn.Module, ctx: CompressionContext, config: BinaryCon
         parametrize.register_parametrization(layer, "weight", quantizers[name])
     try:
         if config.finetune.epochs > 0:
-            ctx.finetune(model, config.finetune.epochs, lr=config.finetune.lr, callbacks=[LatentWeights(layers)])
+            ctx.finetune(model, config.finetune.epochs, lr=config.finetune.lr, hooks=[LatentWeights(layers)])
         model.eval()
         entries = {f"{name}.weight": quantizers[name].entry(f"{name}.weight", latent_of(layer))
                    for name, layer in layers.items()}

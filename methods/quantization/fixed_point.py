@@ -45,12 +45,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from torch import nn
 
 from methods.base import CompressionContext, CompressionMethod, CompressionResult, MethodConfigError
 from methods.config import FineTuning, Layer, LayerSelection, fail, finetune_default, option, select_layers
+from methods.hooks import TrainingHook, TrainingState
 from methods.storage import StoredState, load_model, load_state_into, register_architecture, save_model, size_metrics
 from methods.storage.codecs import fixed_point_entry, state_entries
 
@@ -175,7 +175,7 @@ def attach_activation_quantizers(model: nn.Module, formats: dict[str, dict[str, 
 
 
 # ------------------------------------------------------------------------------ parameters
-class ParameterRounding(L.Callback):
+class ParameterRounding(TrainingHook):
     """Keeps the quantized parameters on their fixed-point grid during fine-tuning: each
     optimizer step's result is rounded back (Gupta et al.'s fixed-point weight update).
     With ``dynamic``, every ``update_interval`` steps each group's FL is re-chosen from
@@ -200,11 +200,10 @@ class ParameterRounding(L.Callback):
                                                               fmt["axis"])
             param.copy_(to_fixed_point(param, fmt["word_length"], fmt["fraction_bits"], self.rounding, fmt["axis"]))
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_start(self, state: TrainingState) -> None:
         self.round_all()
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(self, state: TrainingState) -> None:
         self.steps += 1
         self.round_all()
 
@@ -306,7 +305,7 @@ class _FixedPointMethod(CompressionMethod):
         rounding = ParameterRounding(params, formats, c.rounding, self.dynamic, **self.callback_options())
         rounding.round_all()
         if c.finetune.epochs > 0:
-            ctx.finetune(work, c.finetune.epochs, lr=c.finetune.lr, callbacks=[rounding])
+            ctx.finetune(work, c.finetune.epochs, lr=c.finetune.lr, hooks=[rounding])
         act_formats = {name: {"word_length": q.word_length, "fraction_bits": q.fraction_bits}
                        for name, q in quantizers.items()}
         encoded = {}
