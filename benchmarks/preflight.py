@@ -112,7 +112,8 @@ def prepare(cfg: DictConfig) -> Prepared:
     """Build the method, the target and the data, and pass one batch through the model; refuse what fails.
 
     ``cfg`` has its method and hardware (:func:`with_defaults`). Each step imports only what it
-    needs, cheapest first: the method (torch), the target, the data (Lightning), the model (timm).
+    needs, cheapest first: the method (torch), the target, the model's name (timm), the data
+    (Lightning), the model against the data.
     """
     from hydra.utils import instantiate
 
@@ -121,6 +122,10 @@ def prepare(cfg: DictConfig) -> Prepared:
         method = instantiate(cfg.method, _convert_="all")
     with refused("hw"):
         target = instantiate(cfg.hw)
+    with refused("model"):  # the name alone costs timm, not the data's Lightning: a misspelt model answers sooner
+        from benchmarks.models.zoo import check_known
+
+        check_known(cfg.model.name)
     with refused("dataset", data_dir=Path(cfg.paths.data_dir)):
         datamodule = instantiate(cfg.dataset)
         datamodule.prepare_data()

@@ -104,6 +104,37 @@ def test_missing_data_is_one_line(run_env: dict[str, str], tmp_path: Path) -> No
 
 
 @pytest.mark.e2e
+@pytest.mark.parametrize("overrides, words", [
+    (["+method=magnitude", "method.sparsity=1.5"], ["method.sparsity", "[0, 1)"]),
+    (["model=timm", "model.name=nosuchnet"], ["model.name='nosuchnet'", "timm.list_models"]),
+], ids=["method", "model_name"])
+def test_a_misspelt_method_or_model_is_refused_before_the_data_is_read(run_env: dict[str, str], tmp_path: Path,
+                                                                        overrides: list[str], words: list[str]) -> None:
+    """With no data anywhere, the error is the typo's: method and model name are checked before the data."""
+    empty = tmp_path / "no_source"
+    empty.mkdir()
+    done = cli({**run_env, "COMPRESSBENCH_SOURCE_DATA": str(empty)}, "benchmarks", f"paths.data_dir={tmp_path / 'd'}",
+               *overrides)
+    assert_one_line_error(done, *words)
+
+
+def test_building_any_method_imports_neither_lightning_nor_timm_nor_mlflow() -> None:
+    """Methods reach the training loop through Lightning-free hooks (methods.hooks), so refusing a method's
+    config costs torch's import only, not the seconds of Lightning, timm (Torch-Pruning's) or MLflow."""
+    code = (
+        "import sys, pathlib\n"
+        "from hydra.utils import instantiate\n"
+        "from omegaconf import OmegaConf\n"
+        "for path in sorted(pathlib.Path('conf/method').glob('*.yaml')):\n"
+        "    instantiate(OmegaConf.load(path), _convert_='all')\n"
+        "print(sorted(m for m in ('lightning', 'pytorch_lightning', 'timm', 'mlflow') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.e2e
 def test_unwritable_store_fails_at_once_naming_it(run_env: dict[str, str], not_a_folder: Path) -> None:
     store = f"sqlite:///{not_a_folder}/mlflow.db"
     done = cli({**run_env, "MLFLOW_TRACKING_URI": store}, "benchmarks")

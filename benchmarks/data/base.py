@@ -22,9 +22,6 @@ from benchmarks.data import checksums as _checksums  # noqa: F401  (registers th
 from benchmarks.data.errors import DataFormatError
 from benchmarks.data.sources import PreparedData, get_source, resolve
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 # Offsets that give each split's subset its own stream of the one configured seed.
 _SPLIT_SALT = {"val_split": 0, "train": 1, "val": 2, "test": 3}
 

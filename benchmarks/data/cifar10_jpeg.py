@@ -25,10 +25,9 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from benchmarks.data.base import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     ImageDataModule,
     Splits,
     check_sample_count,
@@ -86,8 +85,8 @@ class CIFAR10JPEGDataModule(ImageDataModule):
     """
 
     default_name = "cifar10_jpeg"
-    default_mean = IMAGENET_MEAN
-    default_std = IMAGENET_STD
+    default_mean = IMAGENET_DEFAULT_MEAN
+    default_std = IMAGENET_DEFAULT_STD
 
     def __init__(self, *args, augment: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -16,7 +16,9 @@ import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.data.base import IMAGENET_MEAN, IMAGENET_STD, ImageDataModule, Splits
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from benchmarks.data.base import ImageDataModule, Splits
 from benchmarks.data.errors import DataFormatError, DataNotFoundError
 from benchmarks.data.sources import PreparedData, sha256_file
 
@@ -34,8 +36,8 @@ class ImageFolderDataModule(ImageDataModule):
     """
 
     default_name = "imagefolder"
-    default_mean = IMAGENET_MEAN
-    default_std = IMAGENET_STD
+    default_mean = IMAGENET_DEFAULT_MEAN
+    default_std = IMAGENET_DEFAULT_STD
 
     def __init__(
         self,

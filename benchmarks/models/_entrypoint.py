@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
-
-from benchmarks.data.base import IMAGENET_MEAN, IMAGENET_STD
 
 # Arguments timm.create_model passes to every factory that only concern hub/URL weights.
 _TIMM_DOWNLOAD_ARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "pretrained_model_args")
@@ -68,7 +67,7 @@ def data_config(
 def input_size_config(in_chans: int, cifar: bool, num_classes: int, first_conv: str, classifier: str) -> dict[str, Any]:
     """:func:`data_config` of a family with an ImageNet-size (224 px) and a CIFAR-size (32 px) variant."""
     size = 32 if cifar else 224
-    return data_config((in_chans, size, size), IMAGENET_MEAN, IMAGENET_STD, num_classes, first_conv, classifier)
+    return data_config((in_chans, size, size), IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, num_classes, first_conv, classifier)
 
 
 def init_conv_linear(model: nn.Module) -> None:

@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import register_model
 from torch import nn
 
-from benchmarks.data.base import IMAGENET_MEAN, IMAGENET_STD
 from benchmarks.models._entrypoint import architecture_args, data_config
 
 STAGE_CHANNELS = (16, 32, 64)
@@ -108,7 +108,7 @@ class CifarResNet(nn.Module):
         self.flatten = nn.Flatten()
         self.linear = nn.Linear(in_channels, num_classes)
         self.pretrained_cfg = data_config(
-            (in_chans, 32, 32), IMAGENET_MEAN, IMAGENET_STD, num_classes, first_conv="conv1", classifier="linear"
+            (in_chans, 32, 32), IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, num_classes, first_conv="conv1", classifier="linear"
         )
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import register_model
 
-from benchmarks.data.base import IMAGENET_MEAN, IMAGENET_STD
 from benchmarks.models._entrypoint import architecture_args, data_config
 from methods.nas.space import Architecture, SearchedNet, SpaceConfig
 from methods.nas.supernet import SuperNet
 
 
 def _with_data_config(model: Any, input_size: int, in_chans: int, num_classes: int) -> Any:
-    model.pretrained_cfg = data_config((in_chans, input_size, input_size), IMAGENET_MEAN, IMAGENET_STD, num_classes,
+    model.pretrained_cfg = data_config((in_chans, input_size, input_size), IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, num_classes,
                                        first_conv="stem.0.0", classifier="head.4")
     return model
 

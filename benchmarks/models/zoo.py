@@ -52,7 +52,9 @@ def _architecture_name(name: str) -> str:
     return timm.models.split_model_name_tag(name)[0]
 
 
-def _check_known(name: str) -> None:
+def check_known(name: str) -> None:
+    """Refuse a name that is neither ours nor timm's (the close matches named), before anything is built."""
+    register_zoo()
     if not isinstance(name, str) or not name:
         raise ValueError(f"model.name must be a non-empty model name, got {name!r}")
     if name.startswith(("hf-hub:", "local-dir:")):
@@ -87,8 +89,7 @@ def build_model(
             f"model.pretrained={pretrained}: expected a checkpoint path or null; CompressBench never downloads "
             "weights, so set model.pretrained=/path/to/checkpoint"
         )
-    register_zoo()
-    _check_known(name)
+    check_known(name)
     model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
     if pretrained is not None:
         load_pretrained(model, pretrained)
@@ -102,8 +103,7 @@ def model_code_version(name: str) -> str:
     edit to the architecture invalidates cached baselines. For timm's models: timm's
     version and the module name (timm's code only changes with its version).
     """
-    register_zoo()
-    _check_known(name)
+    check_known(name)
     module_name = _factory_module(_architecture_name(name))
     if module_name.startswith(f"{ZOO_PACKAGE}."):
         identity = inspect.getsource(importlib.import_module(module_name)).encode()

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 from torch import nn
 
@@ -65,6 +64,8 @@ class DistillationConfig:
 
 def create(name: str, num_classes: int, in_chans: int, kwargs: dict[str, Any], key: str) -> nn.Module:
     """``timm.create_model`` with the data's classes and channels (``kwargs`` may override them)."""
+    import timm  # here: checking a distillation config needs no timm
+
     if not timm.is_model(name):
         fail(f"{key}.name", f"{name!r} is not a registered model (timm's, or CompressBench's zoo once benchmarks.models "
                             "is imported, as runs do); list them with timm.list_models('<pattern>')")
@@ -118,6 +119,8 @@ def save_student(student: nn.Module, path: Path, config: StudentConfig, ctx: Com
 @register_architecture(STUDENT_ARCHITECTURE)
 def _student(template: nn.Module, state: StoredState) -> nn.Module:
     """The stored student, rebuilt by name: it does not share the template's (the teacher's) architecture."""
+    import timm
+
     model = timm.create_model(state.meta["model"], pretrained=False, **state.meta["kwargs"])
     return load_state_into(model, state).eval()
 

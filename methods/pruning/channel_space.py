@@ -21,7 +21,6 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import torch_pruning as tp
 from torch import nn
 
 from hardware.layers import describe_layers
@@ -121,6 +120,8 @@ class ChannelSpace:
         thousands of candidates). Units own disjoint tensor dimensions, so indices in the
         original numbering stay valid while several units are removed in turn.
         """
+        from torch_pruning.ops import OPTYPE  # imported by the graph already
+
         graph = self.pruner.graph
         pruned = copy.deepcopy(self.model)
         modules = dict(pruned.named_modules())
@@ -131,7 +132,7 @@ class ChannelSpace:
             producer = originals[unit.producer]
             group = graph.get_pruning_group(producer, graph.get_pruner_of_module(producer).prune_out_channels, removed)
             for dep, idxs in group:
-                if dep.target.type == tp.ops.OPTYPE.PARAMETER:
+                if dep.target.type == OPTYPE.PARAMETER:
                     raise MethodConfigError(f"method: unit {unit.producer!r} couples a bare nn.Parameter; "
                                             "list its producer in method.ignored_layers")
                 name = self.pruner.module_names.get(dep.target.module) if isinstance(dep.target.module, nn.Module) else None

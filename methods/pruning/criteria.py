@@ -4,8 +4,9 @@ A criterion scores the channels of a pruning group (Torch-Pruning's ``Group``: t
 conv/linear whose output channels go, and every layer a removed channel touches: the
 batch norm after it, the residual branches added to it, the consumers' input slices);
 the lowest scores are removed first. ``criterion(group) -> Tensor[channels]``, so a new
-criterion is a new class, not a new branch in a pruner (STYLE.md); every criterion is a
-``torch_pruning.importance.Importance``, the interface of Torch-Pruning's own scorers.
+criterion is a new class, not a new branch in a pruner (STYLE.md); every criterion has the
+interface of Torch-Pruning's own scorers (``torch_pruning.importance.Importance``). Torch-Pruning
+(which imports timm) is imported where a criterion is built, so a method's config is checked without it.
 Criteria that need data (``requires_data``) are first given a few batches through
 :meth:`ChannelImportance.calibrate`.
 
@@ -45,19 +46,22 @@ layers; :func:`layer_normalised` does that for methods that rank globally.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
-from abc import abstractmethod
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from typing import Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
-import torch_pruning as tp
 from torch import nn
 
 from hardware.layers import conv_padding
 from methods.base import MethodConfigError
+
+if TYPE_CHECKING:
+    import torch_pruning as tp
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +81,22 @@ def filter_matrix(module: nn.Module) -> torch.Tensor:
     return weight.reshape(weight.shape[0], -1).float()
 
 
-class ChannelImportance(tp.importance.Importance):
+class ChannelImportance(ABC):
     """Scores the output channels of a group's root layer; higher means keep."""
 
     #: True when :meth:`calibrate` must see data before scores are asked for
     requires_data: ClassVar[bool] = False
     name: ClassVar[str] = ""
+    #: the ``torch_pruning.importance`` class a criterion delegates to, with ``scorer_options`` (if any)
+    scorer_class: ClassVar[str] = ""
+    scorer_options: dict[str, Any]
+
+    @functools.cached_property
+    def scorer(self) -> tp.importance.Importance:
+        """Built when first scoring: Torch-Pruning (and the timm it imports) is not needed to check options."""
+        import torch_pruning as tp
+
+        return getattr(tp.importance, self.scorer_class)(**self.scorer_options)
 
     def calibrate(self, model: nn.Module, groups: dict[str, tp.Group], batches: Iterable[Batch]) -> None:
         """Collect what the criterion needs from a few batches (no-op for weight criteria)."""
@@ -114,9 +128,10 @@ class L1FilterNorm(ChannelImportance):
     name = "l1"
     p: ClassVar[int] = 1
 
+    scorer_class = "GroupMagnitudeImportance"
+
     def __init__(self, group_reduction: str = "sum") -> None:
-        self.scorer = tp.importance.GroupMagnitudeImportance(
-            p=self.p, group_reduction=_reduction(self.name, group_reduction), normalizer=None)
+        self.scorer_options = {"p": self.p, "group_reduction": _reduction(self.name, group_reduction), "normalizer": None}
 
     def __call__(self, group: tp.Group) -> torch.Tensor:
         return group_scores(self.scorer, group)
@@ -137,9 +152,10 @@ class GeometricMedian(ChannelImportance):
 
     name = "fpgm"
 
+    scorer_class = "FPGMImportance"
+
     def __init__(self, group_reduction: str = "sum") -> None:
-        self.scorer = tp.importance.FPGMImportance(
-            p=1, group_reduction=_reduction(self.name, group_reduction), normalizer=None)
+        self.scorer_options = {"p": 1, "group_reduction": _reduction(self.name, group_reduction), "normalizer": None}
 
     def __call__(self, group: tp.Group) -> torch.Tensor:
         return group_scores(self.scorer, group)
@@ -171,10 +187,11 @@ class TaylorFirstOrder(_DataCriterion):
 
     name = "taylor"
 
+    scorer_class = "GroupTaylorImportance"
+
     def __init__(self, max_batches: int = 4, group_reduction: str = "sum") -> None:
         super().__init__(max_batches)
-        self.scorer = tp.importance.GroupTaylorImportance(
-            group_reduction=_reduction(self.name, group_reduction), normalizer=None)
+        self.scorer_options = {"group_reduction": _reduction(self.name, group_reduction), "normalizer": None}
 
     def calibrate(self, model: nn.Module, groups: dict[str, tp.Group], batches: Iterable[Batch]) -> None:
         device = next(model.parameters()).device
@@ -201,15 +218,14 @@ class TaylorFirstOrder(_DataCriterion):
             model.train(was_training)
 
 
-#: Torch-Pruning's handlers that remove the input channels of a dense conv / a linear layer
-_DENSE_INPUT_HANDLERS = (tp.prune_conv_in_channels, tp.prune_linear_in_channels)
-
-
 def _next_layer(group: tp.Group) -> tuple[nn.Module, list[int], list[int]] | None:
     """The first dense conv/linear whose *input* channels are the group's channels."""
+    import torch_pruning as tp
+
+    dense_input_handlers = (tp.prune_conv_in_channels, tp.prune_linear_in_channels)  # Torch-Pruning's
     for item in group[1:]:
         module = item.dep.target.module
-        if item.dep.handler not in _DENSE_INPUT_HANDLERS:
+        if item.dep.handler not in dense_input_handlers:
             continue
         if isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1):
             return module, list(item.idxs), list(item.root_idxs)

@@ -36,10 +36,9 @@ import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from hardware.layers import count_macs
@@ -47,6 +46,9 @@ from methods.base import MethodConfigError
 from methods.config import forward_order
 from methods.storage import StoredState, load_state_into, read_entries, register_architecture, save_model
 from methods.storage.codecs import dense_entries
+
+if TYPE_CHECKING:
+    import torch_pruning as tp
 
 #: The architecture name of a file written by :func:`save_pruned` (:func:`methods.storage.load_model` reads it).
 PRUNED_ARCHITECTURE = "pruned_channels"
@@ -267,6 +269,8 @@ class ChannelPruner:
 
 def build_dependency_graph(model: nn.Module, input_shape: Sequence[int]) -> tp.DependencyGraph:
     """Trace ``model`` (in eval mode, so batch-norm statistics stay untouched)."""
+    import torch_pruning as tp  # here, not at the top: it imports timm, which checking a config does not need
+
     was_training = model.training
     model.eval()
     try:
@@ -276,7 +280,7 @@ def build_dependency_graph(model: nn.Module, input_shape: Sequence[int]) -> tp.D
         model.train(was_training)
 
 
-Importance = Callable[[tp.Group], torch.Tensor]
+Importance = Callable[["tp.Group"], torch.Tensor]
 
 
 def prune_counts(pruner: ChannelPruner, importance: Importance, counts: Mapping[str, int]) -> dict[str, list[int]]:

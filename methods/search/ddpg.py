@@ -33,7 +33,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.stats import truncnorm
 from torch import nn
 from tqdm import tqdm
 
@@ -176,6 +175,8 @@ class DDPGAgent:
 
     def explore_action(self, state: np.ndarray) -> float:
         """A sample of N(mu(s), sigma^2) truncated to [low, high]."""
+        from scipy.stats import truncnorm  # here: building AMC/HAQ (and checking their config) needs no scipy
+
         mean = self.greedy_action(state)
         scale = max(self.sigma * (self.high - self.low), 1e-6)
         a, b = (self.low - mean) / scale, (self.high - mean) / scale
