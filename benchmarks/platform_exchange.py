@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
               f"generated {_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC by "
               "`python -m benchmarks.platform_exchange`. Bold: the model on the target it was trimmed for. "
               "Measured latency: median over the target's interleaved rounds (hw.rounds), ± IQR; speedup: median "
-              "per-round ratio [its bootstrap interval at hw.confidence]."
+              "per-round ratio [the central hw.coverage share of the per-round ratios: their IQR by default]."
               + (f"\n\n{args.note}" if args.note else ""))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(exchange_markdown(rows, top1, channels, header))

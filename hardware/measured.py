@@ -105,7 +105,7 @@ class MeasuredTarget(HardwareTarget):
         max_time_s: float = 30.0,
         clock: str = "wall",
         rounds: int = 20,
-        confidence: float = 0.95,
+        coverage: float = 0.5,
         noise_threshold: float = NOISE_THRESHOLD,
         **kwargs: Any,
     ) -> None:
@@ -125,7 +125,7 @@ class MeasuredTarget(HardwareTarget):
             max_time_s=float(max_time_s),
             clock=clock,
             rounds=int(rounds),
-            confidence=float(confidence),
+            coverage=float(coverage),
             noise_threshold=float(noise_threshold),
         )
 

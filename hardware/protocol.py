@@ -56,8 +56,8 @@ class TimingProtocol:
     #: models compared together are timed in this many interleaved rounds (hardware.speedup),
     #: each round taking its share of ``repeats`` and of the time limits
     rounds: int = 20
-    #: confidence level of the bootstrap interval of a paired speedup (hardware.speedup)
-    confidence: float = 0.95
+    #: the central share of the per-round ratios a paired speedup's interval spans (hardware.speedup)
+    coverage: float = 0.5
 
     def __post_init__(self) -> None:
         if self.clock not in CLOCKS:
@@ -74,8 +74,9 @@ class TimingProtocol:
             raise ValueError(f"hw.rounds must be >= 3 (a paired speedup's interval needs rounds), got {self.rounds}")
         if self.noise_threshold < 0:
             raise ValueError(f"hw.noise_threshold must be >= 0 (a coefficient of variation, 0.05 = 5%), got {self.noise_threshold}")
-        if not 0 < self.confidence < 1:
-            raise ValueError(f"hw.confidence must lie strictly between 0 and 1 (0.95: a 95% interval), got {self.confidence}")
+        if not 0 < self.coverage < 1:
+            raise ValueError(f"hw.coverage must lie strictly between 0 and 1 (0.5: the inter-quartile range of the "
+                             f"per-round ratios), got {self.coverage}")
 
     def per_visit(self) -> TimingProtocol:
         """One of the ``2 * rounds`` visits of a model in interleaved rounds (each round visits every model

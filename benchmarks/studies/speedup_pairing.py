@@ -193,7 +193,7 @@ def report(figures: dict[str, Any]) -> str:
         f"Every comparison is made as a run makes it: target `{figures['target']}`, {figures['threads']} thread(s), "
         f"{protocol['rounds']} interleaved rounds (A B B A, B A A B, ...), {protocol['warmup']} warm-up calls, at least "
         f"{protocol['repeats']} timed calls and {protocol['min_time_s']} s per model; speedup = median of the "
-        f"per-round ratios, interval = its percentile bootstrap interval at {protocol['confidence']:.0%} "
+        f"per-round ratios, interval = the central {protocol['coverage']:.0%} of the per-round ratios "
         "(`hardware.speedup`). *Unpaired ratio*: the same two models timed one after the other, each with the "
         "same protocol, as runs did before (the first runs of each part only, to keep the study short). *Noisy*: the "
         "timing protocol's verdict (`hardware.protocol.TimingResult.noisy`): the robust coefficient of variation of "
