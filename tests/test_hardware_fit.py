@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -155,9 +156,22 @@ def test_an_onnxruntime_profile_is_read_and_one_of_another_model_is_refused(conf
     profiles = tmp_path / "profiles"
     profiles.mkdir()
     profile = Path(shutil.move(session.end_profiling(), profiles / f"lcnet_050@{SIZE}.json"))
-    runs = sorted(e["dur"] / 1e3 for e in json.loads(profile.read_text()) if e["name"] == "model_run")
-    (sample,) = measurements.read(profiles, None, "onnxruntime")
+    events = json.loads(profile.read_text())
+    runs = sorted(e["dur"] / 1e3 for e in events if e["name"] == "model_run")
+    *nodes, sample = measurements.read(profiles, None, "onnxruntime")
     assert sample.name == f"lcnet_050@{SIZE}" and sample.ms == runs[1] and sample.kernels
+    # one sample per node that runs a known kernel, read off its profiled shapes: every convolution of the
+    # model, configured as the tracer configures it (plus the two 1x1 convolutions of each squeeze-excitation,
+    # one `se` kernel for the tracer), timed by the median of its three durations
+    convs = Counter(n.kernels[0].key for n in nodes if n.kernels[0].type in ("conv", "dwconv"))
+    traced = Counter(k.key for k in sample.kernels if k.type in ("conv", "dwconv"))
+    extra = convs - traced
+    assert not traced - convs and extra.total() == 2 * sum(k.type == "se" for k in sample.kernels) > 0
+    assert all(json.loads(key)["h"] == 1 and json.loads(key)["k"] == 1 for key in extra)
+    first = next(e for e in events if e.get("cat") == "Node" and e["args"]["op_name"] == "Conv")
+    durations = sorted(e["dur"] / 1e3 for e in events if e["name"] == first["name"])
+    assert nodes[0].ms == durations[1] and all(n.source == sample.name for n in nodes)
+    assert {n.kernels[0].type for n in nodes} >= {"conv", "dwconv", "linear", "gpool"}
     other = profile.rename(profiles / f"resnet10t@{SIZE}.json")
     line = _error(capsys, conf, "--name", "x", "--measurements", str(other), "--base", "base")
     assert str(other) in line and "convolution nodes per run, but resnet10t" in line

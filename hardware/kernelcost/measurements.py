@@ -7,8 +7,11 @@
 * ``tflite_benchmark_model``: a folder of TF-Lite ``benchmark_model`` per-operator profiles
   (``hardware.tflite_profiles``, as the AMC Pixel-1 logs): one sample per operator and one per model;
 * ``tflite_totals``: the same folder's whole-model "no stats" averages only, one row per run;
-* ``onnxruntime_profile``: ONNX Runtime profiler JSONs named ``<timm model>@<input size>.json``
-  (the median ``model_run``; their convolution nodes are checked against the model).
+* ``onnxruntime_profile``: ONNX Runtime profiler JSONs named ``<timm model>@<input size>.json``:
+  one sample per model (the median ``model_run``; its convolution nodes are checked against the
+  model) and one per node that runs a kernel the predictors know (convolutions, matrix products,
+  adds, multiplies, pools, activations: the median of its durations over the runs). ONNX Runtime's
+  layout reorders, reshapes and reductions other than pooling count in the whole model only.
 
 A sample's ``source`` names its model (``<model>:network`` for a whole model): rows of one model
 are held out together in cross-validation. Every problem is one line naming the file and row.
@@ -26,6 +29,7 @@ from pathlib import Path
 from hardware.kernelcost.predictor import KernelSample
 from hardware.kernelcost.sources import layer_kernels, tflite_profile_samples
 from hardware.kernels import Kernel, model_kernels
+from hardware.layers import FUNCTIONAL, LayerSpec
 from hardware.target import HardwareError
 
 COLUMNS = ("model", "input_size", "latency_ms")
@@ -122,6 +126,63 @@ def tflite_totals(path: Path, runtime: str = "tflite", imports: Sequence[str] = 
 
 #: ONNX Runtime node types that run a convolution layer (their count per run is checked against the model)
 _ORT_CONVS = ("Conv", "FusedConv", "NhwcFusedConv")
+#: ONNX Runtime node types -> the tracer's layer op (``hardware.layers.LayerSpec.op``) of their kernel
+_ORT_LAYER_OPS = {**dict.fromkeys(_ORT_CONVS, "conv"), **dict.fromkeys(("Gemm", "MatMul", "FusedGemm", "FusedMatMul"), "linear"),
+                  "Add": "add", "Sum": "add", "Mul": "mul", "GlobalAveragePool": "pool", "AveragePool": "pool",
+                  "MaxPool": "pool", **dict.fromkeys(("Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu",
+                                                      "Tanh"), "act")}
+#: ONNX activation node types -> the PyTorch module names the fusion rules and predictors use
+_ORT_ACTIVATIONS = {"Relu": "ReLU", "Clip": "ReLU6", "Sigmoid": "Sigmoid", "HardSigmoid": "Hardsigmoid",
+                    "HardSwish": "Hardswish", "LeakyRelu": "LeakyReLU", "Tanh": "Tanh"}
+
+
+def _shapes(shapes: list[dict[str, list[int]]]) -> list[tuple[int, ...]]:
+    return [tuple(int(d) for d in next(iter(s.values()))) for s in shapes]
+
+
+def _ort_layer(node: dict) -> LayerSpec | None:
+    """The layer an ONNX Runtime node ran, from its profiled shapes (None: a node no kernel predictor covers)."""
+    args = node["args"]
+    op = _ORT_LAYER_OPS.get(args["op_name"])
+    inputs, (output, *_) = _shapes(args["input_type_shape"]), _shapes(args["output_type_shape"])
+    if op is None or not inputs:
+        return None
+    name, x = node["name"].removesuffix("_kernel_time"), inputs[0]
+    if op == "conv":
+        cout, per_group, kh, kw = inputs[1]
+        groups = max(1, x[1] // per_group)
+        stride = max(1, -(-x[2] // output[2]))
+        depthwise = groups == x[1] and groups > 1
+        macs = math.prod(output) * per_group * kh * kw
+        return LayerSpec(name, "dwconv" if depthwise else "conv", "Conv2d", x, output, x[1], cout, (kh, kw),
+                         (stride, stride), (kh // 2, kw // 2), groups=groups, macs=macs)
+    if op == "linear":
+        return LayerSpec(name, "linear", "Linear", x, output, x[-1], output[-1], macs=math.prod(output) * x[-1])
+    if op == "pool":
+        kernel = (x[2] // output[2], x[3] // output[3]) if len(x) == 4 and len(output) == 4 and output[2] else (1, 1)
+        module = {"MaxPool": "MaxPool2d", "AveragePool": "AvgPool2d"}.get(args["op_name"], "AdaptiveAvgPool2d")
+        return LayerSpec(name, "pool", module, x, output, x[1], output[1], kernel, kernel)
+    if op == "act":
+        return LayerSpec(name, "act", _ORT_ACTIVATIONS[args["op_name"]], x, output, x[1], output[1])
+    return LayerSpec(name, op, FUNCTIONAL, output, output, output[1], output[1], extra={"operand_shapes": inputs})
+
+
+def _ort_node_samples(events: list[dict], model: str) -> list[KernelSample]:
+    """One sample per node whose layer the fusion rules make a kernel: its median duration over the runs."""
+    durations: dict[str, list[float]] = {}
+    nodes: dict[str, dict] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            durations.setdefault(event["name"], []).append(float(event["dur"]) / 1e3)
+            nodes.setdefault(event["name"], event)
+    samples = []
+    for key, event in nodes.items():
+        layer = _ort_layer(event)
+        kernels = layer_kernels([layer], "onnxruntime") if layer is not None else []
+        if kernels:
+            ms = sorted(durations[key])
+            samples.append(KernelSample(f"{model}/{layer.name}", kernels, max(ms[len(ms) // 2], 1e-6), model))
+    return samples
 
 
 def onnxruntime_profiles(path: Path, runtime: str = "onnxruntime", imports: Sequence[str] = ()) -> list[KernelSample]:
@@ -152,7 +213,7 @@ def onnxruntime_profiles(path: Path, runtime: str = "onnxruntime", imports: Sequ
         if convs / len(runs) != wanted:
             raise HardwareError(f"{file}: {convs / len(runs):g} convolution nodes per run, but {model} at {size} px "
                                 f"has {wanted}: the profile is of another model or input size")
-        samples.append(sample)
+        samples += [*_ort_node_samples(events, sample.name), sample]
     if not samples:
         raise HardwareError(f"{path}: no ONNX Runtime profiles (<timm model>@<input size>.json)")
     return samples
