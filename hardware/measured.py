@@ -106,6 +106,7 @@ class MeasuredTarget(HardwareTarget):
         clock: str = "wall",
         rounds: int = 20,
         coverage: float = 0.5,
+        resolution: float = 0.0,
         noise_threshold: float = NOISE_THRESHOLD,
         **kwargs: Any,
     ) -> None:
@@ -126,6 +127,7 @@ class MeasuredTarget(HardwareTarget):
             clock=clock,
             rounds=int(rounds),
             coverage=float(coverage),
+            resolution=float(resolution),
             noise_threshold=float(noise_threshold),
         )
 

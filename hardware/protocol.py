@@ -58,6 +58,8 @@ class TimingProtocol:
     rounds: int = 20
     #: the central share of the per-round ratios a paired speedup's interval spans (hardware.speedup)
     coverage: float = 0.5
+    #: the smallest relative difference of speedups the machine resolves across comparisons (hardware.speedup)
+    resolution: float = 0.0
 
     def __post_init__(self) -> None:
         if self.clock not in CLOCKS:
@@ -77,6 +79,9 @@ class TimingProtocol:
         if not 0 < self.coverage < 1:
             raise ValueError(f"hw.coverage must lie strictly between 0 and 1 (0.5: the inter-quartile range of the "
                              f"per-round ratios), got {self.coverage}")
+        if not 0 <= self.resolution < 1:
+            raise ValueError(f"hw.resolution must lie in [0, 1) (0.05: differences under 5% are not resolved), "
+                             f"got {self.resolution}")
 
     def per_visit(self) -> TimingProtocol:
         """One of the ``2 * rounds`` visits of a model in interleaved rounds (each round visits every model

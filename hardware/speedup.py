@@ -12,8 +12,11 @@ default: their inter-quartile range). Not a bootstrap interval of the median: th
 with the rounds and states the precision of this process's median alone, while the same two
 models timed in another process differ by more (memory placement, the other jobs' phase): the
 identity baseline's bootstrap intervals of +-0.2% excluded 1 in 4 of 20 runs
-(results/speedup_pairing.md). A speedup whose interval contains 1 is "no measurable
-difference", not a number. An emulated
+(results/speedup_pairing.md). Nor do the rounds of one comparison see the load phases that
+shift a whole comparison (the same ResNet-20 pair read x1.08 and x1.13 a few seconds apart):
+so the interval is at least ``median x (1 +- hw.resolution)``, the smallest difference the
+machine resolves across comparisons (0 on a quiet, dedicated one). A speedup whose interval
+contains 1 is "no measurable difference", not a number. An emulated
 target's figures are model predictions (deterministic): their ratio is a point, marked
 "predicted".
 """
@@ -47,6 +50,7 @@ class Speedup:
     high: float
     verdict: str
     coverage: float | None = None  # the central share of the per-round ratios in [low, high]; None for a prediction
+    resolution: float = 0.0  # [low, high] spans at least value x (1 +- resolution)
     rounds: int = 0  # paired rounds behind a measured speedup
     noisy: bool = False  # a timing behind it crossed the protocol's noise threshold
 
@@ -58,15 +62,17 @@ class Speedup:
         if self.verdict == "predicted":
             text = f"x{self.value:.2f} (predicted)"
         else:
-            interval = f"central {self.coverage:.0%} {self.low:.2f}-{self.high:.2f} of {self.rounds} paired rounds"
+            floor = f", at least +-{self.resolution:.0%}" if self.resolution else ""
+            interval = f"central {self.coverage:.0%} {self.low:.2f}-{self.high:.2f} of {self.rounds} paired rounds{floor}"
             text = (f"{NO_DIFFERENCE} (x{self.value:.2f}, {interval})" if self.verdict == NO_DIFFERENCE
                     else f"x{self.value:.2f} ({interval})")
         return text + (" [machine too noisy: treat with care]" if self.noisy else "")
 
 
 def paired_speedup(baseline_ms: Sequence[float], compressed_ms: Sequence[float], coverage: float = COVERAGE,
-                   noisy: bool = False) -> Speedup:
-    """The median of the per-round ratios baseline/compressed and the central ``coverage`` share of them.
+                   resolution: float = 0.0, noisy: bool = False) -> Speedup:
+    """The median of the per-round ratios baseline/compressed and the central ``coverage`` share of them,
+    widened to at least ``median x (1 +- resolution)``.
 
     ``baseline_ms[i]`` and ``compressed_ms[i]`` were timed in the same round.
     """
@@ -76,9 +82,13 @@ def paired_speedup(baseline_ms: Sequence[float], compressed_ms: Sequence[float],
         raise ValueError(f"a paired speedup needs at least 3 rounds, got {len(baseline_ms)} (raise hw.rounds)")
     check_coverage(coverage)
     ratios = np.asarray(baseline_ms, dtype=float) / np.asarray(compressed_ms, dtype=float)
+    if not 0 <= resolution < 1:
+        raise ValueError(f"hw.resolution must lie in [0, 1) (0.05: differences under 5% are not resolved), got {resolution}")
+    value = float(np.median(ratios))
     low, high = (float(q) for q in np.quantile(ratios, [(1 - coverage) / 2, (1 + coverage) / 2]))
+    low, high = min(low, value * (1 - resolution)), max(high, value * (1 + resolution))
     verdict = NO_DIFFERENCE if low <= 1.0 <= high else ("faster" if low > 1.0 else "slower")
-    return Speedup(float(np.median(ratios)), low, high, verdict, coverage, len(ratios), noisy)
+    return Speedup(value, low, high, verdict, coverage, resolution, len(ratios), noisy)
 
 
 def check_coverage(coverage: float) -> None:
@@ -92,8 +102,9 @@ def speedup_between(baseline: LatencyReport, compressed: LatencyReport) -> Speed
     the protocol they were timed under, ``hw.coverage``), a point when predicted."""
     noisy = baseline.noisy or compressed.noisy
     if baseline.rounds_ms or compressed.rounds_ms:
-        coverage = baseline.provenance.get("protocol", {}).get("coverage", COVERAGE)
-        return paired_speedup(baseline.rounds_ms, compressed.rounds_ms, coverage, noisy=noisy)
+        protocol = baseline.provenance.get("protocol", {})
+        return paired_speedup(baseline.rounds_ms, compressed.rounds_ms, protocol.get("coverage", COVERAGE),
+                              protocol.get("resolution", 0.0), noisy=noisy)
     if baseline.source == "measured":
         raise ValueError(f"hw {baseline.hw!r}: measured latencies without paired rounds; time the models together "
                          "with target.latencies(...)")

@@ -53,6 +53,19 @@ def test_the_coverage_is_a_setting_and_a_wider_one_gives_a_wider_interval() -> N
         TimingProtocol(coverage=1.0)
     with pytest.raises(ValueError, match="hw.coverage"):
         paired_speedup(baseline, compressed, 0.0)
+
+
+def test_the_resolution_floor_widens_the_interval_to_what_the_machine_resolves() -> None:
+    baseline = [2.0 * j for j in JITTER]
+    compressed = [1.96 * j for j in JITTER]  # 2% faster in every round: a tight interval that excludes 1
+    tight, floored = paired_speedup(baseline, compressed), paired_speedup(baseline, compressed, resolution=0.05)
+    assert tight.verdict == "faster" and tight.low == pytest.approx(tight.high) == pytest.approx(2.0 / 1.96)
+    assert floored.verdict == NO_DIFFERENCE and floored.value == tight.value
+    assert (floored.low, floored.high) == pytest.approx((tight.value * 0.95, tight.value * 1.05))
+    assert "at least +-5%" in floored.describe()
+    assert paired_speedup(baseline, [1.0 * j for j in JITTER], resolution=0.05).verdict == "faster"  # x2 is resolved
+    with pytest.raises(ValueError, match="hw.resolution"):
+        TimingProtocol(resolution=1.0)
     with pytest.raises(ValueError, match="at least 3 rounds"):
         paired_speedup([1.0, 1.0], [1.0, 1.0])
 
