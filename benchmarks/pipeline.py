@@ -135,7 +135,7 @@ def _run_recorded(cfg: DictConfig, prepared: Prepared, recorder: RunRecorder) ->
                                             selection_split=selection_split, layer_bits=result.layer_bits,
                                             deployables=result.deployables, local_target=local_target)
 
-    paired = speedups(report, base_report)  # bootstrap intervals: computed once, recorded and printed
+    paired = speedups(report, base_report)  # intervals: computed once, recorded and printed
     with stage("record"):
         _record(cfg, recorder, report, base_report, paired, result, workdir)
     with stage("mlflow model"):
