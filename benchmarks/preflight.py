@@ -112,20 +112,18 @@ def prepare(cfg: DictConfig) -> Prepared:
     """Build the method, the target and the data, and pass one batch through the model; refuse what fails.
 
     ``cfg`` has its method and hardware (:func:`with_defaults`). Each step imports only what it
-    needs, cheapest first: the method (torch), the target, the model's name (timm), the data
-    (Lightning), the model against the data.
+    needs, cheapest first: the model's name (nothing, once its list is cached), the method (torch),
+    the target, the data (Lightning), the model against the data (timm).
     """
     from hydra.utils import instantiate
 
     settings = check_settings(cfg)
+    with refused("model"):
+        check_model_name(cfg.model.name, Path(cfg.paths.cache_dir))
     with refused("method"):
         method = instantiate(cfg.method, _convert_="all")
     with refused("hw"):
         target = instantiate(cfg.hw)
-    with refused("model"):  # the name alone costs timm, not the data's Lightning: a misspelt model answers sooner
-        from benchmarks.models.zoo import check_known
-
-        check_known(cfg.model.name)
     with refused("dataset", data_dir=Path(cfg.paths.data_dir)):
         datamodule = instantiate(cfg.dataset)
         datamodule.prepare_data()
@@ -133,6 +131,20 @@ def prepare(cfg: DictConfig) -> Prepared:
     model = check_model_fits(cast(dict[str, Any], OmegaConf.to_container(cfg.model, resolve=True)), datamodule,
                              settings.seed)
     return Prepared(settings, method, target, datamodule, model)
+
+
+def check_model_name(name: Any, cache_dir: Path) -> None:
+    """Refuse an unknown ``model.name`` from the names cached for this timm and zoo (no timm import); without
+    that cache, from timm's registry, whose names are then cached for the next run."""
+    from benchmarks.model_names import ModelNames
+
+    names = ModelNames.cached(cache_dir)
+    if names is None:
+        from benchmarks.models.zoo import model_names
+
+        names = model_names()
+        names.save(cache_dir)
+    names.check(name)
 
 
 def _seed(value: Any) -> int:

@@ -106,7 +106,7 @@ class MeasuredTarget(HardwareTarget):
         clock: str = "wall",
         rounds: int = 20,
         coverage: float = 0.5,
-        resolution: float = 0.0,
+        resolution: float = 0.05,
         noise_threshold: float = NOISE_THRESHOLD,
         **kwargs: Any,
     ) -> None:

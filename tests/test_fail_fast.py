@@ -134,6 +134,40 @@ def test_building_any_method_imports_neither_lightning_nor_timm_nor_mlflow() -> 
     assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
+def test_a_misspelt_model_is_refused_from_the_cached_names_without_importing_timm(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from benchmarks.preflight import check_model_name\n"
+        "for name in ('resnet20_cifar', 'resnet50.a1_in1k', 'searched', 'resnet5O'):\n"
+        "    try:\n"
+        "        check_model_name(name, Path(sys.argv[1]))\n"
+        "    except ValueError as error:\n"
+        "        print(error)\n"
+        "print('timm' in sys.modules)\n"
+    )
+    first, second = (subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO_ROOT, capture_output=True,
+                                    text=True, timeout=300) for _ in range(2))
+    for done, imported in ((first, "True"), (second, "False")):  # the first run lists timm's names and caches them
+        assert done.returncode == 0, done.stderr[-3000:]
+        *errors, timm_imported = done.stdout.strip().splitlines()
+        assert timm_imported == imported
+        assert len(errors) == 1 and "unknown model.name='resnet5O'" in errors[0] and "resnet50" in errors[0]
+
+
+def test_the_cached_model_names_follow_the_zoo_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks import model_names
+
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    (zoo / "family.py").write_text("NAMES = ['net_a']\n")
+    monkeypatch.setattr(model_names, "ZOO_DIR", zoo)
+    model_names.ModelNames(("net_a",), ("net_a",)).save(tmp_path)
+    assert model_names.ModelNames.cached(tmp_path) == model_names.ModelNames(("net_a",), ("net_a",))
+    (zoo / "family.py").write_text("NAMES = ['net_a', 'net_b']\n")  # a new model: the old list no longer answers
+    assert model_names.ModelNames.cached(tmp_path) is None
+
+
 @pytest.mark.e2e
 def test_unwritable_store_fails_at_once_naming_it(run_env: dict[str, str], not_a_folder: Path) -> None:
     store = f"sqlite:///{not_a_folder}/mlflow.db"

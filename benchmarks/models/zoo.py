@@ -9,7 +9,6 @@ Weights never download: a checkpoint path is loaded with
 """
 from __future__ import annotations
 
-import difflib
 import hashlib
 import importlib
 import inspect
@@ -19,6 +18,7 @@ from typing import Any
 import timm
 from torch import nn
 
+from benchmarks.model_names import ModelNames
 from benchmarks.models.checkpoint import load_pretrained
 
 ZOO_PACKAGE = "benchmarks.models"
@@ -52,24 +52,18 @@ def _architecture_name(name: str) -> str:
     return timm.models.split_model_name_tag(name)[0]
 
 
+def model_names() -> ModelNames:
+    """The names in timm's registry, the zoo's registered first."""
+    register_zoo()
+    return ModelNames(tuple(timm.list_models()), tuple(zoo_model_names()))
+
+
 def check_known(name: str) -> None:
     """Refuse a name that is neither ours nor timm's (the close matches named), before anything is built."""
     register_zoo()
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"model.name must be a non-empty model name, got {name!r}")
-    if name.startswith(("hf-hub:", "local-dir:")):
-        raise ValueError(
-            f"model.name={name!r}: hub/remote models are not supported (CompressBench runs offline); "
-            "use a registered architecture name and model.pretrained=<path>"
-        )
-    if timm.is_model(_architecture_name(name)):
+    if isinstance(name, str) and timm.is_model(_architecture_name(name)):
         return
-    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
-    hint = f" Close matches: {', '.join(close)}." if close else ""
-    raise ValueError(
-        f"unknown model.name={name!r}: not one of CompressBench's models ({', '.join(zoo_model_names())}) "
-        f"nor a timm model.{hint} List them with timm.list_models('<pattern>')."
-    )
+    model_names().check(name)
 
 
 def build_model(
