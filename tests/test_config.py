@@ -47,9 +47,9 @@ def test_method_and_hw_compose_with_plus(compose_cfg: Callable[..., DictConfig])
 
 
 def test_absent_method_and_hw_default_to_baseline_on_local_cpu(compose_cfg: Callable[..., DictConfig]) -> None:
-    cfg = with_defaults(compose_cfg("+hw.threads=1"))
+    cfg = with_defaults(compose_cfg("+hw.threads=2"))
     assert cfg.method.name == "baseline"
-    assert cfg.hw.name == "local_cpu" and cfg.hw.threads == 1  # a key set alone overrides the default option
+    assert cfg.hw.name == "local_cpu" and cfg.hw.threads == 2  # a key set alone overrides the default option
 
 
 def test_unknown_option_lists_the_choices(compose_cfg: Callable[..., DictConfig]) -> None:

@@ -44,7 +44,7 @@ from benchmarks.models import build_model
 from benchmarks.schema import RecipeConfig, TrainerConfig
 from hardware import registry
 from hardware.layers import count_macs
-from hardware.measured import MeasuredTarget
+from hardware.measured import MeasuredTarget, available_cores
 from hardware.protocol import machine_provenance, protocol_dict
 from hardware.speedup import NO_DIFFERENCE, speedup_between
 from methods import create_method
@@ -91,6 +91,19 @@ def compare(target: MeasuredTarget, baseline: nn.Module, compressed: nn.Module, 
     return row
 
 
+def cores(models: dict[str, tuple[nn.Module, tuple[int, ...]]]) -> list[dict[str, Any]]:
+    """Each model timed on ``local_cpu`` with one thread and with every core this process may use (what
+    ``hw.threads: null`` means), while the other job runs: what the target's default number of threads costs."""
+    rows = []
+    for name, (model, shape) in models.items():
+        for threads in dict.fromkeys((1, available_cores())):
+            report = registry.instantiate("local_cpu", {"per_layer": False, "threads": threads}).latency(model, shape)
+            rows.append({"model": name, "threads": threads, "latency_ms": report.latency_ms,
+                         "robust_cv": report.provenance["robust_cv"], "load_average_1m": os.getloadavg()[0]})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def _compressed(dm: Any, model: str, method: str, work: Path, **overrides: Any) -> tuple[nn.Module, nn.Module,
                                                                                        tuple[int, ...]]:
     """``model`` (seeded initial weights: timing does not depend on them), what ``method`` makes of it
@@ -132,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                          for i in range(args.identity_runs)]
         pruned_rows = [compare(target, resnet, pruned, resnet_shape, i < args.unpaired_runs)
                        for i in range(args.pruned_runs)]
+        core_rows = cores({"lenet5": (lenet, lenet_shape), "resnet20_cifar": (resnet, resnet_shape)})
         job["load_average_end"] = list(os.getloadavg())
     figures = {
         "date": f"{_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC",
@@ -144,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         "pruned": {"model": "resnet20_cifar vs filter (l1, pruning_ratio 0.5, no fine-tuning)",
                    "macs": [count_macs(resnet, resnet_shape), count_macs(pruned, resnet_shape)],
                    "params": [sum(p.numel() for p in m.parameters()) for m in (resnet, pruned)], "runs": pruned_rows},
+        "cores": core_rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "speedup_pairing.json"
@@ -220,7 +235,23 @@ def report(figures: dict[str, Any]) -> str:
         *_table(pruned), "",
         f"{noisy} of {len(identity) + len(pruned)} comparisons were flagged noisy (robust coefficient of variation "
         f"of the per-call times {min(cvs):.1%}-{max(cvs):.1%}); "
-        "a run says so beside its speedup (console, `latency_noisy` tag, leaderboard column).", ""])
+        "a run says so beside its speedup (console, `latency_noisy` tag, leaderboard column).", "",
+        *_cores(figures.get("cores", []))])
+
+
+def _cores(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    one = {r["model"]: r["latency_ms"] for r in rows if r["threads"] == 1}
+    lines = ["## (c) One thread or every core, with the other job running", "",
+             "Each model timed alone (not paired) on `local_cpu` with `hw.threads` 1 and with every core this process "
+             "may use (`hw.threads: null`). With every core busy, a parallel region waits for its slowest thread, "
+             "which the other job keeps off a core: the measured targets' yamls default to one thread.", "",
+             "| model | threads | latency (ms) | x the one-thread latency | robust CV | load (1 min) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['model']} | {r['threads']} | {r['latency_ms']:.3f} | {r['latency_ms'] / one[r['model']]:.1f} | "
+              f"{r['robust_cv']:.1%} | {r['load_average_1m']:.1f} |" for r in rows]
+    return [*lines, ""]
 
 
 if __name__ == "__main__":
