@@ -179,7 +179,7 @@ def _ort_node_samples(events: list[dict], model: str) -> list[KernelSample]:
     for key, event in nodes.items():
         layer = _ort_layer(event)
         kernels = layer_kernels([layer], "onnxruntime") if layer is not None else []
-        if kernels:
+        if layer is not None and kernels:
             ms = sorted(durations[key])
             samples.append(KernelSample(f"{model}/{layer.name}", kernels, max(ms[len(ms) // 2], 1e-6), model))
     return samples
