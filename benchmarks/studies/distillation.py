@@ -93,6 +93,8 @@ CIFAR_INPUT = (1, 3, 32, 32)
 #: (the PACT paper's 2-bit CIFAR ResNets are trained in full), so the row would compare two collapsed models.
 #: Its own learning rate (a spec's ``lr`` overrides ``--finetune-lr``), PACT's default (conf/method/pact.yaml): at
 #: 0.01 the BN-folded ResNet-56 collapsed in 2 steps (validation top-1 81.6 -> 11.7; the pruned one keeps its BN).
+#: At 0.001 KD's arm still collapses (2 steps: 81.6 -> 15.1), CE's does not: T^2-scaled soft targets on a net
+#: without batch norm, as on MNIST (``--finetune-lr``); a KD arm that survives needs a lower rate, not yet run.
 CIFAR_RECOVERY: dict[str, dict[str, dict[str, Any]]] = {
     "cifar_recovery": {name: spec for name, spec in RECOVERY.items() if spec["method"] == "filter"},
     "cifar_recovery_lowbit": {"PACT, 4-bit weights and activations, lr 0.001": {
