@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from benchmarks.context import make_context
 from benchmarks.models.zoo import register_zoo
 from benchmarks.schema import RecipeConfig, TrainerConfig
+from hardware import registry
 from hardware.layers import count_macs
 from methods import create_method
 from methods.base import MethodConfigError
@@ -130,6 +131,19 @@ def test_expected_latency_is_the_sum_of_the_targets_per_candidate_latencies() ->
     whole = target.latency(SearchedNet(arch).eval(), (1, 3, 16, 16)).latency_ms
     assert onehot == pytest.approx(table.of(arch), rel=1e-6)
     assert table.of(arch) == pytest.approx(whole, rel=1e-6)
+
+
+#: every device whose latency is not timed here (the measured ones are priced in the run tests)
+NOT_MEASURED = sorted(p.stem for p in (ROOT / "conf" / "hw").glob("*.yaml")
+                      if OmegaConf.load(p).get("source") != "measured")
+
+
+@pytest.mark.parametrize("device", NOT_MEASURED)
+def test_every_emulated_and_table_device_prices_every_candidate_of_the_space(device: str) -> None:
+    """'+method=proxylessnas +hw=<any device>': each candidate of each block gets a positive latency."""
+    table = build_cost_table(SpaceConfig(preset="cifar_small").resolved(), "latency", registry.instantiate(device), 1, 3, 10)
+    assert table.unit == "ms" and table.fixed > 0 and len(table.blocks) == 10
+    assert all(cost > 0 for block in table.blocks for op, cost in block.items() if op != "zero")
 
 
 def test_the_flops_table_counts_what_the_flop_counter_counts_on_the_whole_net() -> None:
