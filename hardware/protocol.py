@@ -41,6 +41,15 @@ NOISE_THRESHOLD = 0.05
 IQR_PER_SIGMA = 1.349
 
 
+def check_interval(coverage: float, resolution: float) -> None:
+    """The two settings of a paired speedup's interval (hardware.speedup), refused with the key that is wrong."""
+    if not 0 < coverage < 1:
+        raise ValueError(f"hw.coverage must lie strictly between 0 and 1 (0.5: the inter-quartile range of the "
+                         f"per-round ratios), got {coverage}")
+    if not 0 <= resolution < 1:
+        raise ValueError(f"hw.resolution must lie in [0, 1) (0.05: differences under 5% are not resolved), got {resolution}")
+
+
 @dataclass(frozen=True)
 class TimingProtocol:
     """How many times, and for how long, a callable is timed."""
@@ -77,12 +86,7 @@ class TimingProtocol:
             raise ValueError(f"hw.rounds must be >= 3 (a paired speedup's interval needs rounds), got {self.rounds}")
         if self.noise_threshold < 0:
             raise ValueError(f"hw.noise_threshold must be >= 0 (a coefficient of variation, 0.05 = 5%), got {self.noise_threshold}")
-        if not 0 < self.coverage < 1:
-            raise ValueError(f"hw.coverage must lie strictly between 0 and 1 (0.5: the inter-quartile range of the "
-                             f"per-round ratios), got {self.coverage}")
-        if not 0 <= self.resolution < 1:
-            raise ValueError(f"hw.resolution must lie in [0, 1) (0.05: differences under 5% are not resolved), "
-                             f"got {self.resolution}")
+        check_interval(self.coverage, self.resolution)
 
     def per_visit(self) -> TimingProtocol:
         """One of the ``2 * rounds`` visits of a model in interleaved rounds (each round visits every model

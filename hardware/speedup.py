@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from hardware.protocol import TimingProtocol, TimingResult, summarise, time_callable
+from hardware.protocol import TimingProtocol, TimingResult, check_interval, summarise, time_callable
 from hardware.target import LatencyReport
 
 #: the default central share of the per-round ratios a speedup's interval spans (hw.coverage): their IQR
@@ -80,21 +80,13 @@ def paired_speedup(baseline_ms: Sequence[float], compressed_ms: Sequence[float],
         raise ValueError(f"paired rounds differ in length: {len(baseline_ms)} baseline, {len(compressed_ms)} compressed")
     if len(baseline_ms) < 3:
         raise ValueError(f"a paired speedup needs at least 3 rounds, got {len(baseline_ms)} (raise hw.rounds)")
-    check_coverage(coverage)
+    check_interval(coverage, resolution)
     ratios = np.asarray(baseline_ms, dtype=float) / np.asarray(compressed_ms, dtype=float)
-    if not 0 <= resolution < 1:
-        raise ValueError(f"hw.resolution must lie in [0, 1) (0.05: differences under 5% are not resolved), got {resolution}")
     value = float(np.median(ratios))
     low, high = (float(q) for q in np.quantile(ratios, [(1 - coverage) / 2, (1 + coverage) / 2]))
     low, high = min(low, value * (1 - resolution)), max(high, value * (1 + resolution))
     verdict = NO_DIFFERENCE if low <= 1.0 <= high else ("faster" if low > 1.0 else "slower")
     return Speedup(value, low, high, verdict, coverage, resolution, len(ratios), noisy)
-
-
-def check_coverage(coverage: float) -> None:
-    if not 0 < coverage < 1:
-        raise ValueError(f"hw.coverage must lie strictly between 0 and 1 (0.5: the inter-quartile range of the "
-                         f"per-round ratios), got {coverage}")
 
 
 def speedup_between(baseline: LatencyReport, compressed: LatencyReport) -> Speedup:
