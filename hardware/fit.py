@@ -153,9 +153,8 @@ def fit_device(name: str, measured: Path, fmt: str | None = None, base: str | No
               f"# its stated error is the leave-one-model-out error of those measurements ({name}.validation.json).\n")
     yaml_path.parent.mkdir(parents=True, exist_ok=True)
     yaml_path.write_text(header + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    record = validation.stated_error_record(name, cases, {"name": name, "base": base or "", "fitted": _shown(fit_path)})
-    record["command"] = command  # `python -m hardware validate --hw <name>` rewrites it from the same cases
-    validation.stated_error_path(name, out).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    validation.store_stated_error(validation.stated_error_path(name, out), name, cases,
+                                  {"name": name, "base": base or "", "fitted": _shown(fit_path)}, command)
     return parameters
 
 

@@ -274,8 +274,10 @@ def stated_error_path(hw: str, directory: Path | None = None) -> Path:
     return (directory or DEVICES_DIR) / f"{hw}.validation.json"
 
 
-def stated_error_record(hw: str, cases: list[ValidationCase], description: dict[str, Any]) -> dict[str, Any]:
-    """What a target states as its error: RMSPE of its out-of-sample network cases, and on what data."""
+def stated_error_record(hw: str, cases: list[ValidationCase], description: dict[str, Any],
+                        command: str | None = None) -> dict[str, Any]:
+    """What a target states as its error: RMSPE of its out-of-sample network cases, on what data, and the
+    command that wrote it (default: ``python -m hardware validate``, which rewrites it from the same cases)."""
     networks = out_of_sample(cases, "network")
     by_group: dict[str, list[ValidationCase]] = {}
     for case in networks:
@@ -284,7 +286,7 @@ def stated_error_record(hw: str, cases: list[ValidationCase], description: dict[
     return {
         "hw": hw,
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "command": f"python -m hardware validate --hw {hw}",
+        "command": command or f"python -m hardware validate --hw {hw}",
         "statistic": "rmspe of the out-of-sample whole-network cases",
         "out_of_sample": summarise(networks) if networks else None,
         "measured_on": {label: len(members) for label, members in by_group.items()},
@@ -294,8 +296,9 @@ def stated_error_record(hw: str, cases: list[ValidationCase], description: dict[
     }
 
 
-def store_stated_error(path: Path, hw: str, cases: list[ValidationCase], description: dict[str, Any]) -> dict:
-    record = stated_error_record(hw, cases, description)
+def store_stated_error(path: Path, hw: str, cases: list[ValidationCase], description: dict[str, Any],
+                       command: str | None = None) -> dict:
+    record = stated_error_record(hw, cases, description, command)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return record
