@@ -3,8 +3,9 @@
 Three runtimes (ISSUE 3, "Measured on this machine"):
 
 - ``LocalCPU``: PyTorch eager in eval mode under ``torch.no_grad``; the intra-op thread
-  count is a config value (``threads: null`` = every core this process may use) and is
-  recorded. An optional per-layer breakdown times each described layer with forward
+  count is a config value (one by default: with another job on a 2-core machine every core
+  made calls 114-177x slower, results/speedup_pairing.md; ``threads: null`` = every core this
+  process may use) and is recorded. An optional per-layer breakdown times each described layer with forward
   hooks.
 - ``OnnxRuntimeCPU``: the deployment path. The model is exported with
   ``torch.onnx.export`` (or the ONNX file a method wrote, such as an int8 QDQ model, is run
@@ -98,7 +99,7 @@ class MeasuredTarget(HardwareTarget):
         name: str,
         calibration: str = "measured",
         batch_size: int = 1,
-        threads: int | None = None,
+        threads: int | None = 1,
         warmup: int = 10,
         repeats: int = 50,
         min_time_s: float = 0.5,
