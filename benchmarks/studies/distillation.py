@@ -194,14 +194,14 @@ def _recover(study: Runs, part: str, dm: ImageDataModule, base: nn.Module, seed:
     for name, spec in methods.items():
         for arm in ("ce", "kd"):
             def measure(spec: dict[str, Any] = spec, arm: str = arm) -> dict[str, Any]:
-                method = create_method(spec["method"], **spec["settings"],
-                                       finetune={"epochs": epochs, "lr": spec.get("lr", args.finetune_lr)})
+                lr = spec.get("lr", args.finetune_lr)  # a row may carry its own rate (CIFAR_RECOVERY)
+                method = create_method(spec["method"], **spec["settings"], finetune={"epochs": epochs, "lr": lr})
                 seconds: list[float] = []
                 ctx = make_context(dm, LocalCPU(), recipe("none" if arm == "ce" else "kd"),
                                    TrainerConfig(progress_bar=False), seed, work / "runs", baseline=base)
                 result = method.compress(copy.deepcopy(base), _timed(ctx, seconds))
                 return {"seed": seed, "method": spec["method"], "settings": spec["settings"],
-                        "lr": spec.get("lr", args.finetune_lr),
+                        "lr": lr,
                         "macs": count_macs(result.model, shape), "finetune_seconds": sum(seconds),
                         "seconds_per_epoch": sum(seconds) / epochs, **_scores(result.model, dm)}
             study.get(f"{part}/{name}/{arm}/s{seed}", measure)
