@@ -246,7 +246,7 @@ def _cores(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["## (c) One thread or every core, with the other job running", "",
              "Each model timed alone (not paired) on `local_cpu` with `hw.threads` 1 and with every core this process "
              "may use (`hw.threads: null`). With every core busy, a parallel region waits for its slowest thread, "
-             "which the other job keeps off a core: the measured targets' yamls default to one thread.", "",
+             "which the other job keeps off a core: the measured targets default to one thread.", "",
              "| model | threads | latency (ms) | x the one-thread latency | robust CV | load (1 min) |",
              "|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['model']} | {r['threads']} | {r['latency_ms']:.3f} | {r['latency_ms'] / one[r['model']]:.1f} | "
