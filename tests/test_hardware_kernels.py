@@ -100,6 +100,53 @@ def test_a_predictor_fitted_on_a_known_cost_function_recovers_it():
     assert predictor.choice["conv"] == "analytical"  # the exact form wins the cross-validation
 
 
+def test_kxk_convolutions_and_1x1_products_have_their_own_terms():
+    """A device whose 3x3 (im2col) convolutions run at half the 1x1 products' rate: one family could not fit both."""
+    rng = random.Random(2)
+    kernels = [_conv(rng) for _ in range(80)]
+
+    def cost(kernel: Kernel) -> float:
+        return _known_cost(kernel) * (2.0 if kernel.config["k"] > 1 else 1.0)
+
+    predictor = KernelPredictor.fit([KernelSample(str(i), [k], cost(k)) for i, k in enumerate(kernels[:60])],
+                                    forest=False, small_m_rows=0, cache_bytes=1e12)
+    assert predictor.coefficients["gemm.macs"] == pytest.approx(0.3, rel=1e-3)
+    assert predictor.coefficients["im2col.macs"] == pytest.approx(0.6, rel=1e-3)
+    assert all(predictor.analytical(k) == pytest.approx(cost(k), rel=1e-3) for k in kernels[60:])
+
+
+def _dwconv(rng: random.Random) -> Kernel:
+    c, size, stride = rng.choice([16, 32, 64]), rng.choice([14, 28, 56]), rng.choice([1, 2])
+    return Kernel("dwconv", {"cin": c, "cout": c, "h": size, "w": size, "ho": size // stride, "wo": size // stride,
+                             "k": 3, "s": stride, "groups": c, "batch": 1, "act": "ReLU"})
+
+
+def test_each_build_has_its_own_products_and_a_term_it_lacks_is_the_shared_fit():
+    """Two runtime builds of one device: build "new" runs 1x1 products twice as fast and measured nothing else."""
+    rng = random.Random(3)
+    kernels = [_conv(rng) for _ in range(120)]
+    depthwise = [_dwconv(rng) for _ in range(30)]
+
+    def dw_cost(kernel: Kernel) -> float:
+        c = kernel.config
+        return 0.5 * c["ho"] * c["wo"] * 9 * c["cout"] / 1e6 + 0.02
+
+    old = [KernelSample(f"o{i}", [k], _known_cost(k), build="old") for i, k in enumerate(kernels[:60])]
+    old += [KernelSample(f"d{i}", [k], dw_cost(k), build="old") for i, k in enumerate(depthwise[:20])]
+    new = [KernelSample(f"n{i}", [k], _known_cost(k) / 2, build="new") for i, k in enumerate(kernels[60:])
+           if k.config["k"] == 1]
+    predictor = KernelPredictor.fit(old + new, forest=False, small_m_rows=0, cache_bytes=1e12)
+    assert predictor.coefficients["gemm.macs@old"] == pytest.approx(0.3, rel=1e-3)
+    assert predictor.coefficients["gemm.macs@new"] == pytest.approx(0.15, rel=1e-3)
+    pointwise, kxk = (next(k for k in kernels[60:] if k.config["k"] == size) for size in (1, 3))
+    predictor.build = "new"
+    assert predictor.analytical(pointwise) == pytest.approx(_known_cost(pointwise) / 2, rel=1e-3)
+    assert predictor.analytical(kxk) == pytest.approx(_known_cost(kxk), rel=1e-3)  # im2col: one term for all builds
+    # "new" measured no depthwise kernel: its depthwise terms are the fit of every build (here old's alone)
+    assert not any(name.startswith("depthwise.") and name.endswith("@new") for name in predictor.coefficients)
+    assert all(predictor.analytical(k) == pytest.approx(dw_cost(k), rel=1e-3) for k in depthwise[20:])
+
+
 def test_the_table_is_an_exact_cache_and_misses_come_from_the_model():
     rng = random.Random(1)
     kernels = [_conv(rng) for _ in range(20)]
@@ -174,3 +221,13 @@ def test_drift_normalisation_divides_out_the_reference_drift_per_input_size():
     # at 128 px the reference takes 10 ms, at 160 px 20 ms; the second 128-px pair ran on a 20 % slower machine
     rows = [(128, [(5.0, 10.0)]), (128, [(6.0, 12.0)]), (128, [(5.0, 10.0)]), (160, [(8.0, 20.0)])]
     assert drift_normalised(rows) == [[5.0], [5.0], [5.0], [8.0]]
+
+
+def test_a_published_figure_is_also_compared_within_its_paper():
+    """The ratio to the paper's reference entry divides out the paper's own runtime build (20% slow here)."""
+    from hardware.opcost.target import same_paper_ratio_errors
+
+    entries = [{"group": "a", "latency_ms": 100, "reference": True}, {"group": "a", "latency_ms": 50},
+               {"group": "b", "latency_ms": 10}]
+    errors = same_paper_ratio_errors(entries, [120.0, 66.0, 10.0])
+    assert errors[0] == pytest.approx(0.0) and errors[1] == pytest.approx(0.1) and errors[2] is None

@@ -31,19 +31,26 @@ import numpy as np
 from hardware.kernels import Kernel
 from hardware.opcost.model import _nnls_relative
 
-#: Operator family of each kernel type (the analytical form's terms are per family).
+#: Operator family of each kernel type (the analytical form's terms are per family). A KxK convolution
+#: (K > 1) is ``im2col``: TF-Lite copies its patches and runs a GEMM with K = k*k*cin, another kernel than the
+#: 1x1 products' (with it in ``gemm``, the ProxylessNAS stem is over-predicted by 41-73% in 10-fold CV; with its
+#: own terms, within 10%: 87.5% of the blocks within +-10%, RMSPE 7.4%, instead of 86.1% and 11.6%).
 FAMILY = {"conv": "gemm", "linear": "gemm", "dwconv": "depthwise"}
+PRODUCTS = ("gemm", "im2col", "depthwise")
 #: The family of every other kernel type: elementwise (add, mul, act, bn, pool, gpool, concat). Their terms
 #: are per kind (``<type>[:<activation>].elements`` and ``.overhead``); a kind without measurements is priced
 #: by ``elementwise.*``, the same terms fitted with every elementwise kind sharing them.
 ELEMENTWISE = "elementwise"
 ACTIVATIONS = ("", "ReLU", "ReLU6", "Hardswish", "Hardsigmoid", "SiLU", "Sigmoid", "GELU", "Tanh", "Identity")
 PREDICTORS = ("analytical", "forest")
-#: Terms fitted per runtime build: the per-kernel overhead and how efficiency changes with the
-#: feature map's size differ between TF-Lite builds (the ProxylessNAS and AMC Pixel-1 figures
-#: disagree on large maps and agree on small ones; 10-fold CV on the ProxylessNAS blocks with
-#: both sources: 44% within +-10% with shared terms, 79% with these per build).
-BUILD_TERMS = ("gemm.map_macs", "depthwise.map_macs", "gemm.small_m_macs", "gemm.overhead", "depthwise.overhead")
+#: Families whose terms are fitted per runtime build (``<term>@<build>``): every GEMM and depthwise
+#: efficiency differs between TF-Lite builds (the AMC build runs 7x7 products at 3.6 GMAC/s, the
+#: ProxylessNAS one at 6.5; narrow products on 56-112 px maps cost the ProxylessNAS build twice the
+#: AMC build's per output). 10-fold CV on the ProxylessNAS blocks with both sources: 44% within +-10%
+#: with shared terms, 76% with the overhead and map-size terms per build, 86% with every term per build.
+#: A build's term without data of that build is the shared fit's. ``im2col`` is shared: each build has
+#: one or four KxK convolutions (the stems), too few for a build's own terms.
+BUILD_FAMILIES = ("gemm", "depthwise")
 
 
 @dataclass
@@ -54,10 +61,12 @@ class KernelSample:
     kernels: list[Kernel]
     ms: float
     source: str = ""
-    build: str = ""  # the runtime build that measured it (its per-build terms, BUILD_TERMS)
+    build: str = ""  # the runtime build that measured it (its per-build terms, BUILD_FAMILIES)
 
 
 def _family(kernel: Kernel) -> str:
+    if kernel.type == "conv" and kernel.config.get("k", 1) > 1:
+        return "im2col"
     return FAMILY.get(kernel.type, ELEMENTWISE)
 
 
@@ -127,7 +136,7 @@ def _map_scale(rows: int) -> float:
 
 def _family_of_term(name: str) -> str:
     family = name.split(".", 1)[0]
-    return family if family in ("gemm", "depthwise") else ELEMENTWISE
+    return family if family in PRODUCTS else ELEMENTWISE
 
 
 def forest_features(kernel: Kernel) -> list[float]:
@@ -149,15 +158,21 @@ class KernelPredictor:
     table: dict[str, float] = field(default_factory=dict)  # Kernel.key -> measured ms (exact cache)
     settings: dict[str, Any] = field(default_factory=dict)  # cache_bytes, small_m_rows, simd_channels
     cv_error: dict[str, dict[str, float]] = field(default_factory=dict)  # type -> predictor -> held-out RMSPE
-    build: str = ""  # the runtime build predictions stand for (its BUILD_TERMS coefficients)
+    build: str = ""  # the runtime build predictions stand for (its BUILD_FAMILIES coefficients)
 
     def analytical(self, kernel: Kernel) -> float:
         terms = kernel_terms(kernel, **self.settings)
         return sum(self._coefficient(_term_key(name, self.build)) * value for name, value in terms.items())
 
     def _coefficient(self, name: str) -> float:
-        if name in self.coefficients or _family_of_term(name) != ELEMENTWISE:
-            return self.coefficients.get(name, 0.0)
+        """The term's coefficient; a build's term the build had no data for is the shared fit's
+        (``name`` without ``@build``), an elementwise kind without measurements ``elementwise.*``."""
+        if name in self.coefficients:
+            return self.coefficients[name]
+        if "@" in name:
+            return self._coefficient(name.split("@", 1)[0])
+        if _family_of_term(name) != ELEMENTWISE:
+            return 0.0
         return self.coefficients.get(f"{ELEMENTWISE}.{name.rsplit('.', 1)[1]}", 0.0)
 
     def forest(self, kernel: Kernel) -> float | None:
@@ -226,23 +241,26 @@ def _rmspe(errors: list[float]) -> float:
 
 
 def _term_key(name: str, build: str) -> str:
-    return f"{name}@{build}" if build and name in BUILD_TERMS else name
+    return f"{name}@{build}" if build and _family_of_term(name) in BUILD_FAMILIES else name
 
 
 def fit_analytical(samples: list[KernelSample], settings: dict[str, Any]) -> dict[str, float]:
-    """NNLS on relative error over every sample (groups of kernels sum their terms); terms without data stay 0.
+    """NNLS on relative error over every sample (groups of kernels sum their terms); terms without data are
+    left out (0, or their fallback).
 
-    BUILD_TERMS get one coefficient per build of the samples that name one."""
+    BUILD_FAMILIES' terms get one coefficient per build of the samples that name one, beside a fallback
+    fitted on every build together (``<term>``), as the elementwise kinds beside ``elementwise.*``."""
     rows = [[(_term_key(name, sample.build), value) for kernel in sample.kernels
              for name, value in kernel_terms(kernel, **settings).items()] for sample in samples]
     coefficients = _nnls_terms(rows, samples)
     shared = [[(_shared(name), value) for name, value in row] for row in rows]
     fallback = _nnls_terms(shared, samples)
-    return {**coefficients, **{k: v for k, v in fallback.items() if k.startswith(f"{ELEMENTWISE}.")}}
+    return {**fallback, **coefficients}
 
 
 def _shared(name: str) -> str:
-    """The elementwise kinds' terms under one name (the fallback of kinds without measurements)."""
+    """A term of every build under one name, the elementwise kinds' terms under one name (the fallbacks)."""
+    name = name.split("@", 1)[0]
     return f"{ELEMENTWISE}.{name.rsplit('.', 1)[1]}" if _family_of_term(name) == ELEMENTWISE else name
 
 
@@ -255,10 +273,9 @@ def _nnls_terms(rows: list[list[tuple[str, float]]], samples: list[KernelSample]
             x[i, index[name]] += value
     y = np.array([s.ms for s in samples])
     used = np.flatnonzero(np.abs(x).sum(axis=0) > 0)
-    coef = np.zeros(len(names))
-    if len(used) and len(samples):
-        coef[used] = _nnls_relative(x[:, used], y)
-    return {name: float(c) for name, c in zip(names, coef, strict=True)}
+    if not len(used) or not len(samples):
+        return {}
+    return {names[i]: float(c) for i, c in zip(used, _nnls_relative(x[:, used], y), strict=True)}
 
 
 def _fit_forests(samples: list[KernelSample], seed: int, trees: int) -> dict[str, Any]:
