@@ -116,9 +116,9 @@ def test_kxk_convolutions_and_1x1_products_have_their_own_terms():
 
 
 def _dwconv(rng: random.Random) -> Kernel:
-    c, size, stride = rng.choice([16, 32, 64]), rng.choice([14, 28, 56]), rng.choice([1, 2])
+    c, size, k, stride = rng.choice([16, 32, 64]), rng.choice([14, 28, 56]), rng.choice([3, 5, 7]), rng.choice([1, 2])
     return Kernel("dwconv", {"cin": c, "cout": c, "h": size, "w": size, "ho": size // stride, "wo": size // stride,
-                             "k": 3, "s": stride, "groups": c, "batch": 1, "act": "ReLU"})
+                             "k": k, "s": stride, "groups": c, "batch": 1, "act": "ReLU"})
 
 
 def test_each_build_has_its_own_products_and_a_term_it_lacks_is_the_shared_fit():
@@ -129,7 +129,7 @@ def test_each_build_has_its_own_products_and_a_term_it_lacks_is_the_shared_fit()
 
     def dw_cost(kernel: Kernel) -> float:
         c = kernel.config
-        return 0.5 * c["ho"] * c["wo"] * 9 * c["cout"] / 1e6 + 0.02
+        return 0.5 * c["ho"] * c["wo"] * c["k"] ** 2 * c["cout"] / 1e6 + 0.02
 
     old = [KernelSample(f"o{i}", [k], _known_cost(k), build="old") for i, k in enumerate(kernels[:60])]
     old += [KernelSample(f"d{i}", [k], dw_cost(k), build="old") for i, k in enumerate(depthwise[:20])]
@@ -212,7 +212,8 @@ def test_two_sources_are_cross_validated_and_left_out_in_turn(tmp_path):
     assert groups == {("a", "in-sample"), ("b", "in-sample"), ("a-cv", "leave-one-out"), ("b-cv", "leave-one-out"),
                       ("a-from-other-sources", "held-out"), ("b-from-other-sources", "held-out")}
     assert max(abs(c.relative_error) for c in cases) < 0.02
-    assert "| a | 100% / " in "\n".join(target.predictor_comparison())
+    comparison = "\n".join(target.predictor_comparison())
+    assert "| a | cross-validated | 100% / " in comparison and "| b | leave-one-source-out | 100% / " in comparison
 
 
 def test_drift_normalisation_divides_out_the_reference_drift_per_input_size():
@@ -231,3 +232,25 @@ def test_a_published_figure_is_also_compared_within_its_paper():
                {"group": "b", "latency_ms": 10}]
     errors = same_paper_ratio_errors(entries, [120.0, 66.0, 10.0])
     assert errors[0] == pytest.approx(0.0) and errors[1] == pytest.approx(0.1) and errors[2] is None
+
+
+def test_a_held_out_network_says_which_of_its_units_a_fit_source_measured(tmp_path):
+    """MobileNetV2's stem, first block and head are ProxylessNAS table keys: their measured sum travels with the
+    held-out case (what the table alone says of the published whole), beside the same-paper ratio."""
+    import yaml
+
+    from hardware.kernelcost import KernelTarget
+
+    means = {"Conv-input:224x224x3-output:112x112x32": 4.0, "Logits-input:7x7x1280-output:1000": 0.3,
+             "expanded_conv-input:112x112x32-output:112x112x16-expand:1-kernel:3-stride:1-idskip:0": 3.9}
+    (tmp_path / "lut.yaml").write_text(yaml.safe_dump({k: {"count": 1, "mean": v, "var": 0.0} for k, v in means.items()}))
+    (tmp_path / "published.yaml").write_text(yaml.safe_dump({"models": [
+        {"name": "v2", "timm": "mobilenetv2_100", "latency_ms": 75.0, "group": "p", "reference": True},
+        {"name": "v2 again", "timm": "mobilenetv2_100", "latency_ms": 60.0, "group": "p"}]}))
+    target = KernelTarget("t", "phone", "test", [{"name": "lut", "format": "proxylessnas_lut",
+                                                  "path": str(tmp_path / "lut.yaml")}],
+                          predictor="analytical", holdout_file=str(tmp_path / "published.yaml"))
+    first, again = target.holdout_cases()
+    assert first.info["units_measured"] == "3/20" and first.info["units_measured_ms"] == pytest.approx(8.2)
+    assert again.info["same_paper_ratio_error"] == pytest.approx(75 / 60 - 1)
+    assert any("3/20 of its units" in line for line in target.validation_lines([first, again]))

@@ -4,6 +4,7 @@
 ``sources``: measured latencies from public sources (TF-Lite profiles, the ProxylessNAS table);
 ``target``: :class:`KernelTarget`, a device emulated by predictors fitted on its sources;
 ``proxyless``: :class:`ProxylessTableTarget`, the ProxylessNAS per-block table itself as a device;
+``units``: that table's units (first conv, inverted residuals, last conv, logits) read off a network's kernels;
 ``measurements`` and ``fewshot``: what ``python -m hardware fit`` reads, and the per-kernel-type scales that
 adapt a device's predictors to another device from a few whole-model measurements.
 """

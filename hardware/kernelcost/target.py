@@ -23,6 +23,7 @@ from hardware import validation as _validation
 from hardware.kernelcost.fewshot import DeviceFit, scale_cases
 from hardware.kernelcost.predictor import PREDICTORS, KernelPredictor, KernelSample
 from hardware.kernelcost.sources import SOURCES
+from hardware.kernelcost.units import table_units
 from hardware.kernels import FUSIBLE_ACTIVATIONS, Kernel, detect_kernels
 from hardware.layers import LayerSpec, memory_footprint, trace_model
 from hardware.opcost.target import same_paper_ratio_errors
@@ -252,6 +253,11 @@ class KernelTarget(LayerCostTarget):
                       f"({self.validation.get('reference', 'resnet18')}), {normalised['within']:.1%} within ±10% "
                       f"(RMSPE {normalised['rmspe']:.1%}); raw, {plain['within']:.1%} within ±10% "
                       f"(RMSPE {plain['rmspe']:.1%}). One thread, thread-CPU clock, on a shared loaded machine.", ""]
+        lines += [f"Held-out {c.name}: {c.info['units_measured']} of its units measured as such in a fit source, "
+                  f"together {c.info['units_measured_ms']:.1f} ms ({c.info['units_measured_ms'] / c.measured_ms:.0%} of "
+                  f"the published {c.measured_ms:g} ms; predicted in all {c.predicted_ms:.1f} ms)."
+                  for c in cases if int(c.info.get("units_measured", "0/").split("/")[0]) >= 3]  # beyond stem and head
+        lines += [""] if lines and lines[-1] else []
         ratios = [c.info["same_paper_ratio_error"] for c in cases if "same_paper_ratio_error" in c.info]
         if ratios:  # the held-out error with each paper's own TF-Lite build divided out
             within = sum(abs(r) <= 0.1 for r in ratios)
@@ -261,26 +267,30 @@ class KernelTarget(LayerCostTarget):
                       "are 0 by construction).", ""]
         return lines + self.predictor_comparison()
 
-    def predictor_comparison(self, folds: int = 5) -> list[str]:
+    def predictor_comparison(self, folds: int | None = None) -> list[str]:
         """Analytical against forest on data neither was fitted on: the lines `validate` adds to the section.
 
-        With several sources, leave-one-source-out (fit on the others, predict this one); with one, ``folds``-fold."""
-        several = len(self.samples) > 1
-        how = "leave-one-source-out (fit on the other sources, predict this one)" if several else f"{folds}-fold"
-        lines = [f"Predictors compared, {how}: share within ±10% / RMSPE", "",
-                 "| predicted source | analytical | forest (where fitted, else analytical) |", "|---|---|---|"]
+        Per source, cross-validated as the section's leave-one-out rows (``folds`` folds or one profiled network
+        held out, the other sources in the fit) and, with several sources, leave-one-source-out (fit on the others)."""
+        folds = int(folds or self.validation["cv_folds"])
+        lines = ["Predictors compared on data neither was fitted on: share within ±10% / RMSPE", "",
+                 "| predicted source | held out | analytical | forest (where fitted, else analytical) |",
+                 "|---|---|---|---|"]
         for name, group in self.samples.items():
             others = [s for other, g in self.samples.items() if other != name for s in g]
-            splits = [(group, others)] if several else [(held, train) for held, train in _folds(group, folds, 0)]
-            cells = []
-            for kind in PREDICTORS:
-                errors = []
-                for held, train in splits:
-                    fitted = self.fit(train, kind)
-                    errors += [fitted.total(s.kernels) / s.ms - 1 for s in held]
-                e = np.array(errors)
-                cells.append(f"{np.mean(np.abs(e) <= 0.1):.0%} / {np.sqrt(np.mean(e ** 2)):.1%}")
-            lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
+            splits = {("cross-validated", "leave-one-out"): [(held, train + others) for held, train in _folds(group, folds, 0)]}
+            if others:
+                splits[("leave-one-source-out", "held-out")] = [(group, others)]
+            for (split, fit), pairs in splits.items():
+                cells = []
+                for kind in PREDICTORS:
+                    errors = []
+                    for held, train in pairs:
+                        fitted = self.fit(train, kind)
+                        errors += [self._case(s, fitted, fit, name).relative_error for s in held]
+                    e = np.array(errors)
+                    cells.append(f"{np.mean(np.abs(e) <= 0.1):.0%} / {np.sqrt(np.mean(e ** 2)):.1%}")
+                lines.append(f"| {name} | {split} | {cells[0]} | {cells[1]} |")
         return [*lines, ""]
 
     def holdout_cases(self) -> list[ValidationCase]:
@@ -291,16 +301,24 @@ class KernelTarget(LayerCostTarget):
         if self.holdout_file is None or not self.holdout_file.is_file():
             raise HardwareError(f"hw {self.name!r}: hold-out file {self.holdout_file} is missing; set hw.holdout_file")
         entries = [e for e in yaml.safe_load(self.holdout_file.read_text(encoding="utf-8"))["models"] if e.get("timm")]
-        predicted = []
+        measured = {s.name: s.ms for s in self.all_samples()}  # a unit (block) a fit source measured as such
+        predicted, units = [], []
         for entry in entries:
             size = int(entry.get("input_size", 224))
             model = timm.create_model(entry["timm"], pretrained=False, **entry.get("kwargs", {}))
-            predicted.append(self.latency(model, (1, 3, size, size)).latency_ms)
+            trace = trace_model(model, (1, 3, size, size))
+            kernels = detect_kernels(trace, self.runtime)
+            predicted.append(self.kernel_report(kernels, trace.layers).latency_ms)
+            units.append([unit.key for unit in table_units(kernels)])
         cases = []
-        for entry, ms, ratio in zip(entries, predicted, same_paper_ratio_errors(entries, predicted), strict=True):
+        for entry, ms, ratio, keys in zip(entries, predicted, same_paper_ratio_errors(entries, predicted), units,
+                                          strict=True):
             info: dict[str, Any] = {"timm": entry["timm"]}
             if ratio is not None:  # the error with the paper's own TF-Lite build divided out
                 info["same_paper_ratio_error"] = ratio
+            known = [key for key in keys if key in measured]
+            # the units a fit source measured exactly: their measured sum, to set against the published whole
+            info["units_measured"], info["units_measured_ms"] = f"{len(known)}/{len(keys)}", sum(measured[k] for k in known)
             cases.append(ValidationCase(entry["name"], ms, float(entry["latency_ms"]),
                                         f"holdout-{entry.get('group', 'published')}", info, fit="held-out"))
         return cases
