@@ -94,10 +94,11 @@ CIFAR_INPUT = (1, 3, 32, 32)
 #: a min-max-scaled layer rounds to 0), which 1 epoch on 5,000 images (40 steps) cannot be expected to recover
 #: (the PACT paper's 2-bit CIFAR ResNets are trained in full), so the row would compare two collapsed models.
 #: Its learning rate is chosen per arm on validation (``lr_grid``, see ``_recover``) among PACT's default 0.001
-#: (conf/method/pact.yaml) and 0.0001: with BN folded into the convolutions (PACT's QAT) the ResNet-56 has no
-#: normalization left, its weight gradients are ~10x the weights' norm, and one SGD step of KD at 0.001 (gradient
-#: norm 172, CE's 55: the T^2-scaled soft term) took it from 82 to 10% validation top-1; at 0.0001 KD improves
-#: from the first step (diagnosis in the issue-12 note). At 0.01 even CE collapsed (81.6 -> 11.7 in 2 steps).
+#: (conf/method/pact.yaml) and 0.0001. Why (seed 1, first batch, 512 validation images): with BN folded into the
+#: convolutions (PACT's QAT) the 4-bit ResNet-56 has no normalization left; KD's weight-gradient norm is 172 (CE's
+#: 55; KD at T = 1: 55; the same 4-bit net with BN kept: 11), and one SGD step at 0.001 takes it from 82 to 10%
+#: (CE: to 69, then recovers; KD at T = 1: to 55). At 0.0001 KD improves from the first step; the clipping levels
+#: alpha move by < 0.003 a step (not the cause). At 0.01 even CE collapsed (81.6 -> 11.7 in 2 steps).
 CIFAR_RECOVERY: dict[str, dict[str, dict[str, Any]]] = {
     "cifar_recovery": {name: spec for name, spec in RECOVERY.items() if spec["method"] == "filter"},
     "cifar_recovery_lowbit": {"PACT, 4-bit weights and activations": {
