@@ -190,3 +190,34 @@ def test_a_trial_no_worker_claimed_is_failed_and_queued_again(tmp_path: Path) ->
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING]
     assert trials[2].params == trials[0].params == orphan.params
+
+
+def _draws(sweeper_settings: dict[str, Any], storage: str, workers: int, rounds: int) -> dict[int, float]:
+    """``workers`` sweepers of one study (each its own sampler, as separate processes have) asking in turn."""
+    space = {"recipe.lr": optuna.distributions.FloatDistribution(0.01, 0.1, log=True)}
+    studies = [instantiate(OmegaConf.merge(OmegaConf.structured(OptunaSweeperConf), {
+        **sweeper_settings, "storage": storage, "params": {"recipe.lr": "interval(0.01, 0.1)"}})).create_study()
+        for _ in range(workers)]
+    draws = {}
+    for _ in range(rounds):
+        for study in studies:
+            trial = study.ask(space)
+            draws[trial.number] = trial.params["recipe.lr"]
+            study.tell(trial, trial.params["recipe.lr"])
+    return draws
+
+
+@pytest.mark.parametrize("sampler", ["TPESampler", "NSGAIISampler", "RandomSampler"])
+def test_workers_of_a_shared_study_draw_distinct_points_and_any_split_draws_the_same(sampler: str,
+                                                                                     tmp_path: Path) -> None:
+    """One seeded sampler per process drew the same points in every worker (4 workers, 8 trials, 2 points)
+    and a resumed sweep drew its first points again; seeded per trial, trial n's point is the same however
+    the trials were split among workers or sessions."""
+    settings = {"sampler": {"_target_": f"optuna.samplers.{sampler}", "seed": 7}}
+    alone = _draws(settings, f"sqlite:///{tmp_path / 'alone.db'}", workers=1, rounds=8)
+    shared = _draws(settings, f"sqlite:///{tmp_path / 'shared.db'}", workers=4, rounds=2)
+    assert len(set(shared.values())) == 8
+    assert shared == alone
+    resumed = tmp_path / "resumed.db"
+    first = _draws(settings, f"sqlite:///{resumed}", workers=1, rounds=3)
+    assert {**first, **_draws(settings, f"sqlite:///{resumed}", workers=1, rounds=5)} == alone

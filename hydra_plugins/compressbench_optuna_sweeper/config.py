@@ -11,6 +11,9 @@ from hydra.core.config_store import ConfigStore
 @dataclass
 class OptunaSweeperConf:
     _target_: str = "hydra_plugins.compressbench_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    #: The sampler and pruner arrive as their configs: the sweeper builds the sampler again for
+    #: every trial, with that trial's seed (sampler.TrialSeededSampler).
+    _recursive_: bool = False
     #: The study's name: runs of the same name (and storage) resume one study.
     study_name: str = "compressbench"
     #: Any SQLAlchemy URL (sqlite:///..., postgresql://...) or null for in-memory (not resumable).

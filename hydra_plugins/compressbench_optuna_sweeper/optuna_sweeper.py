@@ -54,6 +54,7 @@ from optuna.distributions import (
 from optuna.trial import TrialState
 
 from benchmarks.splits import TestSplitObjectiveError, check_objectives
+from hydra_plugins.compressbench_optuna_sweeper.sampler import STUDY_SEEDED, TrialSeededSampler
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +272,7 @@ class OptunaSweeper(Sweeper):
         raise AssertionError("unreachable")
 
     def create_study(self) -> optuna.Study:
-        sampler, pruner = _built(self.sampler_cfg), _built(self.pruner_cfg)
+        sampler, pruner = _sampler(self.sampler_cfg), _built(self.pruner_cfg)
         multi = len(self.directions) > 1
         return optuna.create_study(study_name=self.study_name, storage=self._storage(), sampler=sampler,
                                    pruner=pruner, load_if_exists=True,
@@ -421,10 +422,21 @@ def _given(node: Any) -> bool:
 
 
 def _built(node: Any) -> Any:
-    """A sampler or pruner: Hydra instantiated it already (nested ``_target_``), or a config of one."""
+    """A sampler or pruner from its config (the sweeper's node is not instantiated recursively), or as given."""
     if not _given(node):
         return None
     return instantiate(node) if isinstance(node, DictConfig | dict) else node
+
+
+def _sampler(node: Any) -> Any:
+    """The study's sampler; one whose config gives a seed draws each trial from its own seed
+    (:class:`TrialSeededSampler`), so that shared and resumed studies do not repeat points."""
+    if not (isinstance(node, DictConfig | dict) and node.get("seed") is not None):
+        return _built(node)
+    sampler = instantiate(node)
+    if isinstance(sampler, STUDY_SEEDED):
+        return sampler
+    return TrialSeededSampler(lambda seed: instantiate(node, seed=seed), int(node["seed"]))
 
 
 def _redacted(url: str) -> str:
