@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from functools import partial
 from typing import Any
 
 import mlflow
@@ -72,9 +73,27 @@ def dataset_of(datamodule: Any) -> SplitDataset:
 
 
 def log_dataset(recorder: RunRecorder, dataset: SplitDataset, context: str = "training") -> None:
-    """One dataset input of the run, with MLflow's context tag (``training``, ``evaluation``)."""
+    """One dataset input of the run, with MLflow's context tag (``training``, ``evaluation``).
+
+    MLflow's store looks the dataset up, then inserts it if absent, without a lock: runs that log
+    one new dataset at once on PostgreSQL (the sweep workers' first trials) collide on its key,
+    and all but one fail. The dataset then exists, and logging again links it.
+    """
     entry = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
-    retry_locked(lambda: recorder.client.log_inputs(recorder.run_id, datasets=[entry]))
+    link = partial(recorder.client.log_inputs, recorder.run_id, datasets=[entry])
+    try:
+        retry_locked(link)
+    except mlflow.exceptions.MlflowException as err:
+        if not _inserted_meanwhile(err):
+            raise
+        retry_locked(link)
+
+
+def _inserted_meanwhile(err: Exception) -> bool:
+    """The store refused to insert a dataset that another run inserted since it looked (PostgreSQL, MySQL, sqlite)."""
+    message = str(err).lower()
+    return ("dataset" in message and
+            any(words in message for words in ("duplicate key", "duplicate entry", "unique constraint failed")))
 
 
 #: How ``logger.log_model`` saves the model: ``pickle`` (any module that pickles), ``pt2`` (torch.export:

@@ -4,6 +4,7 @@ PostgreSQL swept by 4 concurrent workers that log to an MLflow server on Postgre
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import secrets
@@ -12,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -23,6 +25,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from benchmarks.lineage import SplitDataset, log_dataset
+from benchmarks.tracking import RunRecorder, experiment_id
 from tests.conftest import REPO_ROOT, needs_shared_data
 from tests.test_sweeps import TRIAL
 
@@ -135,20 +139,57 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Any:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+def _create_database(postgres_url: str, name: str) -> str:
+    import sqlalchemy
+
+    base = postgres_url.rsplit("/", 1)[0]
+    engine = sqlalchemy.create_engine(f"{base}/postgres", isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    engine.dispose()
+    return f"{base}/{name}"
+
+
+def _log_together(recorder: RunRecorder, dataset: SplitDataset, together: threading.Barrier,
+                  failures: list[str]) -> None:
+    together.wait()
+    try:
+        log_dataset(recorder, dataset)
+    except Exception as err:
+        failures.append(str(err)[:300])
+
+
+def test_runs_logging_one_new_dataset_at_once_on_postgres_all_keep_it(postgres_url: str, tmp_path: Path) -> None:
+    """MLflow inserts a new dataset without a lock: of the runs that log it at once, all but one hit its
+    key (a sweep's first trials failed so); each run must still end with the dataset as its input."""
+    uri = _create_database(postgres_url, "mlflow_datasets")
+    client = mlflow.MlflowClient(uri)
+    experiment = experiment_id(uri, "datasets", str(tmp_path / "artifacts"))
+    source = mlflow.data.get_dataset_source_from_json(json.dumps({"uri": str(tmp_path)}), source_type="local")
+    failures: list[str] = []
+    for attempt in range(4):
+        recorders = [RunRecorder(client.create_run(experiment).info.run_id, client) for _ in range(6)]
+        dataset = SplitDataset({"splits": {"train": 1}}, source=source, name=f"data{attempt}", digest=f"d{attempt}")
+        together = threading.Barrier(len(recorders))
+        threads = [threading.Thread(target=_log_together, args=(recorder, dataset, together, failures))
+                   for recorder in recorders]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for recorder in recorders:
+            inputs = client.get_run(recorder.run_id).inputs.dataset_inputs
+            assert [entry.dataset.digest for entry in inputs] == [f"d{attempt}"], failures
+    assert not failures
+
+
 def test_four_workers_share_a_postgres_study(postgres_url: str, run_env: dict[str, str], data_root: Path,
                                              tmp_path: Path) -> None:
     """Optuna on PostgreSQL, MLflow as a server on PostgreSQL: 4 workers, every trial recorded once in each."""
-    import sqlalchemy
-
-    engine = sqlalchemy.create_engine(postgres_url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.execute(sqlalchemy.text("CREATE DATABASE mlflow"))
-        connection.execute(sqlalchemy.text("CREATE DATABASE optuna"))
-    engine.dispose()
-    base = postgres_url.rsplit("/", 1)[0]
+    mlflow_db, optuna_db = (_create_database(postgres_url, name) for name in ("mlflow", "optuna"))
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"{base}/mlflow", "--default-artifact-root",
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", mlflow_db, "--default-artifact-root",
          str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
         env=run_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -163,21 +204,27 @@ def test_four_workers_share_a_postgres_study(postgres_url: str, run_env: dict[st
         tracking = f"http://127.0.0.1:{port}"
         env = {**run_env, "MLFLOW_TRACKING_URI": tracking}
         command = [sys.executable, "-m", "benchmarks", "-m", "sweep=tpe", *TRIAL, f"paths.data_dir={data_root}",
-                   f"hydra.sweeper.storage={base}/optuna", "hydra.sweeper.study_name=shared",
+                   f"hydra.sweeper.storage={optuna_db}", "hydra.sweeper.study_name=shared",
                    "hydra.sweeper.n_trials=8"]
-        workers = [subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE, text=True) for _ in range(4)]
-        logs = []
-        for worker in workers:
-            _, err = worker.communicate(timeout=900)
-            assert worker.returncode == 0, err[-3000:]
-            logs.append(err)
-        trials = optuna.load_study(study_name="shared", storage=f"{base}/optuna").get_trials()
+        # Hydra logs to stdout (a trial's 'failed: <error>' line included), Python's warnings to stderr;
+        # files, not pipes, so that no worker blocks on a full pipe while another is waited for
+        outputs = [tmp_path / f"worker{i}.log" for i in range(4)]
+        workers = []
+        for output in outputs:
+            with output.open("w") as sink:
+                workers.append(subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=sink,
+                                                stderr=subprocess.STDOUT))
+        for worker, output in zip(workers, outputs, strict=True):
+            worker.wait(timeout=900)
+            assert worker.returncode == 0, output.read_text()[-3000:]
+        logs = [output.read_text() for output in outputs]
+        trials = optuna.load_study(study_name="shared", storage=optuna_db).get_trials()
         complete = [t.number for t in trials if t.state == TrialState.COMPLETE]
         others = {t.number: t.state.name for t in trials if t.state != TrialState.COMPLETE}
         why = [line for log in logs for line in log.splitlines()
                if ("ERROR" in line or "WARNING" in line) and "mlflow.pytorch" not in line]
         assert len(complete) >= 8 and not others, (others, why)
+        assert len({t.params["recipe.lr"] for t in trials}) == len(trials)  # no two workers drew the same point
         runs = _finished(tracking, optuna_study="shared")
         recorded = Counter(int(r.data.tags["optuna_trial"]) for r in runs)
         assert recorded == Counter(complete)  # each trial once in MLflow, and no run without its trial
