@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from torch import nn
 
 # Arguments timm.create_model passes to every factory that only concern hub/URL weights.
 _TIMM_DOWNLOAD_ARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "pretrained_model_args")
@@ -68,13 +67,3 @@ def input_size_config(in_chans: int, cifar: bool, num_classes: int, first_conv: 
     """:func:`data_config` of a family with an ImageNet-size (224 px) and a CIFAR-size (32 px) variant."""
     size = 32 if cifar else 224
     return data_config((in_chans, size, size), IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, num_classes, first_conv, classifier)
-
-
-def init_conv_linear(model: nn.Module) -> None:
-    """He-normal convs (fan-out, as in the MobileNet/ShuffleNet reference code), N(0, 0.01) classifiers, zero biases."""
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=0.01)
-            nn.init.zeros_(module.bias)

@@ -28,7 +28,8 @@ import torch
 from timm.models import register_model
 from torch import nn
 
-from benchmarks.models._entrypoint import architecture_args, init_conv_linear, input_size_config
+from benchmarks.models._entrypoint import architecture_args, input_size_config
+from methods.nn_init import init_conv_linear
 
 # Stride of each of the 13 depthwise-separable blocks (Howard et al. 2017, Table 1).
 BLOCK_STRIDES = (1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1)

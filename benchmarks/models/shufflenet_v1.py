@@ -31,7 +31,8 @@ from timm.models import register_model
 from torch import nn
 from torchvision.models.shufflenetv2 import channel_shuffle
 
-from benchmarks.models._entrypoint import init_conv_linear, input_size_args, input_size_config
+from benchmarks.models._entrypoint import input_size_args, input_size_config
+from methods.nn_init import init_conv_linear
 
 STEM_CHANNELS = 24
 STAGE_REPEATS = (4, 8, 4)

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from methods.config import fail, option
+from methods.nn_init import init_conv_linear
 
 ZERO = "zero"
 #: what an op name looks like: ``k<kernel>e<expansion>`` or ``zero``
@@ -267,16 +268,6 @@ def stem(space: SearchSpace, in_chans: int) -> nn.Sequential:
                          MBConv(space.stem_channels, space.first_channels, 3, 1, 1))
 
 
-def init_weights(model: nn.Module) -> None:
-    """He-normal convs (fan-out) and N(0, 0.01) classifier, as the MobileNetV2 / ProxylessNAS code."""
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out")
-        elif isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=0.01)
-            nn.init.zeros_(module.bias)
-
-
 class SearchedNet(nn.Module):
     """A derived architecture as a plain network (skipped blocks are not built)."""
 
@@ -288,7 +279,7 @@ class SearchedNet(nn.Module):
         self.blocks = nn.Sequential(*(build_op(op, slot) for slot, op in zip(space.slots(), arch.ops, strict=True)
                                       if op != ZERO))
         self.head = Head(space.widths[-1], space.head_channels, num_classes, drop_rate)
-        init_weights(self)
+        init_conv_linear(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.blocks(self.stem(x)))

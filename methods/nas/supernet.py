@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from methods.hooks import TrainingHook, TrainingState
-from methods.nas.space import ZERO, Architecture, Head, SearchSpace, Slot, build_op, init_weights, stem
+from methods.nas.space import ZERO, Architecture, Head, SearchSpace, Slot, build_op, stem
+from methods.nn_init import init_conv_linear
 
 MODES = ("sample", "two", "fixed")
 
@@ -119,7 +120,7 @@ class SuperNet(nn.Module):
         self.stem = stem(space, in_chans)
         self.blocks = nn.ModuleList(SearchBlock(slot) for slot in space.slots())
         self.head = Head(space.widths[-1], space.head_channels, num_classes, drop_rate)
-        init_weights(self)
+        init_conv_linear(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
