@@ -6,12 +6,14 @@ comes from. It never knows which method produced the model (docs/ARCHITECTURE.md
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from hardware.layers import LayerSpec, describe_layers
@@ -66,6 +68,12 @@ FITS = ("in-sample", "leave-one-out", "held-out")
 OUT_OF_SAMPLE = ("leave-one-out", "held-out")
 #: What one case predicts: a whole network, or one operator of a network.
 SCOPES = ("network", "operator")
+
+
+def rmspe(relative_errors: Iterable[float]) -> float:
+    """Root mean square of relative errors (predicted / measured - 1), the emulators' error statistic; NaN for none."""
+    errors = np.asarray(list(relative_errors), dtype=float)
+    return float(np.sqrt(np.mean(errors ** 2))) if errors.size else math.nan
 
 
 @dataclass

@@ -33,7 +33,7 @@ from typing import Any
 from hardware.domain import FittedDomain, Kind
 from hardware.layers import LayerSpec
 from hardware.paths import project_root
-from hardware.target import FITS, OUT_OF_SAMPLE, SCOPES, ValidationCase
+from hardware.target import FITS, OUT_OF_SAMPLE, SCOPES, ValidationCase, rmspe
 
 #: Where targets keep their stated error by default (one JSON per target, written by ``validate``).
 DEVICES_DIR = project_root() / "hardware" / "devices"
@@ -57,7 +57,7 @@ def summarise(cases: list[ValidationCase], tolerance: float = TOLERANCE) -> dict
     return {
         "n": len(cases),
         "within": sum(abs(e) <= tolerance for e in errors) / len(errors),
-        "rmspe": math.sqrt(sum(e * e for e in errors) / len(errors)),
+        "rmspe": rmspe(errors),
         "mape": sum(abs(e) for e in errors) / len(errors),
         "bias": sum(errors) / len(errors),
         "max_abs": max(abs(e) for e in errors),

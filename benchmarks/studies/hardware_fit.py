@@ -47,6 +47,7 @@ from hardware.kernelcost import measurements
 from hardware.kernelcost.fewshot import fit_scales, model_groups, type_sums
 from hardware.kernelcost.target import drift_normalised
 from hardware.paths import project_root
+from hardware.target import rmspe
 
 ROOT = project_root()
 AMC = ROOT.parent / "shared" / "reference" / "pixel1-amc-tflite"
@@ -66,7 +67,7 @@ SHOTS = 10
 
 def _errors(predicted: list[float], measured: list[float]) -> dict[str, float]:
     e = np.array(predicted) / np.array(measured) - 1
-    out = {"n": len(e), "rmspe": float(np.sqrt(np.mean(e ** 2))), "within_10": float(np.mean(np.abs(e) <= 0.1)),
+    out = {"n": len(e), "rmspe": rmspe(e), "within_10": float(np.mean(np.abs(e) <= 0.1)),
            "bias": float(np.mean(e))}
     if len(e) > 2:
         out["spearman"] = float(spearmanr(predicted, measured)[0])

@@ -31,7 +31,7 @@ from scipy.optimize import nnls
 from hardware.kernelcost import measurements
 from hardware.kernelcost.predictor import KernelPredictor, KernelSample
 from hardware.paths import resolve_path
-from hardware.target import HardwareError, ValidationCase
+from hardware.target import HardwareError, ValidationCase, rmspe
 
 #: ridge strengths tried (leave-one-model-out picks one): 0 is plain NNLS, inf the common scale alone
 RIDGE = (0.0, 1e-3, 1e-2, 1e-1, 1.0, math.inf)
@@ -122,10 +122,6 @@ def _held_out(sums: list[dict[str, float]], ms: np.ndarray, groups: list[str], r
     return predicted
 
 
-def _rmspe(predicted: np.ndarray, ms: np.ndarray) -> float:
-    return float(np.sqrt(np.mean((predicted / ms - 1) ** 2)))
-
-
 def fit_scales(sums: list[dict[str, float]], ms: Sequence[float] | np.ndarray, groups: Sequence[str]) -> ScaleFit:
     """Scales of the measured ``ms`` on the base's per-type ``sums``; the ridge chosen by leave-one-group-out
     RMSPE (one group: a model measured several times). Fewer models than scales + 2 (then no fit without a
@@ -134,7 +130,7 @@ def fit_scales(sums: list[dict[str, float]], ms: Sequence[float] | np.ndarray, g
     groups = list(groups)
     if len(set(groups)) < len(set(_columns(sums).values())) + 2:
         return _solve(sums, y, math.inf)
-    errors = {ridge: _rmspe(_held_out(sums, y, groups, ridge), y) for ridge in RIDGE}
+    errors = {ridge: rmspe(_held_out(sums, y, groups, ridge) / y - 1) for ridge in RIDGE}
     best = min(errors, key=lambda r: (errors[r], r))
     fitted = _solve(sums, y, best)
     fitted.ridge_errors = {str(r): e for r, e in errors.items()}

@@ -30,6 +30,7 @@ import numpy as np
 
 from hardware.kernels import Kernel
 from hardware.opcost.model import _nnls_relative
+from hardware.target import rmspe
 
 #: Operator family of each kernel type (the analytical form's terms are per family). A KxK convolution
 #: (K > 1) is ``im2col``: TF-Lite copies its patches and runs a GEMM with K = k*k*cin, another kernel than the
@@ -230,14 +231,11 @@ class KernelPredictor:
                 errors[kernel.type]["forest"].append((by_forest if by_forest is not None else math.inf) / sample.ms - 1)
         predictor.forests = _fit_forests(samples, seed, trees)
         for kind, by_predictor in errors.items():
-            predictor.cv_error[kind] = {p: _rmspe(e) for p, e in by_predictor.items() if e}
+            predictor.cv_error[kind] = {p: rmspe(e) for p, e in by_predictor.items() if e}
             scores = predictor.cv_error[kind]
             predictor.choice[kind] = min(scores, key=lambda p: scores[p]) if scores else "analytical"
         return predictor
 
-
-def _rmspe(errors: list[float]) -> float:
-    return float(math.sqrt(sum(e * e for e in errors) / len(errors))) if errors else math.nan
 
 
 def _term_key(name: str, build: str) -> str:

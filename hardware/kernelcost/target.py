@@ -28,7 +28,7 @@ from hardware.kernels import FUSIBLE_ACTIVATIONS, Kernel, detect_kernels
 from hardware.layers import LayerSpec, memory_footprint, trace_model
 from hardware.opcost.target import same_paper_ratio_errors
 from hardware.paths import resolve_path
-from hardware.target import HardwareError, LatencyReport, LayerCostTarget, ValidationCase
+from hardware.target import HardwareError, LatencyReport, LayerCostTarget, ValidationCase, rmspe
 
 
 @functools.lru_cache(maxsize=8)
@@ -288,8 +288,7 @@ class KernelTarget(LayerCostTarget):
                     for held, train in pairs:
                         fitted = self.fit(train, kind)
                         errors += [self._case(s, fitted, fit, name).relative_error for s in held]
-                    e = np.array(errors)
-                    cells.append(f"{np.mean(np.abs(e) <= 0.1):.0%} / {np.sqrt(np.mean(e ** 2)):.1%}")
+                    cells.append(f"{np.mean(np.abs(np.array(errors)) <= 0.1):.0%} / {rmspe(errors):.1%}")
                 lines.append(f"| {name} | {split} | {cells[0]} | {cells[1]} |")
         return [*lines, ""]
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from hardware.layers import LayerSpec
 from hardware.opcost.model import OpCostModel
+from hardware.target import rmspe
 
 
 @dataclass
@@ -73,8 +74,8 @@ def fit_report(references: list[Any], cost_model: OpCostModel, settings: dict[st
     lomo_c = np.array([r["lomo_error"] for r in compute])
     return FitReport(
         whole_model=whole,
-        per_layer_rmspe=float(np.sqrt(np.mean(errs**2))),
-        per_layer_rmspe_lomo=float(np.sqrt(np.mean(lomo_c**2))),
+        per_layer_rmspe=rmspe(errs),
+        per_layer_rmspe_lomo=rmspe(lomo_c),
         per_layer_max_abs_error=float(np.abs(errs).max()),
         per_layer=rows,
     )
