@@ -109,10 +109,12 @@ def _steps(trace: ModelTrace) -> list[LayerSpec | AtenCall]:
 
 
 def _is_global_pool(layer: LayerSpec) -> bool:
-    """A pool to one value per channel (a global average pool, or the mean of squeeze-excitation)."""
+    """A pool to one value per channel (a global average pool, or the mean of squeeze-excitation); an
+    adaptive one is global even on a 1x1 map (a small input's last stage), where it has no window to price."""
     if layer.op != "pool":
         return False
-    return len(layer.output_shape) == 2 or (_spatial(layer.output_shape) == (1, 1) and _spatial(layer.input_shape) != (1, 1))
+    return len(layer.output_shape) == 2 or (_spatial(layer.output_shape) == (1, 1) and (
+        _spatial(layer.input_shape) != (1, 1) or layer.module_type.startswith("Adaptive")))
 
 
 class _Fuser:

@@ -254,3 +254,17 @@ def test_a_held_out_network_says_which_of_its_units_a_fit_source_measured(tmp_pa
     assert first.info["units_measured"] == "3/20" and first.info["units_measured_ms"] == pytest.approx(8.2)
     assert again.info["same_paper_ratio_error"] == pytest.approx(75 / 60 - 1)
     assert any("3/20 of its units" in line for line in target.validation_lines([first, again]))
+
+
+def test_an_adaptive_pool_on_a_1x1_map_is_a_global_pool_that_builds_and_measures():
+    """A small input leaves a 1x1 map before the head: its adaptive pool was a windowed 'pool' kernel that
+    the profiler could not build (AdaptiveAvgPool2d(k, s)), so measuring such a network's kernels failed."""
+    from hardware.kernelcost.profiling import kernel_module
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 2)).eval()
+    kernels = model_kernels(model, (1, 3, 2, 2), "pytorch")
+    assert [k.type for k in kernels] == ["conv", "gpool", "linear"]
+    for kernel in kernels:
+        module, inputs = kernel_module(kernel)
+        module(*inputs)
