@@ -268,3 +268,18 @@ def test_an_adaptive_pool_on_a_1x1_map_is_a_global_pool_that_builds_and_measures
     for kernel in kernels:
         module, inputs = kernel_module(kernel)
         module(*inputs)
+
+
+@pytest.mark.slow
+def test_measured_networks_also_time_their_kernels_alone_and_say_what_the_network_adds():
+    from hardware.registry import build
+
+    target = build("local_cpu_kernels")
+    target.validation = {**target.validation, "networks": ["lcnet_050"], "sizes": [64], "repeat": 1,
+                         "protocol": {"warmup": 1, "repeats": 3, "min_time_s": 0.0}}
+    (case,) = target.network_cases()
+    assert case.info["isolated_kernels_ms"] > 0 and "measured_again_ms" in case.info
+    (line,) = [line for line in target.validation_lines([case]) if line.startswith("Kernels timed one by one")]
+    alone = case.info["isolated_kernels_ms"]
+    assert f"{case.info['raw_measured_ms'] / alone - 1:+.0%} (median;" in line
+    assert f"{case.predicted_ms / alone - 1:+.0%} (median;" in line

@@ -193,10 +193,13 @@ class KernelTarget(LayerCostTarget):
         The machine drifts (other jobs, clocks): a network's measurement is normalised by its
         reference's, ``measured * median(reference at that size over the run) / reference in its rounds``; the
         case compares that normalised figure, the raw one travels in its info. The first
-        ``validation.repeat`` networks are measured twice (the repeatability floor).
+        ``validation.repeat`` networks are measured twice (the repeatability floor), and their kernels are
+        also timed one by one as the profiler times them (``isolated_kernels_ms``): how much of a network's
+        error is the predictors' and how much is what running inside the network adds.
         """
         import timm
 
+        from hardware.kernelcost.profiling import measure_kernels
         from hardware.measured import LocalCPU
 
         v = self.validation
@@ -213,19 +216,23 @@ class KernelTarget(LayerCostTarget):
                 passes = 2 if index < int(v.get("repeat", 5)) else 1
                 layers = {"reference": reference_layers, "network": trace.layers}
                 timed = [timer.latencies({"reference": reference, "network": model}, shape, layers) for _ in range(passes)]
+                isolated = (sum(e["ms"] for e in measure_kernels(detect_kernels(trace, self.runtime), timer.protocol,
+                                                                 progress=False)) if passes > 1 else None)
                 rows.append((f"{name}@{size}", size, predicted, [(t["network"].latency_ms, t["reference"].latency_ms)
-                                                                 for t in timed]))
+                                                                 for t in timed], isolated))
                 if progress is not None:
                     progress(f"{name}@{size}: predicted {predicted.latency_ms:.2f} ms, measured "
                              f"{timed[0]['network'].latency_ms:.2f} ms (reference {timed[0]['reference'].latency_ms:.2f})")
-        normalised_of = drift_normalised([(size, pairs) for _, size, _, pairs in rows])
+        normalised_of = drift_normalised([(size, pairs) for _, size, _, pairs, _ in rows])
         cases = []
-        for (name, _size, predicted, pairs), normalised in zip(rows, normalised_of, strict=True):
+        for (name, _size, predicted, pairs, isolated), normalised in zip(rows, normalised_of, strict=True):
             info: dict[str, Any] = {"raw_measured_ms": pairs[0][0], "reference_ms": pairs[0][1],
                                     "raw_error": predicted.latency_ms / pairs[0][0] - 1,
                                     "kernels_from_table": predicted.provenance["kernels_from"]["table"]}
             if len(normalised) > 1:
                 info["measured_again_ms"] = normalised[1]
+            if isolated is not None:
+                info["isolated_kernels_ms"] = isolated
             cases.append(ValidationCase(name, predicted.latency_ms, normalised[0], "timm-networks", info,
                                         fit="held-out"))
         return cases
@@ -253,6 +260,7 @@ class KernelTarget(LayerCostTarget):
                       f"({self.validation.get('reference', 'resnet18')}), {normalised['within']:.1%} within ±10% "
                       f"(RMSPE {normalised['rmspe']:.1%}); raw, {plain['within']:.1%} within ±10% "
                       f"(RMSPE {plain['rmspe']:.1%}). One thread, thread-CPU clock, on a shared loaded machine.", ""]
+            lines += _composition_lines(measured)
         lines += [f"Held-out {c.name}: {c.info['units_measured']} of its units measured as such in a fit source, "
                   f"together {c.info['units_measured_ms']:.1f} ms ({c.info['units_measured_ms'] / c.measured_ms:.0%} of "
                   f"the published {c.measured_ms:g} ms; predicted in all {c.predicted_ms:.1f} ms)."
@@ -321,6 +329,22 @@ class KernelTarget(LayerCostTarget):
             cases.append(ValidationCase(entry["name"], ms, float(entry["latency_ms"]),
                                         f"holdout-{entry.get('group', 'published')}", info, fit="held-out"))
         return cases
+
+
+def _composition_lines(cases: list[ValidationCase]) -> list[str]:
+    """The networks whose kernels were also timed one by one: whole network against that sum (what running
+    inside the network adds) and the prediction against it (the predictors' own error)."""
+    timed = [c for c in cases if "isolated_kernels_ms" in c.info]
+    if not timed:
+        return []
+    alone = [float(c.info["isolated_kernels_ms"]) for c in timed]
+    whole = [float(c.info["raw_measured_ms"]) / a - 1 for c, a in zip(timed, alone, strict=True)]
+    predicted = [c.predicted_ms / a - 1 for c, a in zip(timed, alone, strict=True)]
+    return [f"Kernels timed one by one, as profiled ({len(timed)} networks): the whole network took "
+            f"{np.median(whole):+.0%} (median; {min(whole):+.0%} to {max(whole):+.0%}) against the sum of its kernels "
+            f"alone, and the prediction is {np.median(predicted):+.0%} (median; {min(predicted):+.0%} to "
+            f"{max(predicted):+.0%}) from that sum: the first is what running inside the network adds, which "
+            "kernel predictors fitted on isolated kernels cannot see; the second is the predictors' own error.", ""]
 
 
 def drift_normalised(rows: list[tuple[Any, list[tuple[float, float]]]]) -> list[list[float]]:
