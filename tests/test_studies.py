@@ -63,6 +63,9 @@ def test_a_study_resumes_and_drops_only_the_runs_of_changed_settings(tmp_path: P
     for key in ("mnist/a", "cifar/a"):
         resumed.get(key, lambda key=key: measure(key))
     assert measured == ["mnist/a", "cifar/a", "cifar/a"]
+    # running mnist alone with cifar's flag at another value keeps cifar's runs and the setting they were made with
+    alone = Runs(path, {"epochs": 1, "subset": 99}, parts=parts, running=["mnist"])
+    assert sorted(alone.data["runs"]) == ["cifar/a", "mnist/a"] and alone.data["settings"]["subset"] == 20
     assert sorted(Runs(path, {"epochs": 2, "subset": 20}).data["runs"]) == []  # no parts: all or nothing
 
 

@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
                            "val_subset": args.cifar_val_subset},
                     cifar_recipe=dataclasses.asdict(_cifar_recipe(0)))
     args.work.mkdir(parents=True, exist_ok=True)
-    study = Runs(args.out / FIGURES, settings, parts=PART_SETTINGS)
+    study = Runs(args.out / FIGURES, settings, parts=PART_SETTINGS, running=args.parts)
     datamodules: dict[str, ImageDataModule] = {}
     for part in args.parts:
         dataset, run_part = PARTS[part]

@@ -3,7 +3,9 @@
 A rerun with the same settings skips the runs already in the file; changed settings start it
 afresh (the figures must all come from one setting). A study whose parts depend on different
 settings (``distillation``) names them: ``parts`` maps a part (the first segment of a run's key)
-to the settings it depends on, and a change drops that part's runs only.
+to the settings it depends on, and a change drops that part's runs only. A setting that none of
+the parts run now (``running``) depends on keeps its stored value: running one part with the other
+parts' flags at their defaults neither drops their runs nor misstates how they were made.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ class Runs:
 
     def __init__(self, path: Path, settings: dict[str, Any], hidden: Collection[str] = (),
                  parts: Mapping[str, Collection[str]] | None = None, collection: str = "runs",
-                 diverged_rows: bool = False) -> None:
+                 diverged_rows: bool = False, running: Collection[str] | None = None) -> None:
         """``collection``: the JSON field holding the runs (a study's renderer reads it by that name);
         ``diverged_rows``: a training that diverges is recorded as ``{"diverged": <the error>}`` instead of
         stopping the study (a comparison then says which arm did not survive its learning rate)."""
@@ -35,6 +37,10 @@ class Runs:
         self.diverged_rows = diverged_rows
         old = json.loads(path.read_text()) if path.exists() else {}
         before = old.get("settings", {})
+        if parts is not None and running is not None:
+            used = {key for part in running for key in parts[part]}
+            settings = {key: value if key in used or key not in before else before[key]
+                        for key, value in settings.items()}
         if parts is None:
             kept = old.get(collection, {}) if before == settings else {}
         else:
