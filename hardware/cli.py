@@ -148,10 +148,13 @@ def profile_kernels(args: argparse.Namespace) -> int:
         raise HardwareError("--kernels samples kernel configurations itself; drop --space/--model")
     protocol = TimingProtocol(warmup=args.warmup, repeats=args.repeats, min_time_s=args.min_time, clock="thread_cpu")
     kernels = profiling.sample_kernels(args.samples, args.seed)
-    _log(f"measuring {len(kernels)} kernel configurations (seed {args.seed}), 1 thread, thread-CPU clock")
+    _log(f"measuring {len(kernels)} kernel configurations and {args.networks} sampled networks (seed {args.seed}), "
+         "1 thread, thread-CPU clock")
     entries = profiling.measure_kernels(kernels, protocol)
-    out = profiling.save_table(Path(args.out), entries, protocol, args.seed)
-    _log(f"wrote {out}: {len(profiling.load_table(out)['entries'])} kernels")
+    networks = profiling.measure_networks(args.networks, args.seed, protocol)
+    out = profiling.save_table(Path(args.out), entries, protocol, args.seed, networks)
+    table = profiling.load_table(out)
+    _log(f"wrote {out}: {len(table['entries'])} kernels, {len(table.get('networks', []))} networks")
     return 0
 
 
@@ -359,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=300, help="architectures sampled per space (kernels with --kernels)")
     p.add_argument("--kernels", action="store_true",
                    help="sample and measure kernel configurations (1 thread, thread-CPU clock) into a kernel table")
+    p.add_argument("--networks", type=int, default=0,
+                   help="with --kernels: whole networks sampled from the mobilenetv2/resnet spaces, timed for the "
+                        "in-network cost of kernels (hardware.kernelcost.composition)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", help="profile this timm/registered model's layers instead of (or besides) a space")
     p.add_argument("--input-size", type=int, default=None)

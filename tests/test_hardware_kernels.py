@@ -282,4 +282,29 @@ def test_measured_networks_also_time_their_kernels_alone_and_say_what_the_networ
     (line,) = [line for line in target.validation_lines([case]) if line.startswith("Kernels timed one by one")]
     alone = case.info["isolated_kernels_ms"]
     assert f"{case.info['raw_measured_ms'] / alone - 1:+.0%} (median;" in line
-    assert f"{case.predicted_ms / alone - 1:+.0%} (median;" in line
+    assert f"{case.info['kernels_alone_predicted_ms'] / alone - 1:+.0%} (median;" in line
+
+
+def test_in_network_terms_fitted_on_whole_networks_recover_known_ones():
+    """Networks whose measured time is their kernels' predictions plus known per-kernel, per-weight and
+    proportional terms give those terms back; no network measured gives none."""
+    from hardware.kernelcost.composition import Composition, features, fit_composition
+
+    rng = random.Random(0)
+    truth = Composition({"per_kernel": 0.03, "per_mweight": 0.2, "per_ms": 0.1})
+    networks = []
+    for _ in range(12):
+        kernels = [Kernel("conv", {"cin": rng.choice((16, 64)), "cout": rng.choice((32, 128)), "k": rng.choice((1, 3)),
+                                   "groups": 1, "h": 14, "w": 14, "ho": 14, "wo": 14, "s": 1, "batch": 1, "act": ""})
+                   for _ in range(rng.randint(5, 40))]
+        alone = [0.01 * k.config["cin"] * k.config["k"] for k in kernels]
+        networks.append((kernels, sum(a + truth.extra_ms(k, a) for k, a in zip(kernels, alone, strict=True))))
+
+    def predict(kernels: list[Kernel]) -> list[float]:
+        return [0.01 * k.config["cin"] * k.config["k"] for k in kernels]
+
+    fitted = fit_composition(networks, predict)
+    assert fitted.networks == 12
+    assert fitted.coefficients == pytest.approx(truth.coefficients, rel=1e-6)
+    assert features(networks[0][0], predict(networks[0][0]))[0] == len(networks[0][0])
+    assert fit_composition([], predict).coefficients == dict.fromkeys(truth.coefficients, 0.0)

@@ -33,6 +33,8 @@ _ACTS = ("", "ReLU", "ReLU6", "Hardswish", "SiLU")
 TYPE_WEIGHTS = {"conv": 8, "dwconv": 4, "linear": 1, "se": 1, "add": 1, "mul": 1, "act": 1, "pool": 1, "gpool": 1,
                 "concat": 1, "bn": 1}
 _MAX_MACS = 150e6  # keeps one configuration's timing short
+#: Input sizes each sampled network is timed at (its classifier pools globally): the in-network cost grows with them.
+NETWORK_SIZES = (64, 128, 192)
 
 
 def _conv_config(rng: random.Random, depthwise: bool) -> dict[str, Any]:
@@ -163,15 +165,38 @@ def measure_kernels(kernels: list[Kernel], protocol: TimingProtocol, progress: b
     return entries
 
 
-def save_table(path: Path, entries: list[dict[str, Any]], protocol: TimingProtocol, seed: int) -> Path:
-    """Write (or extend: entries of the same configuration are replaced) a kernel table."""
-    old = load_table(path)["entries"] if path.is_file() else []
-    merged = {Kernel(e["type"], e["config"]).key: e for e in old + entries}
+def measure_networks(count: int, seed: int, protocol: TimingProtocol, progress: bool = True) -> list[dict[str, Any]]:
+    """Time ``count`` whole networks sampled from the profiling search spaces (MobileNetV2- and ResNet-like),
+    one thread: what kernels cost inside a network beyond their cost alone is fitted on these
+    (``hardware.kernelcost.composition``), never on the networks a validation predicts."""
+    from tqdm import tqdm
+
+    from hardware import search_space
+    from hardware.measured import torch_threads
+
+    entries = []
+    with torch_threads(1), torch.no_grad():
+        architectures = search_space.sample_architectures(("mobilenetv2", "resnet"), count, seed)
+        for name, config in tqdm(architectures, desc="networks", unit="network", disable=not progress):
+            model = search_space.build(config)
+            for size in NETWORK_SIZES:
+                x = torch.randn(1, 3, size, size)
+                entries.append({"name": f"{name}-s{seed}@{size}", "config": config, "input_size": size,
+                                "ms": time_callable(functools.partial(model, x), protocol).median_ms})
+    return entries
+
+
+def save_table(path: Path, entries: list[dict[str, Any]], protocol: TimingProtocol, seed: int,
+               networks: list[dict[str, Any]] | None = None) -> Path:
+    """Write (or extend: entries of the same configuration, networks of the same name are replaced) a kernel table."""
+    table = load_table(path) if path.is_file() else {}
+    merged = {Kernel(e["type"], e["config"]).key: e for e in table.get("entries", []) + entries}
+    nets = {n["name"]: n for n in table.get("networks", []) + list(networks or [])}
     data = {"format": TABLE_FORMAT,
             "metadata": {"device": machine_provenance()["cpu"], "machine": machine_provenance(), "threads": 1,
                          "runtime": "pytorch", "protocol": protocol_dict(protocol), "seed": seed,
                          "torch": torch.__version__, "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")},
-            "entries": list(merged.values())}
+            "entries": list(merged.values()), "networks": list(nets.values())}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
     return path

@@ -20,6 +20,7 @@ import numpy as np
 from torch import nn
 
 from hardware import validation as _validation
+from hardware.kernelcost.composition import Composition, fit_composition
 from hardware.kernelcost.fewshot import DeviceFit, scale_cases
 from hardware.kernelcost.predictor import PREDICTORS, KernelPredictor, KernelSample
 from hardware.kernelcost.sources import SOURCES
@@ -29,6 +30,17 @@ from hardware.layers import LayerSpec, memory_footprint, trace_model
 from hardware.opcost.target import same_paper_ratio_errors
 from hardware.paths import resolve_path
 from hardware.target import HardwareError, LatencyReport, LayerCostTarget, ValidationCase, rmspe
+
+
+@functools.lru_cache(maxsize=8)
+def _networks(path: str, runtime: str) -> tuple[tuple[list[Kernel], float], ...]:
+    """A kernel table's whole networks as (their kernels, measured ms), once per process (tracing takes seconds)."""
+    from hardware import search_space
+    from hardware.kernelcost.profiling import load_table
+
+    return tuple((detect_kernels(trace_model(search_space.build(n["config"]), (1, 3, n["input_size"], n["input_size"])),
+                                 runtime), float(n["ms"]))
+                 for n in load_table(Path(path)).get("networks", []))
 
 
 @functools.lru_cache(maxsize=8)
@@ -71,6 +83,7 @@ class KernelTarget(LayerCostTarget):
                          "simd_channels": int(simd_channels)}
         self.samples: dict[str, list[KernelSample]] = {}
         self.cached: set[str] = set()
+        networks: list[tuple[list[Kernel], float]] = []
         for index, source in enumerate(sources):
             missing = {"name", "format", "path"} - set(source)
             if missing:
@@ -84,6 +97,8 @@ class KernelTarget(LayerCostTarget):
                 raise HardwareError(f"hw.sources[{index}].path: {err}") from err
             if source.get("cache"):
                 self.cached.add(source["name"])
+            if source["format"] == "kernel_table":
+                networks += _networks(str(path), runtime)
         builds = {s.build for group in self.samples.values() for s in group}
         if build and build not in builds:
             raise ValueError(f"hw.build {build!r} is not the build of any source; use one of {sorted(builds)}")
@@ -97,6 +112,9 @@ class KernelTarget(LayerCostTarget):
         else:
             self.predictor = self.fit(self.all_samples())
         self.scales = self.fitted.scales() if self.fitted else None
+        # the in-network cost of kernels, from the sources' whole networks (a few-shot device's scales absorb it)
+        self.composition = (fit_composition(networks, lambda ks: [ms for ms, _ in self.predictor.predict_all(ks)])
+                            if self.fitted is None else Composition())
         self.stated_error_file = _validation.stated_error_path(name, self.fitted.path.parent if self.fitted else None)
         self.stated_error = _validation.StatedError.load(self.stated_error_file)
 
@@ -129,6 +147,7 @@ class KernelTarget(LayerCostTarget):
         predicted = self.predictor.predict_all(kernels)
         if self.scales is not None:
             predicted = [(ms * self.scales.scale(k.type), how) for k, (ms, how) in zip(kernels, predicted, strict=True)]
+        predicted = [(ms + self.composition.extra_ms(k, ms), how) for k, (ms, how) in zip(kernels, predicted, strict=True)]
         per_layer = {layer.name: 0.0 for layer in layers}
         last = layers[0].name if layers else ""
         for kernel, (ms, _) in zip(kernels, predicted, strict=True):
@@ -142,6 +161,9 @@ class KernelTarget(LayerCostTarget):
                  "energy: not modelled", _validation.stated_error_note(self.name, self.stated_error)]
         if kinds:
             notes.append(f"kernel types without measurements of their own, priced by the elementwise terms: {kinds}")
+        if self.composition.networks:
+            notes.append(f"each kernel's in-network cost added ({self.composition.networks} whole networks): " +
+                         ", ".join(f"{k} {v:.3g}" for k, v in self.composition.coefficients.items()))
         if self.scales is not None and self.fitted is not None:
             notes.append(f"{self.fitted.data.get('base')}'s predictions scaled per kernel type "
                          f"(hw.fitted {self.fitted.path.name})")
@@ -153,6 +175,7 @@ class KernelTarget(LayerCostTarget):
                         "kernels": [{"type": k.type, "layers": k.layers, "ms": ms, "from": how}
                                     for k, (ms, how) in zip(kernels, predicted, strict=True)],
                         "kernels_from": by_source, "choice": self.predictor.choice,
+                        "composition": {**self.composition.coefficients, "networks": self.composition.networks},
                         "stated_error": self.stated_error.provenance() if self.stated_error else None},
             notes=notes,
         )
@@ -212,12 +235,13 @@ class KernelTarget(LayerCostTarget):
             for index, name in enumerate(v["networks"]):
                 model = timm.create_model(name, pretrained=False).eval()
                 trace = trace_model(model, shape)  # once: for the prediction and the measured report
-                predicted = self.kernel_report(detect_kernels(trace, self.runtime), trace.layers)
+                kernels = detect_kernels(trace, self.runtime)
+                predicted = self.kernel_report(kernels, trace.layers)
                 passes = 2 if index < int(v.get("repeat", 5)) else 1
                 layers = {"reference": reference_layers, "network": trace.layers}
                 timed = [timer.latencies({"reference": reference, "network": model}, shape, layers) for _ in range(passes)]
-                isolated = (sum(e["ms"] for e in measure_kernels(detect_kernels(trace, self.runtime), timer.protocol,
-                                                                 progress=False)) if passes > 1 else None)
+                isolated = ((sum(e["ms"] for e in measure_kernels(kernels, timer.protocol, progress=False)),
+                             self.predictor.total(kernels)) if passes > 1 else None)
                 rows.append((f"{name}@{size}", size, predicted, [(t["network"].latency_ms, t["reference"].latency_ms)
                                                                  for t in timed], isolated))
                 if progress is not None:
@@ -231,8 +255,8 @@ class KernelTarget(LayerCostTarget):
                                     "kernels_from_table": predicted.provenance["kernels_from"]["table"]}
             if len(normalised) > 1:
                 info["measured_again_ms"] = normalised[1]
-            if isolated is not None:
-                info["isolated_kernels_ms"] = isolated
+            if isolated is not None:  # the kernels timed alone, and predicted alone (no in-network terms)
+                info["isolated_kernels_ms"], info["kernels_alone_predicted_ms"] = isolated
             cases.append(ValidationCase(name, predicted.latency_ms, normalised[0], "timm-networks", info,
                                         fit="held-out"))
         return cases
@@ -339,12 +363,13 @@ def _composition_lines(cases: list[ValidationCase]) -> list[str]:
         return []
     alone = [float(c.info["isolated_kernels_ms"]) for c in timed]
     whole = [float(c.info["raw_measured_ms"]) / a - 1 for c, a in zip(timed, alone, strict=True)]
-    predicted = [c.predicted_ms / a - 1 for c, a in zip(timed, alone, strict=True)]
+    predicted = [float(c.info["kernels_alone_predicted_ms"]) / a - 1 for c, a in zip(timed, alone, strict=True)]
     return [f"Kernels timed one by one, as profiled ({len(timed)} networks): the whole network took "
             f"{np.median(whole):+.0%} (median; {min(whole):+.0%} to {max(whole):+.0%}) against the sum of its kernels "
-            f"alone, and the prediction is {np.median(predicted):+.0%} (median; {min(predicted):+.0%} to "
-            f"{max(predicted):+.0%}) from that sum: the first is what running inside the network adds, which "
-            "kernel predictors fitted on isolated kernels cannot see; the second is the predictors' own error.", ""]
+            f"alone, and the kernels' predictions (without in-network terms) are {np.median(predicted):+.0%} (median; "
+            f"{min(predicted):+.0%} to {max(predicted):+.0%}) from that sum: the first is what running inside the "
+            "network adds, which predictors fitted on kernels timed alone cannot see; the second is their own error.",
+            ""]
 
 
 def drift_normalised(rows: list[tuple[Any, list[tuple[float, float]]]]) -> list[list[float]]:
