@@ -57,14 +57,14 @@ def fit_composition(networks: Sequence[tuple[list[Kernel], float]],
     least squares on relative error (small and large networks count alike)."""
     if not networks:
         return Composition()
-    rows, gaps, totals = [], [], []
-    for kernels, ms in networks:
-        predicted = predict(kernels)
-        rows.append(features(kernels, predicted))
-        gaps.append(ms - sum(predicted))
-        totals.append(ms)
     from scipy.optimize import nnls
 
+    rows, gaps, totals = [], [], []
+    for kernels, measured in networks:
+        predicted = predict(kernels)
+        rows.append(features(kernels, predicted))
+        gaps.append(measured - sum(predicted))
+        totals.append(measured)
     x, gap, ms = np.array(rows), np.array(gaps), np.array(totals)
     coef, _ = nnls(x / ms[:, None], gap / ms)  # each network's error relative to its measured total
     return Composition(dict(zip(TERMS, map(float, coef), strict=True)), len(networks))
