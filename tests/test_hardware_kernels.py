@@ -308,3 +308,20 @@ def test_in_network_terms_fitted_on_whole_networks_recover_known_ones():
     assert fitted.coefficients == pytest.approx(truth.coefficients, rel=1e-6)
     assert features(networks[0][0], predict(networks[0][0]))[0] == len(networks[0][0])
     assert fit_composition([], predict).coefficients == dict.fromkeys(truth.coefficients, 0.0)
+
+
+def test_extending_a_kernel_table_keeps_how_its_kernels_were_measured(tmp_path):
+    """Adding networks to a table rewrote its metadata with the new call's protocol and date, misstating
+    how the kernels already in it were measured; the first call's metadata stays, each later call is an extension."""
+    from hardware.kernelcost.profiling import load_table, save_table
+    from hardware.protocol import TimingProtocol
+
+    first, second = (TimingProtocol(warmup=w, repeats=3, min_time_s=0.0, clock="thread_cpu") for w in (1, 2))
+    entry = {"type": "act", "config": {"c": 8, "h": 4, "w": 4, "batch": 1, "act": "ReLU"}, "ms": 0.01}
+    network = {"name": "resnet-000-s2@64", "config": {"space": "tiny"}, "input_size": 64, "ms": 1.0}
+    path = save_table(tmp_path / "kernels.json", [entry], first, 1)
+    table = load_table(save_table(path, [], second, 2, networks=[network]))
+    assert table["metadata"]["seed"] == 1 and table["metadata"]["protocol"]["warmup"] == 1
+    (extension,) = table["metadata"]["extensions"]
+    assert (extension["seed"], extension["protocol"]["warmup"], extension["kernels"], extension["networks"]) == (2, 2, 0, 1)
+    assert table["entries"] == [entry] and table["networks"] == [network]

@@ -186,16 +186,29 @@ def measure_networks(count: int, seed: int, protocol: TimingProtocol, progress: 
     return entries
 
 
+def table_metadata(protocol: TimingProtocol, seed: int, kernels: int, networks: int) -> dict[str, Any]:
+    """How one profiling call measured: machine, protocol, seed, torch, date, and how many kernels and networks."""
+    return {"device": machine_provenance()["cpu"], "machine": machine_provenance(), "threads": 1, "runtime": "pytorch",
+            "protocol": protocol_dict(protocol), "seed": seed, "torch": torch.__version__,
+            "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "kernels": kernels, "networks": networks}
+
+
+def extended_metadata(old: dict[str, Any] | None, call: dict[str, Any]) -> dict[str, Any]:
+    """A table's metadata after one more profiling call: the first call's, with each later one under ``extensions``
+    (a call that extends a table must not restate how the measurements already in it were made)."""
+    if old is None:
+        return call
+    return {**old, "extensions": [*old.get("extensions", []), call]}
+
+
 def save_table(path: Path, entries: list[dict[str, Any]], protocol: TimingProtocol, seed: int,
                networks: list[dict[str, Any]] | None = None) -> Path:
     """Write (or extend: entries of the same configuration, networks of the same name are replaced) a kernel table."""
     table = load_table(path) if path.is_file() else {}
     merged = {Kernel(e["type"], e["config"]).key: e for e in table.get("entries", []) + entries}
     nets = {n["name"]: n for n in table.get("networks", []) + list(networks or [])}
-    data = {"format": TABLE_FORMAT,
-            "metadata": {"device": machine_provenance()["cpu"], "machine": machine_provenance(), "threads": 1,
-                         "runtime": "pytorch", "protocol": protocol_dict(protocol), "seed": seed,
-                         "torch": torch.__version__, "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")},
+    call = table_metadata(protocol, seed, len(entries), len(networks or []))
+    data = {"format": TABLE_FORMAT, "metadata": extended_metadata(table.get("metadata"), call),
             "entries": list(merged.values()), "networks": list(nets.values())}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
