@@ -172,6 +172,7 @@ def measure_networks(count: int, seed: int, protocol: TimingProtocol, progress: 
     from tqdm import tqdm
 
     from hardware import search_space
+    from hardware.kernels import model_kernels
     from hardware.measured import torch_threads
 
     entries = []
@@ -180,10 +181,16 @@ def measure_networks(count: int, seed: int, protocol: TimingProtocol, progress: 
         for name, config in tqdm(architectures, desc="networks", unit="network", disable=not progress):
             model = search_space.build(config)
             for size in NETWORK_SIZES:
-                x = torch.randn(1, 3, size, size)
+                shape = (1, 3, size, size)
                 entries.append({"name": f"{name}-s{seed}@{size}", "config": config, "input_size": size,
-                                "ms": time_callable(functools.partial(model, x), protocol).median_ms})
+                                "kernels": network_kernels(model_kernels(model, shape, "pytorch")),
+                                "ms": time_callable(functools.partial(model, torch.randn(shape)), protocol).median_ms})
     return entries
+
+
+def network_kernels(kernels: list[Kernel]) -> list[dict[str, Any]]:
+    """A measured network's kernels as the table stores them (traced once, when measured: not on every load)."""
+    return [{"type": k.type, "config": k.config} for k in kernels]
 
 
 def table_metadata(protocol: TimingProtocol, seed: int, kernels: int, networks: int) -> dict[str, Any]:
@@ -213,6 +220,12 @@ def save_table(path: Path, entries: list[dict[str, Any]], protocol: TimingProtoc
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
     return path
+
+
+def table_networks(path: Path) -> list[tuple[list[Kernel], float]]:
+    """A kernel table's whole networks as (their kernels as measured, in eager PyTorch; measured ms)."""
+    return [([Kernel(k["type"], dict(k["config"])) for k in n["kernels"]], float(n["ms"]))
+            for n in load_table(path).get("networks", [])]
 
 
 def load_table(path: Path) -> dict[str, Any]:

@@ -23,24 +23,13 @@ from hardware import validation as _validation
 from hardware.kernelcost.composition import Composition, fit_composition
 from hardware.kernelcost.fewshot import DeviceFit, scale_cases
 from hardware.kernelcost.predictor import PREDICTORS, KernelPredictor, KernelSample
+from hardware.kernelcost.profiling import table_networks
 from hardware.kernelcost.sources import SOURCES
 from hardware.kernelcost.units import table_units
 from hardware.kernels import FUSIBLE_ACTIVATIONS, Kernel, detect_kernels
 from hardware.layers import LayerSpec, memory_footprint, trace_model
-from hardware.opcost.target import same_paper_ratio_errors
 from hardware.paths import resolve_path
 from hardware.target import HardwareError, LatencyReport, LayerCostTarget, ValidationCase, rmspe
-
-
-@functools.lru_cache(maxsize=8)
-def _networks(path: str, runtime: str) -> tuple[tuple[list[Kernel], float], ...]:
-    """A kernel table's whole networks as (their kernels, measured ms), once per process (tracing takes seconds)."""
-    from hardware import search_space
-    from hardware.kernelcost.profiling import load_table
-
-    return tuple((detect_kernels(trace_model(search_space.build(n["config"]), (1, 3, n["input_size"], n["input_size"])),
-                                 runtime), float(n["ms"]))
-                 for n in load_table(Path(path)).get("networks", []))
 
 
 @functools.lru_cache(maxsize=8)
@@ -98,7 +87,7 @@ class KernelTarget(LayerCostTarget):
             if source.get("cache"):
                 self.cached.add(source["name"])
             if source["format"] == "kernel_table":
-                networks += _networks(str(path), runtime)
+                networks += table_networks(path)
         builds = {s.build for group in self.samples.values() for s in group}
         if build and build not in builds:
             raise ValueError(f"hw.build {build!r} is not the build of any source; use one of {sorted(builds)}")
@@ -342,7 +331,7 @@ class KernelTarget(LayerCostTarget):
             predicted.append(self.kernel_report(kernels, trace.layers).latency_ms)
             units.append([unit.key for unit in table_units(kernels)])
         cases = []
-        for entry, ms, ratio, keys in zip(entries, predicted, same_paper_ratio_errors(entries, predicted), units,
+        for entry, ms, ratio, keys in zip(entries, predicted, _validation.same_paper_ratio_errors(entries, predicted), units,
                                           strict=True):
             info: dict[str, Any] = {"timm": entry["timm"]}
             if ratio is not None:  # the error with the paper's own TF-Lite build divided out
