@@ -64,6 +64,19 @@ def summarise(cases: list[ValidationCase], tolerance: float = TOLERANCE) -> dict
     }
 
 
+def same_paper_ratio_errors(entries: list[dict[str, Any]], predicted: list[float]) -> list[float | None]:
+    """Each published entry's error relative to its paper's ``reference: true`` entry, predicted over measured
+    (None without one): each paper used its own TF-Lite build, which the ratio cancels."""
+    reference = {e.get("group"): (p, float(e["latency_ms"])) for e, p in zip(entries, predicted, strict=True)
+                 if e.get("reference")}
+    errors: list[float | None] = []
+    for entry, pred in zip(entries, predicted, strict=True):
+        ref_pred, ref_measured = reference.get(entry.get("group"), (None, None))
+        errors.append(None if ref_pred is None or ref_measured is None
+                      else (pred / ref_pred) / (float(entry["latency_ms"]) / ref_measured) - 1)
+    return errors
+
+
 def out_of_sample(cases: Iterable[ValidationCase], scope: str | None = None) -> list[ValidationCase]:
     """The cases the target was not fitted on (of one scope, when given)."""
     return [c for c in cases if c.out_of_sample and (scope is None or c.scope == scope)]

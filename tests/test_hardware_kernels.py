@@ -226,7 +226,7 @@ def test_drift_normalisation_divides_out_the_reference_drift_per_input_size():
 
 def test_a_published_figure_is_also_compared_within_its_paper():
     """The ratio to the paper's reference entry divides out the paper's own runtime build (20% slow here)."""
-    from hardware.opcost.target import same_paper_ratio_errors
+    from hardware.validation import same_paper_ratio_errors
 
     entries = [{"group": "a", "latency_ms": 100, "reference": True}, {"group": "a", "latency_ms": 50},
                {"group": "b", "latency_ms": 10}]

@@ -221,7 +221,7 @@ class OpProfileTarget(LayerCostTarget):
             model = timm.create_model(entry["timm"], pretrained=False, **entry.get("kwargs", {}))
             predicted.append(self.latency(model, (1, 3, size, size)).latency_ms)
         cases = []
-        for entry, pred, ratio in zip(entries, predicted, same_paper_ratio_errors(entries, predicted), strict=True):
+        for entry, pred, ratio in zip(entries, predicted, _validation.same_paper_ratio_errors(entries, predicted), strict=True):
             measured = float(entry["latency_ms"])
             info: dict[str, Any] = {"source": entry.get("source", ""), "timm": entry["timm"]}
             if ratio is not None:
@@ -229,19 +229,6 @@ class OpProfileTarget(LayerCostTarget):
             group = f"holdout-{entry.get('group', 'published')}"
             cases.append(ValidationCase(entry["name"], pred, measured, group, info, fit="held-out"))
         return cases
-
-
-def same_paper_ratio_errors(entries: list[dict[str, Any]], predicted: list[float]) -> list[float | None]:
-    """Each published entry's error relative to its paper's ``reference: true`` entry, predicted over measured
-    (None without one): each paper used its own TF-Lite build, which the ratio cancels."""
-    reference = {e.get("group"): (p, float(e["latency_ms"])) for e, p in zip(entries, predicted, strict=True)
-                 if e.get("reference")}
-    errors: list[float | None] = []
-    for entry, pred in zip(entries, predicted, strict=True):
-        ref_pred, ref_measured = reference.get(entry.get("group"), (None, None))
-        errors.append(None if ref_pred is None or ref_measured is None
-                      else (pred / ref_pred) / (float(entry["latency_ms"]) / ref_measured) - 1)
-    return errors
 
 
 def _resolve_reference_dir(name: str, reference_dir: str | Path | None) -> Path:
