@@ -436,7 +436,7 @@ def _sampler(node: Any) -> Any:
     sampler = instantiate(node)
     if isinstance(sampler, STUDY_SEEDED):
         return sampler
-    return TrialSeededSampler(lambda seed: instantiate(node, seed=seed), int(node["seed"]))
+    return TrialSeededSampler(lambda seed: instantiate(node, seed=seed), int(node["seed"]), sampler)
 
 
 def _redacted(url: str) -> str:

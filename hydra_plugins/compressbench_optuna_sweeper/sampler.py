@@ -31,12 +31,13 @@ def trial_seed(seed: int, number: int) -> int:
 
 
 class TrialSeededSampler(BaseSampler):
-    """Delegates to ``build(trial_seed(seed, trial.number))``, a sampler built afresh before each trial."""
+    """Delegates to ``build(trial_seed(seed, trial.number))``, a sampler built afresh before each trial
+    (``first``: the one built with ``seed``, which answers until the first trial)."""
 
-    def __init__(self, build: Callable[[int], BaseSampler], seed: int) -> None:
+    def __init__(self, build: Callable[[int], BaseSampler], seed: int, first: BaseSampler) -> None:
         self._build = build
         self._seed = int(seed)
-        self._current = build(self._seed)
+        self._current = first
 
     @property
     def current(self) -> BaseSampler:
