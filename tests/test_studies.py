@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.studies.binary import RESNET_RUNS, chosen_lr
 from benchmarks.studies.pruning_auto import AMC_OVERRIDES, COMPACTNET_OVERRIDES
 from benchmarks.studies.quantization_codebook import deep_compression_overrides, fixed_point_method
 from benchmarks.studies.quantization_ptq import VARIANTS
@@ -44,6 +45,21 @@ def test_quantization_codebook_fixed_point_grid(fraction_bits, rounding):
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_quantization_ptq_variants(variant):
     assert isinstance(create_method("ptq", calibration_batches=16, **VARIANTS[variant]), CompressionMethod)
+
+
+@pytest.mark.parametrize("label", sorted(label for label, spec in RESNET_RUNS.items() if spec["method"]))
+def test_binary_resnet20_rows(label):
+    spec = RESNET_RUNS[label]
+    for lr in spec["lr_grid"]:
+        assert isinstance(create_method(spec["method"], **spec["settings"], finetune={"epochs": 1, "lr": lr}),
+                          CompressionMethod)
+
+
+def test_binary_resnet20_learning_rate_is_the_best_validated_that_did_not_diverge():
+    grid = {0.1: {"diverged": "the training loss is nan"}, 0.01: {"val_top1": 80.0}, 0.001: {"val_top1": 85.0}}
+    assert chosen_lr(grid) == 0.001
+    assert chosen_lr({**grid, 0.001: {"diverged": "nan"}}) == 0.01
+    assert chosen_lr({0.1: {"diverged": "nan"}, 0.01: {"diverged": "nan"}}) == 0.1
 
 
 def test_a_study_resumes_and_drops_only_the_runs_of_changed_settings(tmp_path: Path) -> None:

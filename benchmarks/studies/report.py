@@ -51,11 +51,12 @@ class Report:
 
 
 def _reproductions(paper: dict[str, Any], dc_runs: dict[str, Any], distilled: dict[str, Any] | None,
-                   binarized: dict[str, Any] | None = None) -> str:
+                   binarized: dict[str, Any] | None = None, binarized_resnet: dict[str, Any] | None = None) -> str:
     """results/reproductions.md: each study's paper figures beside ours, one section per paper."""
     sections = [deep_compression_selection.reproductions(paper, dc_runs),
                 distillation.reproduction(distilled) if distilled else "",
-                binary.reproduction(binarized) if binarized else ""]
+                binary.reproduction(binarized) if binarized else "",
+                binary.resnet_reproduction(binarized_resnet) if binarized_resnet else ""]
     return "\n".join(section for section in sections if section)
 
 
@@ -69,7 +70,8 @@ REPORTS: dict[str, Report] = {
                                          partial(deep_compression_selection.report,
                                                  goal=deep_compression_selection.COMPRESSION_GOAL)),
     "reproductions": Report(("deep_compression_paper.yaml", "deep_compression_mnist.json", "distillation.json",
-                             "binary.json"), _reproductions, optional=("distillation.json", "binary.json")),
+                             "binary.json", "binary_resnet20.json"), _reproductions,
+                            optional=("distillation.json", "binary.json", "binary_resnet20.json")),
     "quantization_fixed_point": Report(("quantization_fixed_point.json",), quantization_codebook.fixed_point_markdown),
     "pruning_amc": Report(("pruning_amc.json",), pruning_auto.amc_report),
     "pruning_amc_vs_uniform": Report(("pruning_amc_vs_uniform.json",), pruning_auto.amc_report),
@@ -80,7 +82,7 @@ REPORTS: dict[str, Report] = {
     "hessian_quantization": Report(("hessian_quantization.json",), hessian_quantization.render),
     "hashing": Report(("hashing.json",), hashing_hessian.render_hashing),
     "hessian_pruning": Report(("hessian_pruning.json",), hashing_hessian.render_hessian),
-    "binary": Report(("binary.json",), binary.render),
+    "binary": Report(("binary.json", "binary_resnet20.json"), binary.render, optional=("binary_resnet20.json",)),
     "nas_specialization": Report(("nas_specialization.json",), nas_specialization.render),
     "nas_evolution": Report(("nas_evolution.json",), nas_evolution.render),
     "haq": Report(("haq.json", "haq_curve.json"), haq.render, optional=("haq_curve.json",)),
