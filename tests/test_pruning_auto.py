@@ -174,6 +174,16 @@ def test_uniform_policy_is_one_ratio_at_the_budget(lenet, mnist, pixel1, tmp_pat
     assert env.cost([min(n + 2, f) for n, f in zip(outcome.best.kept, env.full, strict=False)]) > env.budget
 
 
+def test_amc_without_learning_episodes_is_random_search(lenet, mnist, pixel1, tmp_path, one_thread):
+    """episodes=0: every episode a warm-up of uniform random actions (issue 15's random-search arm)."""
+    amc = AMC(resource="flops", target_ratio=0.5, episodes=0, warmup_episodes=3, channel_selection="magnitude",
+              reward_batches=1)
+    outcome = amc.search_policy(amc.environment(lenet, _ctx(mnist, pixel1, tmp_path)), seed=0)
+    assert [e.warmup for e in outcome.history] == [True] * 3
+    assert len({tuple(e.kept) for e in outcome.history}) == 3 and outcome.best.reward == max(
+        e.reward for e in outcome.history)
+
+
 def test_amc_refuses_impossible_requests(lenet, mnist, pixel1, tmp_path):
     with pytest.raises(MethodConfigError, match="method.target_ratio"):
         AMC(target_ratio=1.5)
@@ -181,6 +191,8 @@ def test_amc_refuses_impossible_requests(lenet, mnist, pixel1, tmp_path):
         AMC(target_ratio=0.0)
     with pytest.raises(MethodConfigError, match="method.reward"):
         AMC(reward="top5")
+    with pytest.raises(MethodConfigError, match="method.episodes plus warmup_episodes"):
+        AMC(episodes=0, warmup_episodes=0)
     amc = AMC(resource="latency", target_ratio=0.02, lbound=0.2, channel_selection="magnitude")
     with pytest.raises(MethodConfigError, match=r"method.target_ratio=0.02: unreachable.*method.lbound"):
         amc.environment(lenet, _ctx(mnist, pixel1, tmp_path))

@@ -49,6 +49,7 @@ from benchmarks.context import make_context
 from benchmarks.data import CIFAR10JPEGDataModule
 from benchmarks.models import build_model
 from benchmarks.schema import RecipeConfig, TrainerConfig
+from benchmarks.studies import search_curve
 from benchmarks.studies.runs import Runs
 from benchmarks.training import evaluate
 from methods import create_method
@@ -158,7 +159,7 @@ def uniform(runs: Runs, s: Setup) -> None:
 def curve(runs: Runs, s: Setup) -> None:
     a = s.args
     for seed in a.seeds:
-        for arm, (warmup, episodes) in (("ddpg", (a.warmup, a.episodes)), ("random", (a.warmup + a.episodes, 0))):
+        for arm, (warmup, episodes) in search_curve.arms(a.warmup, a.episodes).items():
             def play(seed: int = seed, warmup: int = warmup, episodes: int = episodes) -> dict[str, Any]:
                 options = s.haq_options(a.ratio, warmup_episodes=warmup, episodes=episodes,
                                         reward_finetune={"epochs": a.curve_finetune, "lr": a.lr})
@@ -166,10 +167,8 @@ def curve(runs: Runs, s: Setup) -> None:
                 assert isinstance(haq, HAQ)
                 with search_threads(1):
                     history = haq.search_policy(haq.environment(s.model, s.ctx("vu9p", f"curve_{seed}", seed)), seed)
-                rewards = [e.reward for e in history]
-                return {"seed": seed, "rewards": rewards, "best_so_far": np.maximum.accumulate(rewards).tolist(),
-                        "top1": [e.top1 for e in history], "cost_ratio": [e.cost_ratio for e in history],
-                        "mean_bits": [float(np.mean([b for wa in e.bits.values() for b in wa])) for e in history]}
+                return search_curve.record(seed, history, mean_bits=[float(np.mean([b for wa in e.bits.values() for b in wa]))
+                                                                     for e in history])
             runs.get(f"curve/{arm}/s{seed}", play)
 
 
@@ -200,21 +199,7 @@ def draw(data: dict[str, Any], curve_data: dict[str, Any] | None, out: Path) -> 
         plt.close(fig)
         written.append(out / "haq_policies.png")
     if curve_data and curve_data["runs"]:
-        fig, ax = plt.subplots(figsize=(6.5, 3.6))
-        for arm, colour in (("ddpg", "#1f77b4"), ("random", "#7f7f7f")):
-            curves = [r["best_so_far"] for k, r in curve_data["runs"].items() if k.startswith(f"curve/{arm}/")]
-            for c in curves:
-                ax.plot(c, color=colour, alpha=0.35, lw=0.8)
-            if curves:
-                ax.plot(np.mean(curves, axis=0), color=colour, lw=2, label=f"{arm} (mean of {len(curves)} seeds)")
-        ax.axvline(curve_data["settings"]["warmup"] - 0.5, color="black", ls="--", lw=0.7, label="end of DDPG warm-up")
-        ax.set_xlabel("episode")
-        ax.set_ylabel("best reward so far")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "haq_curve.png", dpi=110)
-        plt.close(fig)
-        written.append(out / "haq_curve.png")
+        written.append(search_curve.draw(curve_data, out / "haq_curve.png"))
     return written
 
 
@@ -305,31 +290,17 @@ def _specialization_verdict(searches: dict[str, Any]) -> str:
 
 
 def _curve_section(curve_data: dict[str, Any]) -> list[str]:
-    cr, cs = curve_data["runs"], curve_data["settings"]
+    cs = curve_data["settings"]
     total = cs["warmup"] + cs["episodes"]
     lines = ["## The agent against random search", "",
              f"vu9p at {cs['ratio']:g} x the 8-bit latency; {total} episodes each; DDPG: {cs['warmup']} random warm-up "
              f"episodes then {cs['episodes']} learning ones; random search: {total} random episodes; the same "
              f"evaluation for both (fine-tuning per episode: {cs['curve_finetune']:g} epoch). Best reward so far, per "
-             "seed; reward = 0.1 x (top-1 - float top-1).", "",
-             "| seed | DDPG best | random best | DDPG mean of the last 10 | random mean of the last 10 | "
-             "DDPG mean bits, last 10 | random mean bits, last 10 |", "|---|---|---|---|---|---|---|"]
-    for seed in cs["seeds"]:
-        d, r = cr.get(f"curve/ddpg/s{seed}"), cr.get(f"curve/random/s{seed}")
-        if d and r:
-            lines.append(f"| {seed} | {max(d['rewards']):.3f} | {max(r['rewards']):.3f} | {np.mean(d['rewards'][-10:]):.3f} | "
-                         f"{np.mean(r['rewards'][-10:]):.3f} | {np.mean(d['mean_bits'][-10:]):.2f} | "
-                         f"{np.mean(r['mean_bits'][-10:]):.2f} |")
-    pairs = [(cr[f"curve/ddpg/s{x}"], cr[f"curve/random/s{x}"]) for x in cs["seeds"]
-             if f"curve/ddpg/s{x}" in cr and f"curve/random/s{x}" in cr]
-    if pairs:
-        wins = sum(max(d["rewards"]) > max(r["rewards"]) for d, r in pairs)
-        lines += ["", f"Over {len(pairs)} seed(s) (of {len(cs['seeds'])} planned) the agent's best reward beats random "
-                  f"search's in {wins}: mean best {np.mean([max(d['rewards']) for d, _ in pairs]):.3f} against "
-                  f"{np.mean([max(r['rewards']) for _, r in pairs]):.3f}. The warm-up episodes of both arms are the "
-                  "same draws (same seed), so the curves part at the end of the warm-up. Pin-ends: "
-                  f"{cs.get('pin_ends', False)} (without pinning, a random policy often puts 2 bits on the input "
-                  "image or the classifier, which alone costs most of the accuracy)."]
+             "seed; reward = 0.1 x (top-1 - float top-1).", ""]
+    lines += search_curve.comparison(curve_data, {"mean bits, last 10": lambda r: f"{np.mean(r['mean_bits'][-10:]):.2f}"})
+    if search_curve.pairs(curve_data):
+        lines[-1] += (f" Pin-ends: {cs.get('pin_ends', False)} (without pinning, a random policy often puts 2 bits on the "
+                      "input image or the classifier, which alone costs most of the accuracy).")
     lines += ["", "![learning curves](haq_curve.png)", ""]
     return lines
 

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from benchmarks.studies import (
+    amc_curve,
     binary,
     deep_compression_selection,
     distillation,
@@ -86,6 +87,7 @@ REPORTS: dict[str, Report] = {
     "nas_specialization": Report(("nas_specialization.json",), nas_specialization.render),
     "nas_evolution": Report(("nas_evolution.json",), nas_evolution.render),
     "haq": Report(("haq.json", "haq_curve.json"), haq.render, optional=("haq_curve.json",)),
+    "amc_curve": Report(("amc_curve.json",), amc_curve.render),
 }
 #: how a source is read, by its suffix
 READERS: dict[str, Callable[[str], Any]] = {".json": json.loads, ".yaml": yaml.safe_load}

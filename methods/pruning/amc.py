@@ -411,7 +411,7 @@ class AMCConfig:
     rbound: float = option(1.0, gt=0, le=1)
     reward: str = option("acc", choices=REWARDS)
     search: str = option("ddpg", choices=SEARCHES)
-    episodes: int = option(100, ge=1)
+    episodes: int = option(100, ge=0, why="0 with warm-up episodes: random search, the same evaluation")
     warmup_episodes: int = option(25, ge=0)
     channel_selection: str = option("lstsq", choices=SELECTIONS)
     channel_round: int = option(1, ge=1)
@@ -426,6 +426,8 @@ class AMCConfig:
     def check(self, key: str) -> None:
         if self.lbound > self.rbound:
             fail(f"{key}.lbound", f"({self.lbound}) must not exceed {key}.rbound ({self.rbound})")
+        if self.search == "ddpg" and self.episodes + self.warmup_episodes < 1:
+            fail(f"{key}.episodes", "plus warmup_episodes must be >= 1: the search needs one episode")
 
 
 class AMC(CompressionMethod):
