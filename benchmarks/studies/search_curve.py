@@ -80,8 +80,7 @@ def draw(curve_data: dict[str, Any], path: Path) -> Path:
         if curves:
             ax.plot(np.mean(curves, axis=0), color=colour, lw=2, label=f"{arm} (mean of {len(curves)} seeds)")
     ax.axvline(curve_data["settings"]["warmup"] - 0.5, color="black", ls="--", lw=0.7, label="end of DDPG warm-up")
-    ax.set_xlabel("episode")
-    ax.set_ylabel("best reward so far")
+    ax.set(xlabel="episode", ylabel="best reward so far")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
