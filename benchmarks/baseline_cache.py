@@ -20,7 +20,7 @@ from typing import Any
 from torch import nn
 
 from benchmarks import training
-from benchmarks.data.sources import written_atomically
+from benchmarks.atomic import written_atomically
 from benchmarks.models import model_code_version
 from benchmarks.schema import RecipeConfig, TrainerConfig
 from methods.baseline import load_dense, save_dense

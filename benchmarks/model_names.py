@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
+from benchmarks.atomic import written_atomically
+
 #: the zoo's source: a change to it may add or rename models, so it keys the cache
 ZOO_DIR = Path(__file__).resolve().parent / "models"
 
@@ -43,7 +45,8 @@ class ModelNames:
     def save(self, cache_dir: Path) -> None:
         path = cache_file(cache_dir)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"registered": self.registered, "zoo": self.zoo}), encoding="utf-8")
+        with written_atomically(path) as partial:  # concurrent runs' preflights never read half a file
+            partial.write_text(json.dumps({"registered": self.registered, "zoo": self.zoo}), encoding="utf-8")
 
     @classmethod
     def cached(cls, cache_dir: Path) -> ModelNames | None:

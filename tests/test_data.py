@@ -21,6 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
+from benchmarks.atomic import written_atomically
 from benchmarks.data import (
     SOURCES,
     CIFAR10JPEGDataModule,
@@ -34,7 +35,7 @@ from benchmarks.data import (
     SourceFile,
 )
 from benchmarks.data.mnist import read_idx_images, read_idx_labels
-from benchmarks.data.sources import MARKER_NAME, manifest_digest, written_atomically
+from benchmarks.data.sources import MARKER_NAME, manifest_digest
 
 SHARED = Path("/work/shared/data")
 CONF = Path(__file__).resolve().parents[1] / "conf" / "dataset"

@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from benchmarks.atomic import written_atomically
 from benchmarks.data.base import (
     ImageDataModule,
     Splits,
@@ -34,7 +35,7 @@ from benchmarks.data.base import (
     image_shape,
 )
 from benchmarks.data.errors import DataFormatError
-from benchmarks.data.sources import get_source, written_atomically
+from benchmarks.data.sources import get_source
 from benchmarks.data.tensors import InMemoryImageDataset, PadCropFlip, black_fill, normalise_uint8
 
 ARRAYS_NAME = "arrays.npz"

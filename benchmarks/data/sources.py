@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import uuid
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks.atomic import written_atomically
 from benchmarks.data.errors import DataChecksumError, DataNotFoundError
 
 MARKER_NAME = "PREPARED.json"
@@ -105,23 +103,6 @@ def get_source(name: str) -> DataSource:
         raise KeyError(
             f"no data source named {name!r} (known: {known}); register one with benchmarks.data.sources.register_source"
         ) from None
-
-
-@contextmanager
-def written_atomically(target: Path, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; on success it replaces ``target`` at once.
-
-    The name is this process's own, so concurrent workers writing the same file (a shared
-    baseline cache, a data folder prepared by several runs) never write into each other's
-    half-written copy; whoever replaces last wins with a whole file. ``suffix`` keeps an
-    extension a writer insists on (``np.savez`` appends ``.npz``).
-    """
-    partial = target.with_name(f"{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial{suffix}")
-    try:
-        yield partial
-        partial.replace(target)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def sha256_file(path: Path) -> str:
