@@ -12,8 +12,9 @@ fusion rules:
 - ``add`` absorbs a following fusible activation (TF-Lite's ADD with fused ReLU);
 - squeeze-excitation (a global mean, 1x1 convolutions on the pooled vector, a gate,
   and the broadcast multiply) is one ``se`` kernel;
-- pooling (``pool``; ``gpool`` when global), ``concat``, broadcast ``mul``, and a batch
-  norm or an activation that nothing absorbs (``bn``, ``act``) are kernels of their own.
+- pooling (``pool``; ``gpool`` when global), ``concat``, a channel shuffle's copy
+  (``transpose``), broadcast ``mul``, and a batch norm or an activation that nothing absorbs
+  (``bn``, ``act``) are kernels of their own.
 
 Each kernel carries the configuration its cost depends on (channels, input size,
 kernel, stride, groups, fused activation) and the layer names it executes.
@@ -40,9 +41,15 @@ FUSIBLE_ACTIVATIONS: dict[str, frozenset[str] | None] = {
     "onnxruntime": frozenset({"ReLU", "ReLU6", "Sigmoid", "Tanh", "LeakyReLU", "Hardsigmoid", "Identity"}),
     "pytorch": None,
 }
-KERNEL_TYPES = ("conv", "dwconv", "linear", "se", "add", "mul", "pool", "gpool", "concat", "bn", "act")
-_ADD_OPS = ("aten::add.Tensor", "aten::add_.Tensor")
-_MUL_OPS = ("aten::mul.Tensor", "aten::mul_.Tensor")
+KERNEL_TYPES = ("conv", "dwconv", "linear", "se", "add", "mul", "pool", "gpool", "concat", "transpose", "bn", "act")
+#: The ATen calls each functional op of the layer description runs as (it is placed where they ran).
+_ATEN_OF_FUNCTIONAL = {
+    "add": ("aten::add.Tensor", "aten::add_.Tensor"),
+    "mul": ("aten::mul.Tensor", "aten::mul_.Tensor"),
+    "pool": ("aten::mean.dim",),
+    "concat": ("aten::cat", "aten::cat.default"),
+    "transpose": ("aten::clone", "aten::clone.default"),
+}
 
 
 @dataclass
@@ -86,25 +93,22 @@ def _map_kernel(kind: str, shape: tuple[int, ...], names: list[str], **extra: An
     return Kernel(kind, {"c": int(shape[1]) if len(shape) > 1 else 1, "h": h, "w": w, "batch": int(shape[0]), **extra}, names)
 
 
-def _steps(trace: ModelTrace) -> list[LayerSpec | AtenCall]:
+def _steps(trace: ModelTrace) -> list[LayerSpec]:
     """The leaf layers and costly functional ops, in execution order.
 
-    Functional ops (add, mul, mean) are in ``trace.layers`` with their names; they are
-    placed where their ATen call ran in ``trace.sequence``. Concatenations are ATen calls.
+    Functional ops (add, mul, mean, concat, transpose) are in ``trace.layers`` with their
+    names; they are placed where their ATen call ran in ``trace.sequence``.
     """
     functional = [layer for layer in trace.layers if layer.module_type == FUNCTIONAL]
-    kinds = {"add": _ADD_OPS, "mul": _MUL_OPS, "pool": ("aten::mean.dim",)}
-    steps: list[LayerSpec | AtenCall] = []
+    steps: list[LayerSpec] = []
     nxt = 0
     for step in trace.sequence:
         if isinstance(step, LayerSpec):
             steps.append(step)
-        elif isinstance(step, AtenCall):
-            if nxt < len(functional) and step.op in kinds.get(functional[nxt].op, ()):
-                steps.append(functional[nxt])
-                nxt += 1
-            elif step.op == "aten::cat.default" or step.op == "aten::cat":
-                steps.append(step)
+        elif isinstance(step, AtenCall) and nxt < len(functional) \
+                and step.op in _ATEN_OF_FUNCTIONAL[functional[nxt].op]:
+            steps.append(functional[nxt])
+            nxt += 1
     return steps
 
 
@@ -120,11 +124,11 @@ def _is_global_pool(layer: LayerSpec) -> bool:
 class _Fuser:
     """Walks the steps once, emitting kernels (see the module docstring for the rules)."""
 
-    def __init__(self, steps: list[LayerSpec | AtenCall], fusible: frozenset[str] | None) -> None:
+    def __init__(self, steps: list[LayerSpec], fusible: frozenset[str] | None) -> None:
         self.steps, self.fusible, self.i = steps, fusible, 0
         self.kernels: list[Kernel] = []
 
-    def peek(self, offset: int = 0) -> LayerSpec | AtenCall | None:
+    def peek(self, offset: int = 0) -> LayerSpec | None:
         j = self.i + offset
         return self.steps[j] if j < len(self.steps) else None
 
@@ -146,9 +150,7 @@ class _Fuser:
         while self.i < len(self.steps):
             step = self.steps[self.i]
             self.i += 1
-            if isinstance(step, AtenCall):
-                self.concat(step)
-            elif step.op in ("conv", "dwconv", "linear"):
+            if step.op in ("conv", "dwconv", "linear"):
                 self.compute(step)
             elif _is_global_pool(step):
                 if not self.squeeze_excite(step):
@@ -169,6 +171,12 @@ class _Fuser:
             elif step.op in ("act", "mul"):
                 extra = {"act": step.module_type} if step.op == "act" else {}
                 self.kernels.append(_map_kernel(step.op, step.output_shape, [step.name], **extra))
+            elif step.op == "concat" and len(step.output_shape) == 4:
+                self.kernels.append(_map_kernel("concat", step.output_shape, [step.name],
+                                                inputs=len(step.extra["operand_shapes"])))
+            elif step.op == "transpose" and len(step.output_shape) >= 4:  # a channel shuffle's (b, g, c/g, h, w)
+                shape = step.output_shape
+                self.kernels.append(_map_kernel("transpose", (shape[0], step.out_channels, *shape[-2:]), [step.name]))
         return self.kernels
 
     def compute(self, layer: LayerSpec) -> None:
@@ -180,13 +188,6 @@ class _Fuser:
         self.absorb_act(kernel, layer.output_shape)
         self.kernels.append(kernel)
 
-    def concat(self, call: AtenCall) -> None:
-        tensors = [t for t in call.args[0] if hasattr(t, "shape")] if call.args else []
-        if not tensors or len(tensors[0].shape) != 4:
-            return
-        c = sum(int(t.shape[1]) for t in tensors)
-        self.kernels.append(_map_kernel("concat", (tensors[0].shape[0], c, *tensors[0].shape[2:]), ["cat"],
-                                        inputs=len(tensors)))
 
     def squeeze_excite(self, pool: LayerSpec) -> bool:
         """Fuse pool, 1x1 layers on the pooled vector, gate and broadcast multiply into one ``se`` kernel."""

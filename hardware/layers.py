@@ -9,8 +9,11 @@ padding, dilation, groups, channels, bias, bit-widths and sparsity. One forward 
   :class:`LayerSpec`, and say which leaf a leaf ran inside (timm's BatchNormAct2d holds
   its activation);
 - a ``TorchFunctionMode`` adds the functional ops that are not modules but cost time on
-  a device: tensor-tensor adds and multiplies (residuals, squeeze-excitation gates) and
-  spatial means, each named after the innermost module that ran it (``blocks.1.0.add``);
+  a device: tensor-tensor adds and multiplies (residuals, squeeze-excitation gates),
+  spatial means, concatenations (``concat``: fire modules, ShuffleNet's strided units) and
+  the copy that makes a transposed tensor contiguous (``transpose``: a channel shuffle, which
+  TF-Lite runs as a TRANSPOSE), each named after the innermost module that ran it
+  (``blocks.1.0.add``);
 - a ``TorchDispatchMode`` records, in order, every ATen operation run outside the leaf
   layers and every container module call: the execution sequence a lookup table replays;
 - MACs come from PyTorch's own flop counter (``torch.utils.flop_counter``), not from
@@ -152,6 +155,11 @@ def _numel(shape: tuple[int, ...]) -> int:
     return math.prod(int(s) for s in shape)
 
 
+def _channels(shape: tuple[int, ...] | torch.Size) -> int:
+    """Channels of a feature map, also when a channel shuffle has split them into (groups, channels per group)."""
+    return math.prod(int(d) for d in shape[1:-2]) if len(shape) >= 4 else int(shape[1])
+
+
 def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[-1]))
 
@@ -208,7 +216,8 @@ def _leaf_spec(name: str, module: nn.Module, op: str, input_shape: tuple[int, ..
 
 
 class _FunctionalRecorder(TorchFunctionMode):
-    """Records tensor-tensor add/mul and spatial means (ops that are not nn.Modules).
+    """Records tensor-tensor add/mul, spatial means, concatenations and transposing copies (ops that are not
+    nn.Modules). A view (reshape, transpose) moves no data; the ``contiguous()`` after it does.
 
     Ops inside a leaf layer's forward are the leaf's own (a fake-quantized conv's weight
     dequantization, say): the leaf is costed as one layer, so they are not recorded.
@@ -231,6 +240,7 @@ class _FunctionalRecorder(TorchFunctionMode):
         torch.Tensor.__rmul__,
     }
     _MEAN = {torch.mean, torch.Tensor.mean}
+    _CAT = {torch.cat, torch.concat, torch.concatenate}
 
     def __init__(self, scope: list[str], leaves: list[LayerSpec]) -> None:
         super().__init__()
@@ -248,9 +258,27 @@ class _FunctionalRecorder(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        copies = func is torch.Tensor.contiguous and isinstance(args[0], torch.Tensor) and not args[0].is_contiguous()
         out = func(*args, **kwargs)
-        kind = "add" if func in self._ADD else "mul" if func in self._MUL else "mean" if func in self._MEAN else None
+        kind = ("add" if func in self._ADD else "mul" if func in self._MUL else "mean" if func in self._MEAN
+                else "concat" if func in self._CAT else "transpose" if copies else None)
         if kind is None or self.leaves or not isinstance(out, torch.Tensor) or out.dim() < 2:
+            return out
+        if kind in ("concat", "transpose"):
+            operands = args[0] if kind == "concat" else [args[0]]
+            shapes = [tuple(t.shape) for t in operands]
+            self.records.append(
+                LayerSpec(
+                    name=self._name(kind),
+                    op=kind,
+                    module_type=FUNCTIONAL,
+                    input_shape=shapes[0] if kind == "transpose" else tuple(out.shape),
+                    output_shape=tuple(out.shape),
+                    in_channels=_channels(out.shape),
+                    out_channels=_channels(out.shape),
+                    extra={"operand_shapes": shapes},
+                )
+            )
             return out
         if kind in ("add", "mul"):
             if len(args) < 2 or not all(isinstance(a, torch.Tensor) and a.dim() >= 2 for a in args[:2]):

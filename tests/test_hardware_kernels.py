@@ -8,10 +8,13 @@ import random
 import pytest
 import torch
 from torch import nn
+from torchvision.models.shufflenetv2 import channel_shuffle
 
 from hardware.kernelcost.predictor import KernelPredictor, KernelSample
+from hardware.kernelcost.profiling import kernel_module
 from hardware.kernelcost.sources import proxylessnas_block
 from hardware.kernels import Kernel, model_kernels
+from hardware.layers import describe_layers
 
 
 class _SE(nn.Module):
@@ -51,6 +54,32 @@ def test_fusion_rules_give_the_kernels_a_runtime_executes():
     assert se.config == {"c": 8, "h": 16, "w": 16, "batch": 1, "mid": 4, "gate": "Hardsigmoid"}
     assert len(se.layers) == 6 and act.config["act"] == "Hardswish"  # TF-Lite runs h-swish as its own kernel
     assert kernels[7].config["c"] == 16 and kernels[7].config["inputs"] == 2
+
+
+class _ShuffleUnit(nn.Module):
+    """ShuffleNet's strided unit in miniature: grouped 1x1 conv, channel shuffle, concat with a pooled shortcut."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.pool = nn.Conv2d(8, 8, 1, groups=2), nn.AvgPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = channel_shuffle(self.conv(x), 2).contiguous()  # already contiguous: no second copy
+        return torch.cat([self.pool(x), self.pool(out)], 1)
+
+
+def test_channel_shuffle_and_concat_are_traced_as_the_copies_they_are():
+    described = describe_layers(_ShuffleUnit().eval(), (1, 8, 6, 6))
+    assert [layer.op for layer in described].count("transpose") == 1
+    layers = {layer.op: layer for layer in described}
+    transpose, concat = layers["transpose"], layers["concat"]
+    assert transpose.input_shape == (1, 4, 2, 6, 6) and transpose.in_channels == 8
+    assert concat.output_shape == (1, 16, 3, 3) and concat.extra["operand_shapes"] == [(1, 8, 3, 3), (1, 8, 3, 3)]
+    kernels = model_kernels(_ShuffleUnit().eval(), (1, 8, 6, 6))
+    assert [k.type for k in kernels] == ["conv", "transpose", "pool", "pool", "concat"]
+    assert kernels[1].config == {"c": 8, "h": 6, "w": 6, "batch": 1} and kernels[1].layers == ["transpose"]
+    module, inputs = kernel_module(kernels[1])  # the profiler can time it alone
+    assert module(*inputs).numel() == 8 * 6 * 6
 
 
 def test_pytorch_runtime_fuses_every_activation_and_unknown_runtime_is_refused():

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 import timm
+import torch
 import yaml
+from torch import nn
+from torchvision.models.shufflenetv2 import channel_shuffle
 
 from hardware import registry
 from hardware.target import HardwareError
@@ -83,3 +86,23 @@ def test_an_unknown_profile_format_names_the_key_and_the_known_ones(tmp_path: Pa
     _phone(tmp_path / "hw", REFERENCE, profile_format="nnmeter")
     with pytest.raises(HardwareError, match=r"hw.profile_format 'nnmeter' is unknown; use one of \['tflite_benchmark_model'\]"):
         registry.instantiate("phone2", conf_dir=tmp_path / "hw")
+
+
+def test_pixel1_prices_a_channel_shuffle_and_a_concat_as_streaming_copies() -> None:
+    """The profiles have no TRANSPOSE or CONCATENATION: both cost what the fitted elementwise rate says."""
+    class Unit(nn.Module):
+        def __init__(self, shuffle: bool) -> None:
+            super().__init__()
+            self.conv, self.shuffle = nn.Conv2d(64, 64, 1, groups=4), shuffle
+
+        def forward(self, x):
+            out = self.conv(x)
+            return torch.cat([x, channel_shuffle(out, 4)], 1) if self.shuffle else out
+
+    pixel1 = registry.instantiate("pixel1")
+    shape = (1, 64, 28, 28)
+    with_copies, without = pixel1.latency(Unit(True), shape), pixel1.latency(Unit(False), shape)
+    copies = {name: ms for name, ms in with_copies.per_layer_ms.items() if name in ("transpose", "concat")}
+    assert set(copies) == {"transpose", "concat"} and all(ms > 0 for ms in copies.values())
+    assert copies["concat"] > copies["transpose"]  # twice the elements moved
+    assert with_copies.latency_ms == pytest.approx(without.latency_ms + sum(copies.values()))

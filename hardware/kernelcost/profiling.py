@@ -123,6 +123,16 @@ class _Concat(nn.Module):
         return torch.cat(xs, 1)
 
 
+class _Transpose(nn.Module):
+    """A channel shuffle's copy: (b, g, c/g, h, w) -> (b, c/g, g, h, w), made contiguous (two groups; the cost is
+    the data moved, the same for any group count)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        groups = 2 if c % 2 == 0 else 1
+        return x.view(b, groups, c // groups, h, w).transpose(1, 2).contiguous()
+
+
 def kernel_module(kernel: Kernel) -> tuple[nn.Module, list[torch.Tensor]]:
     """Modules doing the kernel's work, and its inputs."""
     c = kernel.config
@@ -143,6 +153,7 @@ def kernel_module(kernel: Kernel) -> tuple[nn.Module, list[torch.Tensor]]:
         "gpool": lambda: (nn.AdaptiveAvgPool2d(1), [x]),
         "se": lambda: (_SqueezeExcite(c["c"], c["mid"], c["gate"]).eval(), [x]),
         "concat": lambda: (_Concat(), list(torch.randn(c["batch"], c["c"], c["h"], c["w"]).chunk(c["inputs"], 1))),
+        "transpose": lambda: (_Transpose(), [x]),
     }
     if kernel.type not in builders:
         raise HardwareError(f"cannot build a kernel of type {kernel.type!r}; types: {sorted(builders)} and conv/dwconv/linear")
