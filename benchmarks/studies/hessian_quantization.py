@@ -130,9 +130,13 @@ def scalar(runs: Runs, args: argparse.Namespace, work: Path) -> None:
             for label, (method, settings) in SCALAR.items():
                 if epochs and label not in FINETUNED:
                     continue
-                lr = args.finetune_lr if settings.get("shared_gradient") == "sum" else MEAN_GRADIENT_LR
-                full = {**settings, "bits": bits, "finetune": {"epochs": epochs, "lr": lr}}
+                full = {**settings, "bits": bits, "finetune": {"epochs": epochs, "lr": _finetune_lr(settings, args)}}
                 runs.get(f"scalar/{label}/b{bits}/ft{epochs:g}", partial(_compress, method, full, base, dm, recipe, work))
+
+
+def _finetune_lr(settings: dict[str, Any], args: argparse.Namespace) -> float:
+    """Deep Compression's summed cluster gradient at ``--finetune-lr``, Choi et al.'s mean gradient at its own."""
+    return args.finetune_lr if settings.get("shared_gradient") == "sum" else MEAN_GRADIENT_LR
 
 
 def vq(runs: Runs, args: argparse.Namespace, work: Path) -> None:
@@ -145,18 +149,20 @@ def vq(runs: Runs, args: argparse.Namespace, work: Path) -> None:
 def resnet20(runs: Runs, args: argparse.Namespace, work: Path) -> None:
     dm = CIFAR10JPEGDataModule(data_dir=ROOT / "data", source_dir=SHARED, name="cifar10_jpeg", batch_size=64,
                                eval_batch_size=256, seed=42, val_size=5000, val_subset=1024,
-                               test_subset=args.cifar_test_subset, mean=[0.485, 0.456, 0.406],
+                               train_subset=args.cifar_train_subset, test_subset=args.cifar_test_subset, mean=[0.485, 0.456, 0.406],
                                std=[0.229, 0.224, 0.225], augment=False)
     dm.prepare_data()
     dm.setup("fit")
     base = build_model("resnet20_cifar", 10, 3, RESNET20).eval()
     runs.get("resnet20/baseline", lambda: _scores(base, dm))
-    recipe = RecipeConfig(epochs=1, lr=0.01, weight_decay=0.0)
-    for bits in BITS:
-        for label in ("k-means, network", "Hessian k-means (fisher)"):
-            method, settings = SCALAR[label]
-            full = {**settings, "bits": bits, "calibration_batches": args.cifar_batches, "finetune": {"epochs": 0.0}}
-            runs.get(f"resnet20/{label}/b{bits}/ft0", partial(_compress, method, full, base, dm, recipe, work))
+    recipe = RecipeConfig(epochs=max(args.cifar_finetune_epochs, 1.0), lr=0.01, weight_decay=0.0)
+    for epochs in (0.0, args.cifar_finetune_epochs):
+        for bits in BITS:
+            for label in ("k-means, network", "Hessian k-means (fisher)"):
+                method, settings = SCALAR[label]
+                full = {**settings, "bits": bits, "calibration_batches": args.cifar_batches,
+                        "finetune": {"epochs": epochs, "lr": _finetune_lr(settings, args)}}
+                runs.get(f"resnet20/{label}/b{bits}/ft{epochs:g}", partial(_compress, method, full, base, dm, recipe, work))
 
 
 def _mnist(args: argparse.Namespace) -> MNISTDataModule:
@@ -168,6 +174,10 @@ def _mnist(args: argparse.Namespace) -> MNISTDataModule:
 
 
 PARTS: dict[str, Callable[[Runs, argparse.Namespace, Path], None]] = {"scalar": scalar, "vq": vq, "resnet20": resnet20}
+#: the settings each part's runs depend on: changing one drops that part's runs only
+PART_SETTINGS = {"scalar": ("baseline_epochs", "finetune_epochs", "finetune_lr"), "vq": ("baseline_epochs",),
+                 "resnet20": ("cifar_test_subset", "cifar_batches", "cifar_train_subset", "cifar_finetune_epochs",
+                              "finetune_lr")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,11 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--finetune-lr", type=float, default=1e-4, help="conf/method/kmeans.yaml's")
     parser.add_argument("--cifar-test-subset", type=int, default=2000)
     parser.add_argument("--cifar-batches", type=int, default=4, help="training batches of 64 for the importance")
+    parser.add_argument("--cifar-train-subset", type=int, default=10000, help="training images the fine-tunings see")
+    parser.add_argument("--cifar-finetune-epochs", type=float, default=1.0, help="shared-value fine-tuning of ResNet-20")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "hessian_quantization.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     settings = {k: v for k, v in vars(args).items() if k not in ("parts", "out")}
-    runs = Runs(args.out, settings)
+    runs = Runs(args.out, settings, parts=PART_SETTINGS, running=args.parts)
     work = ROOT / "outputs" / "hessian_quantization"
     work.mkdir(parents=True, exist_ok=True)
     for part in args.parts:
@@ -271,16 +283,28 @@ def _resnet_section(runs: dict[str, Any], settings: dict[str, Any]) -> list[str]
     base = runs.get("resnet20/baseline")
     if base is None:
         return []
-    out = ["## ResNet-20 (akamaster's pretrained weights), cifar10_jpeg, no fine-tuning", "",
+    ft = settings.get("cifar_finetune_epochs", 0.0)
+    labels = ("k-means, network", "Hessian k-means (fisher)")
+    out = ["## ResNet-20 (akamaster's pretrained weights), cifar10_jpeg", "",
            f"Test top-1 on a {settings['cifar_test_subset']}-image subset of the test split, importance from "
            f"{settings['cifar_batches']} training batches of 64; all 20 conv/linear layers shared, first and last "
            f"included. Float baseline: {base['test_top1']:.2f} (validation {base['val_top1']:.2f}; this project's "
            "JPEG copy of CIFAR-10 gives the pretrained net ~81%, as in results/quantization_ptq.md: read the "
-           "accuracies relative to it). Fine-tuning ResNet-20 was not affordable on this shared 2-core machine.", "",
-           "| quantizer | " + " | ".join(f"{b} bits" for b in BITS) + " |", "|---|" + "---|" * len(BITS)]
-    out += [f"| {label} | " + " | ".join(_cell(runs.get(f"resnet20/{label}/b{b}/ft0")) for b in BITS) + " |"
-            for label in ("k-means, network", "Hessian k-means (fisher)")]
-    return [*out, ""]
+           "accuracies relative to it).", ""]
+    for epochs in sorted({0.0, ft}):
+        if not any(f"resnet20/{label}/b{b}/ft{epochs:g}" in runs for label in labels for b in BITS):
+            continue
+        title = (f"After {epochs:g} epoch of shared-value fine-tuning over {settings['cifar_train_subset']} training "
+                 f"images (mean cluster gradients at lr {MEAN_GRADIENT_LR:g}, as Choi et al.; far below a full CIFAR "
+                 "schedule)") if epochs else "Without fine-tuning"
+        out += [f"### {title}", "", "| quantizer | " + " | ".join(f"{b} bits" for b in BITS) + " |",
+                "|---|" + "---|" * len(BITS)]
+        out += [f"| {label} | " + " | ".join(_cell(runs.get(f"resnet20/{label}/b{b}/ft{epochs:g}")) for b in BITS) + " |"
+                for label in labels]
+        out += ["", "Test top-1 change at equal bits, Hessian k-means (fisher) - k-means, network, in points: " + "; ".join(
+            f"{b} bits {_delta(runs, f'resnet20/{labels[1]}/b{b}/ft{epochs:g}', f'resnet20/{labels[0]}/b{b}/ft{epochs:g}')}"
+            for b in BITS) + ".", ""]
+    return out
 
 
 def render(figures: dict[str, Any]) -> str:

@@ -145,6 +145,9 @@ def tt(study: Runs, args: argparse.Namespace, work: Path) -> None:
 
 
 PARTS: dict[str, Callable[[Runs, argparse.Namespace, Path], None]] = {"conv": conv, "tt": tt}
+#: the settings each part's rows depend on: changing one drops that part's rows only
+PART_SETTINGS = {"conv": ("train_subset", "test_subset", "finetune_epochs", "finetune_lr", "conv_arms", "rounds"),
+                 "tt": ("tt_epochs", "tt_shapes", "tt_ranks", "mlp", "rounds")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,8 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)  # 5 studies share 2 cores; speedups are 1-thread figures anyway
     settings = {k: v for k, v in vars(args).items() if k not in ("parts", "source_dir", "out")}
     settings.update(conv_arms=CONV_ARMS, tt_shapes=TT_SHAPES, tt_ranks=list(TT_RANKS), mlp=MLP, rounds=ROUNDS)
-    study = Runs(args.out / FIGURES, settings, hidden=("metrics",), collection="rows", diverged_rows=True)
-    options = " ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in vars(args).items() if isinstance(v, (int, float)))
+    study = Runs(args.out / FIGURES, settings, hidden=("metrics",), collection="rows", diverged_rows=True,
+                 parts=PART_SETTINGS, running=args.parts)
+    kept = study.data["settings"]  # the stored values of the settings no running part depends on
+    options = " ".join(f"--{k.replace('_', '-')} {kept[k]:g}" for k, v in vars(args).items() if isinstance(v, (int, float)))
     parts = sorted(set(args.parts) | {key.split("/", 1)[0] for key in study.data["rows"]})  # every part in the file
     study.data["command"] = f"python -m benchmarks.studies.lowrank --parts {' '.join(parts)} {options}"
     work = Path(tempfile.mkdtemp(prefix="lowrank_"))
