@@ -17,9 +17,9 @@ class _Episode:
     cost_ratio: float
 
 
-def _run(seed: int, rewards: list[float], policies: list[list[float]]) -> dict:
+def _run(seed: int, rewards: list[float], policies: list[list[float]], asked: list[list[float]] | None = None) -> dict:
     history = [_Episode(r, 100 * r, 0.5) for r in rewards]
-    return search_curve.record(seed, history, preserve=policies, proposed=policies,
+    return search_curve.record(seed, history, preserve=policies, proposed=asked or policies,
                                mean_preserve=[float(np.mean(p)) for p in policies])
 
 
@@ -52,10 +52,10 @@ def test_the_table_pairs_the_arms_per_seed_and_counts_the_agent_wins():
 def test_action_diversity_tells_a_repeated_policy_from_exploration():
     repeated = [[1.0, 0.2, 0.2]] * 12
     varied = [[0.3 + 0.05 * i, 0.9 - 0.05 * i, 0.5] for i in range(12)]
-    stuck = amc_curve.diversity(_run(1, [0.1] * 12, repeated))
+    stuck = amc_curve.diversity(_run(1, [0.1] * 12, repeated, [[1.0, 0.2, 0.9]] * 12))  # the wall cut the last layer
     moving = amc_curve.diversity(_run(1, [0.1] * 12, varied))
     assert stuck["distinct"] == 1 and stuck["episodes_std"] < 1e-9 and stuck["asked_at_rbound"] == 1 / 3
-    assert stuck["asked_at_lbound"] == 2 / 3 and stuck["layers_std"] > 0
+    assert stuck["asked_at_lbound"] == 1 / 3 and stuck["cut_by_wall"] == 1 / 3 and stuck["layers_std"] > 0
     assert moving["distinct"] == 10 and moving["episodes_std"] > 0.05  # the last ten episodes only
 
 
@@ -63,6 +63,6 @@ def test_the_amc_report_and_figure_come_from_the_runs(tmp_path: Path):
     runs = {f"curve/{arm}/s1": _run(1, rewards, [[0.5, 1.0]] * 5)
             for arm, rewards in (("ddpg", [0.1, 0.2, 0.3, 0.5, 0.5]), ("random", [0.1, 0.2, 0.25, 0.2, 0.1]))}
     text = amc_curve.render(_data(runs, [1]))
-    assert "| 1 | 0.500 | 0.250 | 0.320 | 0.170 | 0.750 | 0.750 |" in text
-    assert "| 1 | DDPG | 0.250 | 0.000 | 0.000 | 1 | 50% | 0% |" in text
+    assert "| 1 | 0.500 | 0.250 | 0.320 | 0.170 | 3 | 2 | 0.750 | 0.750 |" in text
+    assert "| 1 | DDPG | 0.250 | 0.000 | 0.000 | 1 | 50% | 0% | 0% |" in text
     assert search_curve.draw(_data(runs, [1]), tmp_path / "curve.png").stat().st_size > 0
