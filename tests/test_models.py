@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+import yaml
 from torch import nn
 
 from benchmarks.models import (
@@ -346,6 +347,14 @@ def test_cifar_variants_keep_4x4_maps_give_10_logits_and_train(name):
     described = {layer.name for layer in describe_layers(model, (1, 3, 32, 32))}
     convs = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
     assert convs <= described  # the one layer tracer sees every conv of torchvision's and timm's containers
+
+
+@pytest.mark.parametrize("name", [*CIFAR_EFFICIENT, "mobilenetv2_cifar", "resnet20_cifar"])
+def test_cifar_variants_state_the_statistics_cifar10_jpeg_normalises_with(name):
+    """timm's resolve_data_config reads them: a model must not claim statistics its data never had."""
+    dataset = yaml.safe_load((CONF_MODEL_DIR.parent / "dataset" / "cifar10_jpeg.yaml").read_text())
+    cfg = timm.create_model(name).pretrained_cfg
+    assert list(cfg["mean"]) == dataset["mean"] and list(cfg["std"]) == dataset["std"]
 
 
 @pytest.mark.parametrize("name", ["squeezenet1_1", "shufflenet_v1", "shufflenet_v2"])

@@ -23,15 +23,13 @@ import torch
 from timm.models import register_model
 from torch import nn
 
-from benchmarks.models._entrypoint import architecture_args, data_config
+from benchmarks.models._entrypoint import architecture_args, input_size_config
 
 # (expansion t, output channels c, repeats n, first stride s); ImageNet Table 2 with the
 # second stage's stride changed from 2 to 1 for CIFAR.
 CIFAR_STAGES = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
 STEM_CHANNELS = 32
 LAST_CHANNELS = 1280
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
 def make_divisible(channels: float, divisor: int = 8) -> int:
@@ -100,9 +98,7 @@ class MobileNetV2Cifar(nn.Module):
         self.flatten = nn.Flatten()
         self.dropout = nn.Dropout(drop_rate)
         self.classifier = nn.Linear(last_channels, num_classes)
-        self.pretrained_cfg = data_config(
-            (in_chans, 32, 32), CIFAR10_MEAN, CIFAR10_STD, num_classes, first_conv="stem.conv", classifier="classifier"
-        )
+        self.pretrained_cfg = input_size_config(in_chans, True, num_classes, "stem.conv", "classifier")
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out")

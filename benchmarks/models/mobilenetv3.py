@@ -25,10 +25,7 @@ from timm.models import register_model
 from timm.models.mobilenetv3 import MobileNetV3, mobilenetv3_large_100, mobilenetv3_small_100
 from torch import nn
 
-from benchmarks.models._entrypoint import data_config, input_size_args
-
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+from benchmarks.models._entrypoint import input_size_args, input_size_config
 
 
 def _cifar_strides(model: MobileNetV3) -> list[nn.Conv2d]:
@@ -46,8 +43,7 @@ def _create(builder: Callable[..., MobileNetV3], model_name: str, cifar: bool, p
         for conv in _cifar_strides(model):
             conv.stride = (1, 1)
         in_chans = model.conv_stem.in_channels
-        cast(Any, model).pretrained_cfg = data_config((in_chans, 32, 32), CIFAR10_MEAN, CIFAR10_STD, model.num_classes,
-                                           first_conv="conv_stem", classifier="classifier")
+        cast(Any, model).pretrained_cfg = input_size_config(in_chans, True, model.num_classes, "conv_stem", "classifier")
     return model
 
 
