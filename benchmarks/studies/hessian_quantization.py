@@ -13,8 +13,9 @@ ECSQ against k-means at equal bits, residual quantization and Q-CNN against prod
 - ``vq``: the same LeNet-5, its conv2 and fc1 (the first and last layers stay float32, as in Gong et al.)
   by PQ, RQ and Q-CNN without fine-tuning; RQ with one-bit stages against PQ with two-bit codewords is an
   exact equal-size pair, Q-CNN has PQ's size at the same settings by construction.
-- ``resnet20``: akamaster's pretrained ResNet-20 on ``cifar10_jpeg`` (no training): plain against
-  Hessian-weighted k-means of the whole network at 2, 3 and 4 bits, no fine-tuning; importance from
+- ``resnet20``: akamaster's pretrained ResNet-20 on ``cifar10_jpeg``: plain against Hessian-weighted
+  k-means of the whole network at 2, 3 and 4 bits, without and with ``--cifar-finetune-epochs`` of
+  shared-value fine-tuning over ``--cifar-train-subset`` training images; importance from
   ``--cifar-batches`` training batches, test top-1 on ``--cifar-test-subset`` test images (a subset, for
   this shared 2-core machine), validation top-1 on the 5,000-image validation split's first 1,024.
 
