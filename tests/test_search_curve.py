@@ -47,6 +47,9 @@ def test_the_table_pairs_the_arms_per_seed_and_counts_the_agent_wins():
     assert lines[2] == "| 1 | 0.600 | 0.400 | 0.400 | 0.300 | 2 | 2 |"
     assert lines[-1].startswith("Over 1 seed(s) (of 2 planned) the agent's best reward beats random search's in 1: "
                                 "mean best 0.600 against 0.400.")
+    runs["curve/random/s2"] = _run(2, [0.9], [[0.5]])
+    assert "beats random search's in 1 and ties it in 1: mean best 0.750 against 0.650." in search_curve.comparison(
+        _data(runs, [1, 2]), {})[-1]
 
 
 def test_action_diversity_tells_a_repeated_policy_from_exploration():

@@ -58,10 +58,13 @@ def comparison(curve_data: dict[str, Any], columns: dict[str, Callable[[dict[str
     done = pairs(curve_data)
     if done:
         wins = sum(max(d["rewards"]) > max(r["rewards"]) for d, r in done)
+        ties = sum(max(d["rewards"]) == max(r["rewards"]) for d, r in done)
+        tied = f" and ties it in {ties}" if ties else ""
+        agent, random = (np.mean([max(run["rewards"]) for run in arm]) for arm in zip(*done, strict=True))
         lines += ["", f"Over {len(done)} seed(s) (of {len(curve_data['settings']['seeds'])} planned) the agent's best "
-                  f"reward beats random search's in {wins}: mean best {np.mean([max(d['rewards']) for d, _ in done]):.3f} "
-                  f"against {np.mean([max(r['rewards']) for _, r in done]):.3f}. The warm-up episodes of both arms are "
-                  "the same draws (same seed), so the curves part at the end of the warm-up."]
+                  f"reward beats random search's in {wins}{tied}: mean best {agent:.3f} against {random:.3f}. The "
+                  "warm-up episodes of both arms are the same draws (same seed), so the curves part at the end of the "
+                  "warm-up."]
     return lines
 
 
