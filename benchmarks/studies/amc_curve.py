@@ -141,6 +141,14 @@ def render(curve_data: dict[str, Any]) -> str:
     lines += search_curve.comparison(curve_data, {
         "best episode": lambda r: f"{int(np.argmax(r['rewards']))}",
         f"mean preserve ratio, last {last}": lambda r: f"{np.mean(r['mean_preserve'][-last:]):.3f}"})
+    done = search_curve.pairs(curve_data)
+    if done:
+        n = st["reward_batches"] * 256
+        p = float(np.mean([max(run["rewards"]) for pair in done for run in pair]))  # reward = top-1 as a fraction
+        lines += ["", f"One reward is the top-1 of one policy on the same {n} validation images: near the best rewards "
+                  f"({p:.2f}) its binomial standard error is {np.sqrt(p * (1 - p) / n):.3f}, and the best of "
+                  f"{total} such evaluations flatters both arms alike. The mean of the last {last} episodes is the "
+                  "steadier figure: what the agent plays once it has learned against what random search keeps drawing."]
     lines += ["", "![learning curves](amc_curve.png)", "", f"## Action diversity in the last {last} episodes", "",
               f"Preserve ratios the wall let each layer keep: their spread across the {layers} layers within an episode "
               "(mean over the episodes), their spread across the episodes per layer (mean over the layers), the "
