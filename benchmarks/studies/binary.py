@@ -18,7 +18,8 @@ validation top-1 on the first seed (``--resnet-val-subset`` images held out of t
 
 Every accuracy is the model decoded from the method's stored file; the file sizes are those files' bytes.
 Latency: the baseline and each compressed model priced by ``bitfusion`` (bit-serial: 1- and 2-bit layers at
-their rate) and ``zynq7020`` (fixed-precision device) with the method's per-layer bits, and each report's
+their rate) and ``zynq7020`` (bit-serial too, with a fitted per-layer overhead that bits do not shrink) with the
+method's per-layer bits, and each report's
 notes (what a target cannot use).
 
 Departures from the papers, for this 2-core machine: fine-tuning from a trained baseline for a few epochs
