@@ -132,8 +132,10 @@ def test_action_wall_keeps_every_episode_within_budget(lenet, mnist, pixel1, tmp
         assert all(env.lbound - 1e-9 <= a <= env.rbound + 1e-9 for _, a, _, _ in transitions)
     # keeping everything is over budget, so the wall must have cut the greedy policy, but no
     # further than needed: adding one channel to the last layer that the wall cut breaks the budget
-    kept, _ = env.run_episode(lambda s: 1.0)
+    kept, transitions = env.run_episode(lambda s: 1.0)
     assert kept != env.full
+    # the agent learns from what it asked for (the authors' amc_search.py), not from what the wall let through
+    assert [a for _, a, _, _ in transitions] == [1.0] * len(env.units)
     last_cut = max(i for i, (n, full) in enumerate(zip(kept, env.full, strict=False)) if n < full)
     if kept[last_cut] > env.min_kept[last_cut]:
         more = list(kept)

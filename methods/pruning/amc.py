@@ -20,7 +20,9 @@ What is implemented (paper section in brackets):
   ``target_ratio x cost(original)`` could still be met. The cost is the resource of
   :mod:`methods.search.resource`: MACs, or the latency the run's hardware target reports
   for the trimmed model (``+hw=pixel1`` steers by pixel1's latency). The cap is found by
-  bisection over channel counts on real, physically pruned candidates.
+  bisection over channel counts on real, physically pruned candidates. The agent learns from the
+  action it requested, as the authors' ``amc_search.py`` stores it; the next state's previous-action
+  feature is the ratio the wall let through (their ``strategy``).
 - Reward (3.3): ``acc`` = accuracy x 0.01 (the authors' default with the action wall) or
   ``acc_flops`` = -(1 - accuracy) x log(MACs); accuracy is top-1 on a few validation
   batches, without fine-tuning, as in the paper's fast search.
@@ -326,19 +328,18 @@ class AMCEnvironment:
         """Walk the layers; ``choose(state) -> preserve ratio``; returns kept counts and transitions."""
         kept: list[int] = []
         transitions = []
-        reduced, prev_action = 0.0, 1.0
-        state = self.state(0, reduced, prev_action)
+        state = self.state(0, 0.0, 1.0)  # nothing reduced yet; "previous action": keep everything
         for t, unit in enumerate(self.units):
             ratio = float(np.clip(choose(state), self.lbound, self.rbound))
             proposed = self.space.min_keep(unit, ratio, self.channel_round)
             n = self.wall(t, kept, proposed)
             kept.append(n)
-            action = n / unit.channels
+            applied = n / unit.channels
             reduced = 1.0 - self.cost(kept + self.full[t + 1:]) / self.base_cost
             last = t == len(self.units) - 1
-            next_state = state if last else self.state(t + 1, reduced, action)
-            transitions.append((state, action, next_state, last))
-            state, prev_action = next_state, action
+            next_state = state if last else self.state(t + 1, reduced, applied)
+            transitions.append((state, ratio, next_state, last))
+            state = next_state
         return kept, transitions
 
 
