@@ -264,39 +264,27 @@ class _FunctionalRecorder(TorchFunctionMode):
                 else "concat" if func in self._CAT else "transpose" if copies else None)
         if kind is None or self.leaves or not isinstance(out, torch.Tensor) or out.dim() < 2:
             return out
-        if kind in ("concat", "transpose"):
-            operands = args[0] if kind == "concat" else [args[0]]
+        if kind != "mean":
+            operands = args[0] if kind == "concat" else args[:1] if kind == "transpose" else args[:2]
+            if kind in ("add", "mul") and (
+                    len(operands) < 2 or not all(isinstance(a, torch.Tensor) and a.dim() >= 2 for a in operands)):
+                return out  # a scalar operand: part of an activation or a scale, not a tensor op
             shapes = [tuple(t.shape) for t in operands]
+            # what the op reads: the larger operand of a (broadcast) add/mul, the whole result of a concat
+            read = {"concat": tuple(out.shape), "transpose": shapes[0]}.get(kind) or max(shapes, key=math.prod)
             self.records.append(
                 LayerSpec(
                     name=self._name(kind),
                     op=kind,
                     module_type=FUNCTIONAL,
-                    input_shape=shapes[0] if kind == "transpose" else tuple(out.shape),
+                    input_shape=read,
                     output_shape=tuple(out.shape),
                     in_channels=_channels(out.shape),
                     out_channels=_channels(out.shape),
                     extra={"operand_shapes": shapes},
                 )
             )
-            return out
-        if kind in ("add", "mul"):
-            if len(args) < 2 or not all(isinstance(a, torch.Tensor) and a.dim() >= 2 for a in args[:2]):
-                return out  # a scalar operand: part of an activation or a scale, not a tensor op
-            shapes = [tuple(a.shape) for a in args[:2]]
-            self.records.append(
-                LayerSpec(
-                    name=self._name(kind),
-                    op=kind,
-                    module_type=FUNCTIONAL,
-                    input_shape=max(shapes, key=math.prod),
-                    output_shape=tuple(out.shape),
-                    in_channels=int(out.shape[1]),
-                    out_channels=int(out.shape[1]),
-                    extra={"operand_shapes": shapes},
-                )
-            )
-        elif kind == "mean" and isinstance(args[0], torch.Tensor) and args[0].dim() == 4:
+        elif isinstance(args[0], torch.Tensor) and args[0].dim() == 4:  # a spatial mean
             self.records.append(
                 LayerSpec(
                     name=self._name("mean"),
