@@ -328,9 +328,17 @@ def _trained_rows(runs: dict[str, Any], labels: list[str]) -> tuple[list[tuple[s
     return rows, diverged
 
 
-def _paper_change(label: str) -> str:
-    paper = PAPER.get(label)
+def _paper_change(label: str, papers: dict[str, dict[str, Any]] = PAPER) -> str:
+    paper = papers.get(label)
     return f"{paper['compressed'] - paper['float']:+.2f}" if paper else "-"
+
+
+def _size_cells(first: dict[str, Any], pairs: list[tuple[Any, Any]]) -> str:
+    """File bytes, whole model smaller, quantized layers smaller (a float row: fp32, 1.0x, -)."""
+    if first["method"] is None:
+        return "fp32 | 1.0x | -"
+    return (f"{first['file_bytes']:,} | {_mean_sd([r['compression_ratio'] for _b, r in pairs], 1)}x | "
+            f"{_mean_sd([r['quantized_layer_compression'] for _b, r in pairs], 1)}x")
 
 
 def render(figures: dict[str, Any], resnet: dict[str, Any] | None = None) -> str:
@@ -367,9 +375,7 @@ def _render_lenet5(figures: dict[str, Any]) -> str:
             f"| {label} | {bits} | {first['lr'] if first['finetune_epochs'] else '-'} | "
             f"{_mean_sd([r['test_top1'] for _b, r in pairs])} | "
             f"{_mean_sd([r['test_top1'] - b['test_top1'] for b, r in pairs], sign=True)} | {_paper_change(label)} | "
-            f"{_mean_sd([r['val_top1'] for _b, r in pairs])} | {first['file_bytes']:,} | "
-            f"{_mean_sd([r['compression_ratio'] for _b, r in pairs], 1)}x | "
-            f"{_mean_sd([r['quantized_layer_compression'] for _b, r in pairs], 1)}x | "
+            f"{_mean_sd([r['val_top1'] for _b, r in pairs])} | {_size_cells(first, pairs)} | "
             f"{_mean_sd([r['compress_seconds'] for _b, r in pairs], 0)} |")
     lines += [f"- {line}." for line in diverged]
     lines += ["", "Paper's change: the published top-1 change on the same network and data, where one exists: "
@@ -434,17 +440,11 @@ def _resnet_section(figures: dict[str, Any]) -> list[str]:
         first = pairs[0][1]
         top1 = [r["test_top1"] for _b, r in pairs]
         vs_tuned = "-" if tuned is None or first["method"] is None else f"{statistics.mean(top1) - tuned:+.2f}"
-        paper = RESNET_PAPER.get(label)
-        paper_change = f"{paper['compressed'] - paper['float']:+.2f}" if paper else "-"
-        sizes = ("fp32" if first["method"] is None else f"{first['file_bytes']:,}",
-                 "1.0x" if first["method"] is None else f"{_mean_sd([r['compression_ratio'] for _b, r in pairs], 1)}x",
-                 "-" if first["method"] is None else
-                 f"{_mean_sd([r['quantized_layer_compression'] for _b, r in pairs], 1)}x")
         lines.append(
             f"| {label} | {_layers(first, every)} | {first['lr']:g} | {_mean_sd(top1)} | "
             f"{_mean_sd([r['test_top1'] - b['test_top1'] for b, r in pairs], sign=True)} | {vs_tuned} | "
-            f"{paper_change} | "
-            f"{_mean_sd([r['val_top1'] for _b, r in pairs])} | {' | '.join(sizes)} | "
+            f"{_paper_change(label, RESNET_PAPER)} | "
+            f"{_mean_sd([r['val_top1'] for _b, r in pairs])} | {_size_cells(first, pairs)} | "
             f"{_mean_sd([r['compress_seconds'] for _b, r in pairs], 0)} |")
     lines += [f"- {line}." for line in diverged]
     lines += ["", "'change vs float fine-tuned': the row's mean test top-1 less the float model's fine-tuned alike "
@@ -458,7 +458,7 @@ def _resnet_section(figures: dict[str, Any]) -> list[str]:
         grid = {key.rsplit("/lr", 1)[1]: run for key, run in runs.items() if key.startswith(f"{label}/grid/")}
         if grid:
             ok = {lr: run["val_top1"] for lr, run in grid.items() if "diverged" not in run}
-            best = max(ok, key=lambda lr: ok[lr]) if ok else None
+            best = chosen_lr(grid)
             lines.append(f"- {label}: " + ", ".join(
                 (f"**{lr}: {top1:.2f}**" if lr == best else f"{lr}: {top1:.2f}") for lr, top1 in ok.items())
                 + "".join(f", {lr}: diverged" for lr in grid if lr not in ok) + ".")
